@@ -1,0 +1,362 @@
+"""Checkpoints in a store: add a file or directory, materialise a manifest back, maintain.
+
+This is the library behind ``modelgit add``, ``materialize``, ``stats``, ``verify`` and ``gc``.
+Everything streams chunk by chunk through a bounded thread pool, so peak memory is a few chunks
+plus the largest tensor a format forces into memory (torch pickles), never the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+import blake3
+
+from .dtypes import DTYPES
+from .errors import FormatError, ManifestError, ModelgitError, StoreError, UsageError
+from .formats import TensorEntry, detect_format, get_format
+from .formats.safetensors_format import parse_header
+from .manifest import FileRecord, Manifest, TensorRecord
+from .progress import progress_bar
+from .store import LocalBackend, Store, chunk_layout, object_id
+from ._parallel import ordered_map
+
+__all__ = ["add", "materialize", "load_manifest", "StoreReport", "store_report", "verify",
+           "collect_garbage", "SKIP_DIRS"]
+
+SKIP_DIRS = {".git", ".modelgit", "__pycache__"}
+BLOB_FORMAT = "blob"
+# mtimes closer than this to the moment a stat-cache entry was written are not trusted: the file
+# may have changed again within the filesystem's timestamp granularity (git's "racy" problem)
+_RACY_NS = 100_000_000
+
+
+# ---------------------------------------------------------------------------- adding
+@dataclass(frozen=True)
+class _Job:
+    dtype: str
+    shape: tuple[int, ...]
+    data: object  # a bytes-like slice of the file
+    parent: str | None
+
+
+def _put(store: Store, job: _Job) -> tuple[str, int]:
+    result = store.put(job.dtype, job.shape, job.data, parent=job.parent)
+    return result.oid, len(job.data)
+
+
+def _list_files(path: str) -> list[tuple[str, str]]:
+    """(relative path, absolute path) of every file under a directory, sorted."""
+    out = []
+    for dirpath, dirs, files in os.walk(path, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+        for name in sorted(files):
+            full = os.path.join(dirpath, name)
+            out.append((os.path.relpath(full, path).replace(os.sep, "/"), full))
+    return out
+
+
+def _open_blob(path: str):
+    handle = open(path, "rb")
+    size = os.fstat(handle.fileno()).st_size
+    view = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)) if size else b""
+    return handle, view
+
+
+def _stat_key(path: str) -> str:
+    return "cache/stat/" + blake3.blake3(os.path.abspath(path).encode()).hexdigest()[:40]
+
+
+def _stat_tuple(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev]
+
+
+def _cached_record(store: Store, full: str, rel: str) -> FileRecord | None:
+    """The record of an unchanged file from the stat cache, when all its objects are present."""
+    if not isinstance(store.backend, LocalBackend):
+        return None
+    try:
+        entry = json.loads(store.backend.read(_stat_key(full)))
+        if entry["path"] != os.path.abspath(full) or entry["stat"] != _stat_tuple(os.stat(full)):
+            return None
+        if entry["cached_at_ns"] - entry["stat"][1] < _RACY_NS:
+            return None
+        record = Manifest.loads(store.get(entry["manifest"])).files[0]
+    except (OSError, ValueError, KeyError, ModelgitError):
+        return None
+    manifest = Manifest((record,))
+    if not all(store.has(oid) for oid in manifest.object_ids()):
+        return None
+    return FileRecord(rel, record.format, record.options, record.tensors)
+
+
+def _remember(store: Store, full: str, st: os.stat_result, record: FileRecord) -> None:
+    if not isinstance(store.backend, LocalBackend):
+        return
+    manifest_id = store.put_blob(Manifest((record,)).dumps())
+    entry = {"path": os.path.abspath(full), "stat": _stat_tuple(st),
+             "cached_at_ns": time.time_ns(), "manifest": manifest_id}
+    with contextlib.suppress(StoreError):  # the cache is an optimisation only
+        store.backend.write_atomic(_stat_key(full), json.dumps(entry).encode())
+
+
+def _tensor_jobs(entry: TensorEntry, data, parent: TensorRecord | None) -> Iterator[_Job]:
+    itemsize = DTYPES[entry.dtype].itemsize
+    parent_chunks = parent.chunks if parent is not None and parent.dtype == entry.dtype else ()
+    for index, chunk in enumerate(chunk_layout(itemsize, entry.shape)):
+        yield _Job(entry.dtype, chunk.shape, data[chunk.start:chunk.stop],
+                   parent_chunks[index] if index < len(parent_chunks) else None)
+
+
+def _add_file(store: Store, full: str, rel: str, parent: FileRecord | None, bar) -> FileRecord:
+    st = os.stat(full)
+    cached = _cached_record(store, full, rel)
+    if cached is not None:
+        bar.update(st.st_size)
+        return cached
+    fmt = detect_format(full)
+    parents = {t.name: t for t in parent.tensors} if parent is not None else {}
+    if fmt is None:
+        handle, view = _open_blob(full)
+        try:
+            entry = TensorEntry("", "U8", (len(view),))
+            jobs = list(_tensor_jobs(entry, view, parents.get("")))
+            chunk_ids = _run_jobs(store, jobs, bar)
+        finally:
+            if isinstance(view, memoryview):
+                view.release()
+            handle.close()
+        record = FileRecord(rel, BLOB_FORMAT, {}, (TensorRecord("", "U8", entry.shape, tuple(chunk_ids)),))
+    else:
+        reader = fmt.open(full)
+        try:
+            options = {key: store.put_blob(value) for key, value in reader.meta().items()}
+            entries = reader.entries()
+            jobs, counts = [], []
+            for entry in entries:
+                tensor_jobs = list(_tensor_jobs(entry, reader.data(entry.name), parents.get(entry.name)))
+                jobs.extend(tensor_jobs)
+                counts.append(len(tensor_jobs))
+            chunk_ids = _run_jobs(store, jobs, bar)
+            del jobs
+            tensors, position = [], 0
+            for entry, count in zip(entries, counts):
+                tensors.append(TensorRecord(entry.name, entry.dtype, entry.shape,
+                                            tuple(chunk_ids[position:position + count])))
+                position += count
+        finally:
+            reader.close()
+        record = FileRecord(rel, fmt.name, options, tuple(tensors))
+    _remember(store, full, st, record)
+    return record
+
+
+def _run_jobs(store: Store, jobs: list[_Job], bar) -> list[str]:
+    ids = []
+    for oid, size in ordered_map(lambda job: _put(store, job), jobs):
+        ids.append(oid)
+        bar.update(size)
+    return ids
+
+
+def add(store: Store, path: str, parent: Manifest | None = None, ref: str | None = None,
+        progress: bool | None = None) -> Manifest:
+    """Add a checkpoint file or directory to ``store`` and return its manifest.
+
+    Args:
+        store: the store to write to.
+        path: a safetensors / torch / npz file, any other file (stored as a blob), or a
+            directory (a sharded Hugging Face model, a PEFT adapter...).
+        parent: the manifest of the previous version; each chunk is stored as a delta against
+            the same chunk of the parent when that pays.
+        ref: name a ref in the store after this manifest (a root for ``gc``).
+        progress: show a progress bar (default: when stderr is a terminal).
+
+    Raises:
+        FormatError: a file is malformed or unsafe (named in the message).
+        StoreFullError: the disk filled up; nothing half-written was kept.
+    """
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    is_dir = os.path.isdir(path)
+    files = _list_files(path) if is_dir else [(os.path.basename(path), path)]
+    parent_files = {f.path: f for f in parent.files} if parent is not None else {}
+    if not is_dir and parent is not None and len(parent.files) == 1:
+        parent_files = {files[0][0]: parent.files[0]}
+    total = sum(os.path.getsize(full) for _, full in files)
+    records = []
+    with store.writing(), progress_bar(total, f"add {os.path.basename(path)}", progress) as bar:
+        for rel, full in files:
+            records.append(_add_file(store, full, rel, parent_files.get(rel), bar))
+        manifest = Manifest(tuple(records), "dir" if is_dir else "file")
+        manifest_id = store.put_blob(manifest.dumps())
+        if ref:
+            store.set_ref(ref, manifest_id)
+    return manifest
+
+
+# ---------------------------------------------------------------------------- materialising
+def load_manifest(store: Store | None, spec: str) -> Manifest:
+    """A manifest from a file path, a ref name or a manifest object id."""
+    if os.path.isfile(spec):
+        with open(spec, "rb") as handle:
+            return Manifest.loads(handle.read(), spec)
+    if store is None:
+        raise UsageError(f"{spec}: no such manifest file")
+    if len(spec) == 64 and store.has(spec):
+        return Manifest.loads(store.get(spec), spec)
+    return Manifest.loads(store.get(store.get_ref(spec)), f"ref {spec}")
+
+
+def _write_order(record: FileRecord, meta: dict[str, bytes]) -> list[TensorEntry]:
+    entries = [TensorEntry(t.name, t.dtype, t.shape) for t in record.tensors]
+    if record.format == "safetensors" and "header" in meta:
+        total = sum(e.nbytes for e in entries)
+        order = {entry.name: i for i, (entry, _, _) in enumerate(parse_header(meta["header"], total, record.path))}
+        entries.sort(key=lambda e: order.get(e.name, len(order)))
+    return entries
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(store: Store, record: FileRecord, out_path: str, bar) -> None:
+    meta = {key: store.get(oid) for key, oid in record.options.items()}
+    entries = _write_order(record, meta)
+    by_name = {t.name: t for t in record.tensors}
+    stream = ordered_map(store.get, [oid for e in entries for oid in by_name[e.name].chunks])
+
+    def read(entry: TensorEntry) -> Iterator[bytes]:
+        for _ in by_name[entry.name].chunks:
+            data = next(stream)
+            bar.update(len(data))
+            yield data
+
+    if record.format == BLOB_FORMAT:
+        with open(out_path, "wb") as out:
+            for entry in entries:
+                for piece in read(entry):
+                    out.write(piece)
+    else:
+        get_format(record.format).write(out_path, meta, entries, read)
+    _fsync_path(out_path)
+
+
+def _safe_relpath(path: str) -> str:
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in path:
+        raise ManifestError(f"manifest names an unsafe path {path!r}; refusing to write outside "
+                            "the destination")
+    return os.path.join(*parts)
+
+
+def materialize(store: Store, manifest: Manifest, dest: str, force: bool = False,
+                progress: bool | None = None) -> str:
+    """Write the checkpoint of ``manifest`` to ``dest`` (a file, or a directory for ``root dir``).
+
+    The result appears atomically: it is written under a temporary name next to ``dest``,
+    fsynced and renamed. Every chunk is verified against its id on the way.
+
+    Raises:
+        UsageError: ``dest`` exists and ``force`` is false.
+        ObjectMissingError / CorruptObjectError: an object is absent or damaged.
+    """
+    if os.path.lexists(dest) and not force:
+        raise UsageError(f"{dest} already exists; pass --force to replace it")
+    parent_dir = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent_dir, exist_ok=True)
+    tmp = os.path.join(parent_dir, f".{os.path.basename(dest)}.modelgit-tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with progress_bar(manifest.logical_bytes, f"materialize {os.path.basename(dest)}", progress) as bar:
+            if manifest.root == "file":
+                _write_file(store, manifest.files[0], tmp, bar)
+            else:
+                os.makedirs(tmp)
+                for record in manifest.files:
+                    target = os.path.join(tmp, _safe_relpath(record.path))
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    _write_file(store, record, target, bar)
+        _replace(tmp, dest)
+    except BaseException:
+        _remove(tmp)
+        raise
+    _fsync_path(parent_dir)
+    return dest
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _replace(tmp: str, dest: str) -> None:
+    if os.path.isdir(dest) and not os.path.islink(dest):
+        old = f"{tmp}.old"
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
+# ---------------------------------------------------------------------------- maintenance
+@dataclass
+class StoreReport:
+    url: str
+    refs: dict[str, str]
+    logical_bytes: int  # bytes of all ref'd checkpoints as files (what copies would cost)
+    content_bytes: int  # decoded bytes of distinct objects (after dedup)
+    stored_bytes: int  # bytes on disk (after dedup and encoding)
+    objects: int
+    by_encoding: dict[str, dict[str, int]]
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _ref_manifests(store: Store) -> dict[str, Manifest]:
+    out = {}
+    for name, oid in store.refs().items():
+        out[name] = Manifest.loads(store.get(oid), f"ref {name}")
+    return out
+
+
+def store_report(store: Store) -> StoreReport:
+    stats = store.stats()
+    manifests = _ref_manifests(store)
+    return StoreReport(store.url, store.refs(), sum(m.logical_bytes for m in manifests.values()),
+                       stats.content_bytes, stats.stored_bytes, stats.objects, stats.by_encoding)
+
+
+def verify(store: Store, manifests: list[Manifest] | None = None) -> list[str]:
+    """Check objects: all of them, or those the given manifests need (also reporting missing)."""
+    if manifests is None:
+        return store.verify()
+    ids = sorted(set().union(*(m.object_ids() for m in manifests)))
+    return store.verify(ids)
+
+
+def collect_garbage(store: Store, keep: list[Manifest] = (), dry_run: bool = False):
+    """Remove objects that no ref (and no manifest in ``keep``) reaches. Returns a GcResult."""
+    live: set[str] = set()
+    for name, oid in store.refs().items():
+        live.add(oid)
+        live |= Manifest.loads(store.get(oid), f"ref {name}").object_ids()
+    for manifest in keep:
+        live |= manifest.object_ids()
+    return store.gc(live, dry_run=dry_run)

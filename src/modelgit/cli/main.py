@@ -1,0 +1,258 @@
+"""The ``modelgit`` command line: git-like verbs, each a thin wrapper over a library call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+
+from .. import checkpoint
+from ..errors import ModelgitError, UsageError
+from ..store import Store
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_STORE_DIR = os.path.join(".modelgit", "store")
+
+
+def find_store_location(explicit: str | None) -> tuple[str, bool]:
+    """(location, found): --store, $MODELGIT_STORE, the nearest .modelgit/store up from here."""
+    if explicit:
+        return explicit, True
+    if os.environ.get("MODELGIT_STORE"):
+        return os.environ["MODELGIT_STORE"], True
+    here = os.getcwd()
+    while True:
+        candidate = os.path.join(here, DEFAULT_STORE_DIR)
+        if os.path.isdir(candidate):
+            return candidate, True
+        up = os.path.dirname(here)
+        if up == here:
+            return DEFAULT_STORE_DIR, False
+        here = up
+
+
+def open_store(args, create: bool = False) -> Store:
+    location, _ = find_store_location(args.store)
+    return Store.open(location, create=create)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _emit(args, data: dict, text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if getattr(args, "json", False) else text)
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_add(args) -> int:
+    store = open_store(args, create=True)
+    target = args.output or os.path.normpath(args.path) + ".manifest"
+    parent = None
+    if args.parent:
+        parent = checkpoint.load_manifest(store, args.parent)
+    elif os.path.isfile(target):
+        parent = checkpoint.load_manifest(None, target)  # the previous version: delta against it
+    ref = args.ref or os.path.basename(os.path.normpath(args.path))
+    manifest = checkpoint.add(store, args.path, parent=parent, ref=ref, progress=args.progress)
+    data = manifest.dumps()
+    if target == "-":
+        sys.stdout.buffer.write(data)
+        return 0
+    _atomic_write(target, data)
+    _emit(args, {"manifest": target, "ref": ref, "tensors": manifest.tensor_count,
+                 "bytes": manifest.logical_bytes},
+          f"added {args.path}: {manifest.tensor_count} tensors, {_human(manifest.logical_bytes)}"
+          f" -> {target} (ref {ref!r} in {store.url})")
+    return 0
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def cmd_materialize(args) -> int:
+    store = open_store(args)
+    manifest = checkpoint.load_manifest(store, args.manifest)
+    checkpoint.materialize(store, manifest, args.output, force=args.force, progress=args.progress)
+    _emit(args, {"output": args.output, "bytes": manifest.logical_bytes},
+          f"wrote {args.output} ({_human(manifest.logical_bytes)}, every chunk verified)")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    store = open_store(args) if not os.path.isfile(args.manifest) else None
+    manifest = checkpoint.load_manifest(store, args.manifest)
+    rows = [{"file": f.path, "format": f.format, "name": t.name, "dtype": t.dtype,
+             "shape": list(t.shape), "bytes": t.nbytes, "chunks": len(t.chunks)}
+            for f in manifest.files for t in f.tensors]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        label = row["name"] or "(file contents)"
+        print(f"{row['file']}\t{label}\t{row['dtype']}\t{row['shape']}\t{_human(row['bytes'])}"
+              f"\t{row['chunks']} chunk(s)")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    report = checkpoint.store_report(open_store(args))
+    lines = [f"store            {report.url}",
+             f"refs             {len(report.refs)}",
+             f"objects          {report.objects}",
+             f"logical bytes    {_human(report.logical_bytes)}  (all refs as plain files)",
+             f"content bytes    {_human(report.content_bytes)}  (after dedup)",
+             f"stored bytes     {_human(report.stored_bytes)}  (after dedup and encoding)"]
+    if report.logical_bytes:
+        lines.append(f"ratio            {report.stored_bytes / report.logical_bytes:.3f} stored/logical")
+    for name, entry in sorted(report.by_encoding.items()):
+        lines.append(f"  {name:<8} {entry['objects']:>7} objects  {_human(entry['stored_bytes']):>12}"
+                     f" stored for {_human(entry['content_bytes'])}")
+    _emit(args, report.as_dict(), "\n".join(lines))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    store = open_store(args)
+    manifests = [checkpoint.load_manifest(store, m) for m in args.manifests] or None
+    problems = checkpoint.verify(store, manifests)
+    _emit(args, {"ok": not problems, "problems": problems},
+          "\n".join(problems) if problems else "ok: every object decodes to its id")
+    return 1 if problems else 0
+
+
+def cmd_gc(args) -> int:
+    store = open_store(args)
+    keep = [checkpoint.load_manifest(store, m) for m in args.keep]
+    result = checkpoint.collect_garbage(store, keep, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    _emit(args, result.__dict__,
+          f"{verb} {result.removed} objects ({_human(result.freed_bytes)}) and "
+          f"{result.removed_tmp} temporary files; kept {result.kept}")
+    return 0
+
+
+def cmd_refs(args) -> int:
+    store = open_store(args)
+    if args.delete:
+        store.delete_ref(args.delete)
+        print(f"deleted ref {args.delete!r}")
+        return 0
+    refs = store.refs()
+    _emit(args, refs, "\n".join(f"{oid}  {name}" for name, oid in refs.items()) or "(no refs)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..demo import run_demo
+
+    return run_demo(workdir=args.workdir, keep=args.keep)
+
+
+# ---------------------------------------------------------------------------- parser
+def _command(sub, name, func, help_text, examples):
+    parser = sub.add_parser(name, help=help_text, description=help_text,
+                            epilog="examples:\n" + textwrap.indent(examples, "  "),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelgit",
+        description="Version model checkpoints: a content-addressed, delta-compressed tensor store.")
+    parser.add_argument("--store", help="store path or fsspec URL (default: $MODELGIT_STORE or the "
+                        "nearest .modelgit/store, created by `add` in the current directory)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None,
+                          help="always show progress bars")
+    progress.add_argument("--no-progress", dest="progress", action="store_false",
+                          help="never show progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(sub, "add", cmd_add, "Add a checkpoint file or directory to the store; write its manifest.",
+                 "modelgit add model.safetensors            # writes model.safetensors.manifest\n"
+                 "modelgit add ./my-hf-model -o v2.manifest --parent v1.manifest\n"
+                 "modelgit --store s3://bucket/models add model.safetensors")
+    p.add_argument("path", help="safetensors / .pt / .bin / .npz file, or a directory")
+    p.add_argument("-o", "--output", help="manifest file to write ('-' for stdout; default PATH.manifest)")
+    p.add_argument("--parent", help="manifest (file, ref or id) of the previous version to delta "
+                   "against (default: the existing output manifest, if any)")
+    p.add_argument("--ref", help="ref name to record in the store (default: the file's name)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _command(sub, "materialize", cmd_materialize, "Rebuild a checkpoint from its manifest.",
+                 "modelgit materialize model.safetensors.manifest -o restored.safetensors\n"
+                 "modelgit materialize my-hf-model -o ./checkout   # by ref name")
+    p.add_argument("manifest", help="manifest file, ref name or manifest object id")
+    p.add_argument("-o", "--output", required=True, help="file or directory to create")
+    p.add_argument("-f", "--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--json", action="store_true")
+
+    p = _command(sub, "ls", cmd_ls, "List the tensors of a manifest.",
+                 "modelgit ls model.safetensors.manifest\nmodelgit ls --json my-ref")
+    p.add_argument("manifest")
+    p.add_argument("--json", action="store_true")
+
+    p = _command(sub, "stats", cmd_stats, "Show logical vs stored bytes of the store.",
+                 "modelgit stats\nmodelgit --store /data/store stats --json")
+    p.add_argument("--json", action="store_true")
+
+    p = _command(sub, "verify", cmd_verify, "Decode and hash-check objects (exit 1 on any problem).",
+                 "modelgit verify                      # every object\n"
+                 "modelgit verify model.safetensors.manifest  # what one manifest needs")
+    p.add_argument("manifests", nargs="*", help="only the objects these manifests need")
+    p.add_argument("--json", action="store_true")
+
+    p = _command(sub, "gc", cmd_gc, "Delete objects no ref reaches, and leftover temporary files.",
+                 "modelgit gc --dry-run\nmodelgit gc --keep old.manifest")
+    p.add_argument("--keep", action="append", default=[], help="also keep this manifest's objects")
+    p.add_argument("-n", "--dry-run", action="store_true", help="only report")
+    p.add_argument("--json", action="store_true")
+
+    p = _command(sub, "refs", cmd_refs, "List (or delete) the store's refs.",
+                 "modelgit refs\nmodelgit refs --delete old-model")
+    p.add_argument("--delete", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+
+    p = _command(sub, "demo", cmd_demo, "Show the store on a real checkpoint (all-MiniLM-L6-v2).",
+                 "modelgit demo\nmodelgit demo --workdir /tmp/mg-demo --keep")
+    p.add_argument("--workdir", help="where to work (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("MODELGIT_DEBUG") == "1"
+    try:
+        return args.func(args)
+    except ModelgitError as exc:
+        if debug:
+            raise
+        print(f"modelgit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("modelgit: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if debug:
+            raise
+        print(f"modelgit: error: {exc}", file=sys.stderr)
+        return 1

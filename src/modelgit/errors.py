@@ -1,0 +1,70 @@
+"""The error hierarchy of modelgit.
+
+Every error a user can cause or meet carries a message that says what failed, with the values
+involved, and what to do about it. The CLI prints ``str(error)`` and exits with ``exit_code``;
+a traceback is shown only when ``MODELGIT_DEBUG=1`` or ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ModelgitError",
+    "UsageError",
+    "FormatError",
+    "UnsafeInputError",
+    "ManifestError",
+    "ManifestVersionError",
+    "StoreError",
+    "ObjectMissingError",
+    "CorruptObjectError",
+    "StoreFullError",
+    "LockTimeoutError",
+]
+
+
+class ModelgitError(Exception):
+    """Base class of every error modelgit raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(ModelgitError):
+    """The command or call was given arguments that cannot work."""
+
+    exit_code = 2
+
+
+class FormatError(ModelgitError):
+    """A checkpoint file is malformed, truncated or of an unsupported kind."""
+
+
+class UnsafeInputError(FormatError):
+    """A file would need code execution (e.g. a pickle with globals) to be read."""
+
+
+class ManifestError(ModelgitError):
+    """A manifest cannot be parsed or does not describe a valid checkpoint."""
+
+
+class ManifestVersionError(ManifestError):
+    """A manifest was written by a newer modelgit than this one."""
+
+
+class StoreError(ModelgitError):
+    """Something went wrong in the tensor object store."""
+
+
+class ObjectMissingError(StoreError):
+    """An object named by a manifest is not in the store."""
+
+
+class CorruptObjectError(StoreError):
+    """An object's bytes do not decode to content with its id."""
+
+
+class StoreFullError(StoreError):
+    """The disk (or remote quota) ran out while writing; nothing half-written was kept."""
+
+
+class LockTimeoutError(StoreError):
+    """Another process held a store lock for too long."""

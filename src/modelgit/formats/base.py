@@ -1,0 +1,81 @@
+"""The interface every checkpoint format implements, and the format registry.
+
+A format is a module-level :class:`Format` with two functions:
+
+* ``open(path) -> CheckpointReader``: lazy; reading a tensor touches only its bytes (mmap where
+  the format allows). Hostile input raises :class:`~modelgit.errors.FormatError` (or
+  :class:`~modelgit.errors.UnsafeInputError`) naming the file and the problem.
+* ``write(path, meta, tensors, read)``: writes ``path`` from the tensor list in file order,
+  ``read(entry)`` yielding each tensor's raw bytes in pieces; ``meta`` is what the reader
+  returned from :meth:`CheckpointReader.meta`, so a round trip rebuilds the file (byte for byte
+  for safetensors, tensor for tensor otherwise). Writers write ``path`` directly; atomicity
+  (temp file + fsync + rename) is the caller's job.
+
+Tensor bytes are always raw little-endian in C order, the way safetensors lays them out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Callable, Iterable, Iterator, Protocol
+
+from ..dtypes import DTYPES
+
+__all__ = ["TensorEntry", "CheckpointReader", "Format", "FORMATS", "register_format"]
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str  # safetensors dtype name
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * DTYPES[self.dtype].itemsize
+
+
+class CheckpointReader(Protocol):
+    path: str
+    format: str
+
+    def entries(self) -> list[TensorEntry]:
+        """The tensors in the order their bytes lie in the file."""
+
+    def data(self, name: str):
+        """Raw little-endian bytes of tensor ``name`` (a bytes-like; not copied when mmapped)."""
+
+    def meta(self) -> dict[str, bytes]:
+        """Format-specific byte strings needed to rebuild the file (e.g. the safetensors header)."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    open: Callable[[str], CheckpointReader]
+    write: Callable[[str, dict[str, bytes], list[TensorEntry],
+                     Callable[[TensorEntry], Iterable[bytes]]], None]
+    sniff: Callable[[str], bool]  # True when a file with this name/prefix is of this format
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register_format(fmt: Format) -> Format:
+    if fmt.name in FORMATS:
+        raise ValueError(f"format {fmt.name!r} is already registered")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def iter_pieces(read: Callable[[TensorEntry], Iterable[bytes]], entry: TensorEntry) -> Iterator[bytes]:
+    """Yield the pieces of one tensor, checking their total length."""
+    total = 0
+    for piece in read(entry):
+        total += len(piece)
+        yield piece
+    if total != entry.nbytes:
+        raise ValueError(f"tensor {entry.name!r} produced {total} bytes, expected {entry.nbytes}")

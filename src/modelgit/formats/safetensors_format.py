@@ -1,0 +1,210 @@
+"""safetensors files, parsed and validated by modelgit itself.
+
+The header is kept verbatim (as a blob in the manifest), so a file rebuilt from the store is the
+original byte for byte, padding, key order and ``__metadata__`` included. Parsing follows the
+safetensors spec and refuses everything the reference loader refuses, with a message that says
+which file and which tensor is wrong:
+
+* the 8-byte little-endian header length N MUST leave room in the file and MUST NOT exceed
+  ``MAX_HEADER_BYTES`` (100 MB, the reference limit);
+* the header MUST be a UTF-8 JSON object without duplicate keys, whose values are tensor
+  descriptions ``{"dtype", "shape", "data_offsets"}`` except the optional ``__metadata__``
+  (a string-to-string map);
+* every dtype MUST be known, every shape a list of non-negative integers, every
+  ``data_offsets`` a pair ``[begin, end]`` with ``end - begin`` equal to the tensor's byte size;
+* the byte buffer MUST be covered exactly: sorted by offset the tensors start at 0, touch without
+  overlap or hole, and end at the end of the file.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from math import prod
+
+from ..dtypes import DTYPES
+from ..errors import FormatError
+from .base import Format, TensorEntry, iter_pieces
+
+__all__ = ["FORMAT", "parse_header", "open_safetensors", "write_safetensors"]
+
+MAX_HEADER_BYTES = 100_000_000
+METADATA_KEY = "__metadata__"
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_header(header: bytes, data_len: int, where: str = "safetensors file"
+                 ) -> list[tuple[TensorEntry, int, int]]:
+    """Validate a safetensors header; return (entry, begin, end) sorted by data offset.
+
+    Args:
+        header: the JSON header bytes (without the 8-byte length prefix).
+        data_len: the size of the byte buffer that follows the header.
+        where: the file name, for messages.
+
+    Raises:
+        FormatError: naming the file, the tensor and the rule it breaks.
+    """
+    def bad(why: str) -> FormatError:
+        return FormatError(f"{where}: {why}; the file is not a valid safetensors file "
+                           "(re-export or re-download it)")
+
+    try:
+        parsed = json.loads(header.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise bad(f"header is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise bad("header is not a JSON object")
+    items = []
+    for name, desc in parsed.items():
+        if name == METADATA_KEY:
+            if not isinstance(desc, dict) or not all(isinstance(v, str) for v in desc.values()):
+                raise bad("__metadata__ must map strings to strings")
+            continue
+        if not isinstance(desc, dict) or set(desc) != {"dtype", "shape", "data_offsets"}:
+            raise bad(f"tensor {name!r} must have exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = desc["dtype"], desc["shape"], desc["data_offsets"]
+        if dtype not in DTYPES:
+            raise bad(f"tensor {name!r} has unknown dtype {dtype!r} "
+                      f"(known: {', '.join(sorted(DTYPES))})")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise bad(f"tensor {name!r} has invalid shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(_is_int(o) and o >= 0 for o in offsets)):
+            raise bad(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+        begin, end = offsets
+        entry = TensorEntry(name, dtype, tuple(shape))
+        if end < begin or end - begin != entry.nbytes:
+            raise bad(f"tensor {name!r} data_offsets {offsets} span {end - begin} bytes but "
+                      f"{dtype} {shape} needs {entry.nbytes}")
+        if end > data_len:
+            raise bad(f"tensor {name!r} data_offsets {offsets} run past the end of the data "
+                      f"({data_len} bytes): the file is truncated or the header is wrong")
+        items.append((entry, begin, end))
+    items.sort(key=lambda item: (item[1], item[2]))
+    position = 0
+    for entry, begin, end in items:
+        if begin != position:
+            kind = "overlaps the previous tensor" if begin < position else "leaves a hole"
+            raise bad(f"tensor {entry.name!r} at offset {begin} {kind} (expected {position})")
+        position = end
+    if position != data_len:
+        raise bad(f"tensors cover {position} bytes of data but the file holds {data_len}")
+    return items
+
+
+class SafetensorsReader:
+    """A memory-mapped safetensors file."""
+
+    format = "safetensors"
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self._file = open(path, "rb")
+        except OSError as exc:
+            raise FormatError(f"cannot open {path}: {exc.strerror}") from None
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            prefix = self._file.read(8)
+            if len(prefix) < 8:
+                raise FormatError(f"{path}: file is {size} bytes, too short for a safetensors "
+                                  "header (truncated?)")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > MAX_HEADER_BYTES:
+                raise FormatError(f"{path}: header length {header_len} exceeds the "
+                                  f"{MAX_HEADER_BYTES}-byte limit (corrupt or not safetensors)")
+            if 8 + header_len > size:
+                raise FormatError(f"{path}: header length {header_len} runs past the end of the "
+                                  f"{size}-byte file (truncated?)")
+            self._header = self._file.read(header_len)
+            self._data_start = 8 + header_len
+            items = parse_header(self._header, size - self._data_start, path)
+            self._entries = [entry for entry, _, _ in items]
+            self._offsets = {entry.name: (begin, end) for entry, begin, end in items}
+            self._map = (mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+                         if size > 0 else None)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def entries(self) -> list[TensorEntry]:
+        return list(self._entries)
+
+    def data(self, name: str):
+        begin, end = self._offsets[name]
+        if begin == end:
+            return b""
+        return memoryview(self._map)[self._data_start + begin:self._data_start + end]
+
+    def meta(self) -> dict[str, bytes]:
+        return {"header": self._header}
+
+    def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a caller still holds a view; the map closes when it is released
+        self._file.close()
+
+
+def open_safetensors(path: str) -> SafetensorsReader:
+    return SafetensorsReader(path)
+
+
+def write_safetensors(path: str, meta: dict[str, bytes], entries: list[TensorEntry], read) -> None:
+    """Write a safetensors file from its original header and the tensors' bytes.
+
+    With ``meta["header"]`` the header is reused verbatim, which reproduces the original file
+    byte for byte; without it a canonical header is built (sorted names, no padding).
+
+    Raises:
+        FormatError: when the header and the tensor list disagree.
+    """
+    header = meta.get("header")
+    if header is None:
+        header = _canonical_header(entries)
+    total = sum(entry.nbytes for entry in entries)
+    items = parse_header(header, total, path)
+    by_name = {entry.name: entry for entry in entries}
+    if sorted(by_name) != sorted(entry.name for entry, _, _ in items) or any(
+            by_name[entry.name] != entry for entry, _, _ in items):
+        raise FormatError(f"{path}: the stored header does not describe the manifest's tensors "
+                          "(the manifest was edited by hand?)")
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(header)))
+        out.write(header)
+        for entry, _, _ in items:
+            for piece in iter_pieces(read, by_name[entry.name]):
+                out.write(piece)
+
+
+def _canonical_header(entries: list[TensorEntry]) -> bytes:
+    header, offset = {}, 0
+    for entry in sorted(entries, key=lambda e: e.name):
+        header[entry.name] = {"dtype": entry.dtype, "shape": list(entry.shape),
+                              "data_offsets": [offset, offset + entry.nbytes]}
+        offset += entry.nbytes
+    return json.dumps(header, separators=(",", ":")).encode()
+
+
+def sniff_safetensors(path: str) -> bool:
+    return path.endswith(".safetensors")
+
+
+FORMAT = Format("safetensors", open_safetensors, write_safetensors, sniff_safetensors)

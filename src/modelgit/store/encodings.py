@@ -1,0 +1,172 @@
+"""Lossless encodings of object payloads, in a registry keyed by name and wire code.
+
+Each encoding is a pair of pure functions. ``encode(raw, itemsize, parent)`` returns the payload
+bytes; ``decode(payload, itemsize, raw_len, parent)`` returns the raw bytes. ``parent`` is the
+raw content of the delta parent for delta encodings and ``None`` otherwise. Decoding is always
+followed by an id check in the store, so a wrong decoder cannot go unnoticed.
+
+Encodings:
+
+* ``raw``    — the bytes as they are (incompressible data costs nothing to read).
+* ``zstd``   — zstandard.
+* ``planes`` — byte-plane split, then zstd: byte k of every element is stored together, so the
+  low-entropy sign/exponent bytes of floats compress and the mantissa bytes do not pollute them.
+* ``delta``  — against a parent object of equal size: the difference of the bit patterns as
+  unsigned integers (mod 2^bits), zig-zag mapped so small changes either way become small
+  numbers, then byte planes + zstd. Integer difference of IEEE bit patterns is monotone within a
+  sign, so a small numerical change is a small integer whatever the exponent.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import zstandard
+
+__all__ = ["Encoding", "ENCODINGS", "BY_CODE", "register", "encode_standalone", "encode_delta"]
+
+ZSTD_LEVEL = 1  # entropy coding does the work on weights; higher levels only cost time
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+_local = threading.local()
+
+
+@dataclass(frozen=True)
+class Encoding:
+    name: str
+    code: int
+    encode: Callable[..., bytes]
+    decode: Callable[..., bytes]
+    needs_parent: bool = False
+
+
+ENCODINGS: dict[str, Encoding] = {}
+BY_CODE: dict[int, Encoding] = {}
+
+
+def register(encoding: Encoding) -> Encoding:
+    """Add an encoding to the registry. Duplicate names or codes raise ValueError."""
+    if encoding.name in ENCODINGS or encoding.code in BY_CODE:
+        raise ValueError(f"encoding {encoding.name!r} (code {encoding.code}) is already registered")
+    ENCODINGS[encoding.name] = encoding
+    BY_CODE[encoding.code] = encoding
+    return encoding
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    # zstandard objects are not thread-safe; one per thread.
+    if not hasattr(_local, "cctx"):
+        _local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        _local.dctx = zstandard.ZstdDecompressor()
+    return _local.cctx
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    _compressor()
+    return _local.dctx
+
+
+def _zstd_decode(payload, raw_len: int) -> bytes:
+    out = _decompressor().decompress(payload, max_output_size=raw_len)
+    if len(out) != raw_len:
+        raise ValueError(f"zstd payload decoded to {len(out)} bytes, expected {raw_len}")
+    return out
+
+
+def _split_planes(raw, itemsize: int) -> np.ndarray:
+    # (elements, itemsize) -> (itemsize, elements): plane k holds byte k of every element
+    elems = np.frombuffer(raw, dtype=np.uint8).reshape(-1, itemsize)
+    return np.ascontiguousarray(elems.T)
+
+
+def _join_planes(planes: bytes, itemsize: int) -> bytes:
+    arr = np.frombuffer(planes, dtype=np.uint8).reshape(itemsize, -1)
+    return np.ascontiguousarray(arr.T).tobytes()
+
+
+def _raw_encode(raw, itemsize, parent=None) -> bytes:
+    return bytes(raw)
+
+
+def _raw_decode(payload, itemsize, raw_len, parent=None) -> bytes:
+    if len(payload) != raw_len:
+        raise ValueError(f"raw payload has {len(payload)} bytes, expected {raw_len}")
+    return bytes(payload)
+
+
+def _zstd_encode(raw, itemsize, parent=None) -> bytes:
+    return _compressor().compress(raw)
+
+
+def _zstd_decode_any(payload, itemsize, raw_len, parent=None) -> bytes:
+    return _zstd_decode(payload, raw_len)
+
+
+def _planes_encode(raw, itemsize, parent=None) -> bytes:
+    return _compressor().compress(_split_planes(raw, itemsize))
+
+
+def _planes_decode(payload, itemsize, raw_len, parent=None) -> bytes:
+    return _join_planes(_zstd_decode(payload, raw_len), itemsize)
+
+
+def _zigzag_delta(raw, parent, itemsize: int) -> np.ndarray:
+    new = np.frombuffer(raw, dtype=_UINT[itemsize])
+    old = np.frombuffer(parent, dtype=_UINT[itemsize])
+    diff = (new - old).view(_INT[itemsize])  # wraps mod 2^bits
+    bits = 8 * itemsize
+    # zig-zag: 0,-1,1,-2,... -> 0,1,2,3,...
+    return ((diff << 1) ^ (diff >> (bits - 1))).view(_UINT[itemsize])
+
+
+def _delta_encode(raw, itemsize, parent) -> bytes:
+    if len(parent) != len(raw):
+        raise ValueError("delta parent differs in size")
+    zz = _zigzag_delta(raw, parent, itemsize)
+    if itemsize == 1:
+        return _compressor().compress(zz)
+    return _compressor().compress(_split_planes(zz, itemsize))
+
+
+def _delta_decode(payload, itemsize, raw_len, parent) -> bytes:
+    if parent is None or len(parent) != raw_len:
+        raise ValueError("delta object decoded without a parent of its size")
+    planes = _zstd_decode(payload, raw_len)
+    zz_bytes = planes if itemsize == 1 else _join_planes(planes, itemsize)
+    zz = np.frombuffer(zz_bytes, dtype=_UINT[itemsize])
+    diff = (zz >> 1).view(_INT[itemsize]) ^ -(zz & 1).view(_INT[itemsize])
+    old = np.frombuffer(parent, dtype=_UINT[itemsize])
+    return (old + diff.view(_UINT[itemsize])).tobytes()
+
+
+RAW = register(Encoding("raw", 0, _raw_encode, _raw_decode))
+ZSTD = register(Encoding("zstd", 1, _zstd_encode, _zstd_decode_any))
+PLANES = register(Encoding("planes", 2, _planes_encode, _planes_decode))
+DELTA = register(Encoding("delta", 3, _delta_encode, _delta_decode, needs_parent=True))
+
+# A compressed form is kept only when it saves at least this fraction (else reads pay for nothing).
+MIN_SAVING = 0.03
+# A delta is kept only when it is this much smaller than the best standalone form: a chain costs
+# a parent read on every checkout.
+DELTA_ADVANTAGE = 0.9
+
+
+def encode_standalone(raw, itemsize: int, is_float: bool) -> tuple[Encoding, bytes]:
+    """Pick the smallest of raw / zstd / planes for ``raw`` and return (encoding, payload)."""
+    if len(raw) < 64:
+        return RAW, bytes(raw)
+    candidate = PLANES if (is_float and itemsize > 1) else ZSTD
+    payload = candidate.encode(raw, itemsize)
+    if len(payload) <= len(raw) * (1 - MIN_SAVING):
+        return candidate, payload
+    return RAW, bytes(raw)
+
+
+def encode_delta(raw, itemsize: int, parent) -> bytes | None:
+    """Delta payload of ``raw`` against ``parent``, or None when sizes differ."""
+    if len(parent) != len(raw) or len(raw) % itemsize:
+        return None
+    return DELTA.encode(raw, itemsize, parent)

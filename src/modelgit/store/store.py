@@ -1,0 +1,322 @@
+"""The content-addressed tensor object store.
+
+Objects are keyed by :func:`~modelgit.store.ids.object_id` of their decoded content and laid out
+as ``objects/<2 hex>/<62 hex>`` (the layout git and the Hugging Face cache use), each in the
+format of :mod:`~modelgit.store.objectfile`. Named refs (``refs/<name>``) point at manifest
+objects and are the roots of ``gc``.
+
+Concurrency: writing an object is idempotent and atomic, so any number of processes may add at
+once. ``gc`` deletes, so it takes the store lock exclusively; writers hold it shared for the
+whole of an add (see :meth:`Store.writing`), which keeps gc from deleting an object that an add
+has just found present and decided not to write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from ..dtypes import DTYPES, FLOAT_DTYPES
+from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageError
+from .backends import Backend, LocalBackend, open_backend
+from .encodings import DELTA, DELTA_ADVANTAGE, encode_delta, encode_standalone
+from .ids import is_object_id, object_id
+from .objectfile import ObjectHeader, pack_object, unpack_header
+
+__all__ = ["Store", "PutResult", "StoreStats", "GcResult", "MAX_DELTA_DEPTH"]
+
+STORE_FORMAT = 1
+CONFIG_KEY = "modelgit-store.json"
+MAX_DELTA_DEPTH = 8  # a checkout decodes at most this many ancestors of an object
+_STALE_TMP_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class PutResult:
+    oid: str
+    written: bool  # False when the object was already present (dedup)
+    stored_bytes: int  # bytes of the object file written (0 when not written)
+    encoding: str | None
+
+
+@dataclass
+class StoreStats:
+    objects: int = 0
+    stored_bytes: int = 0  # bytes of object files
+    content_bytes: int = 0  # decoded bytes of all distinct objects
+    by_encoding: dict[str, dict[str, int]] = field(default_factory=dict)
+    refs: int = 0
+
+
+@dataclass
+class GcResult:
+    kept: int
+    removed: int
+    freed_bytes: int
+    removed_tmp: int
+
+
+class Store:
+    """A tensor object store on a :class:`Backend`. Open one with :meth:`Store.open`."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self._writers = 0
+        self._lock_cm = None
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, location: str, create: bool = False) -> "Store":
+        """Open the store at a path or fsspec URL.
+
+        Raises:
+            StoreError: when there is no store there and ``create`` is false, or when the store
+                was made by a newer modelgit.
+        """
+        store = cls(open_backend(location))
+        if store.backend.exists(CONFIG_KEY):
+            config = json.loads(store.backend.read(CONFIG_KEY))
+            if config.get("format", 0) > STORE_FORMAT:
+                raise StoreError(
+                    f"the store at {location} has format {config['format']}, newer than this "
+                    f"modelgit understands ({STORE_FORMAT}); upgrade modelgit"
+                )
+        elif create:
+            store.backend.write_atomic(CONFIG_KEY, json.dumps({"format": STORE_FORMAT}).encode())
+        else:
+            raise StoreError(
+                f"no modelgit store at {location}; create one with `modelgit add` "
+                "(which creates the default store) or pass --store to point at an existing one"
+            )
+        return store
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Hold the store lock shared while adding (re-entrant within one process)."""
+        if self._writers == 0:
+            self._lock_cm = self.backend.lock(shared=True)
+            self._lock_cm.__enter__()
+        self._writers += 1
+        try:
+            yield self
+        finally:
+            self._writers -= 1
+            if self._writers == 0:
+                if isinstance(self.backend, LocalBackend):
+                    self.backend.sync_dirs()
+                self._lock_cm.__exit__(None, None, None)
+                self._lock_cm = None
+
+    # ---------------------------------------------------------------- objects
+    @staticmethod
+    def _key(oid: str) -> str:
+        return f"objects/{oid[:2]}/{oid[2:]}"
+
+    def has(self, oid: str) -> bool:
+        return self.backend.exists(self._key(oid))
+
+    def put(self, dtype: str, shape: tuple[int, ...], data, parent: str | None = None,
+            oid: str | None = None) -> PutResult:
+        """Store content ``data`` (raw little-endian bytes of ``dtype`` and ``shape``).
+
+        Args:
+            parent: id of an object this content probably resembles (the same tensor in the
+                previous version); a delta against it is stored when it pays.
+            oid: the id, when the caller already computed it.
+        """
+        oid = oid or object_id(dtype, shape, data)
+        if self.has(oid):
+            return PutResult(oid, False, 0, None)
+        itemsize = DTYPES[dtype].itemsize
+        encoding, payload = None, None
+        depth, delta_parent = 0, None
+        parent_header = self._delta_candidate(parent, oid, dtype, len(data))
+        if parent_header is not None:
+            delta = encode_delta(data, itemsize, self.get(parent))
+            if delta is not None:
+                encoding, payload = DELTA, delta
+                depth, delta_parent = parent_header.depth + 1, parent
+        if payload is None or len(payload) > len(data) // 2:
+            standalone, standalone_payload = encode_standalone(data, itemsize, dtype in FLOAT_DTYPES)
+            if payload is None or len(payload) >= DELTA_ADVANTAGE * len(standalone_payload):
+                encoding, payload, depth, delta_parent = standalone, standalone_payload, 0, None
+        blob = pack_object(encoding, depth, dtype, tuple(shape), len(data), delta_parent, payload)
+        self.backend.write_atomic(self._key(oid), blob)
+        return PutResult(oid, True, len(blob), encoding.name)
+
+    def _delta_candidate(self, parent, oid, dtype, raw_len) -> ObjectHeader | None:
+        if not parent or parent == oid or not self.has(parent):
+            return None
+        header = self.header(parent)
+        if header.dtype != dtype or header.raw_len != raw_len or header.depth >= MAX_DELTA_DEPTH:
+            return None
+        return header
+
+    def put_blob(self, data: bytes) -> str:
+        """Store a small byte string (a manifest, a file header) and return its id."""
+        return self.put("U8", (len(data),), data).oid
+
+    def _read(self, oid: str) -> bytes:
+        if not is_object_id(oid):
+            raise UsageError(f"{oid!r} is not an object id (64 lowercase hex digits)")
+        try:
+            return self.backend.read(self._key(oid))
+        except FileNotFoundError:
+            raise ObjectMissingError(
+                f"object {oid} is missing from the store at {self.url}; fetch it from the "
+                "remote that has it, or re-add the checkpoint that contained it"
+            ) from None
+
+    def header(self, oid: str) -> ObjectHeader:
+        blob = self._read(oid)
+        try:
+            return unpack_header(blob)
+        except ValueError as exc:
+            raise self._corrupt(oid, str(exc)) from None
+
+    def _corrupt(self, oid: str, why: str) -> CorruptObjectError:
+        return CorruptObjectError(
+            f"object {oid} in the store at {self.url} is corrupt ({why}); delete "
+            f"{self._key(oid)} and re-add or re-fetch the checkpoint that contains it "
+            "(`modelgit verify` lists every damaged object)"
+        )
+
+    def get(self, oid: str, _depth: int = 0) -> bytes:
+        """Return the decoded content of ``oid``, verified against its id.
+
+        Raises:
+            ObjectMissingError: the object (or a delta ancestor) is not in the store.
+            CorruptObjectError: it does not decode to content with its id.
+        """
+        blob = self._read(oid)
+        try:
+            head = unpack_header(blob)
+        except ValueError as exc:
+            raise self._corrupt(oid, str(exc)) from None
+        parent_raw = None
+        if head.parent is not None:
+            if _depth >= MAX_DELTA_DEPTH or head.depth > MAX_DELTA_DEPTH:
+                raise self._corrupt(oid, "delta chain deeper than allowed")
+            parent_raw = self.get(head.parent, _depth + 1)
+        if head.dtype not in DTYPES:
+            raise self._corrupt(oid, f"unknown dtype {head.dtype!r}")
+        try:
+            raw = head.encoding.decode(memoryview(blob)[head.payload_offset:],
+                                       DTYPES[head.dtype].itemsize, head.raw_len, parent_raw)
+        except Exception as exc:  # any decoder failure on bad bytes is corruption
+            raise self._corrupt(oid, f"{head.encoding.name} payload does not decode: {exc}") from None
+        if object_id(head.dtype, head.shape, raw) != oid:
+            raise self._corrupt(oid, "content hash does not match its id")
+        return raw
+
+    def iter_objects(self) -> Iterator[str]:
+        for key in self.backend.list("objects"):
+            parts = key.split("/")
+            if len(parts) == 3 and is_object_id(parts[1] + parts[2]):
+                yield parts[1] + parts[2]
+
+    def stored_size(self, oid: str) -> int:
+        return self.backend.size(self._key(oid))
+
+    # ---------------------------------------------------------------- refs
+    def set_ref(self, name: str, oid: str) -> None:
+        _check_ref_name(name)
+        self.backend.write_atomic(f"refs/{name}", (oid + "\n").encode())
+
+    def get_ref(self, name: str) -> str:
+        _check_ref_name(name)
+        try:
+            return self.backend.read(f"refs/{name}").decode().strip()
+        except FileNotFoundError:
+            raise UsageError(f"no ref {name!r} in the store at {self.url}; "
+                             "`modelgit refs` lists them") from None
+
+    def delete_ref(self, name: str) -> None:
+        _check_ref_name(name)
+        self.backend.delete(f"refs/{name}")
+
+    def refs(self) -> dict[str, str]:
+        out = {}
+        for key in self.backend.list("refs"):
+            out[key[len("refs/"):]] = self.backend.read(key).decode().strip()
+        return dict(sorted(out.items()))
+
+    # ---------------------------------------------------------------- maintenance
+    def stats(self) -> StoreStats:
+        stats = StoreStats(refs=len(self.refs()))
+        for oid in self.iter_objects():
+            size = self.stored_size(oid)
+            try:
+                head = self.header(oid)
+                name, raw_len = head.encoding.name, head.raw_len
+            except CorruptObjectError:
+                name, raw_len = "corrupt", 0
+            stats.objects += 1
+            stats.stored_bytes += size
+            stats.content_bytes += raw_len
+            entry = stats.by_encoding.setdefault(name, {"objects": 0, "stored_bytes": 0,
+                                                        "content_bytes": 0})
+            entry["objects"] += 1
+            entry["stored_bytes"] += size
+            entry["content_bytes"] += raw_len
+        return stats
+
+    def verify(self, oids: Iterable[str] | None = None) -> list[str]:
+        """Decode and hash-check objects (all by default); return one message per problem."""
+        problems = []
+        for oid in (self.iter_objects() if oids is None else oids):
+            try:
+                self.get(oid)
+            except (CorruptObjectError, ObjectMissingError) as exc:
+                problems.append(str(exc))
+        return problems
+
+    def gc(self, live: set[str], dry_run: bool = False) -> GcResult:
+        """Delete every object not in ``live`` nor a delta ancestor of one; clear stale temps.
+
+        The caller computes ``live`` from its roots (refs, git history); delta parents are
+        added here since only the store knows them.
+        """
+        with self.backend.lock(shared=False):
+            keep = set()
+            todo = [oid for oid in live if self.has(oid)]
+            while todo:
+                oid = todo.pop()
+                if oid in keep:
+                    continue
+                keep.add(oid)
+                with contextlib.suppress(CorruptObjectError):
+                    parent = self.header(oid).parent
+                    if parent and self.has(parent):
+                        todo.append(parent)
+            removed = freed = 0
+            for oid in list(self.iter_objects()):
+                if oid not in keep:
+                    removed += 1
+                    freed += self.stored_size(oid)
+                    if not dry_run:
+                        self.backend.delete(self._key(oid))
+            removed_tmp = 0
+            now = time.time()
+            for key in list(self.backend.list("tmp")):
+                # under the exclusive lock no local writer is active, so any temp is debris;
+                # remote stores keep recent temps, which may belong to a running push
+                if isinstance(self.backend, LocalBackend) or now - self.backend.mtime(key) > _STALE_TMP_SECONDS:
+                    removed_tmp += 1
+                    if not dry_run:
+                        self.backend.delete(key)
+            return GcResult(len(keep), removed, freed, removed_tmp)
+
+
+def _check_ref_name(name: str) -> None:
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") or p.startswith(".") for p in parts) or "\\" in name \
+            or any(ord(c) < 32 for c in name):
+        raise UsageError(f"invalid ref name {name!r}: use letters, digits, '-', '_', '.' and '/'")

@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny seeded checkpoints built on the spot (nothing downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from modelgit.store import Store
+
+from helpers import float_weights, write_safetensors
+
+os.environ.setdefault("MODELGIT_PROGRESS", "0")
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store.open(str(tmp_path / "store"), create=True)
+
+
+@pytest.fixture
+def small_model(tmp_path):
+    """A small fp32 safetensors model with a chunked embedding (2 chunks at 4 MiB)."""
+    tensors = {
+        "embed.weight": ("F32", (4200, 256), float_weights(1, (4200, 256)).tobytes()),
+        "layer.0.weight": ("F32", (64, 64), float_weights(2, (64, 64)).tobytes()),
+        "layer.0.bias": ("F32", (64,), float_weights(3, (64,)).tobytes()),
+        "step": ("I64", (), np.int64(7).tobytes()),
+    }
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, tensors, metadata={"format": "pt"})
+    return path, tensors

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from modelgit.store.encodings import ENCODINGS, encode_delta, encode_standalone
+
+ITEMSIZES = [1, 2, 4, 8]
+
+
+def test_every_registered_encoding_is_covered():
+    assert set(ENCODINGS) == {"raw", "zstd", "planes", "delta"}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODINGS))
+@given(data=st.binary(max_size=4096), itemsize=st.sampled_from(ITEMSIZES), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=40, deadline=None)
+def test_round_trip_is_lossless(name, data, itemsize, seed):
+    data = data[: len(data) // itemsize * itemsize]
+    enc = ENCODINGS[name]
+    parent = np.random.default_rng(seed).integers(0, 256, len(data), dtype=np.uint8).tobytes() \
+        if enc.needs_parent else None
+    payload = enc.encode(data, itemsize, parent)
+    assert enc.decode(payload, itemsize, len(data), parent) == data
+
+
+def test_planes_beat_plain_zstd_on_float_weights():
+    w = (np.random.default_rng(0).standard_normal(1 << 18) * 0.02).astype(np.float32).tobytes()
+    enc, payload = encode_standalone(w, 4, is_float=True)
+    assert enc.name == "planes"
+    assert len(payload) < 0.9 * len(w)
+
+
+def test_incompressible_data_is_stored_raw():
+    data = np.random.default_rng(0).integers(0, 256, 1 << 16, dtype=np.uint8).tobytes()
+    enc, payload = encode_standalone(data, 1, is_float=False)
+    assert enc.name == "raw" and payload == data
+
+
+def test_delta_of_small_update_is_small():
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal(1 << 18) * 0.02).astype(np.float32)
+    w2 = w * (1 + np.float32(1e-3) * rng.standard_normal(w.size).astype(np.float32))
+    payload = encode_delta(w2.tobytes(), 4, w.tobytes())
+    assert len(payload) < 0.52 * w.nbytes
+
+
+def test_delta_refuses_size_mismatch():
+    assert encode_delta(b"\0" * 8, 4, b"\0" * 4) is None

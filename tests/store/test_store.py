@@ -1,0 +1,108 @@
+import os
+
+import numpy as np
+import pytest
+
+from modelgit.errors import CorruptObjectError, ObjectMissingError, StoreError, UsageError
+from modelgit.store import MAX_DELTA_DEPTH, Store, object_id
+
+
+def test_put_get_round_trip_and_dedup(store):
+    data = np.arange(1000, dtype=np.float32).tobytes()
+    first = store.put("F32", (1000,), data)
+    again = store.put("F32", (1000,), data)
+    assert first.written and not again.written and first.oid == again.oid
+    assert store.get(first.oid) == data
+
+
+def test_id_depends_on_dtype_and_shape(store):
+    data = bytes(16)
+    ids = {object_id("F32", (4,), data), object_id("I32", (4,), data), object_id("F32", (2, 2), data)}
+    assert len(ids) == 3
+
+
+def test_missing_object_error_names_object_and_store(store):
+    oid = "ab" * 32
+    with pytest.raises(ObjectMissingError, match=oid) as info:
+        store.get(oid)
+    assert store.url in str(info.value)
+
+
+def test_flipped_byte_is_detected(store):
+    data = np.random.default_rng(0).standard_normal(4096).astype(np.float32).tobytes()
+    oid = store.put("F32", (4096,), data).oid
+    path = os.path.join(store.url, "objects", oid[:2], oid[2:])
+    blob = bytearray(open(path, "rb").read())
+    blob[-10] ^= 0xFF
+    open(path, "wb").write(bytes(blob))
+    with pytest.raises(CorruptObjectError, match=oid):
+        store.get(oid)
+    assert len(store.verify()) == 1
+
+
+def test_truncated_object_is_detected(store):
+    oid = store.put("U8", (100,), bytes(range(100))).oid
+    path = os.path.join(store.url, "objects", oid[:2], oid[2:])
+    open(path, "wb").write(open(path, "rb").read()[:20])
+    with pytest.raises(CorruptObjectError):
+        store.get(oid)
+
+
+def test_delta_chain_is_bounded(store):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(1 << 16).astype(np.float32)
+    parent, depths = None, []
+    for _ in range(MAX_DELTA_DEPTH + 3):
+        w = w * (1 + np.float32(1e-4) * rng.standard_normal(w.size).astype(np.float32))
+        result = store.put("F32", w.shape, w.tobytes(), parent=parent)
+        depths.append(store.header(result.oid).depth)
+        assert store.get(result.oid) == w.tobytes()
+        parent = result.oid
+    assert max(depths) == MAX_DELTA_DEPTH
+    assert depths[0] == 0 and depths[1] == 1
+
+
+def test_gc_keeps_delta_parents_and_removes_the_rest(store):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(1 << 14).astype(np.float32)
+    base = store.put("F32", w.shape, w.tobytes()).oid
+    w2 = w * (1 + np.float32(1e-4) * rng.standard_normal(w.size).astype(np.float32))
+    child = store.put("F32", w.shape, w2.tobytes(), parent=base).oid
+    junk = store.put("U8", (3,), b"abc").oid
+    assert store.header(child).parent == base
+    result = store.gc({child})
+    assert result.removed == 1 and not store.has(junk)
+    assert store.get(child) == w2.tobytes()
+
+
+def test_refs(store):
+    oid = store.put_blob(b"x")
+    store.set_ref("models/a", oid)
+    assert store.refs() == {"models/a": oid}
+    with pytest.raises(UsageError):
+        store.set_ref("../escape", oid)
+    store.delete_ref("models/a")
+    assert store.refs() == {}
+
+
+def test_open_missing_store_says_how_to_create(tmp_path):
+    with pytest.raises(StoreError, match="no modelgit store"):
+        Store.open(str(tmp_path / "nothing"))
+
+
+def test_newer_store_format_is_refused(tmp_path):
+    Store.open(str(tmp_path / "s"), create=True)
+    (tmp_path / "s" / "modelgit-store.json").write_text('{"format": 99}')
+    with pytest.raises(StoreError, match="newer"):
+        Store.open(str(tmp_path / "s"))
+
+
+def test_memory_filesystem_backend():
+    store = Store.open("memory://modelgit-test-store", create=True)
+    data = np.arange(50000, dtype=np.float32).tobytes()
+    oid = store.put("F32", (50000,), data).oid
+    assert store.get(oid) == data
+    assert list(store.iter_objects()) == [oid]
+    store.set_ref("r", oid)
+    assert store.refs() == {"r": oid}
+    assert store.gc({oid}).removed == 0
