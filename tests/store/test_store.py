@@ -106,3 +106,18 @@ def test_memory_filesystem_backend():
     store.set_ref("r", oid)
     assert store.refs() == {"r": oid}
     assert store.gc({oid}).removed == 0
+
+
+def test_fsspec_backend_on_local_filesystem(tmp_path):
+    from modelgit.store import FsspecBackend
+    from modelgit.store.store import CONFIG_KEY
+
+    backend = FsspecBackend(f"file://{tmp_path}/fs-store")
+    backend.write_atomic(CONFIG_KEY, b'{"format": 1}')
+    store = Store(backend)
+    data = np.arange(3000, dtype=np.int32).tobytes()
+    oid = store.put("I32", (3000,), data).oid
+    assert store.get(oid) == data
+    assert (tmp_path / "fs-store" / "objects" / oid[:2] / oid[2:]).is_file()
+    assert list(store.iter_objects()) == [oid]
+    assert not list(backend.list("tmp"))

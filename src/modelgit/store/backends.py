@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import posixpath
 import time
 import uuid
 from typing import Iterator, Protocol
@@ -156,6 +157,13 @@ class FsspecBackend:
         self.fs, self.base = fsspec.core.url_to_fs(url, **storage_options)
         self.base = self.base.rstrip("/")
         self.url = url
+        self._made_dirs: set[str] = set()
+
+    def _ensure_parent(self, path: str) -> None:
+        parent = posixpath.dirname(path)
+        if parent not in self._made_dirs:
+            self.fs.makedirs(parent, exist_ok=True)  # a no-op on object stores
+            self._made_dirs.add(parent)
 
     def _path(self, key: str) -> str:
         return f"{self.base}/{key}"
@@ -169,6 +177,8 @@ class FsspecBackend:
     def write_atomic(self, key: str, data) -> None:
         tmp = self._path(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
         try:
+            self._ensure_parent(tmp)
+            self._ensure_parent(self._path(key))
             self.fs.pipe_file(tmp, bytes(data))
             self.fs.mv(tmp, self._path(key))
         except OSError as exc:
