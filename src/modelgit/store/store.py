@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -66,6 +67,7 @@ class Store:
         self.backend = backend
         self._writers = 0
         self._lock_cm = None
+        self._writers_guard = threading.Lock()
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -99,20 +101,21 @@ class Store:
 
     @contextlib.contextmanager
     def writing(self):
-        """Hold the store lock shared while adding (re-entrant within one process)."""
-        if self._writers == 0:
-            self._lock_cm = self.backend.lock(shared=True)
-            self._lock_cm.__enter__()
-        self._writers += 1
+        """Hold the store lock shared while adding (re-entrant, shared by a process's threads)."""
+        with self._writers_guard:
+            if self._writers == 0:
+                self._lock_cm = self.backend.lock(shared=True)
+                self._lock_cm.__enter__()
+            self._writers += 1
         try:
             yield self
         finally:
-            self._writers -= 1
-            if self._writers == 0:
-                if isinstance(self.backend, LocalBackend):
+            with self._writers_guard:
+                self._writers -= 1
+                if self._writers == 0:
                     self.backend.sync_dirs()
-                self._lock_cm.__exit__(None, None, None)
-                self._lock_cm = None
+                    self._lock_cm.__exit__(None, None, None)
+                    self._lock_cm = None
 
     # ---------------------------------------------------------------- objects
     @staticmethod
@@ -137,9 +140,10 @@ class Store:
         itemsize = DTYPES[dtype].itemsize
         encoding, payload = None, None
         depth, delta_parent = 0, None
-        parent_header = self._delta_candidate(parent, oid, dtype, len(data))
-        if parent_header is not None:
-            delta = encode_delta(data, itemsize, self.get(parent))
+        candidate = self._delta_candidate(parent, oid, dtype, len(data))
+        if candidate is not None:
+            parent_header, parent_raw = candidate
+            delta = encode_delta(data, itemsize, parent_raw)
             if delta is not None:
                 encoding, payload = DELTA, delta
                 depth, delta_parent = parent_header.depth + 1, parent
@@ -151,13 +155,14 @@ class Store:
         self.backend.write_atomic(self._key(oid), blob)
         return PutResult(oid, True, len(blob), encoding.name)
 
-    def _delta_candidate(self, parent, oid, dtype, raw_len) -> ObjectHeader | None:
+    def _delta_candidate(self, parent, oid, dtype, raw_len) -> tuple[ObjectHeader, bytes] | None:
+        """(header, content) of ``parent`` when a delta against it is allowed."""
         if not parent or parent == oid or not self.has(parent):
             return None
-        header = self.header(parent)
+        header, raw = self._load(parent)
         if header.dtype != dtype or header.raw_len != raw_len or header.depth >= MAX_DELTA_DEPTH:
             return None
-        return header
+        return header, raw
 
     def put_blob(self, data: bytes) -> str:
         """Store a small byte string (a manifest, a file header) and return its id."""
@@ -188,13 +193,16 @@ class Store:
             "(`modelgit verify` lists every damaged object)"
         )
 
-    def get(self, oid: str, _depth: int = 0) -> bytes:
+    def get(self, oid: str) -> bytes:
         """Return the decoded content of ``oid``, verified against its id.
 
         Raises:
             ObjectMissingError: the object (or a delta ancestor) is not in the store.
             CorruptObjectError: it does not decode to content with its id.
         """
+        return self._load(oid)[1]
+
+    def _load(self, oid: str, _depth: int = 0) -> tuple[ObjectHeader, bytes]:
         blob = self._read(oid)
         try:
             head = unpack_header(blob)
@@ -204,7 +212,7 @@ class Store:
         if head.parent is not None:
             if _depth >= MAX_DELTA_DEPTH or head.depth > MAX_DELTA_DEPTH:
                 raise self._corrupt(oid, "delta chain deeper than allowed")
-            parent_raw = self.get(head.parent, _depth + 1)
+            parent_raw = self._load(head.parent, _depth + 1)[1]
         if head.dtype not in DTYPES:
             raise self._corrupt(oid, f"unknown dtype {head.dtype!r}")
         try:
@@ -214,7 +222,7 @@ class Store:
             raise self._corrupt(oid, f"{head.encoding.name} payload does not decode: {exc}") from None
         if object_id(head.dtype, head.shape, raw) != oid:
             raise self._corrupt(oid, "content hash does not match its id")
-        return raw
+        return head, raw
 
     def iter_objects(self) -> Iterator[str]:
         for key in self.backend.list("objects"):

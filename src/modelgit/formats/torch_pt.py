@@ -1,0 +1,309 @@
+"""PyTorch checkpoints (``torch.save`` state dicts), read without running pickled code.
+
+Reading goes only through ``torch.load(..., weights_only=True)``, whose restricted unpickler builds
+tensors, dicts and primitives and refuses every other global; a refused file raises
+:class:`~modelgit.errors.UnsafeInputError`. Zip-format files (every ``torch.save`` since 1.6) are
+memory-mapped, so reading one tensor touches only its bytes; legacy files are loaded whole.
+
+A checkpoint must be a dict whose values are tensors, nested dicts or JSON primitives. Nested keys
+are joined with ``"."`` into tensor names. ``meta()["layout"]`` records the tree (key order, key
+types, primitive values) as canonical JSON, so :func:`write_torch` rebuilds an equal dict::
+
+    {"version": 1, "items": [[key, node], ...]}       key: str or int
+    node: {"tensor": name} | {"dict": [[key, node], ...]} | {"value": json primitive}
+          | {"float": "nan" | "inf" | "-inf"}         (JSON has no non-finite numbers)
+
+Tensor bytes are the CPU tensor's memory, little-endian on every host modelgit supports.
+A rebuilt file is always zip-format and equal tensor for tensor, not byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import warnings
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from ..dtypes import DTYPES
+from ..errors import FormatError, UnsafeInputError
+from .base import Format, TensorEntry, iter_pieces
+
+__all__ = ["FORMAT", "TorchReader", "open_torch", "write_torch", "sniff_torch"]
+
+_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"  # PROTO opcode, first byte of every pickle torch.save ever wrote
+_LAYOUT_VERSION = 1
+_PRIMITIVES = (bool, int, float, str, type(None))
+_KEY_TYPES = (str, int, bool)
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_TORCH_TO_NAME = {getattr(torch, d.torch_name): d.name for d in DTYPES.values()
+                  if d.torch_name and hasattr(torch, d.torch_name)}
+
+
+class TorchReader:
+    """A loaded state dict; tensors of zip-format files stay memory-mapped until read."""
+
+    format = "torch"
+
+    def __init__(self, path: str, tensors: dict[str, torch.Tensor], layout: bytes) -> None:
+        self.path = path
+        self._tensors = tensors
+        self._layout = layout
+
+    def entries(self) -> list[TensorEntry]:
+        """The tensors in the dict's (depth-first) order."""
+        return [TensorEntry(name, _TORCH_TO_NAME[t.dtype], tuple(t.shape))
+                for name, t in self._tensors.items()]
+
+    def data(self, name: str) -> memoryview:
+        """Raw little-endian C-order bytes of tensor ``name`` (no copy when already contiguous)."""
+        tensor = self._tensors[name].detach().resolve_conj().resolve_neg().contiguous()
+        # reshape(-1) first: view() to a smaller dtype is refused on 0-d tensors.
+        return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+
+    def meta(self) -> dict[str, bytes]:
+        """``{"layout": canonical JSON}``: the dict tree and its non-tensor values."""
+        return {"layout": self._layout}
+
+    def close(self) -> None:
+        self._tensors = {}
+
+
+def open_torch(path: str) -> TorchReader:
+    """Open a ``torch.save`` checkpoint without executing any pickled code.
+
+    Args:
+        path: a ``.pt``/``.pth``/``.bin``/``.ckpt`` file written by ``torch.save``.
+
+    Returns:
+        A :class:`TorchReader` over its tensors.
+
+    Raises:
+        UnsafeInputError: the pickle needs globals beyond tensors and plain containers.
+        FormatError: the file is truncated, corrupt, not a torch checkpoint, or holds values
+            other than tensors, dicts and JSON primitives.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    is_zip = head == _ZIP_MAGIC
+    if not is_zip and head[:1] != _PICKLE_PROTO:
+        raise FormatError(f"{path}: not a PyTorch checkpoint (starts with {head!r}, expected a zip "
+                          "archive or a pickle); check the file name or re-save it with torch.save")
+    obj = _load(path, mmap=is_zip)  # mmap needs the zip layout; legacy files are read whole
+    if not isinstance(obj, dict):
+        raise FormatError(f"{path}: the checkpoint is a {type(obj).__name__}, not a dict of "
+                          "tensors; save model.state_dict() instead")
+    tensors: dict[str, torch.Tensor] = {}
+    items = _flatten(path, obj, (), tensors)
+    try:
+        layout = _canonical_json({"version": _LAYOUT_VERSION, "items": items})
+    except UnicodeEncodeError as exc:  # lone surrogates survive pickle but not UTF-8
+        raise FormatError(f"{path}: a key or string value is not valid Unicode ({exc}); "
+                          "re-save the checkpoint with valid strings") from None
+    return TorchReader(path, tensors, layout)
+
+
+def _load(path: str, mmap: bool) -> Any:
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols and TorchScript
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise _unsafe(path, _refusal_reason(str(exc))) from None
+    except OSError:
+        raise
+    except Exception as exc:  # hostile bytes can break the parser in any way; none is a bug here
+        if "TorchScript" in str(exc):
+            raise _unsafe(path, "it is a TorchScript archive, which holds code") from None
+        reason = f"{type(exc).__name__}: {str(exc) or 'unexpected end of data'}"
+        raise FormatError(f"{path}: cannot read the PyTorch checkpoint, it is truncated or corrupt "
+                          f"({reason}); re-download or re-save it") from None
+
+
+def _unsafe(path: str, reason: str) -> UnsafeInputError:
+    return UnsafeInputError(
+        f"{path}: refused: torch's weights-only loader cannot read it without running pickled "
+        f"code ({reason}). modelgit never executes pickled code. On a trusted machine, "
+        "convert it to safetensors (e.g. "
+        "safetensors.torch.save_file(torch.load(path, weights_only=False), 'model.safetensors')) "
+        "and track that file instead")
+
+
+def _refusal_reason(message: str) -> str:
+    """The weights-only unpickler's own reason, without torch's advice to allowlist globals."""
+    text = message.split("\n\nCheck the documentation")[0]
+    if "WeightsUnpickler error:" in text:
+        text = text.rsplit("WeightsUnpickler error:", 1)[1]
+    else:  # torch puts the unpickler's message in the last paragraph
+        text = [part for part in text.split("\n\n") if part.strip()][-1]
+    text = text.split(" Please use `torch.serialization")[0]
+    return " ".join(text.split())[:300].rstrip(".")
+
+
+def _flatten(path: str, tree: dict, prefix: tuple, tensors: dict[str, torch.Tensor]) -> list:
+    """Collect the tensors of ``tree`` into ``tensors`` and return its layout items."""
+    items = []
+    for key, value in tree.items():
+        keys = prefix + (key,)
+        where = ".".join(map(str, keys))
+        if type(key) not in _KEY_TYPES:
+            raise FormatError(f"{path}: key {where!r} is a {type(key).__name__}; only str and int "
+                              "keys are supported, re-save the checkpoint with string keys")
+        if isinstance(value, torch.Tensor):
+            _check_tensor(path, where, value)
+            if where in tensors:
+                raise FormatError(f"{path}: two tensors flatten to the name {where!r} (a dotted "
+                                  "key and a nested dict); rename one of them and re-save")
+            tensors[where] = value
+            node: dict = {"tensor": where}
+        elif isinstance(value, dict):
+            node = {"dict": _flatten(path, value, keys, tensors)}
+        elif type(value) in _PRIMITIVES:
+            node = _primitive_node(value)
+        else:
+            raise FormatError(f"{path}: key {where!r} holds a {type(value).__name__}; only "
+                              "tensors, dicts and JSON primitives (int, float, bool, str, None) "
+                              "are supported, convert it (e.g. a list to a tensor) and re-save")
+        items.append([key, node])
+    return items
+
+
+def _check_tensor(path: str, where: str, tensor: torch.Tensor) -> None:
+    if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_nested:
+        raise FormatError(f"{path}: tensor {where!r} is not dense (layout {tensor.layout}, "
+                          f"dtype {tensor.dtype}); convert it with .to_dense() or .dequantize() "
+                          "and re-save")
+    if tensor.dtype not in _TORCH_TO_NAME:
+        supported = ", ".join(str(t) for t in _TORCH_TO_NAME)
+        raise FormatError(f"{path}: tensor {where!r} has dtype {tensor.dtype}, which modelgit does "
+                          f"not support (supported: {supported}); cast it and re-save")
+
+
+def _primitive_node(value: Any) -> dict:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    return {"value": value}
+
+
+def _canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def write_torch(path: str, meta: dict[str, bytes], entries: list[TensorEntry],
+                read: Callable[[TensorEntry], Iterable[bytes]]) -> None:
+    """Write a ``torch.save`` checkpoint rebuilt from raw tensor bytes.
+
+    Args:
+        path: the file to write (overwritten).
+        meta: :meth:`TorchReader.meta` of the original; without ``"layout"`` a flat dict is
+            written in entry order.
+        entries: the tensors, in order.
+        read: yields the raw little-endian bytes of one tensor, in pieces.
+
+    Raises:
+        FormatError: an unknown dtype, duplicate names, or a layout that does not match the
+            entries.
+    """
+    if len({e.name for e in entries}) != len(entries):
+        raise FormatError(f"{path}: duplicate tensor names in the entry list; the manifest is "
+                          "corrupt, re-commit the checkpoint")
+    items = _parse_layout(path, meta["layout"]) if "layout" in meta else None  # fail before reading
+    tensors = {entry.name: _rebuild_tensor(path, entry, read) for entry in entries}
+    obj = tensors
+    if items is not None:
+        used: set[str] = set()
+        obj = _unflatten(path, items, tensors, used)
+        if used != set(tensors):
+            missing = sorted(set(tensors) - used)[:5]
+            raise FormatError(f"{path}: the layout does not place tensors {missing}; the manifest "
+                              "is corrupt, re-commit the checkpoint")
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _rebuild_tensor(path: str, entry: TensorEntry,
+                    read: Callable[[TensorEntry], Iterable[bytes]]) -> torch.Tensor:
+    info = DTYPES.get(entry.dtype)
+    torch_dtype = getattr(torch, info.torch_name, None) if info and info.torch_name else None
+    if torch_dtype is None:
+        raise FormatError(f"{path}: tensor {entry.name!r} has dtype {entry.dtype}, which torch "
+                          f"{torch.__version__} cannot hold; write it as safetensors instead")
+    flat = torch.empty(entry.nbytes, dtype=torch.uint8)
+    buf = flat.numpy()  # shares memory with flat
+    offset = 0
+    for piece in iter_pieces(read, entry):
+        chunk = np.frombuffer(piece, dtype=np.uint8)
+        if offset + chunk.size > entry.nbytes:
+            raise ValueError(f"tensor {entry.name!r} produced more than {entry.nbytes} bytes")
+        buf[offset:offset + chunk.size] = chunk
+        offset += chunk.size
+    return flat.view(torch_dtype).reshape(entry.shape)
+
+
+def _parse_layout(path: str, layout: bytes) -> Any:
+    try:
+        parsed = json.loads(layout.decode("utf-8"))
+        version = parsed["version"]
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise FormatError(f"{path}: the torch layout is not a JSON object with a version "
+                          f"({exc!r}); the manifest is corrupt, re-commit the checkpoint") from None
+    if version != _LAYOUT_VERSION:
+        raise FormatError(f"{path}: torch layout version {version!r} is not {_LAYOUT_VERSION}, "
+                          "the one this modelgit knows; upgrade modelgit")
+    return parsed.get("items")
+
+
+def _unflatten(path: str, items: Any, tensors: dict[str, torch.Tensor], used: set[str]) -> dict:
+    """Rebuild the dict tree described by layout ``items``, marking placed tensors in ``used``."""
+    def bad(why: str) -> FormatError:
+        return FormatError(f"{path}: invalid torch layout: {why}; the manifest is corrupt, "
+                           "re-commit the checkpoint")
+
+    if not isinstance(items, list):
+        raise bad(f"expected a list of [key, node] pairs, got {type(items).__name__}")
+    tree: dict = {}
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) in _KEY_TYPES
+                and isinstance(item[1], dict) and len(item[1]) == 1):
+            raise bad(f"malformed item {item!r:.80}")
+        key, ((kind, value),) = item[0], item[1].items()
+        if key in tree:
+            raise bad(f"duplicate key {key!r}")
+        if kind == "tensor":
+            if value not in tensors or value in used:
+                raise bad(f"tensor {value!r} is unknown or placed twice")
+            used.add(value)
+            tree[key] = tensors[value]
+        elif kind == "dict":
+            tree[key] = _unflatten(path, value, tensors, used)
+        elif kind == "value" and type(value) in _PRIMITIVES:
+            tree[key] = value
+        elif kind == "float" and value in _NON_FINITE:
+            tree[key] = _NON_FINITE[value]
+        else:
+            raise bad(f"unknown node {item[1]!r:.80} at key {key!r}")
+    return tree
+
+
+def sniff_torch(path: str) -> bool:
+    """True for a ``.pt``/``.pth``/``.bin``/``.ckpt`` file that starts like a zip or a pickle."""
+    path = os.fspath(path)
+    if not path.lower().endswith(_SUFFIXES):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head == _ZIP_MAGIC or head[:1] == _PICKLE_PROTO
+
+
+FORMAT = Format(name="torch", open=open_torch, write=write_torch, sniff=sniff_torch)
