@@ -167,3 +167,45 @@ def test_manifest_with_escaping_path_is_refused(store, tmp_path):
     with pytest.raises(Exception, match="unsafe path"):
         checkpoint.materialize(store, evil, str(tmp_path / "out"))
     assert not (tmp_path / "evil").exists()
+
+
+def test_torch_and_npz_round_trip_tensor_exact(store, tmp_path):
+    import torch
+
+    state = {"w": torch.randn(300, 40, dtype=torch.bfloat16), "b": torch.zeros(0),
+             "nested": {"step": 3, "m": torch.arange(10)}}
+    torch.save(state, tmp_path / "ckpt.pt")
+    manifest, out = _round_trip(store, tmp_path / "ckpt.pt", tmp_path)
+    back = torch.load(out, weights_only=True)
+    assert torch.equal(back["w"], state["w"]) and back["nested"]["step"] == 3
+    assert torch.equal(back["nested"]["m"], state["nested"]["m"]) and back["b"].shape == (0,)
+
+    arrays = {"a": np.arange(12, dtype=np.float64).reshape(3, 4), "flag": np.array(True)}
+    np.savez(tmp_path / "arrs.npz", **arrays)
+    manifest, out = _round_trip(store, tmp_path / "arrs.npz", tmp_path)
+    with np.load(out) as back:
+        assert (back["a"] == arrays["a"]).all() and back["flag"] == arrays["flag"]
+
+
+def test_same_tensor_in_different_formats_is_stored_once(store, tmp_path):
+    import torch
+
+    w = torch.randn(256, 256)
+    torch.save({"w": w}, tmp_path / "a.pt")
+    np.savez(tmp_path / "b.npz", w=w.numpy())
+    first = checkpoint.add(store, str(tmp_path / "a.pt"))
+    second = checkpoint.add(store, str(tmp_path / "b.npz"))
+    assert first.files[0].tensor("w").chunks == second.files[0].tensor("w").chunks
+
+
+def test_peft_adapter_directory_round_trip(store, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 16, "peft_type": "LORA"}')
+    write_safetensors(adapter / "adapter_model.safetensors", {
+        "base_model.model.q_proj.lora_A.weight": ("F32", (8, 64), float_weights(1, (8, 64)).tobytes()),
+        "base_model.model.q_proj.lora_B.weight": ("F32", (64, 8), bytes(64 * 8 * 4)),
+    })
+    manifest, out = _round_trip(store, adapter, tmp_path)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (out / name).read_bytes() == (adapter / name).read_bytes()
