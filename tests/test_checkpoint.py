@@ -209,3 +209,34 @@ def test_peft_adapter_directory_round_trip(store, tmp_path):
     manifest, out = _round_trip(store, adapter, tmp_path)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         assert (out / name).read_bytes() == (adapter / name).read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "blob", "torch"])
+def test_add_stream_equals_add_and_streams_back(store, small_model, tmp_path, kind):
+    import io
+
+    import torch
+
+    path, _ = small_model
+    if kind == "blob":
+        path = tmp_path / "big.txt"
+        path.write_bytes(bytes(range(256)) * (2 * 4096 * 16 + 3))  # > 2 chunks
+    elif kind == "torch":
+        path = tmp_path / "m.pt"
+        torch.save({"w": torch.randn(40, 40)}, path)
+    expected = checkpoint.add(store, str(path))
+    streamed = checkpoint.add_stream(store, io.BytesIO(path.read_bytes()), path.name)
+    assert streamed == expected
+    if kind != "torch":  # torch files are rebuilt tensor-exact, not byte-exact
+        assert b"".join(checkpoint.iter_file_bytes(store, streamed.files[0])) == path.read_bytes()
+
+
+def test_add_stream_refuses_trailing_and_truncated_data(store, small_model):
+    import io
+
+    path, _ = small_model
+    data = path.read_bytes()
+    with pytest.raises(FormatError, match="continues after the last tensor"):
+        checkpoint.add_stream(store, io.BytesIO(data + b"x"), "model.safetensors")
+    with pytest.raises(FormatError, match="truncated"):
+        checkpoint.add_stream(store, io.BytesIO(data[:-5]), "model.safetensors")

@@ -12,6 +12,7 @@ import json
 import mmap
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,13 +23,13 @@ import blake3
 from .dtypes import DTYPES
 from .errors import FormatError, ManifestError, ModelgitError, StoreError, UsageError
 from .formats import TensorEntry, detect_format, get_format
-from .formats.safetensors_format import parse_header
+from .formats.safetensors_format import parse_header, read_header_from_stream
 from .manifest import FileRecord, Manifest, TensorRecord
 from .progress import progress_bar
-from .store import LocalBackend, Store, chunk_layout, object_id
+from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
 from ._parallel import ordered_map
 
-__all__ = ["add", "materialize", "load_manifest", "StoreReport", "store_report", "verify",
+__all__ = ["add", "add_stream", "iter_file_bytes", "materialize", "load_manifest", "StoreReport", "store_report", "verify",
            "collect_garbage", "SKIP_DIRS"]
 
 SKIP_DIRS = {".git", ".modelgit", "__pycache__"}
@@ -115,9 +116,10 @@ def _tensor_jobs(entry: TensorEntry, data, parent: TensorRecord | None) -> Itera
                    parent_chunks[index] if index < len(parent_chunks) else None)
 
 
-def _add_file(store: Store, full: str, rel: str, parent: FileRecord | None, bar) -> FileRecord:
+def _add_file(store: Store, full: str, rel: str, parent: FileRecord | None, bar,
+              use_cache: bool = True) -> FileRecord:
     st = os.stat(full)
-    cached = _cached_record(store, full, rel)
+    cached = _cached_record(store, full, rel) if use_cache else None
     if cached is not None:
         bar.update(st.st_size)
         return cached
@@ -154,7 +156,8 @@ def _add_file(store: Store, full: str, rel: str, parent: FileRecord | None, bar)
         finally:
             reader.close()
         record = FileRecord(rel, fmt.name, options, tuple(tensors))
-    _remember(store, full, st, record)
+    if use_cache:
+        _remember(store, full, st, record)
     return record
 
 
@@ -202,6 +205,93 @@ def add(store: Store, path: str, parent: Manifest | None = None, ref: str | None
     return manifest
 
 
+def _read_exact(stream, n: int, where: str) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise FormatError(f"{where}: data ends after {len(data)} of {n} bytes of a tensor (truncated?)")
+    return data
+
+
+def _stream_jobs(stream, entries, parents: dict[str, TensorRecord], where: str) -> Iterator[_Job]:
+    for entry in entries:
+        parent = parents.get(entry.name)
+        parent_chunks = parent.chunks if parent is not None and parent.dtype == entry.dtype else ()
+        for index, chunk in enumerate(chunk_layout(DTYPES[entry.dtype].itemsize, entry.shape)):
+            data = _read_exact(stream, chunk.stop - chunk.start, where)
+            yield _Job(entry.dtype, chunk.shape, data,
+                       parent_chunks[index] if index < len(parent_chunks) else None)
+
+
+def _stream_blob_jobs(stream, parent: TensorRecord | None, sizes: list[int]) -> Iterator[_Job]:
+    parent_chunks = parent.chunks if parent is not None else ()
+    index = 0
+    while True:
+        data = stream.read(CHUNK_BYTES)
+        if not data and index > 0:
+            return
+        sizes.append(len(data))
+        yield _Job("U8", (len(data),), data, parent_chunks[index] if index < len(parent_chunks) else None)
+        index += 1
+        if len(data) < CHUNK_BYTES:
+            return
+
+
+def add_stream(store: Store, stream, name: str, parent: FileRecord | None = None,
+               progress: bool | None = None) -> Manifest:
+    """Add one file whose bytes come from ``stream`` (anything with ``read(n)``).
+
+    Safetensors data (by ``name``) and plain blobs are consumed front to back, chunk by chunk,
+    without a temporary file; other formats are spooled to a temporary file first. This is what
+    git's clean filter uses.
+
+    Raises:
+        FormatError: the data is malformed (truncated, trailing bytes, bad header).
+    """
+    parents = {t.name: t for t in parent.tensors} if parent is not None else {}
+    base = os.path.basename(name)
+    with store.writing(), progress_bar(0, f"add {base}", progress) as bar:
+        fmt = detect_format(name) if name.endswith(".safetensors") else None
+        if fmt is None and _spooled_format(name) is None:
+            sizes: list[int] = []
+            jobs = _stream_blob_jobs(stream, parents.get(""), sizes)
+            ids = _run_jobs(store, jobs, bar)
+            record = FileRecord(base, BLOB_FORMAT, {}, (TensorRecord("", "U8", (sum(sizes),), tuple(ids)),))
+        elif fmt is not None:
+            header, items = read_header_from_stream(stream, name)
+            entries = [entry for entry, _, _ in items]
+            ids = _run_jobs(store, _stream_jobs(stream, entries, parents, name), bar)
+            if stream.read(1):
+                raise FormatError(f"{name}: data continues after the last tensor; the header does "
+                                  "not describe the whole file (corrupt?)")
+            tensors, position = [], 0
+            for entry in entries:
+                count = len(chunk_layout(DTYPES[entry.dtype].itemsize, entry.shape))
+                tensors.append(TensorRecord(entry.name, entry.dtype, entry.shape,
+                                            tuple(ids[position:position + count])))
+                position += count
+            record = FileRecord(base, fmt.name, {"header": store.put_blob(header)}, tuple(tensors))
+        else:
+            with tempfile.TemporaryDirectory(prefix="modelgit-spool-") as tmp:
+                path = os.path.join(tmp, base)
+                with open(path, "wb") as out:
+                    while block := stream.read(1 << 20):
+                        out.write(block)
+                record = _add_file(store, path, base, parent, bar, use_cache=False)
+        manifest = Manifest((record,), "file")
+        store.put_blob(manifest.dumps())
+    return manifest
+
+
+def _spooled_format(name: str):
+    """The format of a file name that must be spooled to disk to be parsed (torch, npz)."""
+    lowered = name.lower()
+    if lowered.endswith((".pt", ".pth", ".bin", ".ckpt")):
+        return "torch"
+    if lowered.endswith(".npz"):
+        return "npz"
+    return None
+
+
 # ---------------------------------------------------------------------------- materialising
 def load_manifest(store: Store | None, spec: str) -> Manifest:
     """A manifest from a file path, a ref name or a manifest object id."""
@@ -232,7 +322,12 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def _write_file(store: Store, record: FileRecord, out_path: str, bar) -> None:
+def iter_file_bytes(store: Store, record: FileRecord, bar=None) -> Iterator[bytes]:
+    """The bytes of one file of a manifest, front to back, every chunk verified.
+
+    Safetensors and blobs stream chunk by chunk, decoded ahead on a thread pool; formats that
+    cannot be produced front to back (torch, npz) are written to a temporary file first.
+    """
     meta = {key: store.get(oid) for key, oid in record.options.items()}
     entries = _write_order(record, meta)
     by_name = {t.name: t for t in record.tensors}
@@ -241,17 +336,32 @@ def _write_file(store: Store, record: FileRecord, out_path: str, bar) -> None:
     def read(entry: TensorEntry) -> Iterator[bytes]:
         for _ in by_name[entry.name].chunks:
             data = next(stream)
-            bar.update(len(data))
+            if bar is not None:
+                bar.update(len(data))
             yield data
 
     if record.format == BLOB_FORMAT:
-        with open(out_path, "wb") as out:
-            for entry in entries:
-                for piece in read(entry):
-                    out.write(piece)
-    else:
-        get_format(record.format).write(out_path, meta, entries, read)
-    _fsync_path(out_path)
+        for entry in entries:
+            yield from read(entry)
+        return
+    fmt = get_format(record.format)
+    if fmt.stream is not None:
+        yield from fmt.stream(meta, entries, read, record.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="modelgit-") as tmp:
+        path = os.path.join(tmp, os.path.basename(record.path) or "file")
+        fmt.write(path, meta, entries, read)
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                yield block
+
+
+def _write_file(store: Store, record: FileRecord, out_path: str, bar) -> None:
+    with open(out_path, "wb") as out:
+        for piece in iter_file_bytes(store, record, bar):
+            out.write(piece)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _safe_relpath(path: str) -> str:

@@ -59,6 +59,9 @@ class Format:
     write: Callable[[str, dict[str, bytes], list[TensorEntry],
                      Callable[[TensorEntry], Iterable[bytes]]], None]
     sniff: Callable[[str], bool]  # True when a file with this name/prefix is of this format
+    # optional: the file's bytes in pieces from (meta, entries, read), for formats that can be
+    # produced front to back (git smudge streams them to git without a temporary file)
+    stream: Callable[..., Iterator[bytes]] | None = None
 
 
 FORMATS: dict[str, Format] = {}

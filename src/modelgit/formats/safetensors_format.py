@@ -22,13 +22,12 @@ import json
 import mmap
 import os
 import struct
-from math import prod
-
 from ..dtypes import DTYPES
 from ..errors import FormatError
 from .base import Format, TensorEntry, iter_pieces
 
-__all__ = ["FORMAT", "parse_header", "open_safetensors", "write_safetensors"]
+__all__ = ["FORMAT", "parse_header", "open_safetensors", "write_safetensors", "stream_safetensors",
+           "read_header_from_stream", "MAX_HEADER_BYTES"]
 
 MAX_HEADER_BYTES = 100_000_000
 METADATA_KEY = "__metadata__"
@@ -47,13 +46,15 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def parse_header(header: bytes, data_len: int, where: str = "safetensors file"
+def parse_header(header: bytes, data_len: int | None, where: str = "safetensors file"
                  ) -> list[tuple[TensorEntry, int, int]]:
     """Validate a safetensors header; return (entry, begin, end) sorted by data offset.
 
     Args:
         header: the JSON header bytes (without the 8-byte length prefix).
-        data_len: the size of the byte buffer that follows the header.
+        data_len: the size of the byte buffer that follows the header; None when reading a
+            stream whose length is not known yet (the caller then checks that the stream ends
+            where the last tensor does).
         where: the file name, for messages.
 
     Raises:
@@ -91,7 +92,7 @@ def parse_header(header: bytes, data_len: int, where: str = "safetensors file"
         if end < begin or end - begin != entry.nbytes:
             raise bad(f"tensor {name!r} data_offsets {offsets} span {end - begin} bytes but "
                       f"{dtype} {shape} needs {entry.nbytes}")
-        if end > data_len:
+        if data_len is not None and end > data_len:
             raise bad(f"tensor {name!r} data_offsets {offsets} run past the end of the data "
                       f"({data_len} bytes): the file is truncated or the header is wrong")
         items.append((entry, begin, end))
@@ -102,7 +103,7 @@ def parse_header(header: bytes, data_len: int, where: str = "safetensors file"
             kind = "overlaps the previous tensor" if begin < position else "leaves a hole"
             raise bad(f"tensor {entry.name!r} at offset {begin} {kind} (expected {position})")
         position = end
-    if position != data_len:
+    if data_len is not None and position != data_len:
         raise bad(f"tensors cover {position} bytes of data but the file holds {data_len}")
     return items
 
@@ -176,22 +177,27 @@ def write_safetensors(path: str, meta: dict[str, bytes], entries: list[TensorEnt
     Raises:
         FormatError: when the header and the tensor list disagree.
     """
+    with open(path, "wb") as out:
+        for piece in stream_safetensors(meta, entries, read, path):
+            out.write(piece)
+
+
+def stream_safetensors(meta: dict[str, bytes], entries: list[TensorEntry], read,
+                       where: str = "safetensors file"):
+    """The bytes of the safetensors file, in pieces (see :func:`write_safetensors`)."""
     header = meta.get("header")
     if header is None:
         header = _canonical_header(entries)
     total = sum(entry.nbytes for entry in entries)
-    items = parse_header(header, total, path)
+    items = parse_header(header, total, where)
     by_name = {entry.name: entry for entry in entries}
     if sorted(by_name) != sorted(entry.name for entry, _, _ in items) or any(
             by_name[entry.name] != entry for entry, _, _ in items):
-        raise FormatError(f"{path}: the stored header does not describe the manifest's tensors "
+        raise FormatError(f"{where}: the stored header does not describe the manifest's tensors "
                           "(the manifest was edited by hand?)")
-    with open(path, "wb") as out:
-        out.write(struct.pack("<Q", len(header)))
-        out.write(header)
-        for entry, _, _ in items:
-            for piece in iter_pieces(read, by_name[entry.name]):
-                out.write(piece)
+    yield struct.pack("<Q", len(header)) + header
+    for entry, _, _ in items:
+        yield from iter_pieces(read, by_name[entry.name])
 
 
 def _canonical_header(entries: list[TensorEntry]) -> bytes:
@@ -203,8 +209,29 @@ def _canonical_header(entries: list[TensorEntry]) -> bytes:
     return json.dumps(header, separators=(",", ":")).encode()
 
 
+def read_header_from_stream(stream, where: str) -> tuple[bytes, list[tuple[TensorEntry, int, int]]]:
+    """Read and validate the length prefix and header from a stream with ``read(n)``.
+
+    The data length is not known in a stream: the caller must check that the data ends exactly
+    where the last tensor does.
+    """
+    prefix = stream.read(8)
+    if len(prefix) < 8:
+        raise FormatError(f"{where}: only {len(prefix)} bytes, too short for a safetensors header")
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len > MAX_HEADER_BYTES:
+        raise FormatError(f"{where}: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte "
+                          "limit (corrupt or not safetensors)")
+    header = stream.read(header_len)
+    if len(header) < header_len:
+        raise FormatError(f"{where}: header length {header_len} runs past the end of the data "
+                          "(truncated?)")
+    return header, parse_header(header, None, where)
+
+
 def sniff_safetensors(path: str) -> bool:
     return path.endswith(".safetensors")
 
 
-FORMAT = Format("safetensors", open_safetensors, write_safetensors, sniff_safetensors)
+FORMAT = Format("safetensors", open_safetensors, write_safetensors, sniff_safetensors,
+                stream_safetensors)
