@@ -29,7 +29,7 @@ from .progress import progress_bar
 from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
 from ._parallel import ordered_map
 
-__all__ = ["add", "add_stream", "iter_file_bytes", "materialize", "load_manifest", "StoreReport", "store_report", "verify",
+__all__ = ["add", "add_stream", "iter_file_bytes", "cached_record", "remember_record", "materialize", "load_manifest", "StoreReport", "store_report", "verify",
            "collect_garbage", "SKIP_DIRS"]
 
 SKIP_DIRS = {".git", ".modelgit", "__pycache__"}
@@ -79,7 +79,7 @@ def _stat_tuple(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev]
 
 
-def _cached_record(store: Store, full: str, rel: str) -> FileRecord | None:
+def cached_record(store: Store, full: str, rel: str) -> FileRecord | None:
     """The record of an unchanged file from the stat cache, when all its objects are present."""
     if not isinstance(store.backend, LocalBackend):
         return None
@@ -98,7 +98,7 @@ def _cached_record(store: Store, full: str, rel: str) -> FileRecord | None:
     return FileRecord(rel, record.format, record.options, record.tensors)
 
 
-def _remember(store: Store, full: str, st: os.stat_result, record: FileRecord) -> None:
+def remember_record(store: Store, full: str, st: os.stat_result, record: FileRecord) -> None:
     if not isinstance(store.backend, LocalBackend):
         return
     manifest_id = store.put_blob(Manifest((record,)).dumps())
@@ -119,7 +119,7 @@ def _tensor_jobs(entry: TensorEntry, data, parent: TensorRecord | None) -> Itera
 def _add_file(store: Store, full: str, rel: str, parent: FileRecord | None, bar,
               use_cache: bool = True) -> FileRecord:
     st = os.stat(full)
-    cached = _cached_record(store, full, rel) if use_cache else None
+    cached = cached_record(store, full, rel) if use_cache else None
     if cached is not None:
         bar.update(st.st_size)
         return cached
@@ -157,7 +157,7 @@ def _add_file(store: Store, full: str, rel: str, parent: FileRecord | None, bar,
             reader.close()
         record = FileRecord(rel, fmt.name, options, tuple(tensors))
     if use_cache:
-        _remember(store, full, st, record)
+        remember_record(store, full, st, record)
     return record
 
 

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 from .. import checkpoint
+from . import git_commands
 from ..errors import ModelgitError, UsageError
 from ..store import Store
 
@@ -18,7 +19,8 @@ DEFAULT_STORE_DIR = os.path.join(".modelgit", "store")
 
 
 def find_store_location(explicit: str | None) -> tuple[str, bool]:
-    """(location, found): --store, $MODELGIT_STORE, the nearest .modelgit/store up from here."""
+    """(location, found): --store, $MODELGIT_STORE, the nearest .modelgit/store up from here,
+    or the store of the git repository we are in when `modelgit init` set one up."""
     if explicit:
         return explicit, True
     if os.environ.get("MODELGIT_STORE"):
@@ -28,6 +30,9 @@ def find_store_location(explicit: str | None) -> tuple[str, bool]:
         candidate = os.path.join(here, DEFAULT_STORE_DIR)
         if os.path.isdir(candidate):
             return candidate, True
+        git_store = os.path.join(here, ".git", "modelgit", "store")
+        if os.path.isdir(git_store):
+            return git_store, True
         up = os.path.dirname(here)
         if up == here:
             return DEFAULT_STORE_DIR, False
@@ -229,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "modelgit refs\nmodelgit refs --delete old-model")
     p.add_argument("--delete", metavar="NAME")
     p.add_argument("--json", action="store_true")
+
+    git_commands.register(sub, _command)
 
     p = _command(sub, "demo", cmd_demo, "Show the store on a real checkpoint (all-MiniLM-L6-v2).",
                  "modelgit demo\nmodelgit demo --workdir /tmp/mg-demo --keep")

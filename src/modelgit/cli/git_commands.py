@@ -1,0 +1,206 @@
+"""CLI verbs of the git integration: init, track, clone, fetch, push, diff, log, and the entry
+points git itself calls (filter-process, git-diff, merge-driver, pre-push)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from ..errors import UsageError
+from ..git import diff as diffmod
+from ..git import filter_process, history, merge_driver, setup
+from ..git.repo import find_repo
+
+__all__ = ["register"]
+
+
+def _human(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def cmd_init(args) -> int:
+    repo = find_repo(".")
+    done = setup.init_repo(repo)
+    print("\n".join(done) if done else "modelgit is already set up in this repository")
+    print(f"objects are stored in {repo.store_path}; track files with `modelgit track '*.safetensors'`")
+    return 0
+
+
+def cmd_track(args) -> int:
+    repo = find_repo(".")
+    added = setup.track(repo, args.patterns)
+    for pattern in args.patterns:
+        print(f"{'tracking' if pattern in added else 'already tracked'}: {pattern}")
+    if added:
+        print("commit .gitattributes (`git add .gitattributes`) so that clones track them too")
+    return 0
+
+
+def cmd_filter_process(args) -> int:
+    repo = find_repo(".")
+    return filter_process.serve(repo, sys.stdin.buffer, sys.stdout.buffer)
+
+
+def cmd_pre_push(args) -> int:
+    repo = find_repo(".")
+    lines = sys.stdin.read().splitlines()
+    result = history.pre_push(repo, args.remote, lines, progress=None)
+    if result.objects:
+        print(f"modelgit: uploaded {result.objects} objects ({_human(result.bytes)}) to the object "
+              f"store of {args.remote}; {result.skipped} were already there", file=sys.stderr)
+    return 0
+
+
+def cmd_push(args) -> int:
+    repo = find_repo(".")
+    result = history.push_rev(repo, args.remote, args.rev, progress=args.progress)
+    print(f"uploaded {result.objects} objects ({_human(result.bytes)}); {result.skipped} already there")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    repo = find_repo(".")
+    result = history.fetch_rev(repo, args.rev, args.remote, args.paths or None, progress=args.progress)
+    print(f"fetched {result.objects} objects ({_human(result.bytes)}); {result.skipped} already here")
+    return 0
+
+
+def cmd_clone(args) -> int:
+    target = args.directory or os.path.basename(args.url.rstrip("/")).removesuffix(".git")
+    subprocess.run(["git", "clone", "--no-checkout", *(["--branch", args.branch] if args.branch else []),
+                    args.url, target], check=True)
+    repo = find_repo(target)
+    setup.init_repo(repo)
+    result = subprocess.run(["git", "checkout", *( [args.branch] if args.branch else [])],
+                            cwd=target, capture_output=True, text=True)
+    if result.returncode != 0:
+        # an empty repository has nothing to check out
+        if not any(s in result.stderr for s in ("did not match", "unborn", "yet to be born")):
+            sys.stderr.write(result.stderr)
+            return result.returncode
+    print(f"cloned {args.url} into {target} (modelgit set up; tensors fetched on checkout)")
+    return 0
+
+
+def _split_revs(repo, items: list[str]) -> tuple[list[str], list[str]]:
+    revs, paths = [], []
+    for item in items:
+        if not paths and len(revs) < 2 and repo.rev_parse(item):
+            revs.append(item)
+        else:
+            paths.append(item)
+    return revs, paths
+
+
+def cmd_diff(args) -> int:
+    repo = find_repo(".")
+    revs, paths = _split_revs(repo, args.items)
+    old, new = (revs + [None, None])[:2] if revs else ("HEAD", None)
+    diffs = history.diff_revs(repo, old, new, paths or None)
+    if args.json:
+        print(json.dumps([d.as_dict() for d in diffs], indent=2))
+    else:
+        print("\n\n".join(diffmod.format_diff(d, args.top) for d in diffs) or "no model changes")
+    return 0
+
+
+def cmd_git_diff(args) -> int:
+    """git's external diff driver: path old-file old-hex old-mode new-file new-hex new-mode."""
+    from .. import checkpoint
+
+    repo = find_repo(".")
+    store = repo.store()
+
+    def load(path: str):
+        if path == "/dev/null":
+            return None
+        with open(path, "rb") as handle:
+            head = handle.read(32)
+        if head.startswith(b"modelgit-manifest "):
+            return checkpoint.load_manifest(None, path)
+        with store.writing():
+            return checkpoint.add(store, path, progress=False)
+
+    path, old_file, new_file = args.args[0], args.args[1], args.args[4]
+    print(f"diff --modelgit a/{path} b/{path}")
+    for d in diffmod.diff_manifests(store, path, load(old_file), load(new_file)):
+        print(diffmod.format_diff(d))
+    return 0
+
+
+def cmd_merge_driver(args) -> int:
+    repo = find_repo(".")
+    return merge_driver.run_merge_driver(repo, args.base, args.ours, args.theirs, args.path)
+
+
+def cmd_log(args) -> int:
+    repo = find_repo(".")
+    entries = history.log_path(repo, args.paths or None, args.max_count)
+    if args.json:
+        print(json.dumps([{"commit": e.commit, "author": e.author, "date": e.date, "subject": e.subject,
+                           "recipe": e.recipe, "files": [d.as_dict() for d in e.diffs]} for e in entries],
+                         indent=2))
+        return 0
+    for e in entries:
+        print(f"commit {e.commit[:12]}  {e.date}  {e.author}\n    {e.subject}")
+        if e.recipe:
+            print(f"    recipe: {e.recipe}")
+        for d in e.diffs:
+            counts = d.counts()
+            moved = [t for t in d.tensors if t.delta_norm is not None and t.old_norm]
+            old = sum(t.old_norm ** 2 for t in moved)
+            rel = (sum(t.delta_norm ** 2 for t in moved) / old) ** 0.5 if old else None
+            parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if k != "unchanged")
+            print(f"    {d.path}: {parts or 'no tensor changed'}"
+                  + (f"; relative L2 of the change {rel:.3g}" if rel else ""))
+        print()
+    return 0
+
+
+def register(sub, command) -> None:
+    """Add the git verbs to the CLI's subparsers (``command`` makes one with help and examples)."""
+    p = command(sub, "init", cmd_init, "Set up modelgit in this git repository (filter, diff and "
+                "merge drivers in .git/config; a pre-push hook).", "modelgit init")
+    p = command(sub, "track", cmd_track, "Track files matching patterns with modelgit (.gitattributes).",
+                "modelgit track '*.safetensors'\nmodelgit track 'adapters/**/*.safetensors' '*.bin'")
+    p.add_argument("patterns", nargs="+")
+    p = command(sub, "clone", cmd_clone, "git clone + modelgit init + checkout (tensors fetched "
+                "from the remote's object store).", "modelgit clone /srv/models/base.git work")
+    p.add_argument("url")
+    p.add_argument("directory", nargs="?")
+    p.add_argument("-b", "--branch")
+    p = command(sub, "fetch", cmd_fetch, "Prefetch the objects a revision needs.",
+                "modelgit fetch            # HEAD\nmodelgit fetch v2 --remote upstream")
+    p.add_argument("rev", nargs="?", default="HEAD")
+    p.add_argument("paths", nargs="*")
+    p.add_argument("--remote")
+    p = command(sub, "push", cmd_push, "Upload the objects a revision needs to a remote's object store "
+                "(git push does it for you through the pre-push hook).", "modelgit push origin")
+    p.add_argument("remote", nargs="?", default="origin")
+    p.add_argument("rev", nargs="?", default="HEAD")
+    p = command(sub, "diff", cmd_diff, "Tensor-level diff between revisions (default HEAD vs work tree).",
+                "modelgit diff HEAD~1 HEAD\nmodelgit diff v1 v2 model.safetensors --json")
+    p.add_argument("items", nargs="*", metavar="REV|PATH")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--top", type=int, default=10, help="rows of layers and tensors to show")
+    p = command(sub, "log", cmd_log, "History of model files: what changed per commit, with recipes.",
+                "modelgit log\nmodelgit log model.safetensors -n 5 --json")
+    p.add_argument("paths", nargs="*")
+    p.add_argument("-n", "--max-count", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    # called by git, not by people
+    p = sub.add_parser("filter-process")
+    p.set_defaults(func=cmd_filter_process)
+    p = sub.add_parser("pre-push")
+    p.add_argument("remote")
+    p.add_argument("url", nargs="?")
+    p.set_defaults(func=cmd_pre_push)
+    p = sub.add_parser("git-diff")
+    p.add_argument("args", nargs="+")
+    p.set_defaults(func=cmd_git_diff)
+    p = sub.add_parser("merge-driver")
+    for name in ("base", "ours", "theirs", "path"):
+        p.add_argument(name)
+    p.set_defaults(func=cmd_merge_driver)

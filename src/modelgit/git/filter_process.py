@@ -1,0 +1,190 @@
+"""git's long-running filter process (``filter.modelgit.process``) for clean and smudge.
+
+One process serves every file of a git command. Clean turns a checkpoint streamed from git into
+its manifest, storing the chunks as they arrive (no temporary copy, no whole file in memory);
+smudge turns a manifest back into the checkpoint, fetching missing objects from the object
+remotes first and streaming the bytes to git chunk by chunk.
+
+* A file whose stat matches the stat cache is not re-hashed: its input is drained and the
+  cached manifest returned.
+* Content that already is a manifest passes through clean unchanged, and content that is not a
+  manifest passes through smudge unchanged (a file committed before it was tracked).
+* Errors are answered with ``status=error`` (git then fails for that path) and explained on
+  stderr, which git shows to the user.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from typing import BinaryIO
+
+from .. import checkpoint
+from ..errors import ModelgitError
+from ..manifest import MAGIC, Manifest, is_manifest
+from .pktline import ContentStream, PktReader, PktWriter, ProtocolError
+from .repo import GitRepo
+from .transfer import fetch_objects, remotes_for_fetch
+
+__all__ = ["serve", "clean", "prepare_smudge", "smudge"]
+
+_PEEK = len(MAGIC) + 1
+_RACY_NS = 100_000_000
+
+
+class _Prefixed:
+    """A stream with some bytes already read from it put back in front."""
+
+    def __init__(self, prefix: bytes, rest):
+        self.prefix, self.rest = prefix, rest
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.prefix:
+            return self.rest.read(n)
+        if n < 0:
+            data, self.prefix = self.prefix + self.rest.read(-1), b""
+            return data
+        head, self.prefix = self.prefix[:n], self.prefix[n:]
+        return head + (self.rest.read(n - len(head)) if len(head) < n else b"")
+
+
+def _previous_record(repo: GitRepo, path: str):
+    """The manifest of ``path`` in the index, else in HEAD: the parent for delta encoding."""
+    for spec in (f":{path}", f"HEAD:{path}"):
+        data = repo.read_blob(spec)
+        if data is not None and is_manifest(data):
+            try:
+                return Manifest.loads(data, spec).files[0]
+            except ModelgitError:
+                return None
+    return None
+
+
+def clean(repo: GitRepo, path: str, content: ContentStream) -> bytes:
+    """The manifest bytes for checkpoint bytes streamed from git for ``path``."""
+    store = repo.store()
+    full = os.path.join(repo.root, path)
+    started_ns = time.time_ns()
+    before = os.stat(full) if os.path.isfile(full) else None
+    if before is not None:
+        cached = checkpoint.cached_record(store, full, os.path.basename(path))
+        if cached is not None:
+            content.drain()
+            return Manifest((cached,), "file").dumps()
+    head = content.read(_PEEK)
+    if is_manifest(head):  # already clean (e.g. checked out before `modelgit init`)
+        data = head + content.read(-1)
+        Manifest.loads(data, path)
+        return data
+    manifest = checkpoint.add_stream(store, _Prefixed(head, content), os.path.basename(path),
+                                     parent=_previous_record(repo, path), progress=False)
+    if before is not None:
+        after = os.stat(full)
+        unchanged = (after.st_mtime_ns, after.st_size, after.st_ino) == \
+            (before.st_mtime_ns, before.st_size, before.st_ino)
+        if unchanged and started_ns - after.st_mtime_ns > _RACY_NS:
+            checkpoint.remember_record(store, full, after, manifest.files[0])
+    return manifest.dumps()
+
+
+def prepare_smudge(repo: GitRepo, path: str, data: bytes):
+    """Parse the manifest and fetch what the store lacks; returns (store, manifest)."""
+    manifest = Manifest.loads(data, path)
+    store = repo.store()
+    missing = {oid for oid in manifest.object_ids() if not store.has(oid)}
+    if missing:
+        fetch_objects(store, remotes_for_fetch(repo), missing, progress=False, context=path)
+    return store, manifest
+
+
+def smudge(store, manifest: Manifest, writer: PktWriter) -> None:
+    """Stream the checkpoint of ``manifest`` to git (status already sent by the caller)."""
+    buffer = bytearray()
+    for piece in checkpoint.iter_file_bytes(store, manifest.files[0]):
+        buffer += piece
+        if len(buffer) >= 1 << 20:
+            writer.content(buffer)
+            buffer = bytearray()
+    writer.content(buffer)
+
+
+def _handshake(reader: PktReader, writer: PktWriter) -> None:
+    welcome = reader.read_text_list()
+    if not welcome or welcome[0] != "git-filter-client" or "version=2" not in welcome[1:]:
+        raise ProtocolError(f"unexpected filter handshake {welcome!r}")
+    writer.text("git-filter-server")
+    writer.text("version=2")
+    writer.flush()
+    capabilities = reader.read_text_list()
+    for capability in ("clean", "smudge"):
+        if f"capability={capability}" in capabilities:
+            writer.text(f"capability={capability}")
+    writer.flush()
+
+
+def _report(path: str, exc: BaseException) -> None:
+    if isinstance(exc, ModelgitError) and os.environ.get("MODELGIT_DEBUG") != "1":
+        print(f"modelgit: {path}: {exc}", file=sys.stderr)
+    else:
+        print(f"modelgit: {path}: unexpected error:\n{traceback.format_exc()}", file=sys.stderr)
+
+
+def serve(repo: GitRepo, stdin: BinaryIO, stdout: BinaryIO) -> int:
+    """Run the filter protocol until git closes the pipe."""
+    reader, writer = PktReader(stdin), PktWriter(stdout)
+    _handshake(reader, writer)
+    while True:
+        try:
+            request = reader.read_keyvalues()
+        except EOFError:
+            return 0
+        command, path = request.get("command"), request.get("pathname", "")
+        content = ContentStream(reader)
+        if command == "clean":
+            try:
+                result = clean(repo, path, content)
+            except Exception as exc:  # any failure is this file's, not the process's
+                content.drain()
+                _report(path, exc)
+                writer.text("status=error")
+                writer.flush()
+                continue
+            writer.text("status=success")
+            writer.flush()
+            writer.content(result)
+            writer.flush()
+            writer.flush()  # keep status=success
+        elif command == "smudge":
+            data = content.read(-1)
+            if not is_manifest(data):
+                writer.text("status=success")
+                writer.flush()
+                writer.content(data)
+                writer.flush()
+                writer.flush()
+                continue
+            try:
+                store, manifest = prepare_smudge(repo, path, data)
+            except Exception as exc:
+                _report(path, exc)
+                writer.text("status=error")
+                writer.flush()
+                continue
+            writer.text("status=success")
+            writer.flush()
+            try:
+                smudge(store, manifest, writer)
+            except Exception as exc:
+                _report(path, exc)
+                writer.flush()
+                writer.text("status=error")
+                writer.flush()
+                continue
+            writer.flush()
+            writer.flush()
+        else:
+            content.drain()
+            writer.text("status=error")
+            writer.flush()

@@ -1,0 +1,118 @@
+"""Small helpers over the git command line: where the repository is, its config, its objects."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+from ..errors import ModelgitError, UsageError
+from ..manifest import Manifest, is_manifest
+from ..store import Store
+
+__all__ = ["GitRepo", "GitError", "FILTER_NAME", "find_repo"]
+
+FILTER_NAME = "modelgit"
+# manifests are small; a blob larger than this is a plain file, not a manifest
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+
+
+class GitError(ModelgitError):
+    """A git command failed."""
+
+
+def _git(args: list[str], cwd: str, input: bytes | None = None, check: bool = True) -> bytes:
+    env = dict(os.environ)
+    # our own filter must not run inside git commands we start to read objects
+    result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True, env=env)
+    if check and result.returncode != 0:
+        raise GitError(f"git {' '.join(args)} failed: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout
+
+
+@dataclass
+class GitRepo:
+    root: str  # the work tree's top directory (or the git dir of a bare repository)
+    git_dir: str  # the common git directory (shared by all work trees)
+
+    def git(self, *args: str, input: bytes | None = None, check: bool = True) -> bytes:
+        return _git(list(args), self.root, input, check)
+
+    def config_get(self, key: str, default: str | None = None) -> str | None:
+        out = _git(["config", "--get", key], self.root, check=False).decode().strip()
+        return out or default
+
+    def config_set(self, key: str, value: str) -> None:
+        self.git("config", "--local", key, value)
+
+    @property
+    def store_path(self) -> str:
+        return os.path.join(self.git_dir, "modelgit", "store")
+
+    def store(self) -> Store:
+        return Store.open(self.store_path, create=True)
+
+    def rev_parse(self, rev: str) -> str | None:
+        out = _git(["rev-parse", "--verify", "-q", rev + "^{commit}"], self.root, check=False)
+        return out.decode().strip() or None
+
+    def read_blob(self, spec: str) -> bytes | None:
+        """Contents of ``REV:PATH`` (or a blob id), or None when it does not exist."""
+        result = subprocess.run(["git", "cat-file", "blob", spec], cwd=self.root, capture_output=True)
+        return result.stdout if result.returncode == 0 else None
+
+    def manifest_at(self, rev: str, path: str) -> Manifest | None:
+        """The manifest tracked at ``rev:path``, or None (absent, or not a modelgit file)."""
+        data = self.read_blob(f"{rev}:{path}")
+        if data is None or not is_manifest(data):
+            return None
+        return Manifest.loads(data, f"{rev}:{path}")
+
+    def tracked_manifests(self, rev: str, paths: list[str] | None = None) -> dict[str, Manifest]:
+        """Every modelgit manifest in the tree of ``rev`` (optionally below ``paths``)."""
+        out = self.git("ls-tree", "-r", "-z", "--long", rev, "--", *(paths or []))
+        candidates = []
+        for entry in out.split(b"\0"):
+            if not entry:
+                continue
+            meta, path = entry.split(b"\t", 1)
+            mode, kind, oid, size = meta.split()
+            if kind == b"blob" and size.isdigit() and int(size) < MAX_MANIFEST_BYTES:
+                candidates.append((path.decode(), oid.decode()))
+        return self.read_manifests(candidates)
+
+    def read_manifests(self, candidates: list[tuple[str, str]]) -> dict[str, Manifest]:
+        """{path: manifest} for the (path, blob id) pairs whose blobs are manifests."""
+        if not candidates:
+            return {}
+        request = "".join(f"{oid}\n" for _, oid in candidates).encode()
+        out = self.git("cat-file", "--batch", input=request)
+        manifests, position = {}, 0
+        for path, _oid in candidates:
+            newline = out.index(b"\n", position)
+            header = out[position:newline].split()
+            size = int(header[2])
+            data = out[newline + 1:newline + 1 + size]
+            position = newline + 1 + size + 1
+            if is_manifest(data):
+                manifests[path] = Manifest.loads(data, path)
+        return manifests
+
+
+def find_repo(path: str = ".") -> GitRepo:
+    """The git repository containing ``path`` (a work tree or a bare repository).
+
+    Raises:
+        UsageError: not inside a git repository.
+    """
+    result = subprocess.run(["git", "rev-parse", "--is-bare-repository", "--git-common-dir"],
+                            cwd=path, capture_output=True)
+    if result.returncode != 0:
+        raise UsageError(f"{os.path.abspath(path)} is not inside a git repository; run `git init` "
+                         "first (or cd into one)")
+    bare, common = result.stdout.decode().splitlines()
+    common = os.path.abspath(os.path.join(path, common))
+    if bare == "true":
+        return GitRepo(common, common)
+    top = _git(["rev-parse", "--show-toplevel"], path).decode().strip()
+    return GitRepo(top, common)

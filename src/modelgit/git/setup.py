@@ -1,0 +1,109 @@
+"""``modelgit init`` and ``modelgit track``: wire modelgit into one repository.
+
+Everything goes into the repository's own config (never the global one), so a repository that
+was not initialised is untouched, and CI machines need no global state. Hooks already present
+are kept: an existing hook is moved aside and called first by a small wrapper.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import sys
+
+from .repo import FILTER_NAME, GitRepo
+
+__all__ = ["init_repo", "track", "modelgit_command", "ATTRIBUTES", "HOOKS"]
+
+ATTRIBUTES = f"filter={FILTER_NAME} diff={FILTER_NAME} merge={FILTER_NAME} -text"
+HOOK_MARKER = "# installed by modelgit"
+HOOKS = ("pre-push",)
+
+
+def modelgit_command() -> str:
+    """How git should call this modelgit: the same interpreter, whatever PATH git sees."""
+    override = os.environ.get("MODELGIT_GIT_COMMAND")
+    return override or f"{shlex.quote(sys.executable)} -m modelgit"
+
+
+def _config_items() -> dict[str, str]:
+    cmd = modelgit_command()
+    return {
+        f"filter.{FILTER_NAME}.process": f"{cmd} filter-process",
+        f"filter.{FILTER_NAME}.required": "true",
+        f"diff.{FILTER_NAME}.command": f"{cmd} git-diff",
+        f"merge.{FILTER_NAME}.name": "modelgit tensor-wise merge",
+        f"merge.{FILTER_NAME}.driver": f"{cmd} merge-driver %O %A %B %P",
+    }
+
+
+def init_repo(repo: GitRepo) -> list[str]:
+    """Configure filter, diff and merge drivers and hooks; return what was done (idempotent)."""
+    done = []
+    for key, value in _config_items().items():
+        if repo.config_get(key) != value:
+            repo.config_set(key, value)
+            done.append(f"set {key}")
+    os.makedirs(repo.store_path, exist_ok=True)
+    repo.store()
+    hooks_dir = repo.git("rev-parse", "--git-path", "hooks").decode().strip()
+    hooks_dir = hooks_dir if os.path.isabs(hooks_dir) else os.path.join(repo.root, hooks_dir)
+    for name in HOOKS:
+        action = _install_hook(hooks_dir, name)
+        if action:
+            done.append(action)
+    return done
+
+
+def _hook_script(name: str, chained: str | None) -> str:
+    cmd = modelgit_command()
+    lines = ["#!/bin/sh", HOOK_MARKER, "set -e"]
+    if chained:
+        # the hook reads ref lines on stdin: keep a copy so both hooks see them
+        lines += ['input=$(mktemp)', 'trap \'rm -f "$input"\' EXIT', 'cat > "$input"',
+                  f'"$(dirname "$0")/{chained}" "$@" < "$input"',
+                  f'{cmd} {name} "$@" < "$input"']
+    else:
+        lines.append(f'exec {cmd} {name} "$@"')
+    return "\n".join(lines) + "\n"
+
+
+def _install_hook(hooks_dir: str, name: str) -> str | None:
+    os.makedirs(hooks_dir, exist_ok=True)
+    path = os.path.join(hooks_dir, name)
+    chained = None
+    if os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            current = handle.read()
+        if HOOK_MARKER in current:
+            expected_chain = f"{name}.before-modelgit"
+            chained = expected_chain if expected_chain in current else None
+            if current == _hook_script(name, chained):
+                return None
+        else:
+            chained = f"{name}.before-modelgit"
+            os.replace(path, os.path.join(hooks_dir, chained))
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(_hook_script(name, chained))
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return f"installed hook {name}" + (f" (your previous hook runs first: {chained})" if chained else "")
+
+
+def track(repo: GitRepo, patterns: list[str]) -> list[str]:
+    """Add ``PATTERN filter=modelgit diff=modelgit merge=modelgit -text`` lines to .gitattributes."""
+    path = os.path.join(repo.root, ".gitattributes")
+    existing = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    lines = existing.splitlines()
+    added = []
+    for pattern in patterns:
+        line = f"{pattern} {ATTRIBUTES}"
+        if line not in lines:
+            lines.append(line)
+            added.append(pattern)
+    if added:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    return added
