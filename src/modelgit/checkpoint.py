@@ -23,6 +23,7 @@ import blake3
 from .dtypes import DTYPES
 from .errors import FormatError, ManifestError, ModelgitError, StoreError, UsageError
 from .formats import TensorEntry, detect_format, get_format
+from .formats._torch_sniff import _SUFFIXES as TORCH_SUFFIXES
 from .formats.safetensors_format import parse_header, read_header_from_stream
 from .manifest import FileRecord, Manifest, TensorRecord
 from .progress import progress_bar
@@ -285,7 +286,7 @@ def add_stream(store: Store, stream, name: str, parent: FileRecord | None = None
 def _spooled_format(name: str):
     """The format of a file name that must be spooled to disk to be parsed (torch, npz)."""
     lowered = name.lower()
-    if lowered.endswith((".pt", ".pth", ".bin", ".ckpt")):
+    if lowered.endswith(TORCH_SUFFIXES):
         return "torch"
     if lowered.endswith(".npz"):
         return "npz"

@@ -8,10 +8,11 @@ import os
 import subprocess
 import sys
 
-from ..errors import UsageError
-from ..git import diff as diffmod
-from ..git import filter_process, history, merge_driver, setup
+from ..git import setup
 from ..git.repo import find_repo
+
+# diff, history and merge_driver compute on tensors and import torch (a second): they are
+# imported inside the commands that need them, so that git's filter process starts fast.
 
 __all__ = ["register"]
 
@@ -39,11 +40,15 @@ def cmd_track(args) -> int:
 
 
 def cmd_filter_process(args) -> int:
+    from ..git import filter_process
+
     repo = find_repo(".")
     return filter_process.serve(repo, sys.stdin.buffer, sys.stdout.buffer)
 
 
 def cmd_pre_push(args) -> int:
+    from ..git import history
+
     repo = find_repo(".")
     lines = sys.stdin.read().splitlines()
     result = history.pre_push(repo, args.remote, lines, progress=None)
@@ -54,6 +59,8 @@ def cmd_pre_push(args) -> int:
 
 
 def cmd_push(args) -> int:
+    from ..git import history
+
     repo = find_repo(".")
     result = history.push_rev(repo, args.remote, args.rev, progress=args.progress)
     print(f"uploaded {result.objects} objects ({_human(result.bytes)}); {result.skipped} already there")
@@ -61,6 +68,8 @@ def cmd_push(args) -> int:
 
 
 def cmd_fetch(args) -> int:
+    from ..git import history
+
     repo = find_repo(".")
     result = history.fetch_rev(repo, args.rev, args.remote, args.paths or None, progress=args.progress)
     print(f"fetched {result.objects} objects ({_human(result.bytes)}); {result.skipped} already here")
@@ -95,6 +104,9 @@ def _split_revs(repo, items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_diff(args) -> int:
+    from ..git import diff as diffmod
+    from ..git import history
+
     repo = find_repo(".")
     revs, paths = _split_revs(repo, args.items)
     old, new = (revs + [None, None])[:2] if revs else ("HEAD", None)
@@ -109,6 +121,7 @@ def cmd_diff(args) -> int:
 def cmd_git_diff(args) -> int:
     """git's external diff driver: path old-file old-hex old-mode new-file new-hex new-mode."""
     from .. import checkpoint
+    from ..git import diff as diffmod
 
     repo = find_repo(".")
     store = repo.store()
@@ -131,11 +144,15 @@ def cmd_git_diff(args) -> int:
 
 
 def cmd_merge_driver(args) -> int:
+    from ..git import merge_driver
+
     repo = find_repo(".")
     return merge_driver.run_merge_driver(repo, args.base, args.ours, args.theirs, args.path)
 
 
 def cmd_log(args) -> int:
+    from ..git import history
+
     repo = find_repo(".")
     entries = history.log_path(repo, args.paths or None, args.max_count)
     if args.json:

@@ -7,9 +7,22 @@ checkpoint layer; ``detect_format`` returns ``None`` for them.
 from __future__ import annotations
 
 from .base import FORMATS, CheckpointReader, Format, TensorEntry, register_format
+from ._torch_sniff import sniff_torch
 from .npz import FORMAT as NPZ
 from .safetensors_format import FORMAT as SAFETENSORS
-from .torch_pt import FORMAT as TORCH
+
+
+def _torch_call(name: str):
+    # torch takes a second to import: only pay for it when a torch file is really read or written
+    def call(*args, **kwargs):
+        from . import torch_pt
+
+        return getattr(torch_pt, name)(*args, **kwargs)
+
+    return call
+
+
+TORCH = Format("torch", _torch_call("open_torch"), _torch_call("write_torch"), sniff_torch)
 
 __all__ = ["FORMATS", "CheckpointReader", "Format", "TensorEntry", "detect_format", "get_format"]
 

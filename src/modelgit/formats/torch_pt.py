@@ -31,13 +31,11 @@ import torch
 
 from ..dtypes import DTYPES
 from ..errors import FormatError, UnsafeInputError
+from ._torch_sniff import _PICKLE_PROTO, _SUFFIXES, _ZIP_MAGIC, sniff_torch
 from .base import Format, TensorEntry, iter_pieces
 
 __all__ = ["FORMAT", "TorchReader", "open_torch", "write_torch", "sniff_torch"]
 
-_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTO = b"\x80"  # PROTO opcode, first byte of every pickle torch.save ever wrote
 _LAYOUT_VERSION = 1
 _PRIMITIVES = (bool, int, float, str, type(None))
 _KEY_TYPES = (str, int, bool)
@@ -293,17 +291,6 @@ def _unflatten(path: str, items: Any, tensors: dict[str, torch.Tensor], used: se
     return tree
 
 
-def sniff_torch(path: str) -> bool:
-    """True for a ``.pt``/``.pth``/``.bin``/``.ckpt`` file that starts like a zip or a pickle."""
-    path = os.fspath(path)
-    if not path.lower().endswith(_SUFFIXES):
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    return head == _ZIP_MAGIC or head[:1] == _PICKLE_PROTO
-
 
 FORMAT = Format(name="torch", open=open_torch, write=write_torch, sniff=sniff_torch)
+
