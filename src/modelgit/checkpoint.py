@@ -8,6 +8,7 @@ plus the largest tensor a format forces into memory (torch pickles), never the c
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import mmap
 import os
@@ -21,7 +22,7 @@ from typing import Iterator
 import blake3
 
 from .dtypes import DTYPES
-from .errors import FormatError, ManifestError, ModelgitError, StoreError, UsageError
+from .errors import FormatError, ManifestError, ModelgitError, StoreError, StoreFullError, UsageError
 from .formats import TensorEntry, detect_format, get_format
 from .formats._torch_sniff import _SUFFIXES as TORCH_SUFFIXES
 from .formats.safetensors_format import parse_header, read_header_from_stream
@@ -357,12 +358,18 @@ def iter_file_bytes(store: Store, record: FileRecord, bar=None) -> Iterator[byte
                 yield block
 
 
-def _write_file(store: Store, record: FileRecord, out_path: str, bar) -> None:
-    with open(out_path, "wb") as out:
-        for piece in iter_file_bytes(store, record, bar):
-            out.write(piece)
-        out.flush()
-        os.fsync(out.fileno())
+def _write_file(store: Store, record: FileRecord, out_path: str, bar, label: str) -> None:
+    try:
+        with open(out_path, "wb") as out:
+            for piece in iter_file_bytes(store, record, bar):
+                out.write(piece)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise StoreFullError(f"no space left writing {label} ({exc.strerror}); nothing was left "
+                                 "behind. Free some space and run the command again") from None
+        raise
 
 
 def _safe_relpath(path: str) -> str:
@@ -392,13 +399,13 @@ def materialize(store: Store, manifest: Manifest, dest: str, force: bool = False
     try:
         with progress_bar(manifest.logical_bytes, f"materialize {os.path.basename(dest)}", progress) as bar:
             if manifest.root == "file":
-                _write_file(store, manifest.files[0], tmp, bar)
+                _write_file(store, manifest.files[0], tmp, bar, dest)
             else:
                 os.makedirs(tmp)
                 for record in manifest.files:
                     target = os.path.join(tmp, _safe_relpath(record.path))
                     os.makedirs(os.path.dirname(target), exist_ok=True)
-                    _write_file(store, record, target, bar)
+                    _write_file(store, record, target, bar, os.path.join(dest, record.path))
         _replace(tmp, dest)
     except BaseException:
         _remove(tmp)
@@ -462,12 +469,20 @@ def verify(store: Store, manifests: list[Manifest] | None = None) -> list[str]:
     return store.verify(ids)
 
 
-def collect_garbage(store: Store, keep: list[Manifest] = (), dry_run: bool = False):
-    """Remove objects that no ref (and no manifest in ``keep``) reaches. Returns a GcResult."""
-    live: set[str] = set()
-    for name, oid in store.refs().items():
-        live.add(oid)
-        live |= Manifest.loads(store.get(oid), f"ref {name}").object_ids()
-    for manifest in keep:
-        live |= manifest.object_ids()
+def collect_garbage(store: Store, keep: list[Manifest] = (), dry_run: bool = False,
+                    extra_roots=None):
+    """Remove objects that no ref (and no manifest in ``keep``) reaches. Returns a GcResult.
+
+    ``extra_roots`` (a callable returning manifests, e.g. those of a git history) is called under
+    the store's exclusive lock, like the refs are read, so an add finishing meanwhile is kept.
+    """
+    def live() -> set[str]:
+        ids: set[str] = set()
+        for name, oid in store.refs().items():
+            ids.add(oid)
+            ids |= Manifest.loads(store.get(oid), f"ref {name}").object_ids()
+        for manifest in [*keep, *(extra_roots() if extra_roots else [])]:
+            ids |= manifest.object_ids()
+        return ids
+
     return store.gc(live, dry_run=dry_run)

@@ -271,3 +271,28 @@ def test_worktree_diff(committed):
     _save(repo / "model.safetensors", **tensors)
     out = modelgit(repo, "diff").stdout
     assert "model.safetensors: 1 changed" in out and "norm" in out
+
+
+def test_gc_in_a_repository_keeps_everything_git_reaches(committed):
+    repo = committed
+    v1 = (repo / "model.safetensors").read_bytes()
+    tensors = _base()
+    tensors["layers.0.w"] = float_weights(11, (1500, 1000))
+    _save(repo / "model.safetensors", **tensors)
+    git(repo, "commit", "-qam", "v2")
+    tensors["norm"] = tensors["norm"] + 1
+    _save(repo / "model.safetensors", **tensors)
+    git(repo, "add", "model.safetensors")  # staged, not committed: the index is a root too
+    store = find_repo(str(repo)).store()
+    junk = store.put_blob(b"unreachable")
+    modelgit(repo, "gc")
+    assert not store.has(junk)
+    assert not store.verify()
+    for rev in ("HEAD~1", "HEAD"):
+        ids = Manifest.loads(git(repo, "show", f"{rev}:model.safetensors").stdout.encode()).object_ids()
+        assert all(store.has(oid) for oid in ids)
+    staged = Manifest.loads(git(repo, "show", ":model.safetensors").stdout.encode()).object_ids()
+    assert all(store.has(oid) for oid in staged)
+    git(repo, "stash", "-q")
+    git(repo, "checkout", "-q", "HEAD~1")
+    assert (repo / "model.safetensors").read_bytes() == v1

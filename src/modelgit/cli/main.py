@@ -139,10 +139,26 @@ def cmd_verify(args) -> int:
     return 1 if problems else 0
 
 
+def _git_roots(store: Store):
+    """When ``store`` is the store of the git repository we are in, its history's manifests."""
+    from ..git.repo import find_repo
+
+    try:
+        repo = find_repo(".")
+    except ModelgitError:
+        return None
+    if os.path.realpath(repo.store_path) != os.path.realpath(store.url):
+        return None
+    from ..git.history import live_manifests
+
+    return lambda: live_manifests(repo)
+
+
 def cmd_gc(args) -> int:
     store = open_store(args)
     keep = [checkpoint.load_manifest(store, m) for m in args.keep]
-    result = checkpoint.collect_garbage(store, keep, dry_run=args.dry_run)
+    result = checkpoint.collect_garbage(store, keep, dry_run=args.dry_run,
+                                        extra_roots=_git_roots(store))
     verb = "would remove" if args.dry_run else "removed"
     _emit(args, result.__dict__,
           f"{verb} {result.removed} objects ({_human(result.freed_bytes)}) and "

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import pickle
+import errno
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -30,13 +31,14 @@ import numpy as np
 import torch
 
 from ..dtypes import DTYPES
-from ..errors import FormatError, UnsafeInputError
+from ..errors import FormatError, StoreFullError, UnsafeInputError
 from ._torch_sniff import _PICKLE_PROTO, _SUFFIXES, _ZIP_MAGIC, sniff_torch
 from .base import Format, TensorEntry, iter_pieces
 
 __all__ = ["FORMAT", "TorchReader", "open_torch", "write_torch", "sniff_torch"]
 
 _LAYOUT_VERSION = 1
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _PRIMITIVES = (bool, int, float, str, type(None))
 _KEY_TYPES = (str, int, bool)
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -223,8 +225,39 @@ def write_torch(path: str, meta: dict[str, bytes], entries: list[TensorEntry],
             missing = sorted(set(tensors) - used)[:5]
             raise FormatError(f"{path}: the layout does not place tensors {missing}; the manifest "
                               "is corrupt, re-commit the checkpoint")
-    with open(path, "wb") as f:
-        torch.save(obj, f)
+    recorder = _WriteRecorder(path)
+    try:
+        torch.save(obj, recorder)
+    except (RuntimeError, OSError) as exc:
+        cause = recorder.error or (exc if isinstance(exc, OSError) else None)
+        if cause is not None and cause.errno in _FULL_ERRNOS:
+            raise StoreFullError(f"no space left writing {path} ({cause.strerror}); free some space "
+                                 "(or point TMPDIR at a larger disk) and run the command again") from None
+        raise FormatError(f"{path}: torch.save failed: {cause or exc}") from None
+    finally:
+        recorder.close()
+
+
+class _WriteRecorder:
+    """A binary file that remembers the OSError of a failed write: torch.save replaces it with an
+    uninformative RuntimeError ('unexpected pos'), and a full disk must be reported as such."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "wb")
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _rebuild_tensor(path: str, entry: TensorEntry,

@@ -11,7 +11,7 @@ from .diff import FileDiff, diff_manifests
 from .repo import GitRepo
 from .transfer import TransferResult, fetch_objects, open_remote_store, push_objects, remotes_for_fetch
 
-__all__ = ["objects_to_push", "pre_push", "push_rev", "fetch_rev", "diff_revs", "log_path",
+__all__ = ["live_manifests", "objects_to_push", "pre_push", "push_rev", "fetch_rev", "diff_revs", "log_path",
            "worktree_manifests", "LogEntry"]
 
 ZERO = "0" * 40
@@ -34,6 +34,11 @@ def _manifest_blobs(repo: GitRepo, rev_args: list[str]) -> dict[str, Manifest]:
         if len(parts) == 3 and parts[1] == "blob" and int(parts[2]) < 64 * 2**20:
             blobs.append((f"{path}@{oid}", oid))
     return repo.read_manifests(blobs)
+
+
+def live_manifests(repo: GitRepo) -> list[Manifest]:
+    """Every manifest git can still reach: all refs, reflogs, the index (roots for ``gc``)."""
+    return list(_manifest_blobs(repo, ["--all", "--reflog", "--indexed-objects"]).values())
 
 
 def objects_to_push(repo: GitRepo, local_sha: str, remote: str) -> set[str]:

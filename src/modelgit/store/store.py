@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..dtypes import DTYPES, FLOAT_DTYPES
 from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageError
@@ -286,13 +286,16 @@ class Store:
                 problems.append(str(exc))
         return problems
 
-    def gc(self, live: set[str], dry_run: bool = False) -> GcResult:
+    def gc(self, live: set[str] | Callable[[], set[str]], dry_run: bool = False) -> GcResult:
         """Delete every object not in ``live`` nor a delta ancestor of one; clear stale temps.
 
-        The caller computes ``live`` from its roots (refs, git history); delta parents are
-        added here since only the store knows them.
+        ``live`` is best a callable: it is then evaluated under the exclusive lock, after every
+        running add has finished, so the roots it reads (refs, git history) include their
+        results. Delta parents are added here since only the store knows them.
         """
         with self.backend.lock(shared=False):
+            if callable(live):
+                live = live()
             keep = set()
             todo = [oid for oid in live if self.has(oid)]
             while todo:
