@@ -296,3 +296,18 @@ def test_gc_in_a_repository_keeps_everything_git_reaches(committed):
     git(repo, "stash", "-q")
     git(repo, "checkout", "-q", "HEAD~1")
     assert (repo / "model.safetensors").read_bytes() == v1
+
+
+def test_unchanged_file_is_not_rehashed_by_the_filter(repo, tmp_path, monkeypatch):
+    path = repo / "model.safetensors"
+    _save(path, **_base())
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # an old mtime: not "racy"
+    log = tmp_path / "modelgit.log"
+    monkeypatch.setenv("MODELGIT_LOG", str(log))
+    git(repo, "add", "model.safetensors")
+    git(repo, "commit", "-qm", "v1")
+    git(repo, "add", "--renormalize", ".")  # forces git to run clean on every tracked file again
+    lines = log.read_text().splitlines()
+    assert "hashed and stored" in lines[0]
+    assert any("not re-hashed" in line for line in lines[1:])
+    assert git(repo, "status", "--porcelain").stdout == ""

@@ -260,9 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging() -> None:
+    """``MODELGIT_LOG=FILE`` appends what the filter, hooks and drivers do (they run inside git)."""
+    target = os.environ.get("MODELGIT_LOG")
+    if target:
+        import logging
+
+        handler = logging.FileHandler(target)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s: %(message)s"))
+        logging.getLogger("modelgit").addHandler(handler)
+        logging.getLogger("modelgit").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _setup_logging()
     debug = args.debug or os.environ.get("MODELGIT_DEBUG") == "1"
     try:
         return args.func(args)

@@ -15,6 +15,7 @@ remotes first and streaming the bytes to git chunk by chunk.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ from .transfer import fetch_objects, remotes_for_fetch
 __all__ = ["serve", "clean", "prepare_smudge", "smudge"]
 
 _PEEK = len(MAGIC) + 1
+log = logging.getLogger("modelgit.filter")
 _RACY_NS = 100_000_000
 
 
@@ -72,14 +74,18 @@ def clean(repo: GitRepo, path: str, content: ContentStream) -> bytes:
         cached = checkpoint.cached_record(store, full, os.path.basename(path))
         if cached is not None:
             content.drain()
+            log.info("clean %s: unchanged since it was last cleaned (stat cache), not re-hashed", path)
             return Manifest((cached,), "file").dumps()
     head = content.read(_PEEK)
     if is_manifest(head):  # already clean (e.g. checked out before `modelgit init`)
         data = head + content.read(-1)
         Manifest.loads(data, path)
         return data
+    parent = _previous_record(repo, path)
     manifest = checkpoint.add_stream(store, _Prefixed(head, content), os.path.basename(path),
-                                     parent=_previous_record(repo, path), progress=False)
+                                     parent=parent, progress=False)
+    log.info("clean %s: hashed and stored (%d tensors, delta parent: %s)", path,
+             len(manifest.files[0].tensors), "yes" if parent else "no")
     if before is not None:
         after = os.stat(full)
         unchanged = (after.st_mtime_ns, after.st_size, after.st_ino) == \
@@ -95,7 +101,8 @@ def prepare_smudge(repo: GitRepo, path: str, data: bytes):
     store = repo.store()
     missing = {oid for oid in manifest.object_ids() if not store.has(oid)}
     if missing:
-        fetch_objects(store, remotes_for_fetch(repo), missing, progress=False, context=path)
+        result = fetch_objects(store, remotes_for_fetch(repo), missing, progress=False, context=path)
+        log.info("smudge %s: fetched %d objects (%d bytes)", path, result.objects, result.bytes)
     return store, manifest
 
 
