@@ -290,8 +290,8 @@ def test_add_killed_mid_write_leaves_a_recoverable_store(tmp_path):
     manifest_path = tmp_path / "big.manifest"
     Store.open(str(store_dir), create=True)  # so that the first temp file seen is an object's
     killed_mid_add = killed_mid_object = 0
-    # kill while a chunk's temp file is being written, then once 2 and 5 more objects are
-    # complete; retry the first kind if no kill landed inside an object write
+    # kill while chunks are being written, then once 2 and 5 more objects are written (staged
+    # or published); retry the first kind if no kill landed while objects were unpublished
     for attempt, when in enumerate(["tmp", 2, 5, "tmp", "tmp", "tmp"]):
         if attempt >= 3 and killed_mid_object:
             break
@@ -306,8 +306,11 @@ def test_add_killed_mid_write_leaves_a_recoverable_store(tmp_path):
         while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         while proc.poll() is None and time.monotonic() < deadline:
-            new = _object_files(store_dir) - before
-            if when == "tmp" and new >= 1 and tmp_files(store_dir):  # past the tiny header blob
+            # objects are staged as temporary files and renamed into place in batches, so
+            # count both: written-but-unpublished objects are what a kill must not expose
+            staged = len(tmp_files(store_dir)) - tmp_before
+            new = _object_files(store_dir) - before + max(staged, 0)
+            if when == "tmp" and new >= 2 and staged > 0:  # past the tiny header blob
                 break
             if when != "tmp" and new >= when:
                 break

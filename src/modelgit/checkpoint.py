@@ -24,8 +24,8 @@ import blake3
 from .dtypes import DTYPES
 from .errors import FormatError, ManifestError, ModelgitError, StoreError, StoreFullError, UsageError
 from .formats import TensorEntry, detect_format, get_format
-from .formats._torch_sniff import _SUFFIXES as TORCH_SUFFIXES
-from .formats.safetensors_format import parse_header, read_header_from_stream
+from .formats._sniff import _SUFFIXES as TORCH_SUFFIXES
+from .formats.safetensors_format import parse_header, read_header_from_stream, release_mapped
 from .manifest import FileRecord, Manifest, TensorRecord
 from .progress import progress_bar
 from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
@@ -48,10 +48,13 @@ class _Job:
     shape: tuple[int, ...]
     data: object  # a bytes-like slice of the file
     parent: str | None
+    release: object = None  # called once the chunk is stored: drops its mapped pages
 
 
 def _put(store: Store, job: _Job) -> tuple[str, int]:
     result = store.put(job.dtype, job.shape, job.data, parent=job.parent)
+    if job.release is not None:
+        job.release()
     return result.oid, len(job.data)
 
 
@@ -66,11 +69,27 @@ def _list_files(path: str) -> list[tuple[str, str]]:
     return out
 
 
-def _open_blob(path: str):
-    handle = open(path, "rb")
-    size = os.fstat(handle.fileno()).st_size
-    view = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)) if size else b""
-    return handle, view
+class _BlobReader:
+    """A plain file seen as one U8 tensor named "" (mapped, pages released as they are stored)."""
+
+    def __init__(self, path: str):
+        self._handle = open(path, "rb")
+        size = os.fstat(self._handle.fileno()).st_size
+        self._map = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self.entry = TensorEntry("", "U8", (size,))
+
+    def data(self, name: str = ""):
+        return memoryview(self._map) if self._map is not None else b""
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        if self._map is not None:
+            release_mapped(self._map, start, stop)
+
+    def close(self) -> None:
+        if self._map is not None:
+            with contextlib.suppress(BufferError):
+                self._map.close()
+        self._handle.close()
 
 
 def _stat_key(path: str) -> str:
@@ -110,12 +129,14 @@ def remember_record(store: Store, full: str, st: os.stat_result, record: FileRec
         store.backend.write_atomic(_stat_key(full), json.dumps(entry).encode())
 
 
-def _tensor_jobs(entry: TensorEntry, data, parent: TensorRecord | None) -> Iterator[_Job]:
+def _tensor_jobs(entry: TensorEntry, data, parent: TensorRecord | None, reader=None) -> Iterator[_Job]:
     itemsize = DTYPES[entry.dtype].itemsize
     parent_chunks = parent.chunks if parent is not None and parent.dtype == entry.dtype else ()
+    release = getattr(reader, "release", None)
     for index, chunk in enumerate(chunk_layout(itemsize, entry.shape)):
+        drop = (lambda c=chunk: release(entry.name, c.start, c.stop)) if release else None
         yield _Job(entry.dtype, chunk.shape, data[chunk.start:chunk.stop],
-                   parent_chunks[index] if index < len(parent_chunks) else None)
+                   parent_chunks[index] if index < len(parent_chunks) else None, drop)
 
 
 def _add_file(store: Store, full: str, rel: str, parent: FileRecord | None, bar,
@@ -128,16 +149,14 @@ def _add_file(store: Store, full: str, rel: str, parent: FileRecord | None, bar,
     fmt = detect_format(full)
     parents = {t.name: t for t in parent.tensors} if parent is not None else {}
     if fmt is None:
-        handle, view = _open_blob(full)
+        blob = _BlobReader(full)
         try:
-            entry = TensorEntry("", "U8", (len(view),))
-            jobs = list(_tensor_jobs(entry, view, parents.get("")))
+            jobs = list(_tensor_jobs(blob.entry, blob.data(), parents.get(""), blob))
             chunk_ids = _run_jobs(store, jobs, bar)
+            del jobs
         finally:
-            if isinstance(view, memoryview):
-                view.release()
-            handle.close()
-        record = FileRecord(rel, BLOB_FORMAT, {}, (TensorRecord("", "U8", entry.shape, tuple(chunk_ids)),))
+            blob.close()
+        record = FileRecord(rel, BLOB_FORMAT, {}, (TensorRecord("", "U8", blob.entry.shape, tuple(chunk_ids)),))
     else:
         reader = fmt.open(full)
         try:
@@ -145,7 +164,7 @@ def _add_file(store: Store, full: str, rel: str, parent: FileRecord | None, bar,
             entries = reader.entries()
             jobs, counts = [], []
             for entry in entries:
-                tensor_jobs = list(_tensor_jobs(entry, reader.data(entry.name), parents.get(entry.name)))
+                tensor_jobs = list(_tensor_jobs(entry, reader.data(entry.name), parents.get(entry.name), reader))
                 jobs.extend(tensor_jobs)
                 counts.append(len(tensor_jobs))
             chunk_ids = _run_jobs(store, jobs, bar)
@@ -333,7 +352,7 @@ def iter_file_bytes(store: Store, record: FileRecord, bar=None) -> Iterator[byte
     meta = {key: store.get(oid) for key, oid in record.options.items()}
     entries = _write_order(record, meta)
     by_name = {t.name: t for t in record.tensors}
-    stream = ordered_map(store.get, [oid for e in entries for oid in by_name[e.name].chunks])
+    stream = ordered_map(store.get_buffer, [oid for e in entries for oid in by_name[e.name].chunks])
 
     def read(entry: TensorEntry) -> Iterator[bytes]:
         for _ in by_name[entry.name].chunks:

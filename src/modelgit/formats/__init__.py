@@ -7,22 +7,22 @@ checkpoint layer; ``detect_format`` returns ``None`` for them.
 from __future__ import annotations
 
 from .base import FORMATS, CheckpointReader, Format, TensorEntry, register_format
-from ._torch_sniff import sniff_torch
-from .npz import FORMAT as NPZ
+import importlib
+
+from ._sniff import sniff_npz, sniff_torch
 from .safetensors_format import FORMAT as SAFETENSORS
 
 
-def _torch_call(name: str):
-    # torch takes a second to import: only pay for it when a torch file is really read or written
+def _lazy(module: str, name: str):
+    # torch (~1 s) and numpy (~0.1 s) are imported only when a file of theirs is read or written
     def call(*args, **kwargs):
-        from . import torch_pt
-
-        return getattr(torch_pt, name)(*args, **kwargs)
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)(*args, **kwargs)
 
     return call
 
 
-TORCH = Format("torch", _torch_call("open_torch"), _torch_call("write_torch"), sniff_torch)
+TORCH = Format("torch", _lazy("torch_pt", "open_torch"), _lazy("torch_pt", "write_torch"), sniff_torch)
+NPZ = Format("npz", _lazy("npz", "open_npz"), _lazy("npz", "write_npz"), sniff_npz)
 
 __all__ = ["FORMATS", "CheckpointReader", "Format", "TensorEntry", "detect_format", "get_format"]
 

@@ -22,11 +22,11 @@ import numpy as np
 
 from ..dtypes import DTYPES
 from ..errors import FormatError, UnsafeInputError
+from ._sniff import sniff_npz
 from .base import Format, TensorEntry, iter_pieces
 
 __all__ = ["FORMAT", "NpzReader", "open_npz", "write_npz", "sniff_npz"]
 
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with members / an empty archive
 # Keyed by the little-endian dtype string ("<f4", "|b1"...): byte order is fixed when reading.
 _NUMPY_TO_NAME = {np.dtype(d.numpy_name).str: d.name for d in DTYPES.values() if d.numpy_name}
 # Errors a damaged archive raises while a member is decompressed or parsed.
@@ -198,18 +198,6 @@ def _rebuild_array(entry: TensorEntry, dtype: np.dtype,
         buf[offset:offset + chunk.size] = chunk
         offset += chunk.size
     return buf.view(dtype).reshape(entry.shape)
-
-
-def sniff_npz(path: str) -> bool:
-    """True for a ``.npz`` file that starts with a zip signature."""
-    path = os.fspath(path)
-    if not path.lower().endswith(".npz"):
-        return False
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) in _ZIP_MAGICS
-    except OSError:
-        return False
 
 
 FORMAT = Format(name="npz", open=open_npz, write=write_npz, sniff=sniff_npz)

@@ -155,6 +155,17 @@ class SafetensorsReader:
     def meta(self) -> dict[str, bytes]:
         return {"header": self._header}
 
+    def release(self, name: str, start: int, stop: int) -> None:
+        """Drop the mapped pages of bytes [start, stop) of tensor ``name`` from this process.
+
+        Pages of a read-only file mapping stay in the page cache, so this costs nothing but
+        keeps the resident set at the bytes in flight instead of the whole file.
+        """
+        if self._map is None or stop <= start:
+            return
+        base = self._data_start + self._offsets[name][0]
+        release_mapped(self._map, base + start, base + stop)
+
     def close(self) -> None:
         if self._map is not None:
             try:
@@ -162,6 +173,18 @@ class SafetensorsReader:
             except BufferError:
                 pass  # a caller still holds a view; the map closes when it is released
         self._file.close()
+
+
+def release_mapped(mapped: mmap.mmap, begin: int, end: int) -> None:
+    """madvise(MADV_DONTNEED) on the whole pages inside [begin, end) of a read-only mapping."""
+    page = mmap.PAGESIZE
+    first = -(-begin // page) * page
+    last = end // page * page
+    if last > first and hasattr(mapped, "madvise"):
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+        except (OSError, ValueError):
+            pass  # only an optimisation
 
 
 def open_safetensors(path: str) -> SafetensorsReader:

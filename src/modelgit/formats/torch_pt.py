@@ -32,7 +32,7 @@ import torch
 
 from ..dtypes import DTYPES
 from ..errors import FormatError, StoreFullError, UnsafeInputError
-from ._torch_sniff import _PICKLE_PROTO, _SUFFIXES, _ZIP_MAGIC, sniff_torch
+from ._sniff import _PICKLE_PROTO, _SUFFIXES, _ZIP_MAGIC, sniff_torch
 from .base import Format, TensorEntry, iter_pieces
 
 __all__ = ["FORMAT", "TorchReader", "open_torch", "write_torch", "sniff_torch"]

@@ -93,7 +93,7 @@ def _sumsq(store: Store, oid: str, dtype: str, shape: tuple[int, ...]) -> float:
         return float(json.loads(store.backend.read(key))["sumsq"])
     except (FileNotFoundError, ValueError, KeyError):
         pass
-    value = float(to_torch(store.get(oid), dtype, shape).double().square().sum())
+    value = float(to_torch(store.get_buffer(oid), dtype, shape).double().square().sum())
     store.backend.write_atomic(key, json.dumps({"sumsq": value}).encode())
     return value
 
@@ -106,7 +106,7 @@ def _chunk_shapes(record: TensorRecord) -> list[tuple[int, ...]]:
 
 def _compare_chunks(store: Store, dtype: str, shape, a_id: str, b_id: str) -> tuple[float, ...]:
     """(|a|^2, |b|^2, a.b, |b-a|^2, elements changed) of one chunk pair."""
-    a_raw, b_raw = store.get(a_id), store.get(b_id)
+    a_raw, b_raw = store.get_buffer(a_id), store.get_buffer(b_id)
     itemsize = DTYPES[dtype].itemsize
     changed = int(np.count_nonzero(np.frombuffer(a_raw, _UINT[itemsize]) !=
                                    np.frombuffer(b_raw, _UINT[itemsize])))

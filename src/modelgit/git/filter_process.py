@@ -110,7 +110,7 @@ def smudge(store, manifest: Manifest, writer: PktWriter) -> None:
     """Stream the checkpoint of ``manifest`` to git (status already sent by the caller)."""
     buffer = bytearray()
     for piece in checkpoint.iter_file_bytes(store, manifest.files[0]):
-        buffer += piece
+        buffer += memoryview(piece).cast("B")
         if len(buffer) >= 1 << 20:
             writer.content(buffer)
             buffer = bytearray()

@@ -9,10 +9,12 @@ writing a temporary key and moving it (object stores such as S3 make a single PU
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
 import posixpath
+import threading
 import time
 import uuid
 from typing import Iterator, Protocol
@@ -45,13 +47,39 @@ def _full_error(url: str, key: str, exc: OSError) -> StoreFullError:
     )
 
 
+def _syncfs_function():
+    """libc's syncfs(2) (Linux), or None: one call makes a whole filesystem's writes durable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    return function
+
+
+_SYNCFS = _syncfs_function()
+# staged bytes after which a batch is committed: bounds the work a crash can lose
+STAGE_BATCH_BYTES = 256 * 1024 * 1024
+
+
 class LocalBackend:
-    """A directory on a local filesystem; the fast path, with real file locks."""
+    """A directory on a local filesystem; the fast path, with real file locks.
+
+    Besides ``write_atomic`` (temp file, fsync, rename), objects can be *staged*: written to
+    temporary files without an fsync each, then committed in a batch by one ``syncfs`` and a
+    rename per file. An fsync per 4 MiB object costs a journal commit each (2.7 s per GB
+    measured here); a batch costs one. Until its batch is committed a staged object is invisible,
+    so a crash leaves only temporary files, never a half-written object.
+    """
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.url = self.root
         self._made_dirs: set[str] = set()
+        self._staged: list[tuple[str, str]] = []
+        self._staged_bytes = 0
+        self._stage_guard = threading.Lock()
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
@@ -68,26 +96,88 @@ class LocalBackend:
             os.makedirs(path, exist_ok=True)
             self._made_dirs.add(path)
 
-    def write_atomic(self, key: str, data) -> None:
-        final = self._path(key)
+    def _write_temp(self, data, fsync: bool) -> str:
         tmp_dir = os.path.join(self.root, "tmp")
         self._ensure_dir(tmp_dir)
-        self._ensure_dir(os.path.dirname(final))
         tmp = os.path.join(tmp_dir, f"{os.getpid()}-{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+            view = memoryview(data).cast("B")
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if fsync:
                 os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except OSError as exc:
+        except BaseException:
+            os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
+    def stage(self, key: str, data) -> None:
+        """Write ``key`` to a temporary file; it becomes visible at the next commit."""
+        final = self._path(key)
+        self._ensure_dir(os.path.dirname(final))
+        try:
+            tmp = self._write_temp(data, fsync=_SYNCFS is None)
+        except OSError as exc:
+            self.discard_staged()
+            if exc.errno in _FULL_ERRNOS:
+                raise _full_error(self.url, key, exc) from exc
+            raise StoreError(f"cannot write {key!r} in the store at {self.url}: {exc}") from exc
+        with self._stage_guard:
+            self._staged.append((tmp, final))
+            self._staged_bytes += len(data)
+            due = self._staged_bytes >= STAGE_BATCH_BYTES
+        if due:
+            self.commit_staged()
+
+    def commit_staged(self) -> None:
+        """Make staged objects durable (one syncfs) and visible (rename each into place)."""
+        with self._stage_guard:
+            batch, self._staged, self._staged_bytes = self._staged, [], 0
+        if not batch:
+            return
+        try:
+            if _SYNCFS is not None:
+                fd = os.open(self.root, os.O_RDONLY)
+                try:
+                    if _SYNCFS(fd) != 0:
+                        err = ctypes.get_errno()
+                        raise OSError(err, os.strerror(err))
+                finally:
+                    os.close(fd)
+            for tmp, final in batch:
+                os.replace(tmp, final)
+        except OSError as exc:
+            for tmp, _ in batch:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if exc.errno in _FULL_ERRNOS:
+                raise _full_error(self.url, "a batch of objects", exc) from exc
+            raise StoreError(f"cannot commit objects in the store at {self.url}: {exc}") from exc
+
+    def discard_staged(self) -> None:
+        with self._stage_guard:
+            batch, self._staged, self._staged_bytes = self._staged, [], 0
+        for tmp, _ in batch:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def write_atomic(self, key: str, data) -> None:
+        final = self._path(key)
+        self._ensure_dir(os.path.dirname(final))
+        try:
+            tmp = self._write_temp(data, fsync=True)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
             if exc.errno in _FULL_ERRNOS:
                 raise _full_error(self.url, key, exc) from exc
             raise StoreError(f"cannot write {key!r} in the store at {self.url}: {exc}") from exc

@@ -113,9 +113,17 @@ class Store:
             with self._writers_guard:
                 self._writers -= 1
                 if self._writers == 0:
-                    self.backend.sync_dirs()
-                    self._lock_cm.__exit__(None, None, None)
-                    self._lock_cm = None
+                    try:
+                        self.flush()
+                    finally:
+                        self._lock_cm.__exit__(None, None, None)
+                        self._lock_cm = None
+
+    def flush(self) -> None:
+        """Make every object written so far durable and visible (and fsync directories)."""
+        if hasattr(self.backend, "commit_staged"):
+            self.backend.commit_staged()
+        self.backend.sync_dirs()
 
     # ---------------------------------------------------------------- objects
     @staticmethod
@@ -142,27 +150,42 @@ class Store:
         depth, delta_parent = 0, None
         candidate = self._delta_candidate(parent, oid, dtype, len(data))
         if candidate is not None:
-            parent_header, parent_raw = candidate
+            parent_header, parent_raw, _ = candidate
             delta = encode_delta(data, itemsize, parent_raw)
             if delta is not None:
                 encoding, payload = DELTA, delta
                 depth, delta_parent = parent_header.depth + 1, parent
-        if payload is None or len(payload) > len(data) // 2:
+        if payload is None or not self._delta_clearly_pays(len(payload), len(data), candidate):
             standalone, standalone_payload = encode_standalone(data, itemsize, dtype in FLOAT_DTYPES)
             if payload is None or len(payload) >= DELTA_ADVANTAGE * len(standalone_payload):
                 encoding, payload, depth, delta_parent = standalone, standalone_payload, 0, None
         blob = pack_object(encoding, depth, dtype, tuple(shape), len(data), delta_parent, payload)
-        self.backend.write_atomic(self._key(oid), blob)
+        if self._writers and hasattr(self.backend, "stage"):
+            self.backend.stage(self._key(oid), blob)  # made durable and visible in batches
+        else:
+            self.backend.write_atomic(self._key(oid), blob)
         return PutResult(oid, True, len(blob), encoding.name)
 
-    def _delta_candidate(self, parent, oid, dtype, raw_len) -> tuple[ObjectHeader, bytes] | None:
-        """(header, content) of ``parent`` when a delta against it is allowed."""
+    def _delta_clearly_pays(self, delta_len: int, raw_len: int, candidate) -> bool:
+        """Whether a delta wins without computing the standalone encoding to compare with.
+
+        It does when it halves the raw size (weights never compress that well on their own), or
+        when it beats the parent's own standalone size by the required margin: the parent is the
+        same tensor a version ago, so its encoded size predicts this one's.
+        """
+        if delta_len <= raw_len // 2:
+            return True
+        header, _raw, stored = candidate
+        return header.parent is None and delta_len < DELTA_ADVANTAGE * stored
+
+    def _delta_candidate(self, parent, oid, dtype, raw_len):
+        """(header, content, payload size) of ``parent`` when a delta against it is allowed."""
         if not parent or parent == oid or not self.has(parent):
             return None
-        header, raw = self._load(parent)
+        header, raw, stored = self._load(parent, with_size=True)
         if header.dtype != dtype or header.raw_len != raw_len or header.depth >= MAX_DELTA_DEPTH:
             return None
-        return header, raw
+        return header, raw, stored
 
     def put_blob(self, data: bytes) -> str:
         """Store a small byte string (a manifest, a file header) and return its id."""
@@ -200,9 +223,15 @@ class Store:
             ObjectMissingError: the object (or a delta ancestor) is not in the store.
             CorruptObjectError: it does not decode to content with its id.
         """
+        raw = self._load(oid)[1]
+        return raw if isinstance(raw, bytes) else bytes(raw)
+
+    def get_buffer(self, oid: str):
+        """Like :meth:`get`, but may return any bytes-like (a uint8 array) to save a copy."""
         return self._load(oid)[1]
 
-    def _load(self, oid: str, _depth: int = 0) -> tuple[ObjectHeader, bytes]:
+    def _load(self, oid: str, _depth: int = 0, with_size: bool = False):
+        """(header, content) of ``oid``, verified; with ``with_size`` also the payload size."""
         blob = self._read(oid)
         try:
             head = unpack_header(blob)
@@ -222,6 +251,8 @@ class Store:
             raise self._corrupt(oid, f"{head.encoding.name} payload does not decode: {exc}") from None
         if object_id(head.dtype, head.shape, raw) != oid:
             raise self._corrupt(oid, "content hash does not match its id")
+        if with_size:
+            return head, raw, len(blob) - head.payload_offset
         return head, raw
 
     def iter_objects(self) -> Iterator[str]:
@@ -236,6 +267,7 @@ class Store:
     # ---------------------------------------------------------------- refs
     def set_ref(self, name: str, oid: str) -> None:
         _check_ref_name(name)
+        self.flush()  # a ref must never point at objects that are not durable yet
         self.backend.write_atomic(f"refs/{name}", (oid + "\n").encode())
 
     def get_ref(self, name: str) -> str:
