@@ -1,0 +1,124 @@
+"""CLI verbs of the merge engine: merge (recipe or flags) and extract-lora."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from ..errors import UsageError
+
+__all__ = ["register"]
+
+
+def _parse_size(text: str) -> int:
+    units = {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4, "b": 1}
+    lowered = text.strip().lower()
+    for unit, factor in units.items():
+        if lowered.endswith(unit):
+            return int(float(lowered[: -len(unit)]) * factor)
+    return int(lowered)
+
+
+def _recipe_from_flags(args) -> dict:
+    if not args.model:
+        raise UsageError("give a recipe file, or --method and at least one --model")
+    weights = args.weight or []
+    if weights and len(weights) != len(args.model):
+        raise UsageError(f"{len(weights)} --weight values for {len(args.model)} --model values")
+    models = []
+    for i, model in enumerate(args.model):
+        params = {"weight": weights[i]} if weights else {}
+        if args.density is not None:
+            params["density"] = args.density
+        models.append({"model": model, "parameters": params} if params else {"model": model})
+    data = {"merge_method": args.method or "linear", "models": models}
+    if args.base:
+        data["base_model"] = args.base
+    params = {}
+    for item in args.param or []:
+        key, _, value = item.partition("=")
+        params[key] = yaml.safe_load(value)
+    if params:
+        data["parameters"] = params
+    if args.dtype:
+        data["dtype"] = args.dtype
+    return data
+
+
+def cmd_merge(args) -> int:
+    from ..merge.engine import run_merge
+    from ..merge.recipe import load_recipe, parse_recipe
+
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+    else:
+        data = _recipe_from_flags(args)
+        recipe = parse_recipe(data, yaml.safe_dump(data, sort_keys=False))
+    for warning in recipe.warnings:
+        print(f"modelgit: warning: {warning}")
+    if not args.dry_run and not args.output:
+        raise UsageError("give -o OUT (or --dry-run)")
+    result = run_merge(recipe, args.output, dry_run=args.dry_run, progress=args.progress,
+                       max_shard_bytes=_parse_size(args.shard_size), adapter_rank=args.to_adapter)
+    if args.dry_run:
+        plan = result
+        summary = {"ok": True, "method": recipe.merge_method, "inputs": plan.specs,
+                   "tensors": len(plan.outputs), "layers": plan.num_layers}
+        print(json.dumps(summary, indent=2) if args.json else
+              f"ok: {len(plan.outputs)} tensors from {len(plan.specs)} inputs would be merged with "
+              f"{recipe.merge_method}")
+        return 0
+    print(json.dumps(result.__dict__) if args.json else
+          f"merged {result.tensors} tensors ({result.bytes / 2**20:.1f} MiB) into {result.output}")
+    return 0
+
+
+def cmd_extract_lora(args) -> int:
+    from ..merge.lora import extract_lora
+    from ..merge.sources import open_source
+
+    base, tuned = open_source(args.base), open_source(args.tuned)
+    try:
+        errors = extract_lora(base, tuned, args.rank, args.output, alpha=args.alpha)
+    finally:
+        base.close()
+        tuned.close()
+    worst = max(errors.values())
+    print(json.dumps(errors, indent=2, sort_keys=True) if args.json else
+          f"wrote a rank-{args.rank} LoRA of {len(errors)} modules to {args.output} "
+          f"(worst relative error {worst:.3g})")
+    return 0
+
+
+def register(sub, command) -> None:
+    p = command(sub, "merge", cmd_merge,
+                "Merge models (checkpoints, PATH@REV revisions, BASE+ADAPTER) per a mergekit-style recipe.",
+                "modelgit merge recipe.yaml -o merged/\n"
+                "modelgit merge recipe.yaml --dry-run          # validate inputs, report every problem\n"
+                "modelgit merge --method ties --base base/ --model a/ --model b/ --density 0.5 -o out/\n"
+                "modelgit merge --method linear --model base/+adapter/ -o merged/   # apply a LoRA\n"
+                "modelgit merge recipe.yaml --to-adapter 16 -o merged-adapter/")
+    p.add_argument("recipe", nargs="?", help="YAML recipe in mergekit's schema")
+    p.add_argument("-o", "--output", help="output directory (sharded safetensors + index)")
+    p.add_argument("-n", "--dry-run", action="store_true")
+    p.add_argument("--method", help="merge method (without a recipe)")
+    p.add_argument("--base", help="base model (without a recipe)")
+    p.add_argument("--model", action="append", help="a model to merge (repeat)")
+    p.add_argument("--weight", action="append", type=float, help="one per --model")
+    p.add_argument("--density", type=float)
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a global method parameter")
+    p.add_argument("--dtype", help="output dtype: float32, float16, bfloat16")
+    p.add_argument("--shard-size", default="5GB", help="largest output shard (default 5GB)")
+    p.add_argument("--to-adapter", type=int, metavar="RANK",
+                   help="write a PEFT LoRA adapter of this rank (SVD of the merged update) instead")
+    p.add_argument("--json", action="store_true")
+    p = command(sub, "extract-lora", cmd_extract_lora,
+                "Extract a LoRA adapter from the difference of two checkpoints (truncated SVD).",
+                "modelgit extract-lora base/ finetuned/ --rank 16 -o adapter/")
+    p.add_argument("base")
+    p.add_argument("tuned")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--json", action="store_true")

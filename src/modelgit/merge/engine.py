@@ -1,0 +1,302 @@
+"""The streaming merge engine: one output tensor at a time, written as it goes.
+
+For each output tensor the engine loads that tensor from every input (lazily, from mmapped
+files or the tensor store), resolves the recipe's parameters for it (gradients, filters), calls
+the method, casts to the output dtype and appends it to the output shard. Peak memory is about
+(inputs + 2) x the largest tensor (in float32), never the model size. Output bytes depend only
+on the recipe and the input bytes: random methods are seeded per tensor.
+
+Every output records its provenance: the recipe text and a content id per input, in the
+safetensors ``__metadata__`` and in ``modelgit_merge.json`` next to the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import __version__
+from ..dtypes import DTYPES, FLOAT_DTYPES
+from ..errors import ModelgitError, UsageError
+from ..progress import progress_bar
+from ..tensor_math import from_torch
+from .base import MergeInputs, get_method
+from .lora import low_rank, save_adapter
+from .recipe import Recipe, layer_position, resolve_value
+from .sources import Source, open_source
+from .writer import DEFAULT_SHARD_BYTES, PlannedTensor, ShardedWriter
+
+__all__ = ["MergePlan", "plan_merge", "run_merge", "MergeResult"]
+
+_LAYER_RE = re.compile(r"((?:^|\.)(?:layers|h|layer|blocks|block)\.)(\d+)(\.)")
+_COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "tokenizer.model", "vocab.txt", "vocab.json", "merges.txt")
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    base: tuple[int, str] | None  # (source index, input tensor name)
+    models: list[tuple[int, str, dict]]  # (source index, input name, per-model recipe params)
+    copy_only: bool = False  # non-float tensors are copied from the first input
+
+
+@dataclass
+class MergePlan:
+    recipe: Recipe
+    sources: list[Source]
+    specs: list[str]
+    outputs: list[OutputTensor] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    num_layers: int = 0
+
+    def close(self) -> None:
+        for source in self.sources:
+            source.close()
+
+
+@dataclass
+class MergeResult:
+    output: str
+    tensors: int
+    bytes: int
+    warnings: list[str]
+
+
+def _layer_count(names) -> int:
+    indices = [int(m.group(2)) for n in names for m in [_LAYER_RE.search(n)] if m]
+    return max(indices) + 1 if indices else 0
+
+
+def _renumber(name: str, index: int) -> str:
+    return _LAYER_RE.sub(lambda m: f"{m.group(1)}{index}{m.group(3)}", name, count=1)
+
+
+def _layer_of(name: str) -> int | None:
+    match = _LAYER_RE.search(name)
+    return int(match.group(2)) if match else None
+
+
+def plan_merge(recipe: Recipe) -> MergePlan:
+    """Open every input and work out every output tensor; collect all problems (no raise)."""
+    method = get_method(recipe.merge_method)
+    specs: list[str] = []
+
+    def index_of(spec: str) -> int:
+        if spec not in specs:
+            specs.append(spec)
+        return specs.index(spec)
+
+    base_index = index_of(recipe.base_model) if recipe.base_model else None
+    entries = list(recipe.models)
+    if method.needs_base:  # as in mergekit, the base listed among models is not a task vector
+        entries = [e for e in entries if e.model != recipe.base_model]
+    model_indices = [index_of(e.model) for e in entries]
+    for s in recipe.slices:
+        for source in s.sources:
+            index_of(source.model)
+    plan = MergePlan(recipe, [], specs)
+    for spec in specs:
+        try:
+            plan.sources.append(open_source(spec))
+        except ModelgitError as exc:
+            plan.problems.append(f"input {spec}: {exc}")
+            plan.sources.append(None)
+    if plan.problems:
+        return plan
+    infos = [s.tensors() for s in plan.sources]
+    if recipe.slices:
+        _plan_slices(plan, infos, base_index)
+    else:
+        reference = base_index if base_index is not None else model_indices[0]
+        plan.num_layers = _layer_count(infos[reference])
+        for name, info in infos[reference].items():
+            base = (base_index, name) if base_index is not None else None
+            models = [(i, name, e.parameters) for i, e in zip(model_indices, entries)]
+            plan.outputs.append(OutputTensor(name, recipe.dtype or info.dtype, info.shape, base, models,
+                                             info.dtype not in FLOAT_DTYPES))
+        for i, e in zip(model_indices, entries):
+            missing = sorted(set(infos[reference]) - set(infos[i]))
+            extra = sorted(set(infos[i]) - set(infos[reference]))
+            if missing:
+                plan.problems.append(f"{e.model} lacks {len(missing)} tensors of the reference model, "
+                                     f"e.g. {missing[:3]} (a different architecture?)")
+            if extra:
+                plan.problems.append(f"{e.model} has {len(extra)} tensors the reference lacks, e.g. "
+                                     f"{extra[:3]}; they are not in the output")
+    _check_shapes(plan, infos)
+    if method.needs_base and base_index is None:
+        plan.problems.append(f"{method.name} needs a base_model")
+    return plan
+
+
+def _plan_slices(plan: MergePlan, infos, base_index) -> None:
+    """Layer slicing/stacking: output layers are the slices' layer ranges, renumbered."""
+    first = plan.specs.index(plan.recipe.slices[0].sources[0].model)
+    out_layer = 0
+    layered = {n for n in infos[first] if _layer_of(n) is not None}
+    for name, info in infos[first].items():  # embeddings, final norm, head: from the first source
+        if name not in layered:
+            plan.outputs.append(OutputTensor(name, plan.recipe.dtype or info.dtype, info.shape, None,
+                                             [(first, name, {})], info.dtype not in FLOAT_DTYPES))
+    for s in plan.recipe.slices:
+        ranges = [src.layer_range for src in s.sources]
+        if any(r is None for r in ranges) or len({r[1] - r[0] for r in ranges}) != 1:
+            plan.problems.append(f"slice {ranges}: every source needs a layer_range of equal length")
+            continue
+        for offset in range(ranges[0][1] - ranges[0][0]):
+            lead = s.sources[0]
+            lead_index = plan.specs.index(lead.model)
+            for name, info in infos[lead_index].items():
+                if _layer_of(name) != lead.layer_range[0] + offset:
+                    continue
+                models, base = [], None
+                for src in s.sources:
+                    i = plan.specs.index(src.model)
+                    in_name = _renumber(name, src.layer_range[0] + offset)
+                    if i == base_index:
+                        base = (i, in_name)
+                    if i != base_index or not get_method(plan.recipe.merge_method).needs_base:
+                        models.append((i, in_name, src.parameters))
+                plan.outputs.append(OutputTensor(_renumber(name, out_layer), plan.recipe.dtype or info.dtype,
+                                                 info.shape, base, models, info.dtype not in FLOAT_DTYPES))
+            out_layer += 1
+    plan.num_layers = out_layer
+
+
+def _check_shapes(plan: MergePlan, infos) -> None:
+    for out in plan.outputs:
+        refs = ([out.base] if out.base else []) + [(i, n) for i, n, _ in out.models]
+        for i, name in refs:
+            info = infos[i].get(name)
+            if info is None:
+                plan.problems.append(f"{plan.specs[i]} has no tensor {name}")
+            elif info.shape != out.shape:
+                plan.problems.append(f"{name}: {plan.specs[i]} has shape {list(info.shape)}, the "
+                                     f"output {list(out.shape)}")
+
+
+def _params_for(plan: MergePlan, out: OutputTensor) -> tuple[list[dict], dict]:
+    method = get_method(plan.recipe.merge_method)
+    position = layer_position(out.name, plan.num_layers)
+    per_model = []
+    for _i, _name, params in out.models:
+        resolved = {}
+        for key, default in method.model_params.items():
+            value = params.get(key, plan.recipe.parameters.get(key, default))
+            value = resolve_value(value, out.name, position)
+            resolved[key] = default if value is None else float(value)
+        per_model.append(resolved)
+    options = {}
+    for key, default in method.options.items():
+        value = resolve_value(plan.recipe.parameters.get(key, default), out.name, position)
+        options[key] = default if value is None else value
+    if "seed" not in method.options:
+        options["seed"] = plan.recipe.seed
+    return per_model, options
+
+
+def _compute(plan: MergePlan, out: OutputTensor) -> torch.Tensor:
+    method = get_method(plan.recipe.merge_method)
+    models = [plan.sources[i].load(name) for i, name, _ in out.models]
+    if out.copy_only:
+        return models[0] if models else plan.sources[out.base[0]].load(out.base[1])
+    base = plan.sources[out.base[0]].load(out.base[1]) if out.base else None
+    per_model, options = _params_for(plan, out)
+    merged = method.fn(MergeInputs(base, models, per_model, options, out.name))
+    if not torch.isfinite(merged).all():
+        raise ModelgitError(f"{out.name}: the {method.name} merge produced NaN or inf; check the "
+                            "weights (a zero sum of weights with normalize?)")
+    return merged
+
+
+def _provenance(plan: MergePlan) -> dict:
+    return {"modelgit_version": __version__, "merge_method": plan.recipe.merge_method,
+            "recipe": plan.recipe.text,
+            "inputs": [{"spec": spec, "content_id": source.identity()}
+                       for spec, source in zip(plan.specs, plan.sources)]}
+
+
+def _extra_files(plan: MergePlan, provenance: dict) -> dict[str, bytes]:
+    files = {"modelgit_merge.json": (json.dumps(provenance, indent=2, sort_keys=True) + "\n").encode()}
+    if plan.recipe.text:
+        files["merge_recipe.yaml"] = plan.recipe.text.encode()
+    ref = plan.recipe.base_model or plan.specs[0]
+    ref_dir = ref if os.path.isdir(ref) else os.path.dirname(ref)
+    for name in _COPIED_FILES:
+        path = os.path.join(ref_dir, name)
+        if ref_dir and os.path.isfile(path):
+            with open(path, "rb") as handle:
+                data = handle.read()
+            if name == "config.json" and plan.recipe.slices:
+                config = json.loads(data)
+                for key in ("num_hidden_layers", "n_layer", "num_layers"):
+                    if key in config:
+                        config[key] = plan.num_layers
+                data = (json.dumps(config, indent=2) + "\n").encode()
+            files[name] = data
+    return files
+
+
+def run_merge(recipe: Recipe, out: str, dry_run: bool = False, progress: bool | None = None,
+              max_shard_bytes: int = DEFAULT_SHARD_BYTES, adapter_rank: int | None = None):
+    """Merge per ``recipe`` into directory ``out``; returns MergeResult, or the plan when dry.
+
+    With ``adapter_rank`` the output is a PEFT LoRA adapter of that rank (truncated SVD of each
+    merged update relative to the base) instead of full weights.
+
+    Raises:
+        UsageError: listing every problem found in the inputs (missing tensors, shapes...).
+    """
+    plan = plan_merge(recipe)
+    try:
+        if plan.problems:
+            raise UsageError("cannot merge:\n  " + "\n  ".join(plan.problems))
+        if dry_run:
+            return plan
+        if adapter_rank:
+            return _run_to_adapter(plan, out, adapter_rank, progress)
+        provenance = _provenance(plan)
+        planned = [PlannedTensor(o.name, o.dtype, o.shape) for o in plan.outputs]
+        metadata = {"format": "pt", "modelgit_merge": json.dumps(provenance, sort_keys=True)}
+        writer = ShardedWriter(out, planned, metadata, max_shard_bytes, _extra_files(plan, provenance))
+        total = sum(p.nbytes for p in planned)
+        try:
+            with progress_bar(total, f"merge ({recipe.merge_method})", progress) as bar:
+                for o in plan.outputs:
+                    target = getattr(torch, DTYPES[o.dtype].torch_name)
+                    data = from_torch(_compute(plan, o).to(target))
+                    writer.write(o.name, data)
+                    bar.update(len(data))
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        return MergeResult(out, len(planned), total, list(recipe.warnings))
+    finally:
+        plan.close()
+
+
+def _run_to_adapter(plan: MergePlan, out: str, rank: int, progress) -> MergeResult:
+    if not plan.recipe.base_model:
+        raise UsageError("merging into a new adapter needs a base_model to take updates against")
+    factors = {}
+    candidates = [o for o in plan.outputs if o.base and len(o.shape) == 2 and not o.copy_only]
+    with progress_bar(len(candidates), "merge to adapter", progress) as bar:
+        for o in candidates:
+            base = plan.sources[o.base[0]].load(o.base[1]).float()
+            delta = _compute(plan, o).float() - base  # (out, in)
+            bar.update(1)
+            if torch.any(delta != 0) and o.name.endswith(".weight"):
+                factors[o.name[: -len(".weight")]] = low_rank(delta, rank)
+    if not factors:
+        raise UsageError("the merge changes no 2-D weight of the base: no adapter to write")
+    save_adapter(out, factors, rank, float(rank), base=plan.recipe.base_model,
+                 extra={"modelgit_merge": _provenance(plan)})
+    return MergeResult(out, len(factors) * 2, 0, list(plan.recipe.warnings))

@@ -1,0 +1,195 @@
+"""PEFT LoRA adapters: read them exactly as PEFT does, apply them, extract them.
+
+The update of a LoRA module is ``scale · B A`` with ``scale = lora_alpha / r`` (``/ sqrt(r)``
+with ``use_rslora``), per-module ``rank_pattern`` / ``alpha_pattern`` overrides, transposed for
+``fan_in_fan_out`` layers (GPT-2's Conv1D) and for embeddings (``lora_embedding_A/B``).
+``modules_to_save`` copies replace the base weights outright, and so do base layers that PEFT
+saves beside embedding adapters (``save_embedding_layers``). Merging one adapter at weight 1
+therefore reproduces what PEFT's ``merge_and_unload`` gives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import blake3
+import torch
+
+from ..errors import FormatError, UsageError
+from ..formats.safetensors_format import open_safetensors
+from ..tensor_math import to_torch
+
+__all__ = ["Adapter", "load_adapter", "extract_lora", "low_rank", "save_adapter"]
+
+PREFIX = "base_model.model."
+_LORA_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B)(?:\.[^.]+)?\.weight$|"
+                      r"^(?P<module2>.+)\.lora_(?P<kind2>embedding_A|embedding_B)(?:\.[^.]+)?$")
+
+
+def _pattern_value(pattern: dict, module: str, default):
+    """PEFT's rank/alpha pattern lookup: a key matches a module name suffix (or regex)."""
+    for key, value in (pattern or {}).items():
+        if module == key or module.endswith("." + key) or re.fullmatch(key, module):
+            return value
+    return default
+
+
+@dataclass
+class Adapter:
+    path: str
+    config: dict
+    lora: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {A, B, embedding}
+    saved: dict[str, torch.Tensor] = field(default_factory=dict)  # base tensor name -> replacement
+    digest: str = ""
+
+    def scale(self, module: str) -> float:
+        r = _pattern_value(self.config.get("rank_pattern"), module, self.config["r"])
+        alpha = _pattern_value(self.config.get("alpha_pattern"), module, self.config.get("lora_alpha", r))
+        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
+    def delta(self, module: str) -> torch.Tensor:
+        """The full-rank update of ``module``'s weight, in float32, shaped like the weight."""
+        parts = self.lora[module]
+        a, b = parts["A"].float(), parts["B"].float()  # (r, in), (out, r)
+        update = (b @ a) * self.scale(module)  # (out, in)
+        if parts.get("embedding"):
+            update = update.T  # embeddings store (vocab, dim); lora_embedding_A is (r, vocab)
+        elif self.config.get("fan_in_fan_out"):
+            update = update.T
+        return update
+
+    def targets(self) -> dict[str, str]:
+        """Base tensor name -> LoRA module, for every module the adapter changes."""
+        return {f"{module}.weight": module for module in self.lora}
+
+    def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if name in self.saved:  # modules_to_save, or a saved (possibly resized) base layer
+            weight = self.saved[name].to(weight.dtype)
+        module = self.targets().get(name)
+        if module is None:
+            return weight
+        delta = self.delta(module)
+        if delta.shape != weight.shape:
+            raise FormatError(f"{self.path}: LoRA update of {module} has shape {tuple(delta.shape)} "
+                              f"but the base weight {name} has {tuple(weight.shape)}: wrong base model?")
+        return (weight.float() + delta).to(weight.dtype)
+
+    def identity(self) -> str:
+        return self.digest
+
+
+def load_adapter(path: str, base_tensors: dict | None = None) -> Adapter:
+    """Read a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
+
+    Raises:
+        FormatError: not a LoRA adapter, a pickled adapter (.bin), DoRA, missing A/B halves, or
+            (with ``base_tensors``) modules that the base does not have.
+    """
+    config_path = os.path.join(path, "adapter_config.json")
+    weights = os.path.join(path, "adapter_model.safetensors")
+    if not os.path.isfile(config_path):
+        raise FormatError(f"{path}: no adapter_config.json; not a PEFT adapter directory")
+    if not os.path.isfile(weights):
+        hint = " (only a pickled adapter_model.bin: convert it to safetensors)" \
+            if os.path.exists(os.path.join(path, "adapter_model.bin")) else ""
+        raise FormatError(f"{path}: no adapter_model.safetensors{hint}")
+    with open(config_path, "rb") as handle:
+        raw_config = handle.read()
+    config = json.loads(raw_config)
+    if config.get("peft_type", "LORA") != "LORA" or "r" not in config:
+        raise FormatError(f"{path}: peft_type {config.get('peft_type')!r} is not a LoRA adapter")
+    if config.get("use_dora"):
+        raise FormatError(f"{path}: DoRA adapters are not supported yet (use_dora: true)")
+    adapter = Adapter(path, config)
+    digest = blake3.blake3(raw_config)
+    reader = open_safetensors(weights)
+    try:
+        for entry in reader.entries():
+            data = reader.data(entry.name)
+            digest.update(entry.name.encode() + b"\0" + bytes(data))
+            tensor = to_torch(data, entry.dtype, entry.shape)
+            name = entry.name[len(PREFIX):] if entry.name.startswith(PREFIX) else entry.name
+            match = _LORA_RE.match(name)
+            if match is None:
+                # modules_to_save copies, and base layers PEFT saves with embedding adapters
+                plain = re.sub(r"\.modules_to_save(\.[^.]+)?|\.base_layer", "", name)
+                adapter.saved[plain] = tensor
+                continue
+            module = match.group("module") or match.group("module2")
+            kind = match.group("kind") or match.group("kind2")
+            parts = adapter.lora.setdefault(module, {})
+            if kind.startswith("embedding"):
+                parts["embedding"] = True
+            parts["A" if kind.endswith("A") else "B"] = tensor
+    finally:
+        reader.close()
+    adapter.digest = digest.hexdigest()
+    incomplete = sorted(m for m, p in adapter.lora.items() if "A" not in p or "B" not in p)
+    if incomplete:
+        raise FormatError(f"{path}: LoRA modules without both A and B: {incomplete[:5]}")
+    if base_tensors is not None:
+        unknown = sorted(n for n in [*adapter.targets(), *adapter.saved] if n not in base_tensors)
+        if unknown:
+            raise FormatError(f"{path}: the adapter changes tensors the base model does not have: "
+                              f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''} (wrong base model?)")
+    return adapter
+
+
+def low_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-``rank`` factors (B, A) of a 2-D update: ``B @ A ≈ delta`` (truncated SVD)."""
+    if delta.dim() != 2:
+        raise UsageError(f"a LoRA needs 2-D weights, not shape {tuple(delta.shape)}")
+    u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)  # (out,k) (k,) (k,in)
+    rank = min(rank, s.numel())
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, root[:, None] * vh[:rank]  # (out, r), (r, in)
+
+
+def save_adapter(path: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int,
+                 alpha: float, base: str = "", extra: dict | None = None) -> None:
+    """Write a PEFT adapter directory from {module: (B, A)} with ``B @ A`` the unscaled update."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    tensors = {}
+    for module, (b, a) in sorted(factors.items()):
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = a.contiguous()
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = (b / (alpha / rank)).contiguous()
+    save_file(tensors, os.path.join(path, "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "use_rslora": False,
+              "target_modules": sorted({m.rsplit(".", 1)[-1] for m in factors}),
+              "base_model_name_or_path": base, "bias": "none", "fan_in_fan_out": False,
+              "task_type": None, **(extra or {})}
+    with open(os.path.join(path, "adapter_config.json"), "w") as handle:
+        json.dump(config, handle, indent=2, sort_keys=True)
+
+
+def extract_lora(base, tuned, rank: int, out: str, alpha: float | None = None,
+                 min_numel: int = 0) -> dict:
+    """Write to ``out`` a LoRA of ``rank`` approximating ``tuned - base`` for every 2-D weight.
+
+    Args:
+        base, tuned: merge sources (see :mod:`modelgit.merge.sources`).
+    Returns:
+        {module: relative Frobenius error of the approximation}.
+    """
+    alpha = float(alpha if alpha is not None else rank)
+    infos, factors, errors = base.tensors(), {}, {}
+    for name, info in tuned.tensors().items():
+        if not name.endswith(".weight") or len(info.shape) != 2 or name not in infos:
+            continue
+        delta = tuned.load(name).float() - base.load(name).float()  # (out, in)
+        if delta.numel() < min_numel or not torch.any(delta):
+            continue
+        b, a = low_rank(delta, rank)
+        module = name[: -len(".weight")]
+        factors[module] = (b, a)
+        errors[module] = float(torch.linalg.norm(b @ a - delta) / torch.linalg.norm(delta))
+    if not factors:
+        raise UsageError("the two checkpoints do not differ in any 2-D weight: nothing to extract")
+    save_adapter(out, factors, rank, alpha, base=getattr(base, "label", ""))
+    return errors
