@@ -24,7 +24,7 @@ from ..dtypes import DTYPES
 from ..errors import ModelgitError
 from ..formats.safetensors_format import METADATA_KEY
 from ..manifest import FileRecord, Manifest, TensorRecord, is_manifest
-from ..merge import get_method
+from ..merge import MergeInputs, get_method
 from ..store import Store, chunk_layout
 from ..tensor_math import from_torch, to_torch
 from .repo import GitRepo
@@ -32,7 +32,7 @@ from .repo import GitRepo
 __all__ = ["merge_manifests", "MergeOutcome", "run_merge_driver", "STRATEGIES"]
 
 STRATEGIES = ("ours", "theirs", "average", "task_arithmetic", "ties", "dare")
-_METHOD_OF = {"average": "linear", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare"}
+_METHOD_OF = {"average": "linear", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare_linear"}
 
 
 @dataclass
@@ -72,7 +72,8 @@ def _merge_both(store, name, base, ours, theirs, strategy: str, params: dict) ->
     if method.needs_base and o is None:
         raise ModelgitError(f"{name}: strategy {strategy} needs a merge base, but the tensor is new "
                             "on both sides")
-    merged = method.fn(o, [a, b], [1.0, 1.0], **params)
+    per_model = [{**method.model_params, "weight": 1.0, **params} for _ in (a, b)]
+    merged = method.fn(MergeInputs(o, [a, b], per_model, dict(method.options), name))
     if not torch.isfinite(merged.float()).all():
         raise ModelgitError(f"{name}: the {strategy} merge produced NaN or inf")
     return _store_tensor(store, name, ours.dtype, merged, ours)

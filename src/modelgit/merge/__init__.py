@@ -1,5 +1,7 @@
-"""Merging (layer ``merge/``): methods as pure tensor functions in a registry."""
+"""Merging (layer ``merge/``): methods as pure tensor functions in a registry, the streaming
+engine, mergekit-style recipes and PEFT adapters."""
 
-from .methods import METHODS, MergeMethod, get_method, register
+from . import methods  # noqa: F401  (registers every method)
+from .base import METHODS, MergeInputs, MergeMethod, get_method, register
 
-__all__ = ["METHODS", "MergeMethod", "get_method", "register"]
+__all__ = ["METHODS", "MergeInputs", "MergeMethod", "get_method", "register"]

@@ -58,7 +58,8 @@ class MergePlan:
 
     def close(self) -> None:
         for source in self.sources:
-            source.close()
+            if source is not None:
+                source.close()
 
 
 @dataclass
