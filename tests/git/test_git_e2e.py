@@ -311,3 +311,18 @@ def test_unchanged_file_is_not_rehashed_by_the_filter(repo, tmp_path, monkeypatc
     assert "hashed and stored" in lines[0]
     assert any("not re-hashed" in line for line in lines[1:])
     assert git(repo, "status", "--porcelain").stdout == ""
+
+
+def test_merge_inputs_from_revisions(committed, tmp_path):
+    repo = committed
+    v1 = _base()
+    tensors = _base()
+    tensors["norm"] = tensors["norm"] + 2
+    _save(repo / "model.safetensors", **tensors)
+    git(repo, "commit", "-qam", "v2")
+    out = tmp_path / "merged"
+    modelgit(repo, "merge", "--method", "linear", "--model", "model.safetensors@HEAD~1",
+             "--model", "model.safetensors@HEAD", "-o", str(out))
+    merged = load_file(str(out / "model.safetensors"))
+    np.testing.assert_allclose(merged["norm"], v1["norm"] + 1, rtol=1e-6)
+    np.testing.assert_array_equal(merged["layers.0.w"], v1["layers.0.w"])
