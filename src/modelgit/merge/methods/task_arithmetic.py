@@ -1,0 +1,171 @@
+"""Generalized task arithmetic: task arithmetic, TIES, DARE, Model Breadcrumbs and DELLA.
+
+One parameterised function, :func:`generalized_task_arithmetic`, as in mergekit's
+``generalized_task_arithmetic.py``; each registered method is a setting of it:
+
+| method             | sparsification     | consensus | normalize | rescale | paper |
+|--------------------|--------------------|-----------|-----------|---------|-------|
+| task_arithmetic    | none               | none      | False     | False   | 2212.04089 |
+| ties               | magnitude          | sum       | True      | False   | 2306.01708 |
+| dare_linear        | random             | none      | False     | True    | 2311.03099 |
+| dare_ties          | random             | sum       | False     | True    | 2311.03099 |
+| breadcrumbs        | magnitude_outliers | none      | False     | False   | 2312.06795 |
+| breadcrumbs_ties   | magnitude_outliers | sum       | False     | False   | 2312.06795 |
+| della              | della              | sum       | True      | True    | 2406.11617 |
+| della_linear       | della              | none      | False     | True    | 2406.11617 |
+
+Per tensor, with ``delta_i = sparsify(model_i - base) * weight_i``:
+
+* no consensus: ``merged = sum_i delta_i``, divisor ``sum_i weight_i`` (1 when ``|.| < 1e-8``);
+* consensus: the elected sign per entry is the sign of ``sum_i delta_i`` (``sum``) or of the sum of
+  the signs (``count``), ties going to +; only entries of that sign count (zeros never do);
+  ``merged = sum_i delta_i * mask_i`` and the divisor ``sum_i weight_i * mask_i`` (1 where 0);
+* ``merged /= divisor`` if ``normalize``; the result is ``base + lambda * merged``.
+
+Per-model params: ``weight`` (1.0), ``density`` (1.0: nothing dropped unless asked, as in
+mergekit), ``gamma`` (0.01, breadcrumbs), ``epsilon`` (0.15, DELLA). Options: ``normalize``,
+``rescale``, ``lambda`` (1.0), and ``seed`` (0) for the random ones: the masks come from a generator
+seeded by ``(seed, tensor name)``, so a recipe is reproducible and each tensor gets its own masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import UsageError
+from ..base import MergeInputs, register
+from ._common import column, generator_for, per_model, require_base, require_models, work_dtype
+from ._sparsify import sparsify
+
+__all__ = ["Family", "FAMILY", "generalized_task_arithmetic", "consensus_mask"]
+
+CONSENSUS = ("none", "sum", "count")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One setting of the generalized task arithmetic function."""
+    name: str
+    sparsification: str  # see _sparsify.SPARSIFICATIONS
+    consensus: str  # one of CONSENSUS
+    normalize: bool  # default of the ``normalize`` option
+    rescale: bool  # default of the ``rescale`` option
+    paper: str
+
+    @property
+    def random(self) -> bool:
+        return self.sparsification in ("random", "della")
+
+    def model_params(self) -> dict[str, float]:
+        params = {"weight": 1.0}
+        if self.sparsification != "none":  # mergekit also lists (and ignores) density on task_arithmetic
+            params["density"] = 1.0
+        if self.sparsification == "magnitude_outliers":
+            params["gamma"] = 0.01
+        if self.sparsification == "della":
+            params["epsilon"] = 0.15
+        return params
+
+    def options(self) -> dict[str, object]:
+        options: dict[str, object] = {"normalize": self.normalize, "rescale": self.rescale, "lambda": 1.0}
+        if self.random:
+            options["seed"] = 0
+        return options
+
+
+def consensus_mask(deltas: torch.Tensor, method: str) -> torch.Tensor:
+    """Which entries agree with the elected sign.
+
+    Args:
+        deltas: weighted task vectors, ``(models, *shape)``.
+        method: ``sum`` (sign of the summed values, TIES) or ``count`` (majority of signs).
+
+    Returns:
+        A 0/1 mask of ``deltas``' shape and dtype; zero entries are never in it.
+    """
+    signs = deltas.sign()  # (models, *shape)
+    votes = deltas.sum(0) if method == "sum" else signs.sum(0)  # (*shape)
+    elected = (votes >= 0).to(deltas.dtype) * 2 - 1  # (*shape) of ±1, ties to +1
+    return (signs == elected).to(deltas.dtype)  # (models, *shape)
+
+
+def generalized_task_arithmetic(inputs: MergeInputs, family: Family) -> torch.Tensor:
+    """Merge task vectors relative to the base with ``family``'s settings (module docstring).
+
+    Args:
+        inputs: base and models (params/options as in the module docstring).
+        family: which member of the family.
+
+    Returns:
+        ``base + lambda * merged`` in float32 (float64 for float64 inputs).
+
+    Raises:
+        UsageError: no base, shapes differ, or sparsification parameters out of range.
+    """
+    base = require_base(family.name, inputs)
+    require_models(family.name, inputs, 0)
+    dtype = work_dtype(base)
+    b = base.to(dtype)  # (*shape)
+    if not inputs.models:
+        return b.clone()
+    opts = {**family.options(), **inputs.options}
+    defaults = family.model_params()
+    densities = per_model(inputs, "density", defaults.get("density", 1.0))
+    gammas = per_model(inputs, "gamma", defaults.get("gamma", 0.0))
+    epsilons = per_model(inputs, "epsilon", defaults.get("epsilon", 0.0))
+    generator = generator_for(int(opts["seed"]), inputs.name) if family.random else None
+    deltas = torch.stack([
+        sparsify(m.to(dtype) - b, family.sparsification, density=densities[i], rescale=bool(opts["rescale"]),
+                 gamma=gammas[i], epsilon=epsilons[i], generator=generator)
+        for i, m in enumerate(inputs.models)])  # (models, *shape)
+    weights = column(per_model(inputs, "weight", defaults["weight"]), deltas)  # (models, 1, ...)
+    deltas = deltas * weights
+    if family.consensus == "none":
+        merged = deltas.sum(0)  # (*shape)
+        divisor = weights.sum(0)  # (1, ...)
+        divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
+    else:
+        mask = consensus_mask(deltas, family.consensus)  # (models, *shape)
+        merged = (deltas * mask).sum(0)  # (*shape)
+        divisor = (weights * mask).sum(0)  # (*shape)
+        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    if opts["normalize"]:
+        merged = merged / divisor
+    lam = float(opts["lambda"])
+    if lam != 1.0:
+        merged = merged * lam
+    return b + merged
+
+
+_ARXIV = "https://arxiv.org/abs/"
+FAMILY = (
+    Family("task_arithmetic", "none", "none", False, False, _ARXIV + "2212.04089"),
+    Family("ties", "magnitude", "sum", True, False, _ARXIV + "2306.01708"),
+    Family("dare_linear", "random", "none", False, True, _ARXIV + "2311.03099"),
+    Family("dare_ties", "random", "sum", False, True, _ARXIV + "2311.03099"),
+    Family("breadcrumbs", "magnitude_outliers", "none", False, False, _ARXIV + "2312.06795"),
+    Family("breadcrumbs_ties", "magnitude_outliers", "sum", False, False, _ARXIV + "2312.06795"),
+    Family("della", "della", "sum", True, True, _ARXIV + "2406.11617"),
+    Family("della_linear", "della", "none", False, True, _ARXIV + "2406.11617"),
+)
+
+
+def _register(family: Family) -> None:
+    if family.consensus not in CONSENSUS:
+        raise UsageError(f"unknown consensus {family.consensus!r}; known: {', '.join(CONSENSUS)}")
+
+    def merge(inputs: MergeInputs) -> torch.Tensor:
+        return generalized_task_arithmetic(inputs, family)
+
+    merge.__name__ = merge.__qualname__ = family.name
+    merge.__doc__ = (f"{family.name}: generalized task arithmetic with sparsification "
+                     f"{family.sparsification!r} and consensus {family.consensus!r} (module docstring).")
+    register(family.name, needs_base=True, paper=family.paper, model_params=family.model_params(),
+             options=family.options())(merge)
+
+
+for _family in FAMILY:
+    _register(_family)
+del _family

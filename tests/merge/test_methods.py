@@ -1,0 +1,220 @@
+"""Method-specific checks, worked by hand on tiny tensors (the generic ones are in test_contract)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from modelgit.errors import UsageError
+from modelgit.merge.base import METHODS, MergeInputs
+from modelgit.merge.fisher import estimate_fisher, load_fisher, save_fisher
+from modelgit.merge.methods._common import generator_for
+from modelgit.merge.methods._sparsify import sparsify
+from modelgit.merge.methods.task_arithmetic import Family, generalized_task_arithmetic
+
+
+def run(name, base, models, params=None, **options):
+    t = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
+    inputs = MergeInputs(None if base is None else t(base), [t(m) for m in models],
+                         params or [{} for _ in models], options, "w")
+    return METHODS[name].fn(inputs)
+
+
+def close(actual, expected, atol=1e-6):
+    torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), atol=atol, rtol=1e-5)
+
+
+# -- TIES and the task-arithmetic family ------------------------------------------------------------
+
+def test_ties_elects_the_sign_of_the_sum_and_averages_agreeing_entries():
+    models = [[1.0, -2.0, 3.0], [-2.0, 1.0, 1.0], [-0.5, -0.5, 1.0]]  # base 0: these are the deltas
+    # sums -1.5, -1.5, 5 -> signs -, -, +; agreeing: {-2,-.5}, {-2,-.5}, {3,1,1}
+    close(run("ties", [0.0] * 3, models), [-1.25, -1.25, 5 / 3])
+
+
+def test_ties_count_consensus_differs_from_sum():
+    models = [[1.0], [1.0], [-5.0]]
+    inputs = MergeInputs(torch.zeros(1), [torch.tensor(m) for m in models], [{}] * 3, {}, "w")
+    by_count = generalized_task_arithmetic(inputs, Family("c", "none", "count", True, False, ""))
+    close(by_count, [1.0])  # two of three say +
+    close(METHODS["ties"].fn(inputs), [-5.0])  # the sum says -
+
+
+def test_ties_normalises_by_the_weights_of_agreeing_entries():
+    # weighted deltas: [2*1, 1*(-1), 3*2] = [2, -1, 6] -> sign +, agreeing weights 2 + 3
+    params = [{"weight": 2.0}, {"weight": 1.0}, {"weight": 3.0}]
+    close(run("ties", [10.0], [[11.0], [9.0], [12.0]], params), [10.0 + 8 / 5])
+    close(run("ties", [10.0], [[11.0], [9.0], [12.0]], params, normalize=False, **{"lambda": 0.5}), [14.0])
+
+
+def test_ties_trims_to_the_largest_entries():
+    delta = torch.tensor([0.1, -3.0, 0.5, 2.0])
+    out = sparsify(delta, "magnitude", density=0.5, rescale=False)
+    close(out, [0.0, -3.0, 0.0, 2.0])
+    close(sparsify(delta, "magnitude", density=0.5, rescale=True), [0.0, -3.0 * 5.6 / 5, 0.0, 2.0 * 5.6 / 5])
+
+
+def test_task_arithmetic_and_normalize_divisor():
+    params = [{"weight": 0.5}, {"weight": 1.5}]
+    close(run("task_arithmetic", [1.0, 1.0], [[3.0, 1.0], [1.0, 5.0]], params), [2.0, 7.0])
+    close(run("task_arithmetic", [1.0, 1.0], [[3.0, 1.0], [1.0, 5.0]], params, normalize=True), [1.5, 4.0])
+
+
+def test_breadcrumbs_drops_the_top_gamma_and_keeps_the_next_density():
+    values = torch.randperm(100, generator=torch.Generator().manual_seed(0)).float() + 1  # 1..100 shuffled
+    out = sparsify(values, "magnitude_outliers", density=0.5, gamma=0.1, rescale=False)
+    assert sorted(out[out != 0].tolist()) == [float(v) for v in range(41, 91)]
+    # density + gamma > 1: fewer outliers dropped, the density is kept
+    out = sparsify(values, "magnitude_outliers", density=0.95, gamma=0.1, rescale=False)
+    assert sorted(out[out != 0].tolist()) == [float(v) for v in range(1, 96)]
+
+
+def test_dare_keeps_about_density_and_rescales():
+    base, model = torch.zeros(100, 100), torch.full((100, 100), 0.6)
+    inputs = MergeInputs(base, [model], [{"density": 0.3}], {}, "layers.3.mlp")
+    out = METHODS["dare_linear"].fn(inputs)
+    kept = out != 0
+    assert kept.float().mean().item() == pytest.approx(0.3, abs=0.02)
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 2.0))  # 0.6 / 0.3
+    no_rescale = METHODS["dare_linear"].fn(MergeInputs(base, [model], [{"density": 0.3}], {"rescale": False}, "x"))
+    close(no_rescale.unique(), [0.0, 0.6])
+
+
+def test_random_masks_depend_on_seed_and_tensor_name_only():
+    base, model = torch.zeros(64), torch.ones(64)
+
+    def mask(seed, name):
+        return METHODS["dare_ties"].fn(MergeInputs(base, [model], [{"density": 0.5}], {"seed": seed}, name)) != 0
+
+    assert torch.equal(mask(0, "a"), mask(0, "a"))
+    assert not torch.equal(mask(0, "a"), mask(0, "b"))
+    assert not torch.equal(mask(0, "a"), mask(1, "a"))
+    # the seed derivation is part of the recipe format: a change would change every DARE/DELLA merge
+    assert generator_for(0, "layers.0.weight").initial_seed() == 4821764017906524629
+
+
+def test_della_prefers_large_entries_and_checks_epsilon():
+    delta = torch.arange(1.0, 1001.0).reshape(1, 1000)
+    out = sparsify(delta, "della", density=0.5, epsilon=0.3, rescale=False, generator=torch.Generator().manual_seed(0))
+    kept = (out != 0).reshape(-1).float()
+    assert kept[:200].mean() < 0.35 < 0.65 < kept[-200:].mean()  # p goes from 0.2 to 0.8
+    with pytest.raises(UsageError, match="epsilon"):
+        sparsify(delta, "della", density=0.9, epsilon=0.15, rescale=False, generator=torch.Generator())
+
+
+# -- SLERP, linear, model stock, passthrough ------------------------------------------------------------
+
+def test_slerp_endpoints_midpoint_and_colinear_fallback():
+    a, b = [1.0, 0.0], [0.0, 1.0]
+    close(run("slerp", a, [b], t=0.0), a)
+    close(run("slerp", a, [b], t=1.0), b)
+    close(run("slerp", None, [a, b], t=0.5), [math.sqrt(0.5), math.sqrt(0.5)])  # on the arc, not the chord
+    close(run("slerp", [1.0, 2.0], [[2.0, 4.0]], t=0.25), [1.25, 2.5])  # colinear: linear interpolation
+    with pytest.raises(UsageError, match="t must be in"):
+        run("slerp", a, [b], t=1.5)
+    with pytest.raises(UsageError, match="exactly 1"):
+        run("slerp", a, [b, b])
+
+
+def test_linear():
+    close(run("linear", None, [[1.0], [4.0]], [{"weight": 2.0}, {"weight": 1.0}]), [2.0])
+    close(run("linear", None, [[1.0], [4.0]], [{"weight": 2.0}, {"weight": 1.0}], normalize=False), [6.0])
+    with pytest.raises(UsageError, match="sum to 0"):
+        run("linear", None, [[1.0], [4.0]], [{"weight": 1.0}, {"weight": -1.0}])
+
+
+def test_model_stock_by_hand():
+    c = 1 / math.sqrt(2)  # cos between offsets [1, 0] and [1, 1]
+    t = 2 * c / (1 + c)
+    close(run("model_stock", [0.0, 0.0], [[1.0, 0.0], [1.0, 1.0]]), [t, t * 0.5])
+    close(run("model_stock", [0.0, 0.0], [[1.0, 0.0], [0.0, 1.0]]), [0.0, 0.0])  # orthogonal: t = 0
+    close(run("model_stock", [5.0, 5.0], [[6.0, 5.0], [4.0, 5.0]]), [5.0, 5.0])  # cos = -1: singular, base
+    # filter-wise: one t per row
+    rows = run("model_stock", [[0.0, 0.0], [0.0, 0.0]], [[[1.0, 0.0], [1.0, 0.0]], [[1.0, 1.0], [0.0, 1.0]]],
+               filter_wise=True)
+    close(rows, [[t, t * 0.5], [0.0, 0.0]])
+    with pytest.raises(UsageError, match="at least 2"):
+        run("model_stock", [0.0], [[1.0]])
+
+
+def test_passthrough():
+    close(run("passthrough", None, [[1.0, -2.0]]), [1.0, -2.0])
+    close(run("passthrough", None, [[1.0, -2.0]], [{"scale": 0.5}]), [0.5, -1.0])
+    ints = METHODS["passthrough"].fn(MergeInputs(None, [torch.arange(3)], [{}], {}, "ids"))
+    assert ints.dtype == torch.int64
+    with pytest.raises(UsageError, match="exactly 1"):
+        run("passthrough", None, [[1.0], [2.0]])
+
+
+# -- Fisher ---------------------------------------------------------------------------------------------
+
+def test_fisher_one_hot_picks_the_model_and_zero_falls_back_to_average():
+    models = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0])]
+    one_hot = [torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 0.0])]
+    out = METHODS["fisher"].fn(MergeInputs(None, models, [{}, {}], {"fisher": one_hot}, "w"))
+    close(out, [1.0, 20.0, 3.0], atol=1e-5)
+    zeros = [torch.zeros(3), torch.zeros(3)]
+    params = [{"weight": 3.0}, {"weight": 1.0}]
+    out = METHODS["fisher"].fn(MergeInputs(None, models, params, {"fisher": zeros}, "w"))
+    close(out, [3.25, 6.5, 9.75])
+    out = METHODS["fisher"].fn(MergeInputs(None, models, [{}, {}], {"fisher": [torch.full((3,), 3.0),
+                                                                              torch.ones(3)]}, "w"))
+    close(out, [3.25, 6.5, 9.75])
+    with pytest.raises(UsageError, match="options\\['fisher'\\]"):
+        METHODS["fisher"].fn(MergeInputs(None, models, [{}, {}], {}, "w"))
+    with pytest.raises(UsageError, match="1 Fisher"):
+        METHODS["fisher"].fn(MergeInputs(None, models, [{}, {}], {"fisher": zeros[:1]}, "w"))
+
+
+def _tiny_linear():
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        model.bias.fill_(0.5)
+    return model
+
+
+BATCHES = [{"x": torch.tensor([[1.0, 2.0], [0.0, 1.0]]), "y": torch.tensor([[0.0], [1.0]])},
+           {"x": torch.tensor([[2.0, 0.0]]), "y": torch.tensor([[3.0]])}]
+
+
+def mse(model, example):
+    return nn.functional.mse_loss(model(example["x"]), example["y"])
+
+
+def test_estimate_fisher_is_the_mean_of_per_example_squared_gradients(tmp_path):
+    # residuals r = w.x + b - y: -0.5, -1.5, -0.5; grads 2r*x and 2r:
+    # w: [-1,-2], [0,-3], [-2,0] -> squares mean [5/3, 13/3]; b: -1, -3, -1 -> 11/3
+    model = _tiny_linear().train()
+    fisher = estimate_fisher(model, BATCHES, loss_fn=mse)
+    close(fisher["weight"], [[5 / 3, 13 / 3]])
+    close(fisher["bias"], [11 / 3])
+    assert fisher["weight"].dtype == torch.float32
+    assert model.training and model.weight.grad is None  # mode given back, .grad untouched
+    close(estimate_fisher(model, BATCHES, max_batches=1, loss_fn=mse)["weight"], [[0.5, 6.5]])
+    save_fisher(fisher, tmp_path / "f.safetensors")
+    loaded = load_fisher(tmp_path / "f.safetensors")
+    assert loaded.keys() == fisher.keys() and all(torch.equal(loaded[k], fisher[k]) for k in fisher)
+
+
+def test_estimate_fisher_uses_output_loss_and_skips_frozen_parameters():
+    class WithLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = _tiny_linear()
+            self.inner.bias.requires_grad_(False)
+
+        def forward(self, x, y):
+            return SimpleNamespace(loss=mse(self.inner, {"x": x, "y": y}))
+
+    fisher = estimate_fisher(WithLoss(), BATCHES)
+    assert sorted(fisher) == ["inner.weight"]
+    close(fisher["inner.weight"], [[5 / 3, 13 / 3]])
+    with pytest.raises(UsageError, match="loss_fn"):
+        estimate_fisher(_tiny_linear(), [{"input": torch.ones(1, 2)}])
+    with pytest.raises(UsageError, match="no examples"):
+        estimate_fisher(_tiny_linear(), [], loss_fn=mse)
