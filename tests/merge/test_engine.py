@@ -171,3 +171,35 @@ def test_merge_adapters_into_a_new_adapter(tmp_path):
     expected = sum(open_source(f"{tmp_path / 'base'}+{tmp_path / f'ad{i}'}").load(f"{name}.weight")
                    for i in range(2)) - open_source(str(tmp_path / "base")).load(f"{name}.weight")
     torch.testing.assert_close(merged, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fisher_merge_from_cli_estimated_fishers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    config = transformers.LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2)
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(40)} | {"[UNK]": 0},
+                                                           unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    for i in range(2):
+        torch.manual_seed(i)
+        transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / f"m{i}")
+        fast.save_pretrained(tmp_path / f"m{i}")
+    (tmp_path / "data.txt").write_text("\n".join(" ".join(f"w{(i * j) % 40}" for j in range(6)) for i in range(5)))
+    for i in range(2):
+        result = subprocess.run([sys.executable, "-m", "modelgit", "fisher", str(tmp_path / f"m{i}"), "--data",
+                                 str(tmp_path / "data.txt"), "-o", str(tmp_path / f"f{i}.safetensors")],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    data = {"merge_method": "fisher", "models": [
+        {"model": str(tmp_path / f"m{i}"), "parameters": {"fisher": str(tmp_path / f"f{i}.safetensors")}}
+        for i in range(2)]}
+    run_merge(parse_recipe(data), str(tmp_path / "out"))
+    out = load_file(tmp_path / "out" / "model.safetensors")
+    f = [load_file(tmp_path / f"f{i}.safetensors") for i in range(2)]
+    m = [load_file(tmp_path / f"m{i}" / "model.safetensors") for i in range(2)]
+    name = "model.layers.0.mlp.up_proj.weight"
+    fa, fb = f[0][name].clamp(min=1e-8), f[1][name].clamp(min=1e-8)
+    torch.testing.assert_close(out[name], (fa * m[0][name] + fb * m[1][name]) / (fa + fb), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(out[name], (m[0][name] + m[1][name]) / 2)

@@ -91,6 +91,50 @@ def cmd_extract_lora(args) -> int:
     return 0
 
 
+def _text_examples(path: str, limit: int) -> list[str]:
+    """Examples from a text file (one per line) or JSONL (a "text" field), at most ``limit``."""
+    out = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            if path.endswith(".jsonl"):
+                record = json.loads(line)
+                if "text" not in record:
+                    raise UsageError(f"{path}: JSONL records need a \"text\" field")
+                line = record["text"]
+            out.append(line)
+            if len(out) >= limit:
+                break
+    if not out:
+        raise UsageError(f"{path}: no examples")
+    return out
+
+
+def cmd_fisher(args) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..merge.fisher import estimate_fisher, save_fisher
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    texts = _text_examples(args.data, args.max_examples)
+
+    def batches():
+        for text in texts:
+            enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=args.max_length)
+            yield {**enc, "labels": enc["input_ids"]}
+
+    fisher = estimate_fisher(model, batches())
+    save_fisher(fisher, args.output)
+    print(f"wrote the diagonal Fisher of {len(fisher)} tensors over {len(texts)} examples to {args.output}")
+    return 0
+
+
 def register(sub, command) -> None:
     p = command(sub, "merge", cmd_merge,
                 "Merge models (checkpoints, PATH@REV revisions, BASE+ADAPTER) per a mergekit-style recipe.",
@@ -113,6 +157,15 @@ def register(sub, command) -> None:
     p.add_argument("--to-adapter", type=int, metavar="RANK",
                    help="write a PEFT LoRA adapter of this rank (SVD of the merged update) instead")
     p.add_argument("--json", action="store_true")
+    p = command(sub, "fisher", cmd_fisher,
+                "Estimate a causal LM's diagonal Fisher on a data sample (for `merge_method: fisher`).",
+                "modelgit fisher finetuned/ --data sample.txt -o finetuned.fisher.safetensors\n"
+                "# then in the recipe: models: [{model: finetuned/, parameters: {fisher: finetuned.fisher.safetensors}}]")
+    p.add_argument("model", help="a transformers model directory")
+    p.add_argument("--data", required=True, help="text file (one example per line) or JSONL with \"text\"")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--max-examples", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
     p = command(sub, "extract-lora", cmd_extract_lora,
                 "Extract a LoRA adapter from the difference of two checkpoints (truncated SVD).",
                 "modelgit extract-lora base/ finetuned/ --rank 16 -o adapter/")

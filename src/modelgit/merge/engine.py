@@ -55,9 +55,10 @@ class MergePlan:
     outputs: list[OutputTensor] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     num_layers: int = 0
+    fisher_sources: dict = field(default_factory=dict)
 
     def close(self) -> None:
-        for source in self.sources:
+        for source in [*self.sources, *self.fisher_sources.values()]:
             if source is not None:
                 source.close()
 
@@ -203,6 +204,20 @@ def _params_for(plan: MergePlan, out: OutputTensor) -> tuple[list[dict], dict]:
     return per_model, options
 
 
+def _fisher_tensor(plan: MergePlan, params: dict, name: str) -> torch.Tensor:
+    """The diagonal Fisher of one model for tensor ``name``, from its ``fisher:`` file."""
+    path = params.get("fisher")
+    if not path:
+        raise UsageError("merge_method fisher needs `fisher: FILE` in every model's parameters "
+                         "(a safetensors file from `modelgit fisher`)")
+    if path not in plan.fisher_sources:
+        plan.fisher_sources[path] = open_source(path)
+    source = plan.fisher_sources[path]
+    if name not in source.tensors():
+        raise UsageError(f"{path} has no Fisher values for {name}")
+    return source.load(name)
+
+
 def _compute(plan: MergePlan, out: OutputTensor) -> torch.Tensor:
     method = get_method(plan.recipe.merge_method)
     models = [plan.sources[i].load(name) for i, name, _ in out.models]
@@ -210,6 +225,8 @@ def _compute(plan: MergePlan, out: OutputTensor) -> torch.Tensor:
         return models[0] if models else plan.sources[out.base[0]].load(out.base[1])
     base = plan.sources[out.base[0]].load(out.base[1]) if out.base else None
     per_model, options = _params_for(plan, out)
+    if method.name == "fisher":
+        options["fisher"] = [_fisher_tensor(plan, params, out.name) for _i, _n, params in out.models]
     merged = method.fn(MergeInputs(base, models, per_model, options, out.name))
     if not torch.isfinite(merged).all():
         raise ModelgitError(f"{out.name}: the {method.name} merge produced NaN or inf; check the "
