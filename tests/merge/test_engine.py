@@ -203,3 +203,11 @@ def test_fisher_merge_from_cli_estimated_fishers(tmp_path):
     fa, fb = f[0][name].clamp(min=1e-8), f[1][name].clamp(min=1e-8)
     torch.testing.assert_close(out[name], (fa * m[0][name] + fb * m[1][name]) / (fa + fb), atol=1e-6, rtol=1e-5)
     assert not torch.allclose(out[name], (m[0][name] + m[1][name]) / 2)
+
+
+def test_dry_run_reports_architecture_mismatch(three):
+    (_, _, _), tmp = three
+    (tmp / "a" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (tmp / "b" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(UsageError, match="different architectures"):
+        run_merge(_recipe(tmp, "ties"), str(tmp / "out"), dry_run=True)

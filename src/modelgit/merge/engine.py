@@ -133,6 +133,7 @@ def plan_merge(recipe: Recipe) -> MergePlan:
                 plan.problems.append(f"{e.model} has {len(extra)} tensors the reference lacks, e.g. "
                                      f"{extra[:3]}; they are not in the output")
     _check_shapes(plan, infos)
+    _check_architectures(plan)
     if method.needs_base and base_index is None:
         plan.problems.append(f"{method.name} needs a base_model")
     return plan
@@ -170,6 +171,25 @@ def _plan_slices(plan: MergePlan, infos, base_index) -> None:
                                                  info.shape, base, models, info.dtype not in FLOAT_DTYPES))
             out_layer += 1
     plan.num_layers = out_layer
+
+
+def _architecture(spec: str) -> str | None:
+    path = spec.split("+", 1)[0].rsplit("@", 1)[0]
+    config = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
+    try:
+        with open(config, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return ",".join(data.get("architectures") or []) or data.get("model_type")
+
+
+def _check_architectures(plan: MergePlan) -> None:
+    """Inputs whose config.json names different architectures are a problem (not a warning)."""
+    found = {spec: arch for spec in plan.specs if (arch := _architecture(spec))}
+    if len(set(found.values())) > 1 and plan.recipe.merge_method != "passthrough":
+        listing = ", ".join(f"{spec}: {arch}" for spec, arch in found.items())
+        plan.problems.append(f"the inputs are different architectures ({listing})")
 
 
 def _check_shapes(plan: MergePlan, infos) -> None:
