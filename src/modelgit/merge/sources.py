@@ -73,7 +73,13 @@ class CheckpointSource:
 
     def load(self, name: str) -> torch.Tensor:
         info = self._infos[name]
-        return to_torch(self._where[name].data(name), info.dtype, info.shape)
+        reader = self._where[name]
+        data = reader.data(name)
+        tensor = to_torch(data, info.dtype, info.shape)  # a copy: the mapping can go
+        release = getattr(reader, "release", None)
+        if release is not None:
+            release(name, 0, len(data))  # else every input's pages stay resident: RSS = model size
+        return tensor
 
     def identity(self) -> str:
         """Content id of the checkpoint: a hash over every tensor's object id (blake3)."""
@@ -83,9 +89,11 @@ class CheckpointSource:
 
         digest = blake3.blake3()
         for name in sorted(self._infos):
-            info = self._infos[name]
-            data = self._where[name].data(name)
+            info, reader = self._infos[name], self._where[name]
+            data = reader.data(name)
             digest.update(f"{name}\0{object_id(info.dtype, info.shape, data)}\n".encode())
+            if hasattr(reader, "release"):
+                reader.release(name, 0, len(data))
         return digest.hexdigest()
 
     def close(self) -> None:
