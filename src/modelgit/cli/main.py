@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from .. import checkpoint
-from . import git_commands, merge_commands
+from . import git_commands, merge_commands, train_commands
 from ..errors import ModelgitError, UsageError
 from ..store import Store
 
@@ -253,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     git_commands.register(sub, _command)
     merge_commands.register(sub, _command)
+    train_commands.register(sub, _command)
 
     p = _command(sub, "demo", cmd_demo, "Show the store on a real checkpoint (all-MiniLM-L6-v2).",
                  "modelgit demo\nmodelgit demo --workdir /tmp/mg-demo --keep")

@@ -1,0 +1,83 @@
+"""Write a training run's output directory: all of it, or nothing.
+
+Everything goes to ``OUTPUT.tmp-PID`` first and is renamed into place at the end, so a failed
+or interrupted run never leaves a half-written adapter where a finished one is expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+
+from ..data import write_data_card
+from .config import TrainConfig
+from .loading import quiet_transformers, write_labels
+
+__all__ = ["write_output"]
+
+
+def _json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {"modelgit": __version__, "peft": peft.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+def _save(model, tokenizer, config: TrainConfig, folder: str, id2label) -> None:
+    import torch
+
+    if config.full:
+        with open(os.path.join(config.base, "config.json"), encoding="utf-8") as handle:
+            base_config = json.load(handle)
+        dtype = getattr(torch, str(base_config.get("dtype") or base_config.get("torch_dtype")
+                                   or "float32"), torch.float32)
+        model.to(dtype).save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+        _canonical_adapter_config(os.path.join(folder, "adapter_config.json"))
+        with contextlib.suppress(FileNotFoundError):  # PEFT's boilerplate card; the workflow writes real ones
+            os.remove(os.path.join(folder, "README.md"))
+        if id2label:
+            write_labels(folder, id2label)
+
+
+def _canonical_adapter_config(path: str) -> None:
+    """Rewrite PEFT's config with sorted keys and lists (it writes sets in hash order), so equal
+    settings give equal bytes in every process."""
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    for key in ("target_modules", "modules_to_save"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    _json(path, config)
+
+
+def write_output(config: TrainConfig, model, tokenizer, id2label: dict | None, card: dict,
+                 metrics: dict, resolved: dict) -> None:
+    """Save the adapter (or whole model), data_card.json, metrics.json, training_config.json."""
+    tmp = f"{os.path.normpath(config.output)}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with quiet_transformers():
+            _save(model, tokenizer, config, tmp, id2label)
+        write_data_card(card, os.path.join(tmp, "data_card.json"))
+        _json(os.path.join(tmp, "metrics.json"), metrics)
+        _json(os.path.join(tmp, "training_config.json"),
+              {"config": config.to_dict(), "resolved": resolved, "versions": _versions()})
+        if os.path.isdir(config.output):
+            shutil.rmtree(config.output)
+        os.replace(tmp, config.output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

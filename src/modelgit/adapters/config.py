@@ -1,0 +1,117 @@
+"""`TrainConfig`: every setting of a training run, typed, frozen, validated in one place.
+
+The CLI derives its ``modelgit train`` flags from these fields (names, types, defaults and the
+``help`` metadata), so a new setting is added here once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from ..data import TEXT_UNITS
+from ..errors import UsageError
+
+__all__ = ["TASKS", "TrainConfig"]
+
+TASKS = ("causal_lm", "classification")
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A LoRA (or, with ``full``, whole-model) training run on local data."""
+
+    base: str = field(metadata={"help": "base model: a local transformers directory",
+                                "positional": True})
+    data: str = field(metadata={"help": "training data: .jsonl, .csv, .tsv, .parquet, .txt, a "
+                                "directory of them, or a saved `datasets` directory", "required": True})
+    output: str = field(metadata={"help": "directory to write (adapter + data_card.json + "
+                                  "metrics.json + training_config.json)", "flag": "-o",
+                                  "required": True})
+    task: Literal["causal_lm", "classification"] | None = _opt(
+        None, "causal_lm or classification (default: classification when the base is a "
+        "sequence classifier or the data has labels, else causal_lm)")
+    rank: int = _opt(8, "LoRA rank r")
+    alpha: float = _opt(16.0, "LoRA alpha (the update is scaled by alpha / rank)")
+    dropout: float = _opt(0.0, "LoRA dropout")
+    target_modules: tuple[str, ...] | None = _opt(
+        None, "comma-separated module names to adapt, or all-linear (default: per architecture, "
+        "e.g. q_proj,v_proj for llama, c_attn for gpt2, query,value for bert)", flag="--targets")
+    steps: int | None = _opt(None, "optimizer steps (cycles through the data; overrides --epochs)")
+    epochs: int | None = _opt(None, "passes over the data (default 1 when --steps is not given)")
+    lr: float = _opt(2e-4, "AdamW learning rate (whole-model --full runs usually want ~1e-5)")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = _opt(1.0, "clip the gradient norm to this (0: no clipping)")
+    batch_size: int = _opt(4, "examples per step")
+    max_length: int = _opt(256, "truncate examples to this many tokens")
+    seed: int = _opt(0, "seed of the initialisation, data order and dropout")
+    threads: int | None = _opt(None, "CPU threads (default: torch's; 1 is fastest for tiny "
+                               "models and on a busy machine)")
+    full: bool = _opt(False, "train every weight, no LoRA (maintainers' continued pretraining); "
+                      "writes a whole model")
+    text_field: str = _opt("text", "text column / key of the data")
+    label_field: str = _opt("label", "label column / key of classification data")
+    text_unit: Literal["line", "paragraph", "file"] = _opt(
+        "line", "how .txt files become examples: line, paragraph or file")
+    num_labels: int | None = _opt(None, "number of classes (default: from the data's labels)")
+    max_examples: int | None = _opt(None, "use only the first N examples of the data")
+    overwrite: bool = _opt(False, "replace OUTPUT if it exists")
+
+    def __post_init__(self):
+        if isinstance(self.target_modules, str):  # "q_proj,v_proj" from YAML or a caller
+            object.__setattr__(self, "target_modules",
+                               tuple(t.strip() for t in self.target_modules.split(",") if t.strip()))
+        elif self.target_modules is not None:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, each as "what is wrong: what to do"."""
+        out = []
+        for name in ("rank", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} is {getattr(self, name)}: it must be at least 1")
+        for name in ("steps", "epochs", "num_labels", "max_examples", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                out.append(f"{name} is {value}: it must be at least 1 (or left unset)")
+        if self.num_labels == 1:
+            out.append("num_labels is 1: a classifier needs at least 2 classes")
+        if self.alpha <= 0:
+            out.append(f"alpha is {self.alpha}: it must be positive")
+        if not 0 <= self.dropout < 1:
+            out.append(f"dropout is {self.dropout}: it must be in [0, 1)")
+        if self.lr <= 0:
+            out.append(f"lr is {self.lr}: it must be positive")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            out.append("weight_decay and max_grad_norm must not be negative")
+        if self.task is not None and self.task not in TASKS:
+            out.append(f"task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.text_unit not in TEXT_UNITS:
+            out.append(f"text_unit {self.text_unit!r} is not one of {', '.join(TEXT_UNITS)}")
+        if self.target_modules is not None and not self.target_modules:
+            out.append("target_modules is empty: name at least one module, or leave it unset")
+        if self.full and self.target_modules is not None:
+            out.append("target_modules was given with full=True: a full run trains every weight, "
+                       "drop one of them")
+        if not os.path.isdir(self.base):
+            out.append(f"base {self.base!r} is not a directory: give a local transformers model "
+                       "directory (config.json + weights + tokenizer)")
+        if os.path.abspath(self.output) in (os.path.abspath(self.base), os.path.abspath(self.data)):
+            out.append(f"output {self.output!r} is the base or data path: choose a new directory")
+        return out
+
+    def validate(self) -> None:
+        """Raise one UsageError listing every problem (see :meth:`problems`)."""
+        problems = self.problems()
+        if problems:
+            raise UsageError("invalid training settings:\n  - " + "\n  - ".join(problems))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["target_modules"] = list(self.target_modules) if self.target_modules else None
+        return data

@@ -1,0 +1,82 @@
+"""Class labels of classification data: map them to head indices, the same way in training and
+evaluation.
+
+Integer labels (``0``, ``"1"`` in a CSV) are head indices themselves. String labels are numbered
+in sorted order, unless the base already is a classifier that names them all, whose numbering is
+then kept.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import UsageError
+
+__all__ = ["label_mapping", "label_ids"]
+
+_DEFAULT_NAME = re.compile(r"^LABEL_\d+$")
+
+
+def label_mapping(labels: list, num_labels: int | None = None,
+                  base_id2label: dict[int, str] | None = None) -> dict[int, str]:
+    """``id2label`` for a classifier trained on ``labels`` (normalized: ints or strs, no None).
+
+    Raises:
+        UsageError: unlabeled records, a mix of integer and string labels, negative labels, or
+            more classes than ``num_labels``.
+    """
+    missing = sum(1 for label in labels if label is None)
+    if missing:
+        raise UsageError(f"{missing} of {len(labels)} examples have no label: classification data "
+                         "needs a label on every record (see --label-field), or use --task causal_lm")
+    kinds = {type(label) for label in labels}
+    if len(kinds) > 1:
+        raise UsageError("the labels mix numbers and names: use class indices (0, 1, ...) or "
+                         "class names throughout")
+    if kinds == {int}:
+        low, high = min(labels), max(labels)
+        if low < 0:
+            raise UsageError(f"label {low} is negative: integer labels are class indices 0..n-1")
+        count = num_labels or max(high + 1, 2)
+        if high >= count:
+            raise UsageError(f"label {high} does not fit num_labels={count}: raise --num-labels "
+                             f"to at least {high + 1}")
+        named = base_id2label if base_id2label and len(base_id2label) == count else {}
+        return {i: named.get(i, str(i)) for i in range(count)}
+    names = sorted(set(labels))
+    if base_id2label and not all(_DEFAULT_NAME.match(v) for v in base_id2label.values()):
+        by_name = {v: k for k, v in base_id2label.items()}
+        if all(name in by_name for name in names) and (num_labels in (None, len(base_id2label))):
+            return dict(sorted(base_id2label.items()))
+    count = num_labels or max(len(names), 2)
+    if len(names) > count:
+        raise UsageError(f"the data has {len(names)} classes but num_labels is {count}: "
+                         f"raise --num-labels to {len(names)} or leave it unset")
+    mapping = dict(enumerate(names))
+    mapping.update({i: f"LABEL_{i}" for i in range(len(names), count)})
+    return mapping
+
+
+def label_ids(labels: list, id2label: dict[int, str], where: str = "the data") -> list[int]:
+    """Head indices of ``labels`` under a model's ``id2label``.
+
+    Raises:
+        UsageError: a label the model has no class for.
+    """
+    label2id = {v: k for k, v in id2label.items()}
+    out, unknown = [], set()
+    for label in labels:
+        if label is None:
+            raise UsageError(f"{where}: a record has no label: every evaluation record needs one")
+        if isinstance(label, int):
+            if not 0 <= label < len(id2label):
+                unknown.add(str(label))
+            out.append(label)
+        elif label in label2id:
+            out.append(label2id[label])
+        else:
+            unknown.add(label)
+    if unknown:
+        raise UsageError(f"{where}: {len(unknown)} label(s) the model has no class for (its classes: "
+                         f"{len(id2label)}): evaluate with data labelled like the training data")
+    return out

@@ -1,0 +1,162 @@
+"""Load a base model, its tokenizer and (optionally) a LoRA adapter from local directories only.
+
+Nothing is downloaded: ``HF_HUB_OFFLINE`` is set and every ``from_pretrained`` call gets
+``local_files_only=True``. Models are loaded in float32 for CPU training and evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from ..errors import FormatError, UsageError  # noqa: E402
+
+__all__ = ["LABELS_FILE", "architecture_task", "load_tokenizer", "load_model", "quiet_transformers",
+           "read_labels", "write_labels"]
+
+#: written beside a classification adapter: the classes its head was trained on
+LABELS_FILE = "labels.json"
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' own progress bars, info logs and deprecation warnings for a while
+    (modelgit shows its own progress)."""
+    from transformers.utils import logging as hf_logging
+
+    bars_were_off, verbosity = hf_logging.is_progress_bar_enabled() is False, hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            hf_logging.enable_progress_bar()
+
+
+def _short(exc: Exception) -> str:
+    """The exception's type and first line (two when the first only introduces the second)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _read_config(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise UsageError(f"{model_dir!r} has no config.json: give a transformers model directory "
+                         "(written by save_pretrained)")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def architecture_task(model_dir: str) -> str | None:
+    """``classification`` / ``causal_lm`` when the base's ``architectures`` tell, else None."""
+    names = _read_config(model_dir).get("architectures") or []
+    if any(n.endswith("ForSequenceClassification") for n in names):
+        return "classification"
+    if any(n.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for n in names):
+        return "causal_lm"
+    return None
+
+
+def model_type(model_dir: str) -> str:
+    return _read_config(model_dir).get("model_type", "")
+
+
+def load_tokenizer(model_dir: str):
+    """The tokenizer saved with the base, with a pad token (eos or unk when it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"cannot load a tokenizer from {model_dir!r} ({_short(exc)}): save the "
+                         "tokenizer beside the model with tokenizer.save_pretrained(dir)") from None
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise UsageError(f"the tokenizer of {model_dir!r} has no pad, eos or unk token to pad "
+                             "batches with: add a pad token and save it again")
+        tokenizer.pad_token = fallback
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def read_labels(adapter_dir: str | None) -> dict[int, str] | None:
+    """The ``id2label`` a classification adapter was trained with, if it recorded one."""
+    if not adapter_dir or not os.path.isfile(os.path.join(adapter_dir, LABELS_FILE)):
+        return None
+    with open(os.path.join(adapter_dir, LABELS_FILE), encoding="utf-8") as handle:
+        return {int(k): v for k, v in json.load(handle)["id2label"].items()}
+
+
+def write_labels(out_dir: str, id2label: dict[int, str]) -> None:
+    with open(os.path.join(out_dir, LABELS_FILE), "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"id2label": {str(k): v for k, v in sorted(id2label.items())}},
+                                indent=2, sort_keys=True) + "\n")
+
+
+def load_model(model_dir: str, task: str, id2label: dict[int, str] | None = None,
+               adapter_dir: str | None = None, pad_token_id: int | None = None):
+    """A float32 base model for ``task`` (+ the PEFT adapter in ``adapter_dir``), on the CPU.
+
+    Args:
+        id2label: for classification: the classes of the head (a new head is initialised when
+            the base has none or one of another size). Defaults to the adapter's labels.json.
+        pad_token_id: recorded in the model config (sequence classifiers need it to find the
+            last token of decoder-only models).
+    Raises:
+        UsageError: the directory does not hold a model for that task, or the adapter does not
+            fit the base.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs: dict = {"local_files_only": True, "dtype": torch.float32}
+    if task == "classification":
+        id2label = id2label or read_labels(adapter_dir)
+        if id2label:
+            kwargs.update(num_labels=len(id2label), id2label=id2label,
+                          label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
+        auto = AutoModelForSequenceClassification
+    elif task == "causal_lm":
+        auto = AutoModelForCausalLM
+    else:
+        raise UsageError(f"unknown task {task!r}: use causal_lm or classification")
+    _read_config(model_dir)
+    try:
+        with quiet_transformers():
+            model = auto.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"cannot load {model_dir!r} as a {task} model ({_short(exc)}): "
+                         "check the directory and --task") from None
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    if adapter_dir:
+        with quiet_transformers():
+            model = _attach_adapter(model, adapter_dir)
+    model.eval()
+    return model
+
+
+def _attach_adapter(model, adapter_dir: str):
+    from peft import PeftModel
+
+    if not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
+        raise FormatError(f"{adapter_dir!r} has no adapter_config.json: not a PEFT adapter directory")
+    if not os.path.isfile(os.path.join(adapter_dir, "adapter_model.safetensors")):
+        raise FormatError(f"{adapter_dir!r} has no adapter_model.safetensors (pickled adapters are "
+                          "not loaded: convert it to safetensors)")
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise UsageError(f"the adapter {adapter_dir!r} does not fit this base ({_short(exc)}): "
+                         "was it trained on another base model?") from None

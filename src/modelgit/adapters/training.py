@@ -1,0 +1,201 @@
+"""`train`: LoRA training through PEFT (or, with ``full``, of every weight) on local data, on CPU.
+
+A plain PyTorch loop (AdamW, constant learning rate, gradient clipping), not ``transformers.Trainer``:
+small enough to read, and deterministic. The seed fixes the LoRA and head initialisation, the data
+order and dropout; deterministic algorithms are switched on for the run, so the same seed, data
+and settings give byte-identical adapter files (on the same machine and library versions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from ..data import data_card, load_examples
+from ..errors import UsageError
+from . import _batches
+from ._output import write_output
+from .config import TrainConfig
+from .labels import label_ids, label_mapping
+from .loading import architecture_task, load_model, load_tokenizer, model_type, quiet_transformers
+from .targets import resolve_targets
+
+__all__ = ["TrainResult", "train"]
+
+_CLASSIFIER_HEADS = ("classifier", "score")  # PEFT's SEQ_CLS modules_to_save
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run wrote: ``output`` (adapter or whole model), its metrics and data card."""
+
+    output: str
+    task: str
+    full: bool
+    target_modules: tuple[str, ...] | str | None
+    metrics: dict
+    data_card: dict
+
+
+def _pick_task(config: TrainConfig, labels: list) -> str:
+    if config.task:
+        return config.task
+    if architecture_task(config.base) == "classification" or all(l is not None for l in labels):
+        return "classification"
+    return "causal_lm"
+
+
+def _check_output(config: TrainConfig) -> None:
+    out = config.output
+    if os.path.isfile(out) or (os.path.isdir(out) and os.listdir(out) and not config.overwrite):
+        raise UsageError(f"output {out!r} exists and is not empty: choose a new directory, or pass "
+                         "--overwrite to replace an earlier training output")
+    if config.overwrite and os.path.isdir(out) and os.listdir(out) and \
+            not os.path.isfile(os.path.join(out, "training_config.json")):
+        raise UsageError(f"--overwrite refuses to replace {out!r}: it holds no training_config.json, "
+                         "so it is not the output of an earlier `modelgit train`")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, threads: int | None):
+    """Seed torch, switch on deterministic algorithms and set the thread count, restoring all
+    three afterwards (the caller's RNG state is untouched)."""
+    import torch
+
+    was_deterministic, was_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
+            torch.set_num_threads(was_threads)
+
+
+def _transposed(model, targets) -> bool:
+    """Whether the targets are GPT-2 style ``Conv1D`` layers (weights stored as (in, out))."""
+    from transformers.pytorch_utils import Conv1D
+
+    return not isinstance(targets, str) and any(
+        isinstance(module, Conv1D) and name.rsplit(".", 1)[-1] in targets
+        for name, module in model.named_modules())
+
+
+def _wrap_lora(model, config: TrainConfig, task: str):
+    from peft import LoraConfig, get_peft_model
+
+    exclude = _CLASSIFIER_HEADS if task == "classification" else ()
+    targets = resolve_targets(model, model_type(config.base), config.target_modules, exclude)
+    alpha = int(config.alpha) if float(config.alpha).is_integer() else config.alpha
+    lora = LoraConfig(r=config.rank, lora_alpha=alpha, lora_dropout=config.dropout, bias="none",
+                      target_modules=targets if isinstance(targets, str) else list(targets),
+                      fan_in_fan_out=_transposed(model, targets),
+                      task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM")
+    return get_peft_model(model, lora), targets
+
+
+def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from ..progress import _enabled
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    model.train()
+    losses, tokens, seen = [], 0, 0
+    start = time.perf_counter()
+    with tqdm(total=len(plan), desc="train", unit="step", disable=not _enabled(progress),
+              file=sys.stderr, leave=False) as bar:
+        for step, batch in enumerate(_batches.iterate(plan, ids, pad_id, labels), 1):
+            loss = model(**batch).loss
+            if not torch.isfinite(loss):
+                raise UsageError(f"the training loss became {loss.item()} at step {step}: lower --lr "
+                                 f"(now {config.lr}) or --max-length")
+            loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            tokens += int(batch["attention_mask"].sum())
+            seen += len(batch["input_ids"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    seconds = time.perf_counter() - start
+    buckets = min(20, len(losses))
+    curve = [sum(part) / len(part) for part in
+             (losses[i * len(losses) // buckets:(i + 1) * len(losses) // buckets] for i in range(buckets))]
+    return {"steps": len(losses), "examples_seen": seen, "tokens_seen": tokens,
+            "first_loss": losses[0], "last_loss": losses[-1], "mean_loss": sum(losses) / len(losses),
+            "min_loss": min(losses), "loss_curve": curve, "seconds": round(seconds, 3),
+            "steps_per_second": len(losses) / seconds if seconds else None,
+            "tokens_per_second": tokens / seconds if seconds else None,
+            "trainable_parameters": sum(p.numel() for p in params),
+            "total_parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _base_id2label(base: str) -> dict[int, str] | None:
+    if architecture_task(base) != "classification":
+        return None
+    with open(os.path.join(base, "config.json"), encoding="utf-8") as handle:
+        names = json.load(handle).get("id2label") or {}
+    return {int(k): v for k, v in names.items()} or None
+
+
+def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
+    """Train per ``config`` and write ``config.output`` (replaced only when all succeeded).
+
+    ``output`` holds the PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``,
+    plus ``labels.json`` for classifiers) or, with ``full``, a whole transformers model with its
+    tokenizer; and ``data_card.json``, ``metrics.json`` and ``training_config.json``.
+
+    Args:
+        progress: show a progress bar with the loss (None: when stderr is a terminal).
+    Returns:
+        A :class:`TrainResult`.
+    Raises:
+        UsageError: invalid settings, unreadable or unsuitable data, a base that cannot be
+            loaded, an unknown target module, an existing output, or a diverging loss.
+    """
+    config.validate()
+    _check_output(config)
+    records = load_examples(config.data, config.text_field, config.label_field,
+                            config.text_unit).take(config.max_examples)
+    card = data_card(config.data, config.text_field, config.label_field, config.text_unit)
+    task = _pick_task(config, [r.label for r in records])
+    tokenizer = load_tokenizer(config.base)
+    ids = _batches.encode(tokenizer, [r.text for r in records], config.max_length)
+    labels = id2label = None
+    if task == "classification":
+        id2label = label_mapping([r.label for r in records], config.num_labels,
+                                 _base_id2label(config.base))
+        labels = label_ids([r.label for r in records], id2label)
+    else:  # a causal LM learns nothing from a single token
+        ids = [seq for seq in ids if len(seq) >= 2]
+        if not ids:
+            raise UsageError(f"every example of {config.data!r} is shorter than 2 tokens: "
+                             "a causal LM needs longer texts (or try --text-unit paragraph)")
+    with _seeded(config.seed, config.threads), quiet_transformers():
+        model = load_model(config.base, task, id2label, pad_token_id=tokenizer.pad_token_id)
+        targets = None
+        if config.full:
+            model.requires_grad_(True)
+        else:
+            model, targets = _wrap_lora(model, config, task)
+        plan = _batches.batch_plan(len(ids), config.batch_size, config.seed, config.steps,
+                                   config.epochs)
+        metrics = _loop(model, plan, ids, labels, tokenizer.pad_token_id, config, progress)
+    metrics.update(task=task, mode="full" if config.full else "lora", examples=len(ids),
+                   skipped_examples=len(records) - len(ids))
+    resolved = {"task": task, "target_modules": list(targets) if isinstance(targets, tuple) else targets,
+                "num_labels": len(id2label) if id2label else None}
+    write_output(config, model, tokenizer, id2label, card, metrics, resolved)
+    return TrainResult(config.output, task, config.full, targets, metrics, card)
