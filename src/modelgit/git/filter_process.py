@@ -138,6 +138,16 @@ def _report(path: str, exc: BaseException) -> None:
         print(f"modelgit: {path}: unexpected error:\n{traceback.format_exc()}", file=sys.stderr)
 
 
+def _respond(writer: PktWriter, status: str, content: bytes | None = None) -> None:
+    """A whole answer: status, then (on success) the content and the empty trailing list."""
+    writer.text(f"status={status}")
+    writer.flush()
+    if status == "success":
+        writer.content(content or b"")
+        writer.flush()
+        writer.flush()  # keep status=success
+
+
 def serve(repo: GitRepo, stdin: BinaryIO, stdout: BinaryIO) -> int:
     """Run the filter protocol until git closes the pipe."""
     reader, writer = PktReader(stdin), PktWriter(stdout)
@@ -155,29 +165,19 @@ def serve(repo: GitRepo, stdin: BinaryIO, stdout: BinaryIO) -> int:
             except Exception as exc:  # any failure is this file's, not the process's
                 content.drain()
                 _report(path, exc)
-                writer.text("status=error")
-                writer.flush()
+                _respond(writer, "error")
                 continue
-            writer.text("status=success")
-            writer.flush()
-            writer.content(result)
-            writer.flush()
-            writer.flush()  # keep status=success
+            _respond(writer, "success", result)
         elif command == "smudge":
             data = content.read(-1)
             if not is_manifest(data):
-                writer.text("status=success")
-                writer.flush()
-                writer.content(data)
-                writer.flush()
-                writer.flush()
+                _respond(writer, "success", data)
                 continue
             try:
                 store, manifest = prepare_smudge(repo, path, data)
             except Exception as exc:
                 _report(path, exc)
-                writer.text("status=error")
-                writer.flush()
+                _respond(writer, "error")
                 continue
             writer.text("status=success")
             writer.flush()
@@ -193,5 +193,4 @@ def serve(repo: GitRepo, stdin: BinaryIO, stdout: BinaryIO) -> int:
             writer.flush()
         else:
             content.drain()
-            writer.text("status=error")
-            writer.flush()
+            _respond(writer, "error")

@@ -71,17 +71,21 @@ class ContentStream:
         self._buffer = memoryview(b"")
         self.done = False
 
+    def _fill(self) -> bool:
+        """Make the buffer non-empty from the next packet; False at the end of the content."""
+        while not self._buffer:
+            if self.done:
+                return False
+            try:
+                self._buffer = memoryview(next(self._packets))
+            except StopIteration:
+                self.done = True
+                return False
+        return True
+
     def read(self, n: int = -1) -> bytes:
         parts, want = [], n
-        while want != 0:
-            if not self._buffer:
-                if self.done:
-                    break
-                try:
-                    self._buffer = memoryview(next(self._packets))
-                except StopIteration:
-                    self.done = True
-                    break
+        while want != 0 and self._fill():
             take = len(self._buffer) if want < 0 else min(want, len(self._buffer))
             parts.append(self._buffer[:take])
             self._buffer = self._buffer[take:]
@@ -91,15 +95,7 @@ class ContentStream:
 
     def readinto_exact(self, buffer: bytearray | memoryview) -> int:
         view, filled = memoryview(buffer), 0
-        while filled < len(view):
-            if not self._buffer:
-                if self.done:
-                    break
-                try:
-                    self._buffer = memoryview(next(self._packets))
-                except StopIteration:
-                    self.done = True
-                    break
+        while filled < len(view) and self._fill():
             take = min(len(view) - filled, len(self._buffer))
             view[filled:filled + take] = self._buffer[:take]
             self._buffer = self._buffer[take:]
