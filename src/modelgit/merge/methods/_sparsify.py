@@ -16,6 +16,7 @@ entry); the others scale the kept entries so that the L1 norm of the task vector
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ...errors import UsageError
@@ -39,10 +40,17 @@ def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float
 def _magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype)  # (numel,)
-    mask[torch.argsort(delta.abs().reshape(-1), descending=True)[:k]] = 1
-    return _rescaled(delta, mask.reshape(delta.shape), rescale)
+    n = delta.numel()
+    k = max(1, int(density * n))
+    if k >= n:
+        return _rescaled(delta, torch.ones_like(delta), rescale)
+    magnitude = delta.abs()  # (*shape)
+    # the k-th largest magnitude by selection (O(n), no int64 index array), not a full argsort:
+    # the same entries as mergekit's argsort except among exact ties at the threshold
+    threshold = float(np.partition(magnitude.reshape(-1).numpy(), n - k)[n - k])
+    mask = (magnitude >= threshold).to(delta.dtype)  # (*shape)
+    del magnitude
+    return _rescaled(delta, mask, rescale)
 
 
 def _magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:

@@ -34,12 +34,19 @@ def linear(inputs: MergeInputs) -> torch.Tensor:
         UsageError: no models, shapes differ, or ``normalize`` with weights summing to 0.
     """
     require_models("linear", inputs, 1)
-    stacked = stack(inputs.models, work_dtype(inputs.models[0]))  # (models, *shape)
-    weights = column(per_model(inputs, "weight", MODEL_PARAMS["weight"]), stacked)  # (models, 1, ...)
-    total = (stacked * weights).sum(0)  # (*shape)
+    stack(inputs.models[:1], work_dtype(inputs.models[0]))  # validates shapes
+    dtype = work_dtype(inputs.models[0])
+    weights = per_model(inputs, "weight", MODEL_PARAMS["weight"])
+    # accumulate model by model: one output-sized buffer instead of a (models, *shape) stack
+    total = torch.zeros(inputs.models[0].shape, dtype=dtype)  # (*shape)
+    for model, weight in zip(inputs.models, weights):
+        if model.shape != total.shape:
+            raise UsageError(f"linear: tensor {inputs.name!r} has shapes {list(total.shape)} and "
+                             f"{list(model.shape)} in different models")
+        total.add_(model.to(dtype), alpha=float(weight))
     if not option(inputs, "normalize", OPTIONS):
         return total
-    divisor = float(weights.sum())
+    divisor = float(sum(weights))
     if divisor == 0.0:
         # mergekit divides anyway and writes NaN/inf; a message is more useful.
         raise UsageError(f"linear: the weights of tensor {inputs.name!r} sum to 0, so they cannot be "

@@ -91,6 +91,14 @@ def consensus_mask(deltas: torch.Tensor, method: str) -> torch.Tensor:
     return (signs == elected).to(deltas.dtype)  # (models, *shape)
 
 
+def _elected_sign(deltas: list[torch.Tensor], method: str) -> torch.Tensor:
+    """The sign each entry votes for (ties to +1), from the weighted task vectors."""
+    votes = torch.zeros_like(deltas[0])  # (*shape)
+    for delta in deltas:
+        votes.add_(delta if method == "sum" else delta.sign())
+    return torch.where(votes >= 0, 1.0, -1.0).to(deltas[0].dtype)
+
+
 def generalized_task_arithmetic(inputs: MergeInputs, family: Family) -> torch.Tensor:
     """Merge task vectors relative to the base with ``family``'s settings (module docstring).
 
@@ -116,21 +124,30 @@ def generalized_task_arithmetic(inputs: MergeInputs, family: Family) -> torch.Te
     gammas = per_model(inputs, "gamma", defaults.get("gamma", 0.0))
     epsilons = per_model(inputs, "epsilon", defaults.get("epsilon", 0.0))
     generator = generator_for(int(opts["seed"]), inputs.name) if family.random else None
-    deltas = torch.stack([
-        sparsify(m.to(dtype) - b, family.sparsification, density=densities[i], rescale=bool(opts["rescale"]),
-                 gamma=gammas[i], epsilon=epsilons[i], generator=generator)
-        for i, m in enumerate(inputs.models)])  # (models, *shape)
-    weights = column(per_model(inputs, "weight", defaults["weight"]), deltas)  # (models, 1, ...)
-    deltas = deltas * weights
+    weights = per_model(inputs, "weight", defaults["weight"])
+    # one weighted task vector per model, never stacked: a (models, *shape) stack and its
+    # temporaries cost ~5x the memory of these few output-sized buffers
+    deltas = []
+    for i, m in enumerate(inputs.models):
+        delta = sparsify(m.to(dtype) - b, family.sparsification, density=densities[i],
+                         rescale=bool(opts["rescale"]), gamma=gammas[i], epsilon=epsilons[i],
+                         generator=generator)  # (*shape)
+        deltas.append(delta.mul_(weights[i]))
+    merged = torch.zeros_like(b)  # (*shape)
     if family.consensus == "none":
-        merged = deltas.sum(0)  # (*shape)
-        divisor = weights.sum(0)  # (1, ...)
-        divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
+        for delta in deltas:
+            merged.add_(delta)
+        total = float(sum(torch.tensor(weights, dtype=dtype)))
+        divisor = 1.0 if abs(total) < 1e-8 else total
     else:
-        mask = consensus_mask(deltas, family.consensus)  # (models, *shape)
-        merged = (deltas * mask).sum(0)  # (*shape)
-        divisor = (weights * mask).sum(0)  # (*shape)
+        elected = _elected_sign(deltas, family.consensus)  # (*shape) of ±1
+        divisor = torch.zeros_like(b)  # (*shape)
+        for delta, weight in zip(deltas, weights):
+            agree = delta.sign() == elected  # zeros never agree
+            merged.add_(torch.where(agree, delta, 0.0))
+            divisor.add_(agree.to(dtype), alpha=float(weight))
         divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    del deltas
     if opts["normalize"]:
         merged = merged / divisor
     lam = float(opts["lambda"])
