@@ -88,6 +88,9 @@ def layer_of(name: str) -> str:
 
 
 def _sumsq(store: Store, oid: str, dtype: str, shape: tuple[int, ...]) -> float:
+    recorded = store.header(oid).sumsq  # written with the object: no decoding needed
+    if recorded is not None:
+        return recorded
     key = f"stats/{oid[:2]}/{oid[2:]}"
     try:
         return float(json.loads(store.backend.read(key))["sumsq"])

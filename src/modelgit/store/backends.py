@@ -91,6 +91,11 @@ class LocalBackend:
         with open(self._path(key), "rb") as handle:
             return handle.read()
 
+    def read_head(self, key: str, size: int) -> bytes:
+        """The first ``size`` bytes (fewer if the file is shorter)."""
+        with open(self._path(key), "rb") as handle:
+            return handle.read(size)
+
     def _ensure_dir(self, path: str) -> None:
         if path not in self._made_dirs:
             os.makedirs(path, exist_ok=True)

@@ -192,6 +192,25 @@ def encode_standalone(raw, itemsize: int, is_float: bool) -> tuple[Encoding, byt
     return RAW, bytes(raw)
 
 
+def sum_of_squares(raw, dtype: str) -> float | None:
+    """Sum of the squared elements of float content (None for other dtypes): a cheap statistic
+    recorded with each object so that diffs need not decode unchanged chunks."""
+    np = _np()
+    if dtype == "F32":
+        values = np.frombuffer(raw, dtype="<f4")
+    elif dtype == "F64":
+        values = np.frombuffer(raw, dtype="<f8")
+    elif dtype == "F16":
+        values = np.frombuffer(raw, dtype="<f2").astype(np.float32)
+    elif dtype == "BF16":
+        values = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        return None
+    if values.size == 0:
+        return 0.0
+    return float(np.dot(values, values))  # BLAS; float32 accumulation is precise enough here
+
+
 def encode_delta(raw, itemsize: int, parent) -> bytes | None:
     """Delta payload of ``raw`` against ``parent``, or None when sizes differ."""
     if len(parent) != len(raw) or len(raw) % itemsize:

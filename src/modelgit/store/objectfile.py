@@ -6,9 +6,13 @@
     5       1     delta chain depth (0 for standalone objects)
     6       2     meta length M (u16, little-endian)
     8       8     raw length: bytes of the decoded content (u64, little-endian)
-    16      M     meta: ASCII "<DTYPE> <shape>", e.g. "F32 [1820,384]"
+    16      M     meta: ASCII "<DTYPE> <shape>[ sumsq=<float>]", e.g. "F32 [1820,384] sumsq=0.52"
     16+M    32    parent id (binary), only for delta encodings
     ...           payload (the encoding's bytes)
+
+``sumsq`` (optional, float dtypes) is the sum of the squared elements, recorded when the object
+is written so that diffs can report norms without decoding unchanged chunks. It is a hint, not
+part of the id: a reader that does not need it ignores it.
 
 A reader MUST reject a wrong magic, an unknown encoding code, a meta that does not parse, a
 truncated header and, after decoding, content whose id differs from the object's key.
@@ -37,11 +41,15 @@ class ObjectHeader:
     raw_len: int
     parent: str | None
     payload_offset: int
+    sumsq: float | None = None
 
 
 def pack_object(encoding: Encoding, depth: int, dtype: str, shape: tuple[int, ...],
-                raw_len: int, parent: str | None, payload: bytes) -> bytes:
-    meta = f"{dtype} {format_shape(shape)}".encode("ascii")
+                raw_len: int, parent: str | None, payload: bytes, sumsq: float | None = None) -> bytes:
+    meta_text = f"{dtype} {format_shape(shape)}"
+    if sumsq is not None:
+        meta_text += f" sumsq={sumsq!r}"
+    meta = meta_text.encode("ascii")
     parts = [_FIXED.pack(MAGIC, encoding.code, depth, len(meta), raw_len), meta]
     if encoding.needs_parent:
         parts.append(bytes.fromhex(parent))
@@ -63,8 +71,10 @@ def unpack_header(blob: bytes) -> ObjectHeader:
     if len(blob) < end:
         raise ValueError("object truncated inside its meta")
     try:
-        dtype, shape_text = blob[_FIXED.size:end].decode("ascii").split(" ")
+        dtype, shape_text, *extra = blob[_FIXED.size:end].decode("ascii").split(" ")
         shape = parse_shape(shape_text)
+        hints = dict(item.split("=", 1) for item in extra)
+        sumsq = float(hints["sumsq"]) if "sumsq" in hints else None
     except ValueError as exc:
         raise ValueError(f"bad meta: {exc}") from None
     parent = None
@@ -73,4 +83,4 @@ def unpack_header(blob: bytes) -> ObjectHeader:
             raise ValueError("object truncated inside its parent id")
         parent = blob[end:end + 32].hex()
         end += 32
-    return ObjectHeader(encoding, depth, dtype, shape, raw_len, parent, end)
+    return ObjectHeader(encoding, depth, dtype, shape, raw_len, parent, end, sumsq)

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 from ..dtypes import DTYPES, FLOAT_DTYPES
 from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageError
 from .backends import Backend, LocalBackend, open_backend
-from .encodings import DELTA, DELTA_ADVANTAGE, encode_delta, encode_standalone
+from .encodings import DELTA, DELTA_ADVANTAGE, encode_delta, encode_standalone, sum_of_squares
 from .ids import is_object_id, object_id
 from .objectfile import ObjectHeader, pack_object, unpack_header
 
@@ -159,7 +159,8 @@ class Store:
             standalone, standalone_payload = encode_standalone(data, itemsize, dtype in FLOAT_DTYPES)
             if payload is None or len(payload) >= DELTA_ADVANTAGE * len(standalone_payload):
                 encoding, payload, depth, delta_parent = standalone, standalone_payload, 0, None
-        blob = pack_object(encoding, depth, dtype, tuple(shape), len(data), delta_parent, payload)
+        blob = pack_object(encoding, depth, dtype, tuple(shape), len(data), delta_parent, payload,
+                           sum_of_squares(data, dtype))
         if self._writers and hasattr(self.backend, "stage"):
             self.backend.stage(self._key(oid), blob)  # made durable and visible in batches
         else:
@@ -203,6 +204,15 @@ class Store:
             ) from None
 
     def header(self, oid: str) -> ObjectHeader:
+        """The parsed header of ``oid`` (read from the first bytes only when possible)."""
+        read_head = getattr(self.backend, "read_head", None)
+        if read_head is not None and is_object_id(oid):
+            try:
+                return unpack_header(read_head(self._key(oid), 4096))
+            except FileNotFoundError:
+                self._read(oid)  # raises the missing-object error
+            except ValueError:
+                pass  # a header longer than 4 KiB, or damage: parse the whole object below
         blob = self._read(oid)
         try:
             return unpack_header(blob)
