@@ -122,13 +122,20 @@ def cmd_git_diff(args) -> int:
     """git's external diff driver: path old-file old-hex old-mode new-file new-hex new-mode."""
     from .. import checkpoint
     from ..git import diff as diffmod
+    from ..manifest import Manifest
 
     repo = find_repo(".")
     store = repo.store()
 
-    def load(path: str):
+    def load(path: str, blob: str):
+        """The manifest of one side: from git's blob when there is one (git hands the driver
+        smudged checkpoints, which would have to be hashed again), else from the file."""
         if path == "/dev/null":
             return None
+        if blob and set(blob) != {"0"} and blob != ".":
+            data = repo.read_blob(blob)
+            if data is not None and data.startswith(b"modelgit-manifest "):
+                return Manifest.loads(data, blob)
         with open(path, "rb") as handle:
             head = handle.read(32)
         if head.startswith(b"modelgit-manifest "):
@@ -136,9 +143,12 @@ def cmd_git_diff(args) -> int:
         with store.writing():
             return checkpoint.add(store, path, progress=False)
 
-    path, old_file, new_file = args.args[0], args.args[1], args.args[4]
+    if len(args.args) < 7:  # git passes only the path for an unmerged file
+        print(f"* Unmerged path {args.args[0]} (modelgit)")
+        return 0
+    path, old_file, old_hex, _old_mode, new_file, new_hex, _new_mode = args.args[:7]
     print(f"diff --modelgit a/{path} b/{path}")
-    for d in diffmod.diff_manifests(store, path, load(old_file), load(new_file)):
+    for d in diffmod.diff_manifests(store, path, load(old_file, old_hex), load(new_file, new_hex)):
         print(diffmod.format_diff(d))
     return 0
 
