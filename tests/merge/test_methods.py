@@ -218,3 +218,20 @@ def test_estimate_fisher_uses_output_loss_and_skips_frozen_parameters():
         estimate_fisher(_tiny_linear(), [{"input": torch.ones(1, 2)}])
     with pytest.raises(UsageError, match="no examples"):
         estimate_fisher(_tiny_linear(), [], loss_fn=mse)
+
+
+
+def test_magnitude_selection_matches_torch_argsort_with_ties():
+    """Tied magnitudes are common in float32; mergekit keeps those torch.argsort puts first."""
+    from modelgit.merge.methods._sparsify import sparsify
+
+    torch.manual_seed(0)
+    delta = torch.randint(-4, 5, (5000,)).float() / 8  # few distinct magnitudes: ties everywhere
+    for density in (0.1, 0.35, 0.9):
+        k = int(density * delta.numel())
+        expected = torch.zeros_like(delta)
+        order = torch.argsort(delta.abs(), descending=True)[:k]
+        expected[order] = delta[order]
+        got = sparsify(delta, "magnitude", density=density, rescale=False, gamma=0.0, epsilon=0.0,
+                       generator=None)
+        assert torch.equal(got, expected), density

@@ -16,7 +16,6 @@ entry); the others scale the kept entries so that the L1 norm of the task vector
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ...errors import UsageError
@@ -40,17 +39,14 @@ def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float
 def _magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
-    n = delta.numel()
-    k = max(1, int(density * n))
-    if k >= n:
-        return _rescaled(delta, torch.ones_like(delta), rescale)
-    magnitude = delta.abs()  # (*shape)
-    # the k-th largest magnitude by selection (O(n), no int64 index array), not a full argsort:
-    # the same entries as mergekit's argsort except among exact ties at the threshold
-    threshold = float(np.partition(magnitude.reshape(-1).numpy(), n - k)[n - k])
-    mask = (magnitude >= threshold).to(delta.dtype)  # (*shape)
-    del magnitude
-    return _rescaled(delta, mask, rescale)
+    k = max(1, int(density * delta.numel()))
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype)  # (numel,)
+    # a full argsort, as mergekit does, on purpose: float32 task vectors have many exact ties in
+    # magnitude, and which of the tied entries survive is decided by torch's (unstable) sort
+    # order; a faster selection (np.partition: 6x faster on a 1 GB TIES merge, measured) keeps
+    # different tied entries and the outputs then differ from mergekit's at those entries
+    mask[torch.argsort(delta.abs().reshape(-1), descending=True)[:k]] = 1
+    return _rescaled(delta, mask.reshape(delta.shape), rescale)
 
 
 def _magnitude_outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:
