@@ -221,7 +221,7 @@ def test_interrupted_push_resumes(committed, tmp_path, monkeypatch):
     local = find_repo(str(repo)).store()
     remote = Store.open(str(tmp_path / "remote-store"), create=True)
     oids = Manifest.loads(git(repo, "show", "HEAD:model.safetensors").stdout.encode()).object_ids()
-    original = remote.backend.write_atomic
+    original = remote.backend.stage  # how transfers write: batched, committed even on failure
     calls = {"n": 0}
 
     def flaky(key, data):
@@ -230,10 +230,10 @@ def test_interrupted_push_resumes(committed, tmp_path, monkeypatch):
             raise OSError("connection reset")
         original(key, data)
 
-    monkeypatch.setattr(remote.backend, "write_atomic", flaky)
+    monkeypatch.setattr(remote.backend, "stage", flaky)
     with pytest.raises(Exception):
         push_objects(local, remote, oids)
-    monkeypatch.setattr(remote.backend, "write_atomic", original)
+    monkeypatch.setattr(remote.backend, "stage", original)
     sent_before = len(list(remote.iter_objects()))
     assert 0 < sent_before < len(oids)
     result = push_objects(local, remote, oids)

@@ -14,13 +14,18 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 
 from .._parallel import ordered_map
 from ..dtypes import DTYPES
 from ..manifest import FileRecord, Manifest, TensorRecord
 from ..store import Store
-from ..tensor_math import to_torch
+
+
+def to_torch(raw, dtype, shape):
+    # torch costs ~1.3 s to import; a diff of unchanged or added tensors never needs it
+    from ..tensor_math import to_torch as convert
+
+    return convert(raw, dtype, shape)
 
 __all__ = ["TensorChange", "FileDiff", "diff_manifests", "diff_records", "format_diff"]
 

@@ -76,8 +76,19 @@ def open_remote_store(repo: GitRepo, remote: str) -> Store:
 
 def _copy(src: Store, dst: Store, oid: str) -> int:
     blob = src._read(oid)
-    dst.backend.write_atomic(Store._key(oid), blob)
+    stage = getattr(dst.backend, "stage", None)
+    if stage is not None:  # durable in batches (one syncfs), not one fsync per object
+        stage(Store._key(oid), blob)
+    else:
+        dst.backend.write_atomic(Store._key(oid), blob)
     return len(blob)
+
+
+def _commit(store: Store) -> None:
+    commit = getattr(store.backend, "commit_staged", None)
+    if commit is not None:
+        commit()
+    store.backend.sync_dirs()
 
 
 def _with_parents(store: Store, oids: set[str]) -> set[str]:
@@ -107,10 +118,12 @@ def push_objects(local: Store, remote: Store, oids: set[str], progress: bool | N
         missing = sorted(oid for oid, has in present.items() if not has)
         total = 0
         with progress_bar(sum(local.stored_size(o) for o in missing), "push objects", progress) as bar:
-            for size in pool.map(lambda oid: _copy(local, remote, oid), missing):
-                total += size
-                bar.update(size)
-    remote.backend.sync_dirs()
+            try:
+                for size in pool.map(lambda oid: _copy(local, remote, oid), missing):
+                    total += size
+                    bar.update(size)
+            finally:
+                _commit(remote)  # what was copied stays: an interrupted push resumes from there
     return TransferResult(len(missing), total, len(wanted) - len(missing))
 
 
@@ -134,10 +147,14 @@ def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str]
         while todo:
             batch = sorted(todo)
             todo = set()
-            for oid, size in zip(batch, pool.map(lambda o: _fetch_one(local, remotes, o, context), batch)):
-                fetched.append(oid)
-                total += size
-                bar.update(size)
+            try:
+                for oid, size in zip(batch, pool.map(lambda o: _fetch_one(local, remotes, o, context), batch)):
+                    fetched.append(oid)
+                    total += size
+                    bar.update(size)
+            finally:
+                _commit(local)
+            for oid in batch:
                 parent = local.header(oid).parent
                 if parent and not local.has(parent):
                     todo.add(parent)
@@ -147,7 +164,6 @@ def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str]
                 local.backend.delete(Store._key(oid))
                 raise CorruptObjectError(f"object {oid} fetched for {context or 'checkout'} is "
                                          f"corrupt on the remote ({problem}); it was not kept")
-    local.backend.sync_dirs()
     return TransferResult(len(fetched), total, skipped)
 
 
