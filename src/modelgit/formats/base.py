@@ -82,3 +82,16 @@ def iter_pieces(read: Callable[[TensorEntry], Iterable[bytes]], entry: TensorEnt
         yield piece
     if total != entry.nbytes:
         raise ValueError(f"tensor {entry.name!r} produced {total} bytes, expected {entry.nbytes}")
+
+
+def fill_buffer(read: Callable[[TensorEntry], Iterable[bytes]], entry: TensorEntry, buf) -> None:
+    """Copy the pieces of one tensor into ``buf`` (a flat uint8 numpy array of its size)."""
+    import numpy as np
+
+    offset = 0
+    for piece in iter_pieces(read, entry):
+        chunk = np.frombuffer(piece, dtype=np.uint8)
+        if offset + chunk.size > entry.nbytes:
+            raise ValueError(f"tensor {entry.name!r} produced more than {entry.nbytes} bytes")
+        buf[offset:offset + chunk.size] = chunk
+        offset += chunk.size

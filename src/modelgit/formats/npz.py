@@ -23,7 +23,7 @@ import numpy as np
 from ..dtypes import DTYPES
 from ..errors import FormatError, UnsafeInputError
 from ._sniff import sniff_npz
-from .base import Format, TensorEntry, iter_pieces
+from .base import Format, TensorEntry, fill_buffer
 
 __all__ = ["FORMAT", "NpzReader", "open_npz", "write_npz", "sniff_npz"]
 
@@ -190,13 +190,7 @@ def _numpy_dtype(path: str, entry: TensorEntry) -> np.dtype:
 def _rebuild_array(entry: TensorEntry, dtype: np.dtype,
                    read: Callable[[TensorEntry], Iterable[bytes]]) -> np.ndarray:
     buf = np.empty(entry.nbytes, dtype=np.uint8)
-    offset = 0
-    for piece in iter_pieces(read, entry):
-        chunk = np.frombuffer(piece, dtype=np.uint8)
-        if offset + chunk.size > entry.nbytes:
-            raise ValueError(f"tensor {entry.name!r} produced more than {entry.nbytes} bytes")
-        buf[offset:offset + chunk.size] = chunk
-        offset += chunk.size
+    fill_buffer(read, entry, buf)
     return buf.view(dtype).reshape(entry.shape)
 
 

@@ -33,7 +33,7 @@ import torch
 from ..dtypes import DTYPES
 from ..errors import FormatError, StoreFullError, UnsafeInputError
 from ._sniff import _PICKLE_PROTO, _SUFFIXES, _ZIP_MAGIC, sniff_torch
-from .base import Format, TensorEntry, iter_pieces
+from .base import Format, TensorEntry, fill_buffer
 
 __all__ = ["FORMAT", "TorchReader", "open_torch", "write_torch", "sniff_torch"]
 
@@ -268,14 +268,7 @@ def _rebuild_tensor(path: str, entry: TensorEntry,
         raise FormatError(f"{path}: tensor {entry.name!r} has dtype {entry.dtype}, which torch "
                           f"{torch.__version__} cannot hold; write it as safetensors instead")
     flat = torch.empty(entry.nbytes, dtype=torch.uint8)
-    buf = flat.numpy()  # shares memory with flat
-    offset = 0
-    for piece in iter_pieces(read, entry):
-        chunk = np.frombuffer(piece, dtype=np.uint8)
-        if offset + chunk.size > entry.nbytes:
-            raise ValueError(f"tensor {entry.name!r} produced more than {entry.nbytes} bytes")
-        buf[offset:offset + chunk.size] = chunk
-        offset += chunk.size
+    fill_buffer(read, entry, flat.numpy())  # the numpy view shares memory with flat
     return flat.view(torch_dtype).reshape(entry.shape)
 
 
