@@ -23,7 +23,6 @@ from .. import __version__
 from ..dtypes import DTYPES, FLOAT_DTYPES
 from ..errors import ModelgitError, UsageError
 from ..progress import progress_bar
-from ..tensor_math import from_torch
 from .base import MergeInputs, get_method
 from .lora import low_rank, save_adapter
 from .recipe import Recipe, layer_position, resolve_value
@@ -309,9 +308,12 @@ def run_merge(recipe: Recipe, out: str, dry_run: bool = False, progress: bool | 
             with progress_bar(total, f"merge ({recipe.merge_method})", progress) as bar:
                 for o in plan.outputs:
                     target = getattr(torch, DTYPES[o.dtype].torch_name)
-                    data = from_torch(_compute(plan, o).to(target))
+                    merged = _compute(plan, o).to(target).contiguous().reshape(-1)
+                    # a uint8 view of the tensor's own memory: no copy to bytes (1x the tensor)
+                    data = merged.view(torch.uint8).numpy() if merged.numel() else b""
                     writer.write(o.name, data)
                     bar.update(len(data))
+                    del merged, data
             writer.finish()
         except BaseException:
             writer.abort()
