@@ -2,8 +2,9 @@
 
 For each output tensor the engine loads that tensor from every input (lazily, from mmapped
 files or the tensor store), resolves the recipe's parameters for it (gradients, filters), calls
-the method, casts to the output dtype and appends it to the output shard. Peak memory is about
-(inputs + 2) x the largest tensor (in float32), never the model size. Output bytes depend only
+the method, casts to the output dtype and appends it to the output shard. Peak memory is a
+multiple of the largest tensor, never the model size: ~7x for linear, ~14x for TIES (its argsort
+and per-model task vectors; see benchmarks/README.md). Output bytes depend only
 on the recipe and the input bytes: random methods are seeded per tensor.
 
 Every output records its provenance: the recipe text and a content id per input, in the
