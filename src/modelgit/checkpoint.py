@@ -38,7 +38,7 @@ SKIP_DIRS = {".git", ".modelgit", "__pycache__"}
 BLOB_FORMAT = "blob"
 # mtimes closer than this to the moment a stat-cache entry was written are not trusted: the file
 # may have changed again within the filesystem's timestamp granularity (git's "racy" problem)
-_RACY_NS = 100_000_000
+RACY_NS = 100_000_000
 
 
 # ---------------------------------------------------------------------------- adding
@@ -108,7 +108,7 @@ def cached_record(store: Store, full: str, rel: str) -> FileRecord | None:
         entry = json.loads(store.backend.read(_stat_key(full)))
         if entry["path"] != os.path.abspath(full) or entry["stat"] != _stat_tuple(os.stat(full)):
             return None
-        if entry["cached_at_ns"] - entry["stat"][1] < _RACY_NS:
+        if entry["cached_at_ns"] - entry["stat"][1] < RACY_NS:
             return None
         record = Manifest.loads(store.get(entry["manifest"])).files[0]
     except (OSError, ValueError, KeyError, ModelgitError):

@@ -10,7 +10,7 @@ import textwrap
 
 from .. import checkpoint
 from . import git_commands, merge_commands, train_commands
-from ..errors import ModelgitError, UsageError
+from ..errors import ModelgitError
 from ..store import Store
 
 __all__ = ["main", "build_parser"]

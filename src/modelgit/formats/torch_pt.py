@@ -27,12 +27,11 @@ import errno
 import warnings
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 
 from ..dtypes import DTYPES
 from ..errors import FormatError, StoreFullError, UnsafeInputError
-from ._sniff import _PICKLE_PROTO, _SUFFIXES, _ZIP_MAGIC, sniff_torch
+from ._sniff import _PICKLE_PROTO, _ZIP_MAGIC, sniff_torch
 from .base import Format, TensorEntry, fill_buffer
 
 __all__ = ["FORMAT", "TorchReader", "open_torch", "write_torch", "sniff_torch"]

@@ -33,7 +33,6 @@ __all__ = ["serve", "clean", "prepare_smudge", "smudge"]
 
 _PEEK = len(MAGIC) + 1
 log = logging.getLogger("modelgit.filter")
-_RACY_NS = 100_000_000
 
 
 class _Prefixed:
@@ -90,7 +89,7 @@ def clean(repo: GitRepo, path: str, content: ContentStream) -> bytes:
         after = os.stat(full)
         unchanged = (after.st_mtime_ns, after.st_size, after.st_ino) == \
             (before.st_mtime_ns, before.st_size, before.st_ino)
-        if unchanged and started_ns - after.st_mtime_ns > _RACY_NS:
+        if unchanged and started_ns - after.st_mtime_ns > checkpoint.RACY_NS:
             checkpoint.remember_record(store, full, after, manifest.files[0])
     return manifest.dumps()
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..errors import CorruptObjectError, ObjectMissingError, UsageError
 from ..progress import progress_bar
 from ..store import Store
-from .repo import GitRepo, find_repo
+from .repo import GitRepo
 
 __all__ = ["remote_store_url", "open_remote_store", "push_objects", "fetch_objects", "TransferResult"]
 
@@ -198,7 +198,3 @@ def remotes_for_fetch(repo: GitRepo, preferred: str | None = None) -> list[tuple
         except UsageError:
             continue
     return out
-
-
-def repo_here() -> GitRepo:
-    return find_repo(".")

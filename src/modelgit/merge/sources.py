@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 
 from ..errors import FormatError, UsageError
-from ..formats import TensorEntry, detect_format
+from ..formats import detect_format
 from ..tensor_math import to_torch
 
 __all__ = ["Source", "TensorInfo", "open_source", "CheckpointSource", "StoreSource"]
@@ -158,7 +158,6 @@ class AdapterSource:
 
 
 def _revision_source(spec: str) -> Source:
-    from .. import checkpoint
     from ..git.repo import find_repo
 
     path, rev = spec.rsplit("@", 1)
@@ -180,7 +179,6 @@ def _revision_source(spec: str) -> Source:
         from ..git.transfer import fetch_objects, remotes_for_fetch
 
         fetch_objects(store, remotes_for_fetch(repo), missing, progress=False, context=spec)
-    del checkpoint
     return StoreSource(store, merged, spec)
 
 

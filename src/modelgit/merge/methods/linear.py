@@ -10,7 +10,7 @@ import torch
 
 from ...errors import UsageError
 from ..base import MergeInputs, register
-from ._common import column, option, per_model, require_models, stack, work_dtype
+from ._common import option, per_model, require_models, work_dtype
 
 __all__ = ["linear"]
 
@@ -34,7 +34,6 @@ def linear(inputs: MergeInputs) -> torch.Tensor:
         UsageError: no models, shapes differ, or ``normalize`` with weights summing to 0.
     """
     require_models("linear", inputs, 1)
-    stack(inputs.models[:1], work_dtype(inputs.models[0]))  # validates shapes
     dtype = work_dtype(inputs.models[0])
     weights = per_model(inputs, "weight", MODEL_PARAMS["weight"])
     # accumulate model by model: one output-sized buffer instead of a (models, *shape) stack

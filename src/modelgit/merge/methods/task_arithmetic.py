@@ -36,10 +36,10 @@ import torch
 
 from ...errors import UsageError
 from ..base import MergeInputs, register
-from ._common import column, generator_for, per_model, require_base, require_models, work_dtype
+from ._common import generator_for, per_model, require_base, require_models, work_dtype
 from ._sparsify import sparsify
 
-__all__ = ["Family", "FAMILY", "generalized_task_arithmetic", "consensus_mask"]
+__all__ = ["Family", "FAMILY", "generalized_task_arithmetic"]
 
 CONSENSUS = ("none", "sum", "count")
 
@@ -73,22 +73,6 @@ class Family:
         if self.random:
             options["seed"] = 0
         return options
-
-
-def consensus_mask(deltas: torch.Tensor, method: str) -> torch.Tensor:
-    """Which entries agree with the elected sign.
-
-    Args:
-        deltas: weighted task vectors, ``(models, *shape)``.
-        method: ``sum`` (sign of the summed values, TIES) or ``count`` (majority of signs).
-
-    Returns:
-        A 0/1 mask of ``deltas``' shape and dtype; zero entries are never in it.
-    """
-    signs = deltas.sign()  # (models, *shape)
-    votes = deltas.sum(0) if method == "sum" else signs.sum(0)  # (*shape)
-    elected = (votes >= 0).to(deltas.dtype) * 2 - 1  # (*shape) of ±1, ties to +1
-    return (signs == elected).to(deltas.dtype)  # (models, *shape)
 
 
 def _elected_sign(deltas: list[torch.Tensor], method: str) -> torch.Tensor:
