@@ -4,6 +4,22 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def git_env(tmp_path, monkeypatch):
+    """A private HOME and git identity: never read or write the user's global git config."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{var}_NAME", "Test")
+        monkeypatch.setenv(f"GIT_{var}_EMAIL", "test@example.invalid")
+    monkeypatch.delenv("MODELGIT_STORE", raising=False)
+    return home
+
 
 def git(cwd, *args, check=True, **kw) -> subprocess.CompletedProcess:
     result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, **kw)

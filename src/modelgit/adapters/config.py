@@ -52,6 +52,9 @@ class TrainConfig:
     seed: int = _opt(0, "seed of the initialisation, data order and dropout")
     threads: int | None = _opt(None, "CPU threads (default: torch's; 1 is fastest for tiny "
                                "models and on a busy machine)")
+    init_adapter: str | None = _opt(None, "continue training this LoRA adapter directory instead of "
+                                    "starting a new one (its rank and targets apply), e.g. after "
+                                    "`modelgit rebase`")
     full: bool = _opt(False, "train every weight, no LoRA (maintainers' continued pretraining); "
                       "writes a whole model")
     text_field: str = _opt("text", "text column / key of the data")
@@ -98,10 +101,17 @@ class TrainConfig:
         if self.full and self.target_modules is not None:
             out.append("target_modules was given with full=True: a full run trains every weight, "
                        "drop one of them")
+        if self.init_adapter is not None and self.full:
+            out.append("init_adapter was given with full=True: a full run trains no adapter")
+        if self.init_adapter is not None and not os.path.isfile(
+                os.path.join(self.init_adapter, "adapter_config.json")):
+            out.append(f"init_adapter {self.init_adapter!r} is not a PEFT adapter directory "
+                       "(no adapter_config.json)")
         if not os.path.isdir(self.base):
             out.append(f"base {self.base!r} is not a directory: give a local transformers model "
                        "directory (config.json + weights + tokenizer)")
-        if os.path.abspath(self.output) in (os.path.abspath(self.base), os.path.abspath(self.data)):
+        if os.path.abspath(self.output) in (os.path.abspath(self.base), os.path.abspath(self.data),
+                                            os.path.abspath(self.init_adapter or self.base)):
             out.append(f"output {self.output!r} is the base or data path: choose a new directory")
         return out
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..data import data_card, load_examples
 from ..errors import UsageError
+from ..fingerprint import fingerprint_dir
 from . import _batches
 from ._output import write_output
 from .config import TrainConfig
@@ -99,6 +100,20 @@ def _wrap_lora(model, config: TrainConfig, task: str):
                       fan_in_fan_out=_transposed(model, targets),
                       task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM")
     return get_peft_model(model, lora), targets
+
+
+def _resume_lora(model, config: TrainConfig):
+    from peft import PeftModel
+
+    from .loading import _short
+
+    try:
+        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise UsageError(f"the adapter {config.init_adapter!r} does not fit the base {config.base!r} "
+                         f"({_short(exc)})") from None
+    targets = model.peft_config["default"].target_modules
+    return model, tuple(sorted(targets)) if not isinstance(targets, str) else targets
 
 
 def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress) -> dict:
@@ -188,6 +203,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         targets = None
         if config.full:
             model.requires_grad_(True)
+        elif config.init_adapter:
+            model, targets = _resume_lora(model, config)
         else:
             model, targets = _wrap_lora(model, config, task)
         plan = _batches.batch_plan(len(ids), config.batch_size, config.seed, config.steps,
@@ -196,6 +213,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     metrics.update(task=task, mode="full" if config.full else "lora", examples=len(ids),
                    skipped_examples=len(records) - len(ids))
     resolved = {"task": task, "target_modules": list(targets) if isinstance(targets, tuple) else targets,
-                "num_labels": len(id2label) if id2label else None}
+                "num_labels": len(id2label) if id2label else None,
+                "base_fingerprint": fingerprint_dir(config.base)}
     write_output(config, model, tokenizer, id2label, card, metrics, resolved)
     return TrainResult(config.output, task, config.full, targets, metrics, card)

@@ -78,17 +78,7 @@ def cmd_fetch(args) -> int:
 
 def cmd_clone(args) -> int:
     target = args.directory or os.path.basename(args.url.rstrip("/")).removesuffix(".git")
-    subprocess.run(["git", "clone", "--no-checkout", *(["--branch", args.branch] if args.branch else []),
-                    args.url, target], check=True)
-    repo = find_repo(target)
-    setup.init_repo(repo)
-    result = subprocess.run(["git", "checkout", *( [args.branch] if args.branch else [])],
-                            cwd=target, capture_output=True, text=True)
-    if result.returncode != 0:
-        # an empty repository has nothing to check out
-        if not any(s in result.stderr for s in ("did not match", "unborn", "yet to be born")):
-            sys.stderr.write(result.stderr)
-            return result.returncode
+    setup.clone(args.url, target, args.branch)
     print(f"cloned {args.url} into {target} (modelgit set up; tensors fetched on checkout)")
     return 0
 

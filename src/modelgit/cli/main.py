@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from .. import checkpoint
-from . import git_commands, merge_commands, train_commands
+from . import git_commands, merge_commands, train_commands, workflow_commands
 from ..errors import ModelgitError
 from ..store import Store
 
@@ -80,12 +80,9 @@ def cmd_add(args) -> int:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    from .._files import write_atomic
+
+    write_atomic(path, data)
 
 
 def cmd_materialize(args) -> int:
@@ -177,12 +174,6 @@ def cmd_refs(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from ..demo import run_demo
-
-    return run_demo(workdir=args.workdir, keep=args.keep)
-
-
 # ---------------------------------------------------------------------------- parser
 def _command(sub, name, func, help_text, examples):
     parser = sub.add_parser(name, help=help_text, description=help_text,
@@ -255,10 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge_commands.register(sub, _command)
     train_commands.register(sub, _command)
 
-    p = _command(sub, "demo", cmd_demo, "Show the store on a real checkpoint (all-MiniLM-L6-v2).",
-                 "modelgit demo\nmodelgit demo --workdir /tmp/mg-demo --keep")
-    p.add_argument("--workdir", help="where to work (default: a temporary directory)")
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    workflow_commands.register(sub, _command)
+
     return parser
 
 

@@ -13,6 +13,7 @@ stay unseen by contributors)::
         data: heldout/sentiment.csv
         metric: macro_f1
         label_field: label
+        validation: valid/sentiment.csv # optional: data only for choosing merge settings
 
 A bare list of suites is accepted too. Every problem of the file is reported at once.
 """
@@ -48,6 +49,7 @@ class SuiteConfig:
     max_examples: int | None = None
     max_length: int = 256
     batch_size: int = 8
+    validation: str | None = None  # data used only to choose merge settings (release --search)
 
     @property
     def higher_is_better(self) -> bool:
@@ -67,7 +69,7 @@ def _suite_problems(raw, where: str, base_dir: str) -> tuple[list[str], dict]:
     for key in ("name", "data"):
         if not isinstance(values.get(key), str) or not values[key].strip():
             problems.append(f"{where}: {key!r} is required (a non-empty string)")
-    for key in ("text_field", "label_field", "text_unit"):
+    for key in ("text_field", "label_field", "text_unit", "validation"):
         if key in values and not isinstance(values[key], str):
             problems.append(f"{where}: {key!r} must be a string")
     if isinstance(values.get("text_unit"), str) and values["text_unit"] not in TEXT_UNITS:
@@ -90,10 +92,11 @@ def _suite_problems(raw, where: str, base_dir: str) -> tuple[list[str], dict]:
         problems.append(f"{where}: give a task (causal_lm, classification) or a metric")
     values["task"] = task or (METRICS[metric][0] if metric else "causal_lm")
     values["metric"] = metric or _DEFAULT_METRIC[values["task"]]
-    if isinstance(values.get("data"), str) and values["data"].strip():
-        values["data"] = os.path.normpath(os.path.join(base_dir, os.path.expanduser(values["data"])))
-        if not os.path.exists(values["data"]):
-            problems.append(f"{where}: data {values['data']!r} does not exist")
+    for key in ("data", "validation"):
+        if isinstance(values.get(key), str) and values[key].strip():
+            values[key] = os.path.normpath(os.path.join(base_dir, os.path.expanduser(values[key])))
+            if not os.path.exists(values[key]):
+                problems.append(f"{where}: {key} {values[key]!r} does not exist")
     return problems, values
 
 

@@ -107,3 +107,41 @@ def track(repo: GitRepo, patterns: list[str]) -> list[str]:
             handle.write("\n".join(lines) + "\n")
         os.replace(tmp, path)
     return added
+
+
+def clone(url: str, target: str, branch: str | None = None, object_store: str | None = None) -> GitRepo:
+    """``git clone`` with modelgit set up before the first checkout, so tensors are fetched
+    (only those of the checked-out revision) from the remote's object store.
+
+    Args:
+        object_store: the remote's object store URL, when it is not the local remote's own
+            (saved as ``modelgit.remote.origin.store``).
+    Raises:
+        GitError: git clone or checkout failed.
+    """
+    import subprocess
+
+    from .repo import GitError, find_repo
+
+    result = subprocess.run(["git", "clone", "-q", "--no-checkout",
+                             *(["--branch", branch] if branch else []), url, target],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise GitError(f"git clone {url} failed: {result.stderr.strip()}")
+    repo = find_repo(target)
+    if not branch and repo.rev_parse("HEAD") is None:
+        heads = repo.git("branch", "-r", "--format=%(refname:lstrip=3)").decode().split()
+        heads = [h for h in heads if h != "HEAD"]
+        if heads:
+            raise GitError(f"the remote's HEAD names no existing branch, so nothing would be "
+                           f"checked out: pass a branch ({', '.join(heads[:5])})")
+    init_repo(repo)
+    if object_store:
+        repo.config_set("modelgit.remote.origin.store", object_store)
+    result = subprocess.run(["git", "checkout", "-q", *([branch] if branch else [])],
+                            cwd=target, capture_output=True, text=True)
+    # an empty repository has nothing to check out
+    if result.returncode != 0 and not any(s in result.stderr for s in ("did not match", "unborn",
+                                                                       "yet to be born")):
+        raise GitError(f"git checkout in {target} failed: {result.stderr.strip()}")
+    return repo

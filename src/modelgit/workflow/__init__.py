@@ -1,0 +1,30 @@
+"""The collaborative loop: create a project, contribute, review (blind), release, rebase.
+
+    create_project(path, base_dir, Project(...))      # maintainer: the repository + v1
+    contribute(repo, adapter_dir, name, message)      # contributor: validate, commit, push
+    review(repo, suites)                              # maintainer: blind evaluation + policy
+    release(repo, suites, method="ties")              # maintainer: merge, card, tag
+    rebase(repo, adapter_dir, onto, output, suites)   # contributor: carry onto a new base
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {"Project": "project", "Policy": "project", "Limits": "project", "read_project": "project",
+         "create_project": "create", "contribute": "contribution", "Contribution": "contribution",
+         "ContributionError": "validate", "validate_adapter": "validate", "review": "reviews",
+         "ReviewReport": "reviews", "pending_contributions": "reviews", "release": "releases",
+         "ReleaseResult": "releases", "rebase": "rebasing", "RebaseResult": "rebasing",
+         "render_model_card": "card"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_LAZY)

@@ -1,0 +1,148 @@
+"""Git plumbing the workflow needs: export a directory of a revision, commit files onto a branch
+without touching the work tree, list what a commit changed, check the work tree is clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+from ..errors import UsageError
+from ..git.repo import GitError, GitRepo
+from ..manifest import Manifest, is_manifest
+
+__all__ = ["export_dir", "commit_files", "git_identity", "changed_paths", "require_clean", "parse_author",
+           "list_tree"]
+
+
+def list_tree(repo: GitRepo, rev: str, path: str) -> list[tuple[str, str, str]]:
+    """(mode, blob id, path) of every file below ``path`` in ``rev``."""
+    out = repo.git("ls-tree", "-r", "-z", rev, "--", path)
+    entries = []
+    for item in out.split(b"\0"):
+        if item:
+            meta, name = item.split(b"\t", 1)
+            mode, kind, oid = meta.decode().split()
+            if kind == "blob":
+                entries.append((mode, oid, name.decode()))
+    return entries
+
+
+def export_dir(repo: GitRepo, rev: str, path: str, dest: str, progress: bool | None = False) -> str:
+    """Write the files below ``path`` in ``rev`` to the directory ``dest`` (created, must not
+    exist): modelgit-tracked checkpoints materialized from the store (objects fetched from the
+    remotes first), other files as git has them. Nothing goes through the work tree.
+
+    Raises:
+        UsageError: ``rev`` has nothing at ``path``.
+        ObjectMissingError: an object is neither local nor on any remote.
+    """
+    from .. import checkpoint
+    from ..git.history import fetch_rev
+
+    entries = list_tree(repo, rev, path)
+    if not entries:
+        raise UsageError(f"revision {rev} has no files under {path}/")
+    fetch_rev(repo, rev, paths=[path], progress=progress)
+    store = repo.store()
+    prefix = path.rstrip("/") + "/"
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(os.path.abspath(dest)))
+    try:
+        for mode, oid, name in entries:
+            rel = name[len(prefix):] if name.startswith(prefix) else os.path.basename(name)
+            target = os.path.join(tmp, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            data = repo.read_blob(oid)
+            if is_manifest(data):
+                checkpoint.materialize(store, Manifest.loads(data, f"{rev}:{name}"), target,
+                                       progress=progress)
+            else:
+                with open(target, "wb") as handle:
+                    handle.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def parse_author(text: str) -> tuple[str, str]:
+    """("Name", "email") from ``Name <email>``. Raises UsageError otherwise."""
+    text = text.strip()
+    if "<" in text and text.endswith(">"):
+        name, email = text[:-1].split("<", 1)
+        if name.strip() and "@" in email:
+            return name.strip(), email.strip()
+    raise UsageError(f"author {text!r} is not of the form 'Name <email@example.org>'")
+
+
+def git_identity(repo: GitRepo) -> tuple[str, str]:
+    """Who git would record as the author here (environment, then config), or UsageError."""
+    out = repo.git("var", "GIT_AUTHOR_IDENT", check=False).decode().strip()
+    if "<" not in out:
+        raise UsageError("who are you? pass --author 'Name <email>' or set git config user.name "
+                         "and user.email")
+    return parse_author(out.rsplit(" ", 2)[0])
+
+
+def _run(repo: GitRepo, args: list[str], env: dict, input: bytes | None = None) -> str:
+    result = subprocess.run(["git", *args], cwd=repo.root, env=env, input=input, capture_output=True)
+    if result.returncode != 0:
+        raise GitError(f"git {' '.join(args)} failed: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout.decode().strip()
+
+
+def commit_files(repo: GitRepo, parent: str, files: dict[str, str], message: str,
+                 author: tuple[str, str] | None = None, remove: list[str] = ()) -> str:
+    """A new commit on top of ``parent`` with ``files`` ({repo path: local file}) added or replaced
+    and the paths in ``remove`` deleted; returns its id. The work tree, the index and every ref are
+    left alone (a temporary index is used); files go through the repository's clean filters, so
+    tracked checkpoints land in the store as they would with ``git add``.
+    """
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="modelgit-index-") as tmp:
+        env["GIT_INDEX_FILE"] = os.path.join(tmp, "index")
+        _run(repo, ["read-tree", parent], env)
+        if remove:
+            _run(repo, ["rm", "--cached", "-r", "-q", "--ignore-unmatch", "--", *remove], env)
+        lines = []
+        for rel, source in sorted(files.items()):
+            oid = _run(repo, ["hash-object", "-w", f"--path={rel}", source], env)
+            lines.append(f"100644 {oid}\t{rel}")
+        if lines:
+            _run(repo, ["update-index", "--add", "--index-info"], env, ("\n".join(lines) + "\n").encode())
+        tree = _run(repo, ["write-tree"], env)
+        if author:
+            env.update(GIT_AUTHOR_NAME=author[0], GIT_AUTHOR_EMAIL=author[1])
+        return _run(repo, ["commit-tree", tree, "-p", parent, "-F", "-"], env, message.encode())
+
+
+def changed_paths(repo: GitRepo, old: str, new: str) -> list[str]:
+    """Paths that differ between two commits (added, changed, deleted, renamed: both names)."""
+    out = repo.git("diff", "--name-only", "--no-renames", "-z", old, new)
+    return [p for p in out.decode().split("\0") if p]
+
+
+def require_clean(repo: GitRepo, paths: list[str], what: str) -> None:
+    """Raise UsageError when tracked files under ``paths`` have uncommitted changes."""
+    out = repo.git("status", "--porcelain", "--untracked-files=no", "--", *paths).decode()
+    if out.strip():
+        changed = ", ".join(line[3:] for line in out.splitlines()[:5])
+        raise UsageError(f"{what} needs a clean work tree, but these files have uncommitted "
+                         f"changes: {changed}: commit or stash them first")
+
+
+@contextlib.contextmanager
+def scratch_dir(repo: GitRepo, prefix: str):
+    """A temporary directory inside ``.git/modelgit`` (same file system as the store), removed
+    afterwards."""
+    base = os.path.join(repo.git_dir, "modelgit", "tmp")
+    os.makedirs(base, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=prefix, dir=base)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,242 @@
+"""Check a contributed LoRA adapter before anything of it is committed, merged or executed.
+
+Data, not code: an adapter is ``adapter_config.json`` + ``adapter_model.safetensors`` and a few
+JSON files of metadata, nothing else. Every tensor must belong to a module of the base it claims,
+with shapes that fit that module, finite values, and a rank and size within the project's limits.
+Every problem is reported at once, so a contributor fixes them in one go.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from ..errors import FormatError, UsageError
+
+__all__ = ["ADAPTER_FILES", "METADATA_FILES", "ContributionError", "validate_adapter",
+           "adapter_summary"]
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+#: written by ``modelgit train`` beside the adapter; optional, JSON only
+METADATA_FILES = ("data_card.json", "metrics.json", "training_config.json", "labels.json")
+_FLOATS = ("F32", "F16", "BF16")
+_LORA = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B)"
+                   r"(?:\.[^.]+)?(?:\.weight)?$")
+_SAVED = re.compile(r"\.modules_to_save(\.[^.]+)?|\.base_layer")
+
+
+class ContributionError(UsageError):
+    """A contribution was refused; ``problems`` lists every reason."""
+
+    def __init__(self, what: str, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__(f"{what} refused, {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+
+
+def _files_problems(adapter_dir: str, limits) -> list[str]:
+    problems = []
+    for name in sorted(os.listdir(adapter_dir)):
+        path = os.path.join(adapter_dir, name)
+        if os.path.islink(path):
+            problems.append(f"{name}: a symbolic link; send the file itself")
+        elif os.path.isdir(path):
+            problems.append(f"{name}/: a directory; a contribution is one flat adapter directory")
+        elif name not in ADAPTER_FILES + METADATA_FILES:
+            kind = "pickled weights (code runs when they are loaded): convert them to safetensors" \
+                if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")) else \
+                "code is never accepted" if name.endswith((".py", ".so", ".sh")) else \
+                f"only {', '.join(ADAPTER_FILES + METADATA_FILES)} are accepted"
+            problems.append(f"{name}: not allowed in a contribution ({kind})")
+        elif name.endswith(".json") and os.path.getsize(path) > limits.max_metadata_kb * 1024:
+            problems.append(f"{name}: {os.path.getsize(path)} bytes, over the limit of "
+                            f"{limits.max_metadata_kb} KiB")
+    for name in ADAPTER_FILES:
+        if not os.path.isfile(os.path.join(adapter_dir, name)):
+            problems.append(f"{name} is missing (write the adapter with PEFT's save_pretrained, "
+                            "safe_serialization=True, or `modelgit train`)")
+    return problems
+
+
+def _read_json(path: str, problems: list[str]):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, ValueError) as exc:
+        problems.append(f"{os.path.basename(path)}: not valid JSON ({exc})")
+        return None
+    if not isinstance(value, dict):
+        problems.append(f"{os.path.basename(path)}: expected a JSON object")
+        return None
+    return value
+
+
+def _config_problems(config: dict, limits) -> list[str]:
+    problems = []
+    if config.get("peft_type", "LORA") != "LORA":
+        problems.append(f"adapter_config.json: peft_type {config.get('peft_type')!r}: only LoRA "
+                        "adapters are accepted")
+    rank = config.get("r")
+    ranks = [rank, *(config.get("rank_pattern") or {}).values()]
+    for value in ranks:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"adapter_config.json: rank {value!r} is not a positive integer")
+        elif value > limits.max_rank:
+            problems.append(f"rank {value} is over the project's limit of {limits.max_rank} "
+                            "(modelgit.yaml limits.max_rank): train with a smaller --rank")
+    alpha = config.get("lora_alpha", rank)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        problems.append(f"adapter_config.json: lora_alpha {alpha!r} is not a positive number")
+    if config.get("use_dora"):
+        problems.append("adapter_config.json: DoRA adapters (use_dora) are not accepted yet")
+    if config.get("auto_mapping"):
+        problems.append("adapter_config.json: auto_mapping names classes to import (code): "
+                        "remove it")
+    return problems
+
+
+def _module_rank(config: dict, module: str) -> int:
+    for key, value in (config.get("rank_pattern") or {}).items():
+        if module == key or module.endswith("." + key) or re.fullmatch(key, module):
+            return value
+    return config.get("r")
+
+
+def _expected_shape(kind: str, rank: int, base_shape: tuple[int, ...], transposed: bool):
+    if kind == "embedding_A":  # (r, vocab) for a (vocab, dim) embedding
+        return (rank, base_shape[0])
+    if kind == "embedding_B":
+        return (base_shape[1], rank)
+    out_f, in_f = (base_shape[1], base_shape[0]) if transposed else base_shape
+    return (rank, in_f) if kind == "A" else (out_f, rank)
+
+
+def _tensor_problems(weights: str, config: dict, base: dict, limits) -> tuple[list[str], dict]:
+    import torch
+
+    from ..formats.safetensors_format import open_safetensors
+    from ..tensor_math import to_torch
+
+    problems: list[str] = []
+    size = os.path.getsize(weights)
+    if size > limits.max_adapter_bytes:
+        problems.append(f"adapter_model.safetensors is {size / 2**20:.1f} MiB, over the project's "
+                        f"limit of {limits.max_adapter_mb:g} MiB (modelgit.yaml limits.max_adapter_mb)")
+        return problems, {}
+    try:
+        reader = open_safetensors(weights)
+    except (FormatError, OSError) as exc:
+        return [f"adapter_model.safetensors cannot be read: {exc}"], {}
+    modules: dict[str, set] = {}
+    try:
+        for entry in reader.entries():
+            where = f"tensor {entry.name}"
+            if entry.dtype not in _FLOATS:
+                problems.append(f"{where}: dtype {entry.dtype}; LoRA weights are F32, F16 or BF16")
+                continue
+            tensor = to_torch(reader.data(entry.name), entry.dtype, entry.shape)
+            if not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                problems.append(f"{where}: {bad} NaN or infinite values: the training diverged; "
+                                "lower the learning rate and train again")
+            problems.extend(_shape_problems(entry.name, tuple(entry.shape), config, base, modules))
+    finally:
+        reader.close()
+    for module, kinds in sorted(modules.items()):
+        if kinds not in ({"A", "B"}, {"embedding_A", "embedding_B"}):
+            problems.append(f"module {module}: has {sorted(kinds)}, needs both LoRA halves A and B")
+    return problems, modules
+
+
+def _shape_problems(name: str, shape: tuple, config: dict, base: dict, modules: dict) -> list[str]:
+    short = name[len("base_model.model."):] if name.startswith("base_model.model.") else name
+    match = _LORA.match(name)
+    if match is None:  # a modules_to_save copy replaces a base tensor outright
+        plain = _SAVED.sub("", short)
+        if plain not in base:
+            return [f"tensor {name}: the base has no tensor {plain} (different base model?)"]
+        if tuple(base[plain][1]) != shape:
+            return [f"tensor {name}: shape {list(shape)}, but the base's {plain} is "
+                    f"{list(base[plain][1])} (wrong shapes: trained on another base?)"]
+        return []
+    module, kind = match.group("module"), match.group("kind")
+    modules.setdefault(module, set()).add(kind)
+    weight = f"{module}.weight"
+    if weight not in base:
+        return [f"tensor {name}: the base has no module {module} (different base model?)"]
+    base_shape = tuple(base[weight][1])
+    if len(base_shape) != 2:
+        return [f"tensor {name}: base weight {weight} has shape {list(base_shape)}, not a matrix"]
+    rank = _module_rank(config, module)
+    if not isinstance(rank, int):
+        return []
+    want = _expected_shape(kind, rank, base_shape, bool(config.get("fan_in_fan_out")))
+    if shape != want:
+        return [f"tensor {name}: shape {list(shape)}, expected {list(want)} for rank {rank} on "
+                f"{weight} {list(base_shape)} (wrong shapes: trained on another base?)"]
+    return []
+
+
+def _targets_problems(config: dict, modules: dict) -> list[str]:
+    targets = config.get("target_modules")
+    if not modules:
+        return ["adapter_model.safetensors holds no LoRA weights (lora_A / lora_B)"]
+    if isinstance(targets, str) or targets is None:
+        return []  # a regex or all-linear: PEFT resolves it against the base
+    names = set(targets)
+    stray = sorted(m for m in modules if m.rsplit(".", 1)[-1] not in names and m not in names)
+    if stray:
+        return [f"modules {stray[:3]} are not in adapter_config.json's target_modules "
+                f"{sorted(names)}: the config does not describe these weights"]
+    return []
+
+
+def validate_adapter(adapter_dir: str, base: dict, limits) -> dict:
+    """Validate the adapter in ``adapter_dir`` against the base tensors ``base``
+    (``{name: (dtype, shape)}``) and the project's ``limits``.
+
+    Returns:
+        A summary (see :func:`adapter_summary`).
+    Raises:
+        ContributionError: listing every problem.
+    """
+    if not os.path.isdir(adapter_dir):
+        raise UsageError(f"{adapter_dir!r} is not a directory: give the adapter directory that "
+                         "`modelgit train` (or PEFT's save_pretrained) wrote")
+    problems = _files_problems(adapter_dir, limits)
+    config = None
+    if os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
+        config = _read_json(os.path.join(adapter_dir, "adapter_config.json"), problems)
+    for name in METADATA_FILES:
+        if os.path.isfile(os.path.join(adapter_dir, name)) and not os.path.islink(os.path.join(adapter_dir, name)):
+            _read_json(os.path.join(adapter_dir, name), problems)
+    modules: dict = {}
+    weights = os.path.join(adapter_dir, "adapter_model.safetensors")
+    if config is not None:
+        problems.extend(_config_problems(config, limits))
+        if os.path.isfile(weights) and not os.path.islink(weights):
+            found, modules = _tensor_problems(weights, config, base, limits)
+            problems.extend(found)
+            if not found:
+                problems.extend(_targets_problems(config, modules))
+    if problems:
+        raise ContributionError(f"the adapter {adapter_dir}", problems)
+    return adapter_summary(adapter_dir, config, sorted(modules))
+
+
+def adapter_summary(adapter_dir: str, config: dict, modules: list[str]) -> dict:
+    """Rank, alpha, targets, size and content id of a (validated) adapter."""
+    import blake3
+
+    digest = blake3.blake3()
+    for name in ADAPTER_FILES:
+        with open(os.path.join(adapter_dir, name), "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    targets = config.get("target_modules")
+    return {"rank": config.get("r"), "alpha": config.get("lora_alpha", config.get("r")),
+            "use_rslora": bool(config.get("use_rslora")),
+            "target_modules": sorted(targets) if isinstance(targets, list) else targets,
+            "modules": len(modules), "task_type": config.get("task_type"),
+            "bytes": os.path.getsize(os.path.join(adapter_dir, "adapter_model.safetensors")),
+            "content_id": digest.hexdigest()}
