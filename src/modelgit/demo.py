@@ -115,7 +115,7 @@ def format_table(base: dict, adapters: dict, release: dict, kept: dict) -> str:
 
 
 def _contribute(work: str, remote: str, base_name: str, splits: dict, settings: DemoSettings,
-                who: str, author: str, domain: str, quiet: bool) -> None:
+                who: str, author: str, domain: str, progress: bool | None) -> None:
     from .adapters import TrainConfig, train
     from .git import setup
     from .workflow import contribute
@@ -127,7 +127,7 @@ def _contribute(work: str, remote: str, base_name: str, splits: dict, settings: 
                                output=adapter, rank=settings.rank, alpha=2.0 * settings.rank,
                                steps=settings.steps, batch_size=settings.batch_size,
                                max_length=settings.max_length, lr=settings.lr,
-                               threads=settings.threads, seed=0), progress=not quiet)
+                               threads=settings.threads, seed=0), progress=progress)
     done = contribute(clone, adapter, f"{domain}-lora", _MESSAGES[domain], author=author,
                       domain=domain, remote="origin")
     m = result.metrics
@@ -136,10 +136,30 @@ def _contribute(work: str, remote: str, base_name: str, splits: dict, settings: 
          f"({time.perf_counter() - start:.0f} s)")
 
 
+def _pull_release(work: str) -> dict:
+    """``git pull`` of v2 into alice's clone of v1: what travels (objects and stored bytes)."""
+    from .git.repo import find_repo
+
+    repo = find_repo(os.path.join(work, "alice"))
+    store = repo.store()
+    before = store.stats()
+    repo.git("pull", "-q", "--ff-only", "origin", "main")
+    after = store.stats()
+    model = sum(os.path.getsize(os.path.join(repo.root, "model", f))
+                for f in os.listdir(os.path.join(repo.root, "model")) if f.endswith(".safetensors"))
+    return {"objects": after.objects - before.objects,
+            "stored_bytes": after.stored_bytes - before.stored_bytes, "model_bytes": model}
+
+
 def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False,
-             quiet: bool = False) -> dict:
-    """Run the loop; returns the figures (table values, kept gains, wall time, peak memory)."""
+             progress: bool | None = None) -> dict:
+    """Run the loop; returns the figures (table values, kept gains, wall time, peak memory).
+
+    Args:
+        progress: progress bars for training (None: when stderr is a terminal).
+    """
     from .demo_data import write_domain_splits
+    from .errors import UsageError
     from .eval import load_suites
     from .git import setup
     from .workflow import Project, create_project, release, review
@@ -151,6 +171,10 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
     os.makedirs(work, exist_ok=True)
     saved_env = dict(os.environ)
     try:
+        if not quick:  # before _git_env: the model cache lives under the user's real HOME
+            from .smollm2 import HUB_ID, prepare_smollm2
+
+            smollm2 = prepare_smollm2(progress=progress)
         _git_env(work)
         _say(f"modelgit demo ({'quick: a tiny model' if quick else 'SmolLM2-135M'}) in {work}")
         splits = write_domain_splits(os.path.join(work, "private", "data"), settings.train,
@@ -158,9 +182,7 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
         if quick:
             base, hub_id = _tiny_base(os.path.join(work, "tiny-base"), splits), None
         else:
-            from .smollm2 import HUB_ID, prepare_smollm2
-
-            base, hub_id = prepare_smollm2(), HUB_ID
+            base, hub_id = smollm2, HUB_ID
         suites_file = os.path.join(work, "private", "suites.yaml")
         _write_suites(suites_file, splits, settings)
         suites = load_suites(suites_file)
@@ -174,18 +196,25 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
              f"({time.perf_counter() - started:.0f} s)")
         _say("2. contributors clone, train on their own domain, contribute:")
         for who, author, domain in CONTRIBUTORS:
-            _contribute(work, remote, base, splits, settings, who, author, domain, quiet)
+            _contribute(work, remote, base, splits, settings, who, author, domain, progress)
         _say("3. maintainer: blind review on held-out data (kept outside the repository)")
         report = review(repo, suites, remote="origin", progress=False,
                         on_blind=lambda r: _say(format_blind_report(r)))
         _say(format_revealed(report))
         repo.git("push", "-q", "origin", "main")
+        if not any(e.decision == "accept" for e in report.entries):
+            raise UsageError("the policy accepted no contribution, so there is nothing to release: "
+                             f"see the review above (work directory: {work})")
         _say(f"4. maintainer: release v2 (TIES{', weights searched on validation data' if settings.search_budget else ''})")
         done = release(repo, suites, method="ties", search=bool(settings.search_budget),
                        search_budget=max(settings.search_budget, 1), push="origin")
+        pulled = _pull_release(work)
         consumer = setup.clone(remote, os.path.join(work, "consumer"), branch="v2")
         card = os.path.join(consumer.root, "model", "README.md")
-        _say(f"5. consumer: cloned v2; model card {card} ({os.path.getsize(card)} bytes)")
+        _say(f"5. alice pulls v2 into her v1 clone: {pulled['objects']} objects, "
+             f"{pulled['stored_bytes'] / 2**20:.1f} MiB of a {pulled['model_bytes'] / 2**20:.0f} MiB "
+             f"model travel (only the changed tensors); a new consumer clones v2 with its model "
+             f"card ({os.path.getsize(card)} bytes)")
         record = done.record
         base_scores = {r["suite"]: r["base_value"] for r in record["results"]}
         release_scores = {r["suite"]: r["value"] for r in record["results"]}
@@ -197,7 +226,8 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
             kept[c["name"]] = c["review"].get("kept_gain")
         figures = {"base": base_scores, "adapters": adapters, "release": release_scores,
                    "kept_gain": kept, "accepted": [c["name"] for c in record["contributions"]],
-                   "parameters": record["parameters"], "seconds": time.perf_counter() - started,
+                   "parameters": record["parameters"], "pull_v1_to_v2": pulled,
+                   "seconds": time.perf_counter() - started,
                    "peak_rss_mb": _peak_mb(), "workdir": work}
         _say("\nper-domain perplexity on held-out data (lower is better)")
         _say(format_table(base_scores, adapters, release_scores, kept))

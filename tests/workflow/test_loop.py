@@ -106,3 +106,20 @@ def test_rebase_with_retraining(hub, contributor, domain_data, suites, tmp_path)
     config = json.loads(open(tmp_path / "re" / "training_config.json").read())
     assert config["config"]["init_adapter"] and config["resolved"]["rebased_from"]
     assert config["resolved"]["base_fingerprint"] == fingerprint_rev(repo, "v2", "model")
+
+
+def test_release_searches_scale_density_and_weights_on_validation_data(hub, contributor, domain_data,
+                                                                       suites, tmp_path):
+    repo, _ = hub
+    _contribute_all(contributor, domain_data, tmp_path, ("animals", "cooking"))
+    review(repo, suites, remote="origin")
+    done = release(repo, suites, search=True, search_budget=4)
+    search = done.record["search"]
+    assert 1 < len(search["trials"]) <= 4
+    assert set(search["best"]["params"]) == {"lambda", "density", "weight:animals-lora",
+                                             "weight:cooking-lora"}
+    assert search["best"]["score"] == max(t["score"] for t in search["trials"])
+    for key, value in search["best"]["params"].items():  # the release used the best settings
+        assert done.record["parameters"][key] == value
+    recipe = done.record["recipe"]
+    assert "validation" not in recipe and "animals-lora" in recipe

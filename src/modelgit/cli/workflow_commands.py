@@ -163,7 +163,7 @@ def cmd_demo(args) -> int:
         return store_demo(workdir=args.workdir, keep=args.keep)
     from ..demo import run_demo
 
-    figures = run_demo(quick=args.quick, workdir=args.workdir, keep=args.keep)
+    figures = run_demo(quick=args.quick, workdir=args.workdir, keep=args.keep, progress=args.progress)
     if args.json:
         print(json.dumps(figures, indent=2, sort_keys=True), file=sys.stdout)
     return 0

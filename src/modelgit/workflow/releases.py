@@ -39,6 +39,7 @@ DEFAULT_PARAMETERS = {"ties": {"density": 0.5}, "dare_ties": {"density": 0.5},
 #: the search's grid: lambda (scale of the merged update) and density
 LAMBDAS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 DENSITIES = (0.2, 0.35, 0.5, 0.7, 0.9)
+WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0)
 
 
 @dataclass
@@ -79,11 +80,18 @@ def next_tag(repo: GitRepo) -> str:
 
 
 def build_recipe(project: Project, names: list[str], method: str, parameters: dict) -> dict:
-    """A mergekit-schema recipe merging ``names``' adapters into the base (repo-relative paths)."""
-    per_model = {k: v for k, v in parameters.items() if k in ("weight", "density", "gamma", "epsilon")}
-    global_params = {k: v for k, v in parameters.items() if k not in per_model}
+    """A mergekit-schema recipe merging ``names``' adapters into the base (repo-relative paths).
+
+    ``parameters``: the method's options (``lambda``, ``normalize``...), per-model defaults
+    (``weight``, ``density``, ``gamma``, ``epsilon``) and per-contribution weights
+    (``weight:<name>``).
+    """
+    per_model = {k: v for k, v in parameters.items() if k in ("density", "gamma", "epsilon")}
+    global_params = {k: v for k, v in parameters.items()
+                     if k not in per_model and k != "weight" and not k.startswith("weight:")}
     models = [{"model": f"{project.model}+{project.contributions}/{n}",
-               "parameters": {"weight": 1.0, **per_model}} for n in names]
+               "parameters": {"weight": parameters.get(f"weight:{n}", parameters.get("weight", 1.0)),
+                              **per_model}} for n in names]
     recipe = {"merge_method": method, "base_model": project.model, "models": models}
     if global_params:
         recipe["parameters"] = global_params
@@ -115,9 +123,10 @@ def _objective(base: list[dict], results: list[dict]) -> float:
 
 def search_recipe(repo: GitRepo, project: Project, names: list[str], method: str, parameters: dict,
                   suites, budget: int, work: str, progress=None) -> dict:
-    """Coordinate search over ``lambda`` and ``density`` on the suites' validation data:
-    start at the given settings, try the neighbours on each axis, move to the best, stop when
-    nothing improves or ``budget`` merges were evaluated. Returns the search record."""
+    """Coordinate search over ``lambda``, ``density`` and each contribution's weight on the
+    suites' validation data: start at the given settings, try the neighbours on each axis in
+    turn, move to the best, stop when nothing improves or ``budget`` merges were evaluated.
+    Returns the search record (every trial, the best)."""
     from ..eval import evaluate_suites
 
     valid = _validation_suites(suites)
@@ -126,8 +135,10 @@ def search_recipe(repo: GitRepo, project: Project, names: list[str], method: str
     axes = {"lambda": list(LAMBDAS)}
     if "density" in parameters:
         axes["density"] = list(DENSITIES)
-    point = {"lambda": parameters.get("lambda", 1.0), **({"density": parameters["density"]}
-                                                          if "density" in parameters else {})}
+    if len(names) > 1:  # one model's weight only scales what lambda scales
+        axes.update({f"weight:{n}": list(WEIGHTS) for n in names})
+    point = {key: parameters.get(key, parameters.get("weight", 1.0) if key.startswith("weight:")
+                                 else 1.0) for key in axes}
     for key, grid in axes.items():
         if point[key] not in grid:
             grid.append(point[key])
