@@ -209,6 +209,29 @@ def _kept(contributions: list[dict], results: list[dict]) -> None:
             c["review"]["kept_gain"] = now / own if own else None
 
 
+def _release_record(repo, project, tag, accepted, method, params, recipe, search_record,
+                    base_results, results) -> dict:
+    """The release record: ``releases/<tag>.json`` and the model card's input."""
+    contributions = [_contribution_entry(r) for r in accepted]
+    _kept(contributions, results)
+    return {"release_version": 1, "name": project.name, "tag": tag,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": repo.rev_parse("HEAD"), "base_model": project.base_model,
+            "task": project.task, "license": project.license,
+            "language": list(project.language) if project.language else None,
+            "method": method, "parameters": params,
+            "recipe": yaml.safe_dump(recipe, sort_keys=False), "search": search_record,
+            "contributions": contributions,
+            "results": [{"suite": r["suite"], "task": r["task"], "metric": r["metric"],
+                         "value": r["value"], "base_value": b["value"],
+                         "higher_is_better": r["higher_is_better"], "examples": r["examples"],
+                         "data_sha256": r["data"]["sha256"]} for r, b in zip(results, base_results)],
+            "lineage": [{"tag": p.get("tag"), "date": p.get("date"), "commit": p.get("commit"),
+                         "method": p.get("method"),
+                         "contributions": [c["name"] for c in p.get("contributions", [])]}
+                        for p in read_releases(repo)]}
+
+
 def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None = None,
             tag: str | None = None, search: bool = False, search_budget: int = 8,
             message: str | None = None, push: str | None = None,
@@ -239,7 +262,6 @@ def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None
     names = [r["contribution"] for r in accepted]
     params = {**DEFAULT_PARAMETERS.get(method, {}), **(parameters or {})}
     model_dir = os.path.join(repo.root, project.model)
-    previous = read_releases(repo)
     with scratch_dir(repo, "release-") as work:
         search_record = None
         if search:
@@ -251,26 +273,11 @@ def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None
         _merge(repo, recipe, merged, progress)
         base_results = evaluate_suites(model_dir, None, suites, progress)
         results = evaluate_suites(merged, None, suites, progress)
+        record = _release_record(repo, project, tag, accepted, method, params, recipe,
+                                 search_record, base_results, results)
+        card = render_model_card(record)  # before the work tree changes: it may refuse the record
         _install_weights(merged, model_dir)
-    contributions = [_contribution_entry(r) for r in accepted]
-    _kept(contributions, results)
-    record = {"release_version": 1, "name": project.name, "tag": tag,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "commit": repo.rev_parse("HEAD"), "base_model": project.base_model,
-              "task": project.task, "license": project.license,
-              "language": list(project.language) if project.language else None,
-              "method": method, "parameters": params,
-              "recipe": yaml.safe_dump(recipe, sort_keys=False), "search": search_record,
-              "contributions": contributions,
-              "results": [{"suite": r["suite"], "task": r["task"], "metric": r["metric"],
-                           "value": r["value"], "base_value": b["value"],
-                           "higher_is_better": r["higher_is_better"], "examples": r["examples"],
-                           "data_sha256": r["data"]["sha256"]} for r, b in zip(results, base_results)],
-              "lineage": [{"tag": p.get("tag"), "date": p.get("date"), "commit": p.get("commit"),
-                           "method": p.get("method"),
-                           "contributions": [c["name"] for c in p.get("contributions", [])]}
-                          for p in previous]}
-    write_atomic(os.path.join(model_dir, "README.md"), render_model_card(record))
+    write_atomic(os.path.join(model_dir, "README.md"), card)
     os.makedirs(os.path.join(repo.root, RELEASES_DIR), exist_ok=True)
     write_json(os.path.join(repo.root, RELEASES_DIR, f"{tag}.json"), record)
     repo.git("add", "-A", "--", project.model, RELEASES_DIR)
