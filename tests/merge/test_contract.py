@@ -13,6 +13,8 @@ Each registered method needs a row in ``CASES`` (a test fails for a method witho
   and DARE/DELLA at density < 1 (one generator draws the models' masks in order).
 * dtype and shape are kept (float32 in, float32 out; float64 in, float64 out), no NaN or inf on
   random inputs, the inputs are not modified, and two calls give equal results.
+* streaming — a method with a ``stream`` form gives the bits of ``fn`` whatever the block size
+  (blocks of 7 elements, which split every row and every SIMD vector, against whole tensors).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from modelgit.errors import UsageError
 from modelgit.merge.base import METHODS, MergeInputs, register
 import modelgit.merge.methods  # noqa: F401  (registers every method)
+from modelgit.merge.methods import _common
 
 
 def _fishers(shape, n, g):
@@ -158,3 +161,28 @@ def test_missing_base_is_a_usage_error(name):
     inputs = _inputs(name)
     with pytest.raises(UsageError, match="base"):
         METHODS[name].fn(MergeInputs(None, inputs.models, inputs.params, inputs.options, "w"))
+
+
+STREAMED = sorted(n for n in NAMES if METHODS[n].stream is not None)
+
+
+def test_the_large_methods_stream():
+    # the engine's memory bound for these rests on their stream form (see engine.py)
+    assert {"linear", "ties", "dare_ties", "breadcrumbs_ties", "della", "task_arithmetic"} <= set(STREAMED)
+
+
+@pytest.mark.parametrize("shape", [(33, 29), (7,), (), (0, 3)])
+@pytest.mark.parametrize("name", STREAMED)
+def test_stream_gives_the_bits_of_fn_in_any_block_size(name, shape, monkeypatch):
+    inputs = _inputs(name, shape)
+    try:
+        whole = METHODS[name].fn(inputs)
+    except RuntimeError:
+        assert shape == (0, 3)  # DELLA ranks rows: an empty tensor has none
+        return
+    monkeypatch.setattr(_common, "BLOCK", 7)
+    pieces = list(METHODS[name].stream(_common.as_lazy(inputs)))
+    assert all(p.dim() == 1 and p.numel() <= 7 for p in pieces)
+    streamed = torch.cat(pieces)
+    assert streamed.dtype == whole.dtype and streamed.numel() == whole.numel()
+    assert torch.equal(streamed.view(torch.uint8), whole.reshape(-1).view(torch.uint8))  # same bits

@@ -211,3 +211,89 @@ def test_dry_run_reports_architecture_mismatch(three):
     (tmp / "b" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(UsageError, match="different architectures"):
         run_merge(_recipe(tmp, "ties"), str(tmp / "out"), dry_run=True)
+
+
+def _adapters(tmp_path, count=3):
+    """PEFT adapters on the `_model` layout: q_proj of both layers, plus up_proj in the second."""
+    from modelgit.merge.lora import save_adapter
+
+    g = torch.Generator().manual_seed(5)
+    paths = []
+    for i in range(count):
+        modules = {f"model.layers.{j}.self_attn.q_proj": (torch.randn(16, 2, generator=g),
+                                                          torch.randn(2, 16, generator=g)) for j in range(2)}
+        if i == 1:
+            modules["model.layers.0.mlp.up_proj"] = (torch.randn(24, 2, generator=g), torch.randn(2, 16, generator=g))
+        save_adapter(str(tmp_path / f"ad{i}"), modules, 2, 4.0)
+        paths.append(str(tmp_path / f"ad{i}"))
+    return paths
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "task_arithmetic", "della_linear", "linear"])
+def test_adapter_inputs_share_the_base_and_merge_like_separate_inputs(three, method, monkeypatch):
+    """BASE+ADAPTER specs read one base, hashed once; tensors no adapter touches skip the method
+    where that is exact. The output is bit for bit the method on separately loaded inputs."""
+    from modelgit.merge.base import METHODS, MergeInputs
+    from modelgit.merge.engine import _params_for, plan_merge
+    from modelgit.merge.sources import CheckpointSource, open_source
+
+    (_, _, _), tmp = three
+    adapters = _adapters(tmp)
+    base = str(tmp / "base")
+    data = {"merge_method": method, "base_model": base, "dtype": "float32",
+            "models": [{"model": f"{base}+{ad}", "parameters": {"weight": w, "density": 0.5}}
+                       for ad, w in zip(adapters, (0.6, -0.3, 0.5))]}
+    recipe = parse_recipe(data, json.dumps(data))
+    hashed = []
+    original = CheckpointSource._hash
+    monkeypatch.setattr(CheckpointSource, "_hash", lambda self: hashed.append(self.label) or original(self))
+    run_merge(recipe, str(tmp / "out"))
+    assert hashed == [base]
+    out = load_file(tmp / "out" / "model.safetensors")
+    plan = plan_merge(recipe)
+    separate = [open_source(f"{base}+{ad}") for ad in adapters]  # unshared: nothing is skipped
+    plain = open_source(base)
+    for o in plan.outputs:
+        if o.copy_only:
+            continue
+        per_model, options = _params_for(plan, o)
+        inputs = MergeInputs(plain.load(o.name) if METHODS[method].needs_base else None,
+                             [s.load(o.name) for s in separate], per_model, options, o.name)
+        expected = METHODS[method].fn(inputs)
+        assert torch.equal(out[o.name].view(torch.int32), expected.view(torch.int32)), o.name
+    for source in [*separate, plain]:
+        source.close()
+    plan.close()
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "dare_ties", "breadcrumbs_ties"])
+def test_streamed_merges_never_load_a_whole_float_input(three, method, monkeypatch):
+    from modelgit.dtypes import FLOAT_DTYPES
+    from modelgit.merge.sources import CheckpointSource
+
+    (_, _, _), tmp = three
+    original = CheckpointSource.load
+
+    def load(self, name):
+        assert self.tensors()[name].dtype not in FLOAT_DTYPES, f"{name} loaded whole"
+        return original(self, name)
+
+    monkeypatch.setattr(CheckpointSource, "load", load)
+    run_merge(_recipe(tmp, method), str(tmp / "out"))
+    assert load_file(tmp / "out" / "model.safetensors")["model.step"].item() == 7
+
+
+def test_writer_checks_the_parts_of_a_tensor(tmp_path):
+    from modelgit.merge.writer import PlannedTensor, ShardedWriter
+
+    planned = [PlannedTensor("a", "F32", (4,)), PlannedTensor("b", "F32", (2,))]
+    writer = ShardedWriter(str(tmp_path / "out"), planned, {})
+    writer.write_parts("a", [b"\0" * 4, b"\1" * 12])
+    with pytest.raises(ValueError, match="expected 8 bytes of b, got more"):
+        writer.write_parts("b", [b"\0" * 4, b"\0" * 8])
+    writer.abort()
+    writer = ShardedWriter(str(tmp_path / "out"), [PlannedTensor("a", "F32", (4,))], {})
+    with pytest.raises(ValueError, match="expected 16 bytes of a, got 12"):
+        writer.write_parts("a", [b"\0" * 12])
+    writer.abort()
+    assert not (tmp_path / "out").exists()

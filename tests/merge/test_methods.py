@@ -235,3 +235,119 @@ def test_magnitude_selection_matches_torch_argsort_with_ties():
         got = sparsify(delta, "magnitude", density=density, rescale=False, gamma=0.0, epsilon=0.0,
                        generator=None)
         assert torch.equal(got, expected), density
+
+
+# -- the two-pass family against the whole-tensor algorithm -----------------------------------------
+
+def _whole_sparsify(delta, method, density, rescale, gamma, epsilon, generator):
+    """The former whole-tensor sparsification (one float mask of the task vector's size)."""
+    def rescaled(mask):
+        masked = delta * mask
+        if not rescale:
+            return masked
+        before, after = delta.abs().sum(), masked.abs().sum()
+        return masked if before < 1e-7 or after < 1e-7 else masked * (before / after)
+
+    n = delta.numel()
+    if method == "none" or density >= 1:
+        return delta
+    if method in ("magnitude", "random", "della") and (density <= 0 or n == 0):
+        return torch.zeros_like(delta)
+    mask = torch.zeros(n, dtype=delta.dtype)
+    if method == "magnitude":
+        mask[torch.argsort(delta.abs().reshape(-1), descending=True)[:max(1, int(density * n))]] = 1
+        return rescaled(mask.reshape(delta.shape))
+    if method == "magnitude_outliers":
+        keep, top = int(density * n), int(gamma * n)
+        bottom = max(0, n - keep - top)
+        mask[torch.sort(delta.abs().reshape(-1)).indices[bottom:bottom + keep]] = 1
+        return rescaled(mask.reshape(delta.shape))
+    if method == "random":
+        kept = delta * torch.bernoulli(torch.full_like(delta, density), generator=generator)
+        return kept / density if rescale else kept
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(delta.dtype)
+    norm = ranks / float(rows.shape[1] - 1) if rows.shape[1] > 1 else torch.full_like(ranks, 0.5)
+    probs = (density - epsilon) + norm * (2 * epsilon)
+    return rescaled(torch.bernoulli(probs, generator=generator).reshape(delta.shape))
+
+
+def _whole_task_arithmetic(inputs, family):
+    """The former whole-tensor generalized task arithmetic: every task vector held at once."""
+    dtype = torch.float64 if inputs.base.dtype == torch.float64 else torch.float32
+    b = inputs.base.to(dtype)
+    opts = {**family.options(), **inputs.options}
+    defaults = family.model_params()
+    get = lambda i, key: float(inputs.params[i].get(key, defaults.get(key, 0.0)))  # noqa: E731
+    generator = generator_for(int(opts["seed"]), inputs.name) if family.random else None
+    weights = [get(i, "weight") for i in range(len(inputs.models))]
+    deltas = [_whole_sparsify(m.to(dtype) - b, family.sparsification, get(i, "density"), bool(opts["rescale"]),
+                              get(i, "gamma"), get(i, "epsilon"), generator).mul_(weights[i])
+              for i, m in enumerate(inputs.models)]
+    merged = torch.zeros_like(b)
+    if family.consensus == "none":
+        for delta in deltas:
+            merged.add_(delta)
+        total = float(sum(torch.tensor(weights, dtype=dtype)))
+        divisor = 1.0 if abs(total) < 1e-8 else total
+    else:
+        votes = torch.zeros_like(b)
+        for delta in deltas:
+            votes.add_(delta if family.consensus == "sum" else delta.sign())
+        elected = torch.where(votes >= 0, 1.0, -1.0).to(dtype)
+        divisor = torch.zeros_like(b)
+        for delta, weight in zip(deltas, weights):
+            agree = delta.sign() == elected
+            merged.add_(torch.where(agree, delta, 0.0))
+            divisor.add_(agree.to(dtype), alpha=weight)
+        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    if opts["normalize"]:
+        merged = merged / divisor
+    return b + merged * float(opts["lambda"]) if float(opts["lambda"]) != 1.0 else b + merged
+
+
+FAMILY_SETTINGS = [("ties", "magnitude", "sum"), ("dare_ties", "random", "sum"),
+                   ("breadcrumbs_ties", "magnitude_outliers", "sum"), ("della", "della", "sum"),
+                   ("della_linear", "della", "none"), ("breadcrumbs", "magnitude_outliers", "none"),
+                   ("count", "magnitude", "count"), ("task_arithmetic", "none", "none")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("quantized", [False, True], ids=["continuous", "ties-everywhere"])
+@pytest.mark.parametrize("rescale", [False, True])
+@pytest.mark.parametrize("setting", FAMILY_SETTINGS, ids=lambda s: s[0])
+def test_family_gives_the_bits_of_the_whole_tensor_algorithm(setting, rescale, quantized, dtype, monkeypatch):
+    from modelgit.merge.methods import _common
+
+    monkeypatch.setattr(_common, "BLOCK", 1000)  # several blocks, none aligned to a row
+    name, sparsification, consensus = setting
+    family = Family(name, sparsification, consensus, True, rescale, "")
+    g = torch.Generator().manual_seed(len(name))
+    base = torch.randn(61, 47, generator=g)
+    models = [base + 0.05 * torch.randn(61, 47, generator=g) for _ in range(3)]
+    if quantized:  # few distinct magnitudes: the top-k threshold splits large groups of ties
+        base, models = (base * 16).round() / 16, [(m * 16).round() / 16 for m in models]
+    base = base.to(dtype)
+    models = [models[0].to(dtype), base, models[1].to(dtype)]  # the second model is the base itself
+    params = [{"weight": 0.6, "density": 0.4, "gamma": 0.05, "epsilon": 0.1},
+              {"weight": -0.3, "density": 0.7, "gamma": 0.1, "epsilon": 0.2},
+              {"weight": 0.2, "density": 0.5}]
+    inputs = MergeInputs(base, models, params, {"lambda": 0.9, "seed": 3}, "layers.0.w")
+    got = generalized_task_arithmetic(inputs, family)
+    expected = _whole_task_arithmetic(inputs, family)
+    assert got.dtype == expected.dtype
+    assert torch.equal(got.reshape(-1).view(torch.uint8), expected.reshape(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 1000, 1003])
+def test_packed_masks_unpack_any_range(count):
+    from modelgit.merge.methods._sparsify import _bits_at, _pack, _unpack
+
+    mask = torch.rand(count, generator=torch.Generator().manual_seed(count)) < 0.3
+    bits = _pack(mask)
+    assert bits.numel() == -(-count // 8)
+    positions = mask.nonzero().reshape(-1)
+    assert torch.equal(_bits_at(positions[torch.randperm(positions.numel())], count), bits)
+    for start, stop in [(0, count), (0, count // 2), (count // 3, count), (count // 2, count // 2 + 5)]:
+        stop = min(stop, count)
+        assert torch.equal(_unpack(bits, start, stop).bool(), mask[start:stop])

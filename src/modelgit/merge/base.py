@@ -14,24 +14,53 @@ calls it once per output tensor with everything already resolved for that tensor
 
 A method never modifies its inputs, computes in float32 (float64 when the inputs are float64),
 and returns a tensor of the models' shape; the engine casts it to the output dtype.
+
+**Streaming.** A method may also register ``stream(inputs: LazyInputs) -> Iterator[Tensor]``:
+the same computation over inputs that are read on demand (:class:`LazyTensor`), yielding the
+flattened result in consecutive 1-D pieces. The engine prefers it, so that it holds a few pieces
+of each input instead of every input whole; ``fn`` and ``stream`` must give the same bits
+(a contract test checks it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Hashable, Iterator, Protocol
 
 import torch
 
 from ..errors import UsageError
 
-__all__ = ["MergeInputs", "MergeMethod", "METHODS", "register", "get_method"]
+__all__ = ["MergeInputs", "LazyTensor", "LazyInputs", "MergeMethod", "METHODS", "register", "get_method"]
 
 
 @dataclass(frozen=True)
 class MergeInputs:
     base: torch.Tensor | None
     models: list[torch.Tensor]
+    params: list[dict[str, float]]
+    options: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+
+class LazyTensor(Protocol):
+    """One input tensor of a streaming merge, read a range of its flattened elements at a time."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    key: Hashable  # equal keys: the same bytes (e.g. the base under an adapter that leaves it alone)
+
+    def flat(self, start: int, stop: int) -> torch.Tensor:
+        """Elements ``[start, stop)`` of the flattened tensor, ``(stop - start,)``; read-only."""
+        ...
+
+
+@dataclass(frozen=True)
+class LazyInputs:
+    """:class:`MergeInputs` whose base and models are :class:`LazyTensor` (read on demand)."""
+
+    base: LazyTensor | None
+    models: list[LazyTensor]
     params: list[dict[str, float]]
     options: dict[str, Any] = field(default_factory=dict)
     name: str = ""
@@ -45,19 +74,25 @@ class MergeMethod:
     paper: str
     model_params: dict[str, float]  # per-model parameters and their defaults
     options: dict[str, Any]  # global options and their defaults
+    stream: Callable[[LazyInputs], Iterator[torch.Tensor]] | None = None  # see the module docstring
 
 
 METHODS: dict[str, MergeMethod] = {}
 
 
 def register(name: str, *, needs_base: bool, paper: str, model_params: dict[str, float] | None = None,
-             options: dict[str, Any] | None = None):
-    """Decorator: register ``fn`` as merge method ``name``. A duplicate name raises ValueError."""
+             options: dict[str, Any] | None = None,
+             stream: Callable[[LazyInputs], Iterator[torch.Tensor]] | None = None):
+    """Decorator: register ``fn`` (and its streaming form, if any) as merge method ``name``.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
     def wrap(fn):
         if name in METHODS:
             raise ValueError(f"merge method {name!r} is already registered")
         METHODS[name] = MergeMethod(name, fn, needs_base, paper, dict(model_params or {}),
-                                    dict(options or {}))
+                                    dict(options or {}), stream)
         return fn
     return wrap
 

@@ -1,11 +1,16 @@
 """The streaming merge engine: one output tensor at a time, written as it goes.
 
-For each output tensor the engine loads that tensor from every input (lazily, from mmapped
-files or the tensor store), resolves the recipe's parameters for it (gradients, filters), calls
-the method, casts to the output dtype and appends it to the output shard. Peak memory is a
-multiple of the largest tensor, never the model size: ~7x for linear, ~14x for TIES (its argsort
-and per-model task vectors; see benchmarks/README.md). Output bytes depend only
+For each output tensor the engine resolves the recipe's parameters for it (gradients, filters)
+and runs the method. Methods with a streaming form (linear, the task-arithmetic family) read
+their inputs in blocks (straight from the mapped files, or from the tensor store) and the
+result is cast to the output dtype and appended to the output shard block by block; the others
+get every input tensor whole. Peak memory is a multiple of the largest tensor E, never the
+model size: linear holds a few blocks; TIES and its family 5E while sorting one task vector
+(see task_arithmetic); the whole-tensor methods (inputs + a few) x E. Output bytes depend only
 on the recipe and the input bytes: random methods are seeded per tensor.
+
+Every input spec is opened once, and ``BASE+ADAPTER`` specs share their base: it is read and
+hashed once, and the tensors an adapter leaves alone are known to be the base's.
 
 Every output records its provenance: the recipe text and a content id per input, in the
 safetensors ``__metadata__`` and in ``modelgit_merge.json`` next to the weights.
@@ -17,6 +22,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
@@ -24,10 +30,10 @@ from .. import __version__
 from ..dtypes import DTYPES, FLOAT_DTYPES
 from ..errors import ModelgitError, UsageError
 from ..progress import progress_bar
-from .base import MergeInputs, get_method
+from .base import LazyInputs, MergeInputs, get_method
 from .lora import low_rank, save_adapter
 from .recipe import Recipe, layer_position, resolve_value
-from .sources import Source, open_source
+from .sources import Source, lazy_tensor, open_source
 from .writer import DEFAULT_SHARD_BYTES, PlannedTensor, ShardedWriter
 
 __all__ = ["MergePlan", "plan_merge", "run_merge", "MergeResult"]
@@ -56,11 +62,12 @@ class MergePlan:
     problems: list[str] = field(default_factory=list)
     num_layers: int = 0
     fisher_sources: dict = field(default_factory=dict)
+    opened: dict = field(default_factory=dict)  # every source opened, by spec (open_source's)
 
     def close(self) -> None:
-        for source in [*self.sources, *self.fisher_sources.values()]:
-            if source is not None:
-                source.close()
+        everything = [*self.sources, *self.opened.values(), *self.fisher_sources.values()]
+        for source in {id(s): s for s in everything if s is not None}.values():
+            source.close()
 
 
 @dataclass
@@ -106,7 +113,7 @@ def plan_merge(recipe: Recipe) -> MergePlan:
     plan = MergePlan(recipe, [], specs)
     for spec in specs:
         try:
-            plan.sources.append(open_source(spec))
+            plan.sources.append(open_source(spec, plan.opened))
         except ModelgitError as exc:
             plan.problems.append(f"input {spec}: {exc}")
             plan.sources.append(None)
@@ -238,20 +245,39 @@ def _fisher_tensor(plan: MergePlan, params: dict, name: str) -> torch.Tensor:
     return source.load(name)
 
 
-def _compute(plan: MergePlan, out: OutputTensor) -> torch.Tensor:
+def _merged_pieces(plan: MergePlan, out: OutputTensor) -> Iterator[torch.Tensor]:
+    """Output tensor ``out``, flattened, in consecutive 1-D pieces (before the output cast).
+
+    Raises:
+        ModelgitError: the merge produced NaN or inf.
+    """
     method = get_method(plan.recipe.merge_method)
-    models = [plan.sources[i].load(name) for i, name, _ in out.models]
     if out.copy_only:
-        return models[0] if models else plan.sources[out.base[0]].load(out.base[1])
-    base = plan.sources[out.base[0]].load(out.base[1]) if out.base else None
+        index, name = out.models[0][:2] if out.models else out.base
+        yield plan.sources[index].load(name).reshape(-1)
+        return
     per_model, options = _params_for(plan, out)
-    if method.name == "fisher":
-        options["fisher"] = [_fisher_tensor(plan, params, out.name) for _i, _n, params in out.models]
-    merged = method.fn(MergeInputs(base, models, per_model, options, out.name))
-    if not torch.isfinite(merged).all():
-        raise ModelgitError(f"{out.name}: the {method.name} merge produced NaN or inf; check the "
-                            "weights (a zero sum of weights with normalize?)")
-    return merged
+    if method.stream is not None:
+        base = lazy_tensor(plan.sources[out.base[0]], out.base[1]) if out.base else None
+        models = [lazy_tensor(plan.sources[i], name) for i, name, _ in out.models]
+        pieces = method.stream(LazyInputs(base, models, per_model, options, out.name))
+    else:
+        models = [plan.sources[i].load(name) for i, name, _ in out.models]
+        base = plan.sources[out.base[0]].load(out.base[1]) if out.base else None
+        if method.name == "fisher":
+            options["fisher"] = [_fisher_tensor(plan, params, out.name) for _i, _n, params in out.models]
+        pieces = [method.fn(MergeInputs(base, models, per_model, options, out.name)).reshape(-1)]
+        del models, base
+    for piece in pieces:
+        if not torch.isfinite(piece).all():
+            raise ModelgitError(f"{out.name}: the {method.name} merge produced NaN or inf; check the "
+                                "weights (a zero sum of weights with normalize?)")
+        yield piece
+
+
+def _compute(plan: MergePlan, out: OutputTensor) -> torch.Tensor:
+    """Output tensor ``out`` whole, in the method's working dtype."""
+    return torch.cat(list(_merged_pieces(plan, out))).reshape(out.shape)
 
 
 def _provenance(plan: MergePlan) -> dict:
@@ -308,13 +334,7 @@ def run_merge(recipe: Recipe, out: str, dry_run: bool = False, progress: bool | 
         try:
             with progress_bar(total, f"merge ({recipe.merge_method})", progress) as bar:
                 for o in plan.outputs:
-                    target = getattr(torch, DTYPES[o.dtype].torch_name)
-                    merged = _compute(plan, o).to(target).contiguous().reshape(-1)
-                    # a uint8 view of the tensor's own memory: no copy to bytes (1x the tensor)
-                    data = merged.view(torch.uint8).numpy() if merged.numel() else b""
-                    writer.write(o.name, data)
-                    bar.update(len(data))
-                    del merged, data
+                    writer.write_parts(o.name, _output_bytes(plan, o, bar))
             writer.finish()
         except BaseException:
             writer.abort()
@@ -322,6 +342,17 @@ def run_merge(recipe: Recipe, out: str, dry_run: bool = False, progress: bool | 
         return MergeResult(out, len(planned), total, list(recipe.warnings))
     finally:
         plan.close()
+
+
+def _output_bytes(plan: MergePlan, out: OutputTensor, bar) -> Iterator:
+    """The bytes of output tensor ``out`` in its output dtype, a piece at a time."""
+    target = getattr(torch, DTYPES[out.dtype].torch_name)
+    for piece in _merged_pieces(plan, out):
+        piece = piece.to(target).contiguous()
+        # a uint8 view of the piece's own memory: no copy to bytes
+        data = piece.view(torch.uint8).numpy() if piece.numel() else b""
+        yield data
+        bar.update(len(data))
 
 
 def _run_to_adapter(plan: MergePlan, out: str, rank: int, progress) -> MergeResult:

@@ -1,7 +1,9 @@
 """Where the tensors of a merge come from: checkpoints, revisions of a repository, PEFT adapters.
 
-A source is lazy: it lists its tensors (name, dtype, shape) without reading them and loads one
-tensor at a time, so that the engine holds at most one tensor per input in memory.
+A source is lazy: it lists its tensors (name, dtype, shape) without reading them, and loads one
+tensor at a time (``load``) or hands out a :class:`~modelgit.merge.base.LazyTensor` that reads a
+range of a tensor's elements at a time (``open_tensor``: straight from the mapped file for
+safetensors, so a streamed merge holds blocks of its inputs, not whole tensors).
 
 Specs understood by :func:`open_source`:
 
@@ -11,6 +13,10 @@ Specs understood by :func:`open_source`:
   repository we are in, read from the tensor store (nothing is checked out);
 * ``BASE+ADAPTER`` — a base model with a PEFT LoRA adapter applied (``W + scale · B A``), the
   mergekit spelling; ``ADAPTER`` alone, when its adapter_config.json names a local base.
+
+Opened with a shared ``opened`` dict, every spec is opened once: ``BASE+A1``, ``BASE+A2`` and
+``BASE`` itself then read (and hash) one base source, and a tensor that an adapter leaves alone
+is the base's own tensor (same :attr:`~modelgit.merge.base.LazyTensor.key`).
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ from typing import Protocol
 
 import torch
 
+from ..dtypes import DTYPES
 from ..errors import FormatError, UsageError
 from ..formats import detect_format
 from ..tensor_math import to_torch
+from .base import LazyTensor
 
-__all__ = ["Source", "TensorInfo", "open_source", "CheckpointSource", "StoreSource"]
+__all__ = ["Source", "TensorInfo", "open_source", "lazy_tensor", "CheckpointSource", "StoreSource",
+           "AdapterSource"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,54 @@ class Source(Protocol):
     def load(self, name: str) -> torch.Tensor: ...
     def identity(self) -> str: ...
     def close(self) -> None: ...
+    # optional: def open_tensor(self, name: str) -> LazyTensor (see lazy_tensor)
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    return getattr(torch, DTYPES[dtype].torch_name)
+
+
+class WholeTensor:
+    """A LazyTensor over ``load()``: loaded whole at the first read, kept until dropped."""
+
+    def __init__(self, load, info: TensorInfo, key):
+        self.shape, self.dtype, self.key = tuple(info.shape), _torch_dtype(info.dtype), key
+        self._load = load
+        self._flat = None
+
+    def flat(self, start: int, stop: int) -> torch.Tensor:
+        if self._flat is None:
+            self._flat = self._load().reshape(-1)  # (numel,)
+        return self._flat[start:stop]
+
+
+class MappedTensor:
+    """A LazyTensor over a memory-mapped file: each range is copied out and its pages dropped."""
+
+    def __init__(self, reader, name: str, info: TensorInfo, key):
+        self.shape, self.dtype, self.key = tuple(info.shape), _torch_dtype(info.dtype), key
+        self._reader, self._name, self._info = reader, name, info
+        self._itemsize = DTYPES[info.dtype].itemsize
+        self._last = (0, 0)  # byte range of the previous read
+
+    def flat(self, start: int, stop: int) -> torch.Tensor:
+        begin, end = start * self._itemsize, stop * self._itemsize
+        data = self._reader.data(self._name)
+        piece = to_torch(data[begin:end], self._info.dtype, (stop - start,))  # a copy
+        # release drops the whole pages inside a range: reading on from the previous range, drop
+        # from its start, so the page the two share does not stay mapped (one per block)
+        low = self._last[0] if self._last[1] == begin else begin
+        self._reader.release(self._name, low, end)
+        self._last = (begin, end)
+        return piece
+
+
+def lazy_tensor(source: Source, name: str) -> LazyTensor:
+    """Tensor ``name`` of ``source``, read on demand (whole, for a source without ``open_tensor``)."""
+    opener = getattr(source, "open_tensor", None)
+    if opener is not None:
+        return opener(name)
+    return WholeTensor(lambda: source.load(name), source.tensors()[name], (source, name))
 
 
 class CheckpointSource:
@@ -67,9 +124,16 @@ class CheckpointSource:
         if not self._infos:
             raise UsageError(f"{path}: no tensors found (expected a safetensors/torch/npz file or a "
                              "directory holding them)")
+        self._identity: str | None = None
 
     def tensors(self) -> dict[str, TensorInfo]:
         return dict(self._infos)
+
+    def open_tensor(self, name: str) -> LazyTensor:
+        reader, info = self._where[name], self._infos[name]
+        if hasattr(reader, "release"):  # memory-mapped: ranges cost only what they copy
+            return MappedTensor(reader, name, info, (self, name))
+        return WholeTensor(lambda: self.load(name), info, (self, name))
 
     def load(self, name: str) -> torch.Tensor:
         info = self._infos[name]
@@ -83,6 +147,11 @@ class CheckpointSource:
 
     def identity(self) -> str:
         """Content id of the checkpoint: a hash over every tensor's object id (blake3)."""
+        if self._identity is None:
+            self._identity = self._hash()
+        return self._identity
+
+    def _hash(self) -> str:
         from ..store.ids import object_id
 
         import blake3
@@ -123,6 +192,10 @@ class StoreSource:
         raw = b"".join(self._store.get(oid) for oid in record.chunks)
         return to_torch(raw, record.dtype, record.shape)
 
+    def open_tensor(self, name: str) -> LazyTensor:
+        record = self._records[name]
+        return WholeTensor(lambda: self.load(name), TensorInfo(record.dtype, record.shape), (self, name))
+
     def identity(self) -> str:
         import blake3
 
@@ -133,14 +206,20 @@ class StoreSource:
 
 
 class AdapterSource:
-    """A base source with a PEFT LoRA adapter merged in on the fly (see ``adapters`` module)."""
+    """A base source with a PEFT LoRA adapter merged in on the fly (see the ``lora`` module).
 
-    def __init__(self, base: Source, adapter_dir: str):
+    With ``owns_base`` false the base is shared (see :func:`open_source`) and ``close`` leaves it
+    open for its owner to close.
+    """
+
+    def __init__(self, base: Source, adapter_dir: str, owns_base: bool = True):
         from .lora import load_adapter
 
         self.label = f"{base.label}+{adapter_dir}"
         self._base = base
+        self._owns_base = owns_base
         self._adapter = load_adapter(adapter_dir, base.tensors())
+        self._changed = {*self._adapter.targets(), *self._adapter.saved}
 
     def tensors(self) -> dict[str, TensorInfo]:
         return self._base.tensors()
@@ -148,13 +227,19 @@ class AdapterSource:
     def load(self, name: str) -> torch.Tensor:
         return self._adapter.apply(name, self._base.load(name))
 
+    def open_tensor(self, name: str) -> LazyTensor:
+        if name not in self._changed:  # the base's own tensor, and its key: see open_source
+            return lazy_tensor(self._base, name)
+        return WholeTensor(lambda: self.load(name), self._base.tensors()[name], (self, name))
+
     def identity(self) -> str:
         import blake3
 
         return blake3.blake3(f"{self._base.identity()}+{self._adapter.identity()}".encode()).hexdigest()
 
     def close(self) -> None:
-        self._base.close()
+        if self._owns_base:
+            self._base.close()
 
 
 def _revision_source(spec: str) -> Source:
@@ -182,21 +267,37 @@ def _revision_source(spec: str) -> Source:
     return StoreSource(store, merged, spec)
 
 
-def open_source(spec: str) -> Source:
+def open_source(spec: str, opened: dict[str, Source] | None = None) -> Source:
     """Open a merge input (see the module docstring for the accepted specs).
+
+    Args:
+        spec: the input.
+        opened: sources already opened, by spec: a spec (or the base of a ``BASE+ADAPTER`` spec)
+            found there is reused, and every newly opened source is added. The caller then
+            closes each source of ``opened`` once; adapters opened this way leave their base open.
 
     Raises:
         UsageError: the spec names nothing that exists.
     """
+    if opened is None:
+        return _open(spec, None)
+    key = os.path.realpath(spec) if os.path.exists(spec) else spec
+    if key not in opened:
+        opened[key] = _open(spec, opened)
+    return opened[key]
+
+
+def _open(spec: str, opened: dict[str, Source] | None) -> Source:
+    owns_base = opened is None
     if "+" in spec and not os.path.exists(spec):
         base_spec, adapter = spec.rsplit("+", 1)
-        return AdapterSource(open_source(base_spec), adapter)
+        return AdapterSource(open_source(base_spec, opened), adapter, owns_base)
     if os.path.exists(spec):
         if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "adapter_config.json")):
             with open(os.path.join(spec, "adapter_config.json")) as handle:
                 base = json.load(handle).get("base_model_name_or_path")
             if base and os.path.exists(base):
-                return AdapterSource(open_source(base), spec)
+                return AdapterSource(open_source(base, opened), spec, owns_base)
             raise UsageError(f"{spec} is a PEFT adapter; name its base as BASE+{spec} "
                              f"(its config says {base!r}, which is not a local path)")
         return CheckpointSource(spec)

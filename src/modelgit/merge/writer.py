@@ -96,9 +96,29 @@ class ShardedWriter:
         if name != planned.name or len(data) != planned.nbytes:
             raise ValueError(f"writer expected {planned.name} ({planned.nbytes} bytes), got {name} "
                              f"({len(data)} bytes)")
+        self.write_parts(name, [data])
+
+    def write_parts(self, name: str, parts) -> None:
+        """Append the next tensor (in plan order) from consecutive pieces of its raw bytes.
+
+        Raises:
+            ValueError: another tensor was due, or the pieces do not add up to its size (the
+                shard is then incomplete: ``abort``).
+        """
+        index, planned = self._order[self._next]
+        if name != planned.name:
+            raise ValueError(f"writer expected {planned.name}, got {name}")
         if index != self._shard:
             self._open_shard(index)
-        self._handle.write(data)
+        written = 0
+        for data in parts:
+            written += len(data)
+            if written > planned.nbytes:
+                break
+            self._handle.write(data)
+        if written != planned.nbytes:
+            raise ValueError(f"writer expected {planned.nbytes} bytes of {planned.name}, got "
+                             f"{'more' if written > planned.nbytes else written}")
         self._next += 1
 
     def finish(self) -> str:

@@ -1,17 +1,24 @@
-"""Helpers shared by the merge methods: working dtype, stacking, parameters, seeding, checks."""
+"""Helpers shared by the merge methods: working dtype, stacking, parameters, seeding, checks,
+and the pieces of streaming (blocks of a flattened tensor, in-memory inputs seen as lazy ones)."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import math
+from typing import Any, Iterable, Iterator
 
 import torch
 
 from ...errors import UsageError
-from ..base import MergeInputs
+from ..base import LazyInputs, MergeInputs
 
 __all__ = ["work_dtype", "stack", "per_model", "option", "generator_for", "require_models",
-           "require_base", "column"]
+           "require_base", "column", "BLOCK", "blocks", "numel", "InMemoryTensor", "as_lazy", "collect"]
+
+# elements per piece of a streamed merge: 4 MB of float32, small next to any large tensor and
+# large enough that the per-piece Python overhead is noise; a multiple of every SIMD width, so
+# the vectorised kernels see the same alignment as on the whole tensor
+BLOCK = 1 << 18
 
 
 def work_dtype(t: torch.Tensor) -> torch.dtype:
@@ -72,3 +79,42 @@ def require_base(method: str, inputs: MergeInputs) -> torch.Tensor:
         raise UsageError(f"{method} needs a base model (tensor {inputs.name!r} has none); "
                          "set base_model in the recipe")
     return inputs.base
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def blocks(count: int, size: int | None = None) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` ranges of ``size`` (default :data:`BLOCK`) covering ``range(count)`` in
+    order; one empty range when ``count`` is 0."""
+    size = size or BLOCK
+    if count == 0:
+        yield 0, 0
+    for start in range(0, count, size):
+        yield start, min(count, start + size)
+
+
+class InMemoryTensor:
+    """A tensor already in memory, seen as a :class:`~modelgit.merge.base.LazyTensor`."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.shape = tuple(tensor.shape)
+        self.dtype = tensor.dtype
+        self.key = id(tensor)  # the caller keeps the tensor alive for the whole merge
+        self._flat = tensor.reshape(-1)  # (numel,) a view unless the tensor is not contiguous
+
+    def flat(self, start: int, stop: int) -> torch.Tensor:
+        return self._flat[start:stop]
+
+
+def as_lazy(inputs: MergeInputs) -> LazyInputs:
+    """The same inputs, for a method's ``stream`` form."""
+    base = None if inputs.base is None else InMemoryTensor(inputs.base)
+    return LazyInputs(base, [InMemoryTensor(m) for m in inputs.models], inputs.params, inputs.options,
+                      inputs.name)
+
+
+def collect(pieces: Iterable[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    """The whole tensor of ``shape`` from a stream's consecutive 1-D pieces."""
+    return torch.cat(list(pieces)).reshape(shape)

@@ -2,24 +2,51 @@
 
 Wortsman et al. 2022, "Model soups", https://arxiv.org/abs/2203.05482. Same as mergekit's
 ``linear``: ``sum_i w_i theta_i``, divided by ``sum_i w_i`` when ``normalize`` (the default).
+Streamed block by block: the models are added into one block-sized accumulator as they are
+read, so a merge holds a few blocks, never a whole input.
 """
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from ...errors import UsageError
-from ..base import MergeInputs, register
-from ._common import option, per_model, require_models, work_dtype
+from ..base import LazyInputs, MergeInputs, register
+from ._common import as_lazy, blocks, collect, numel, option, per_model, require_models, work_dtype
 
-__all__ = ["linear"]
+__all__ = ["linear", "stream_linear"]
 
 MODEL_PARAMS = {"weight": 1.0}
 OPTIONS = {"normalize": True}
 
 
+def stream_linear(inputs: LazyInputs) -> Iterator[torch.Tensor]:
+    """:func:`linear` over lazy inputs, yielding the flattened result in consecutive 1-D blocks."""
+    require_models("linear", inputs, 1)
+    first = inputs.models[0]
+    dtype = work_dtype(first)
+    weights = per_model(inputs, "weight", MODEL_PARAMS["weight"])
+    for model in inputs.models:
+        if tuple(model.shape) != tuple(first.shape):
+            raise UsageError(f"linear: tensor {inputs.name!r} has shapes {list(first.shape)} and "
+                             f"{list(model.shape)} in different models")
+    normalize = option(inputs, "normalize", OPTIONS)
+    divisor = float(sum(weights))
+    if normalize and divisor == 0.0:
+        # mergekit divides anyway and writes NaN/inf; a message is more useful.
+        raise UsageError(f"linear: the weights of tensor {inputs.name!r} sum to 0, so they cannot be "
+                         "normalised; change the weights or set normalize: false")
+    for start, stop in blocks(numel(first.shape)):
+        total = torch.zeros(stop - start, dtype=dtype)  # (n,)
+        for model, weight in zip(inputs.models, weights):
+            total.add_(model.flat(start, stop).to(dtype), alpha=float(weight))
+        yield total / divisor if normalize else total
+
+
 @register("linear", needs_base=False, paper="https://arxiv.org/abs/2203.05482",
-          model_params=MODEL_PARAMS, options=OPTIONS)
+          model_params=MODEL_PARAMS, options=OPTIONS, stream=stream_linear)
 def linear(inputs: MergeInputs) -> torch.Tensor:
     """Weighted average of ``inputs.models`` (the base, if any, is not used).
 
@@ -34,20 +61,4 @@ def linear(inputs: MergeInputs) -> torch.Tensor:
         UsageError: no models, shapes differ, or ``normalize`` with weights summing to 0.
     """
     require_models("linear", inputs, 1)
-    dtype = work_dtype(inputs.models[0])
-    weights = per_model(inputs, "weight", MODEL_PARAMS["weight"])
-    # accumulate model by model: one output-sized buffer instead of a (models, *shape) stack
-    total = torch.zeros(inputs.models[0].shape, dtype=dtype)  # (*shape)
-    for model, weight in zip(inputs.models, weights):
-        if model.shape != total.shape:
-            raise UsageError(f"linear: tensor {inputs.name!r} has shapes {list(total.shape)} and "
-                             f"{list(model.shape)} in different models")
-        total.add_(model.to(dtype), alpha=float(weight))
-    if not option(inputs, "normalize", OPTIONS):
-        return total
-    divisor = float(sum(weights))
-    if divisor == 0.0:
-        # mergekit divides anyway and writes NaN/inf; a message is more useful.
-        raise UsageError(f"linear: the weights of tensor {inputs.name!r} sum to 0, so they cannot be "
-                         "normalised; change the weights or set normalize: false")
-    return total / divisor
+    return collect(stream_linear(as_lazy(inputs)), tuple(inputs.models[0].shape))

@@ -26,20 +26,38 @@ Per-model params: ``weight`` (1.0), ``density`` (1.0: nothing dropped unless ask
 mergekit), ``gamma`` (0.01, breadcrumbs), ``epsilon`` (0.15, DELLA). Options: ``normalize``,
 ``rescale``, ``lambda`` (1.0), and ``seed`` (0) for the random ones: the masks come from a generator
 seeded by ``(seed, tensor name)``, so a recipe is reproducible and each tensor gets its own masks.
+
+**Memory.** The merge streams in two passes. First, one model at a time, the whole task vector
+is built and sparsified into a mask (the only step that needs a whole tensor: top-k by a full
+sort, or the generator's draws); only the mask, bit-packed, is kept. Then every entry's result
+depends on that entry alone, so the base and the models are re-read in blocks and weighted,
+voted on, averaged and yielded block by block. The peak is the first pass's sort: the task
+vector (sorted in place), its int64 indices and the int64 ``arange`` torch fills them from,
+5x the tensor in float32 (E), plus E/32 per model for the masks; 6E when the L1 rescale needs
+the magnitudes kept. Every elementwise operation is the one the whole-tensor form did, so the
+bits are the same.
+
+A model whose tensor is the base's own (the same bytes of the same open file, e.g. the base
+under an adapter that does not touch this tensor) has a task vector of exact zeros: it changes
+no vote, no sum and no divisor, so it is not read (its random mask is still drawn, to keep the
+other models' masks).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
 from ...errors import UsageError
-from ..base import MergeInputs, register
-from ._common import generator_for, per_model, require_base, require_models, work_dtype
-from ._sparsify import sparsify
+from ..base import LazyInputs, LazyTensor, MergeInputs, register
+from ._common import (as_lazy, blocks, collect, generator_for, numel, per_model, require_base,
+                      require_models, work_dtype)
+from ._sparsify import Selection, select
 
-__all__ = ["Family", "FAMILY", "generalized_task_arithmetic"]
+__all__ = ["Family", "FAMILY", "generalized_task_arithmetic", "stream_task_arithmetic"]
 
 CONSENSUS = ("none", "sum", "count")
 
@@ -75,12 +93,83 @@ class Family:
         return options
 
 
-def _elected_sign(deltas: list[torch.Tensor], method: str) -> torch.Tensor:
+def _elected_sign(deltas: list[torch.Tensor], method: str, like: torch.Tensor) -> torch.Tensor:
     """The sign each entry votes for (ties to +1), from the weighted task vectors."""
-    votes = torch.zeros_like(deltas[0])  # (*shape)
+    votes = torch.zeros_like(like)  # (n,)
     for delta in deltas:
         votes.add_(delta if method == "sum" else delta.sign())
-    return torch.where(votes >= 0, 1.0, -1.0).to(deltas[0].dtype)
+    return torch.where(votes >= 0, 1.0, -1.0).to(like.dtype)
+
+
+def _task_vector(base: LazyTensor, model: LazyTensor, dtype: torch.dtype) -> torch.Tensor:
+    """``model - base`` in ``dtype``, whole, ``(*shape)``, built block by block."""
+    out = torch.empty(numel(base.shape), dtype=dtype)  # (numel,)
+    for start, stop in blocks(out.numel()):
+        torch.sub(model.flat(start, stop).to(dtype), base.flat(start, stop).to(dtype), out=out[start:stop])
+    return out.reshape(base.shape)
+
+
+def stream_task_arithmetic(inputs: LazyInputs, family: Family) -> Iterator[torch.Tensor]:
+    """:func:`generalized_task_arithmetic` over lazy inputs, yielding the flattened result in
+    consecutive 1-D blocks (two passes, see the module docstring)."""
+    base = require_base(family.name, inputs)
+    require_models(family.name, inputs, 0)
+    dtype = work_dtype(base)
+    count = numel(base.shape)
+    if not inputs.models:
+        for start, stop in blocks(count):
+            yield base.flat(start, stop).to(dtype).clone()
+        return
+    opts = {**family.options(), **inputs.options}
+    defaults = family.model_params()
+    densities = per_model(inputs, "density", defaults.get("density", 1.0))
+    gammas = per_model(inputs, "gamma", defaults.get("gamma", 0.0))
+    epsilons = per_model(inputs, "epsilon", defaults.get("epsilon", 0.0))
+    generator = generator_for(int(opts["seed"]), inputs.name) if family.random else None
+    weights = per_model(inputs, "weight", defaults["weight"])
+    # (a non-finite weight makes even a zero task vector NaN: such a model is read as usual)
+    zero = [m.key == base.key and math.isfinite(w) for m, w in zip(inputs.models, weights)]
+    # pass 1, one model at a time: only a bit-packed mask per model outlives its task vector
+    selections: list[Selection | None] = []
+    for i, m in enumerate(inputs.models):
+        if zero[i] and not family.random:
+            selections.append(None)
+            continue
+        selections.append(select(family.sparsification, base.shape, dtype,
+                                 lambda m=m: _task_vector(base, m, dtype), density=densities[i],
+                                 rescale=bool(opts["rescale"]), gamma=gammas[i], epsilon=epsilons[i],
+                                 generator=generator))
+    used = [i for i in range(len(inputs.models)) if not zero[i]]
+    total = float(sum(torch.tensor(weights, dtype=dtype)))
+    # pass 2, block by block: every operation is elementwise
+    for start, stop in blocks(count):
+        b = base.flat(start, stop).to(dtype)  # (n,)
+        deltas = [selections[i].apply(inputs.models[i].flat(start, stop).to(dtype) - b, start).mul_(weights[i])
+                  for i in used]  # one weighted task vector block per model, never stacked
+        yield b + _combine(deltas, [weights[i] for i in used], family.consensus, total, opts, b)
+
+
+def _combine(deltas: list[torch.Tensor], weights: list[float], consensus: str, total: float, opts: dict,
+             like: torch.Tensor) -> torch.Tensor:
+    """``lambda * merged / divisor`` of one block (module docstring) from its weighted task
+    vectors ``(n,)``; ``total`` is the sum of every model's weight."""
+    merged = torch.zeros_like(like)  # (n,)
+    if consensus == "none":
+        for delta in deltas:
+            merged.add_(delta)
+        divisor = 1.0 if abs(total) < 1e-8 else total
+    else:
+        elected = _elected_sign(deltas, consensus, like)  # (n,) of ±1
+        divisor = torch.zeros_like(like)  # (n,)
+        for delta, weight in zip(deltas, weights):
+            agree = delta.sign() == elected  # zeros never agree
+            merged.add_(torch.where(agree, delta, 0.0))
+            divisor.add_(agree.to(like.dtype), alpha=float(weight))
+        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    if opts["normalize"]:
+        merged = merged / divisor
+    lam = float(opts["lambda"])
+    return merged * lam if lam != 1.0 else merged
 
 
 def generalized_task_arithmetic(inputs: MergeInputs, family: Family) -> torch.Tensor:
@@ -96,48 +185,8 @@ def generalized_task_arithmetic(inputs: MergeInputs, family: Family) -> torch.Te
     Raises:
         UsageError: no base, shapes differ, or sparsification parameters out of range.
     """
-    base = require_base(family.name, inputs)
-    require_models(family.name, inputs, 0)
-    dtype = work_dtype(base)
-    b = base.to(dtype)  # (*shape)
-    if not inputs.models:
-        return b.clone()
-    opts = {**family.options(), **inputs.options}
-    defaults = family.model_params()
-    densities = per_model(inputs, "density", defaults.get("density", 1.0))
-    gammas = per_model(inputs, "gamma", defaults.get("gamma", 0.0))
-    epsilons = per_model(inputs, "epsilon", defaults.get("epsilon", 0.0))
-    generator = generator_for(int(opts["seed"]), inputs.name) if family.random else None
-    weights = per_model(inputs, "weight", defaults["weight"])
-    # one weighted task vector per model, never stacked: a (models, *shape) stack and its
-    # temporaries cost ~5x the memory of these few output-sized buffers
-    deltas = []
-    for i, m in enumerate(inputs.models):
-        delta = sparsify(m.to(dtype) - b, family.sparsification, density=densities[i],
-                         rescale=bool(opts["rescale"]), gamma=gammas[i], epsilon=epsilons[i],
-                         generator=generator)  # (*shape)
-        deltas.append(delta.mul_(weights[i]))
-    merged = torch.zeros_like(b)  # (*shape)
-    if family.consensus == "none":
-        for delta in deltas:
-            merged.add_(delta)
-        total = float(sum(torch.tensor(weights, dtype=dtype)))
-        divisor = 1.0 if abs(total) < 1e-8 else total
-    else:
-        elected = _elected_sign(deltas, family.consensus)  # (*shape) of ±1
-        divisor = torch.zeros_like(b)  # (*shape)
-        for delta, weight in zip(deltas, weights):
-            agree = delta.sign() == elected  # zeros never agree
-            merged.add_(torch.where(agree, delta, 0.0))
-            divisor.add_(agree.to(dtype), alpha=float(weight))
-        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-    del deltas
-    if opts["normalize"]:
-        merged = merged / divisor
-    lam = float(opts["lambda"])
-    if lam != 1.0:
-        merged = merged * lam
-    return b + merged
+    require_base(family.name, inputs)
+    return collect(stream_task_arithmetic(as_lazy(inputs), family), tuple(inputs.base.shape))
 
 
 _ARXIV = "https://arxiv.org/abs/"
@@ -160,11 +209,14 @@ def _register(family: Family) -> None:
     def merge(inputs: MergeInputs) -> torch.Tensor:
         return generalized_task_arithmetic(inputs, family)
 
+    def stream(inputs: LazyInputs) -> Iterator[torch.Tensor]:
+        return stream_task_arithmetic(inputs, family)
+
     merge.__name__ = merge.__qualname__ = family.name
     merge.__doc__ = (f"{family.name}: generalized task arithmetic with sparsification "
                      f"{family.sparsification!r} and consensus {family.consensus!r} (module docstring).")
     register(family.name, needs_base=True, paper=family.paper, model_params=family.model_params(),
-             options=family.options())(merge)
+             options=family.options(), stream=stream)(merge)
 
 
 for _family in FAMILY:
