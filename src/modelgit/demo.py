@@ -197,7 +197,8 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
         _say("2. contributors clone, train on their own domain, contribute:")
         for who, author, domain in CONTRIBUTORS:
             _contribute(work, remote, base, splits, settings, who, author, domain, progress)
-        _say("3. maintainer: blind review on held-out data (kept outside the repository)")
+        _say(f"3. maintainer: blind review on held-out data (kept outside the repository) "
+             f"[{time.perf_counter() - started:.0f} s]")
         report = review(repo, suites, remote="origin", progress=False,
                         on_blind=lambda r: _say(format_blind_report(r)))
         _say(format_revealed(report))
@@ -205,7 +206,8 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
         if not any(e.decision == "accept" for e in report.entries):
             raise UsageError("the policy accepted no contribution, so there is nothing to release: "
                              f"see the review above (work directory: {work})")
-        _say(f"4. maintainer: release v2 (TIES{', weights searched on validation data' if settings.search_budget else ''})")
+        _say(f"4. maintainer: release v2 (TIES{', weights searched on validation data' if settings.search_budget else ''}) "
+             f"[{time.perf_counter() - started:.0f} s]")
         done = release(repo, suites, method="ties", search=bool(settings.search_budget),
                        search_budget=max(settings.search_budget, 1), push="origin")
         pulled = _pull_release(work)
@@ -214,7 +216,7 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
         _say(f"5. alice pulls v2 into her v1 clone: {pulled['objects']} objects, "
              f"{pulled['stored_bytes'] / 2**20:.1f} MiB of a {pulled['model_bytes'] / 2**20:.0f} MiB "
              f"model travel (only the changed tensors); a new consumer clones v2 with its model "
-             f"card ({os.path.getsize(card)} bytes)")
+             f"card ({os.path.getsize(card)} bytes) [{time.perf_counter() - started:.0f} s]")
         record = done.record
         base_scores = {r["suite"]: r["base_value"] for r in record["results"]}
         release_scores = {r["suite"]: r["value"] for r in record["results"]}

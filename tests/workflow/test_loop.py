@@ -123,3 +123,18 @@ def test_release_searches_scale_density_and_weights_on_validation_data(hub, cont
         assert done.record["parameters"][key] == value
     recipe = done.record["recipe"]
     assert "validation" not in recipe and "animals-lora" in recipe
+
+
+def test_the_card_records_data_cards_not_data(hub, contributor, domain_data, suites, tmp_path):
+    repo, _ = hub
+    _contribute_all(contributor, domain_data, tmp_path, ("weather",))
+    review(repo, suites, remote="origin")
+    done = release(repo, suites)
+    (entry,) = done.record["contributions"]
+    from modelgit.data import data_card
+
+    expected = data_card(domain_data["weather"]["train"])
+    assert entry["data_card"] == {k: expected[k] for k in ("records", "bytes", "sha256")}
+    card = open(os.path.join(model_dir(repo), "README.md")).read()
+    assert expected["sha256"][:12] in card
+    assert "rain falls" not in card and "weather-train" not in card  # no text, no file names

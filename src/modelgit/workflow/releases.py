@@ -184,15 +184,30 @@ def _install_weights(merged: str, model_dir: str) -> list[str]:
     return written
 
 
-def _contribution_entry(review: dict) -> dict:
+def _contribution_entry(review: dict, record: dict) -> dict:
+    """What the card and release record say of one contribution (``record``: its
+    contribution.json; only the data card's sizes and hashes are taken from it)."""
     adapter = review.get("adapter") or {}
+    card = record.get("data_card") or {}
     return {"name": review["contribution"], "author": review.get("author"),
+            "message": record.get("message"),
+            "data_card": {k: card[k] for k in ("records", "bytes", "sha256") if k in card},
             "anon_id": review.get("anon_id"), "commit": review.get("commit"),
             "adapter_id": adapter.get("content_id"), "rank": adapter.get("rank"),
             "alpha": adapter.get("alpha"), "target_modules": adapter.get("target_modules"),
             "review": {"decision": review["decision"], "target_suite": review.get("target_suite"),
                        "scores": {s: {"base": v["base"], "adapter": v["adapter"]}
                                   for s, v in (review.get("scores") or {}).items()}}}
+
+
+def _contribution_record(repo: GitRepo, project: Project, name: str) -> dict:
+    path = os.path.join(repo.root, project.contributions, name, "contribution.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _kept(contributions: list[dict], results: list[dict]) -> None:
@@ -212,7 +227,8 @@ def _kept(contributions: list[dict], results: list[dict]) -> None:
 def _release_record(repo, project, tag, accepted, method, params, recipe, search_record,
                     base_results, results) -> dict:
     """The release record: ``releases/<tag>.json`` and the model card's input."""
-    contributions = [_contribution_entry(r) for r in accepted]
+    contributions = [_contribution_entry(r, _contribution_record(repo, project, r["contribution"]))
+                     for r in accepted]
     _kept(contributions, results)
     return {"release_version": 1, "name": project.name, "tag": tag,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
