@@ -21,7 +21,7 @@ def test_create_contribute_review_release_rebase_by_cli(tmp_path, tiny_base, dom
                    "--base-model", "example/tiny").stdout
     assert "tagged v1" in out and "pushed" in out
     modelgit(tmp_path, "clone", str(remote), "alice")
-    adapter = train_adapter(str(tmp_path / "alice" / "model"), domain_data["weather"]["train"],
+    train_adapter(str(tmp_path / "alice" / "model"), domain_data["weather"]["train"],
                             str(tmp_path / "adapter"))
     result = modelgit(tmp_path / "alice", "contribute", str(tmp_path / "adapter"), "--name",
                       "weather-lora", "-m", "LoRA on weather", "--domain", "weather",

@@ -14,6 +14,9 @@ from modelgit.errors import UsageError
 from modelgit.workflow import ContributionError, contribute, review
 from modelgit.workflow.contribution import BRANCH_PREFIX
 from modelgit.workflow.gitops import commit_files
+from modelgit.workflow.project import Policy
+
+_ACCEPT_ALL = Policy(min_gain=-1.0, max_regression=1.0)
 
 
 @pytest.fixture
@@ -188,3 +191,19 @@ def test_dry_run_records_nothing_and_overrides_use_its_ids(hub, clone, adapter, 
     assert second.entries[0].decision == flipped and second.entries[0].decided_by == "maintainer"
     with pytest.raises(UsageError, match="unknown anonymous ids"):
         review(repo, suites, overrides={"anon-00000000": "accept"})
+
+
+def test_a_merge_conflict_on_acceptance_leaves_no_half_merge(hub, clone, adapter, suites, tmp_path,
+                                                             domain_data):
+    repo, _ = hub
+    contribute(clone, adapter, "twice", "first version", domain="animals")
+    review(repo, suites, remote="origin", policy=_ACCEPT_ALL)
+    again = train_adapter(model_dir(clone), domain_data["animals"]["train"], str(tmp_path / "v2"),
+                          steps=3, seed=7)
+    contribute(clone, again, "twice", "second version", domain="animals", replace=True)
+    head = repo.rev_parse("HEAD")
+    with pytest.raises(UsageError, match="needs a merge"):
+        review(repo, suites, remote="origin", policy=_ACCEPT_ALL)
+    assert repo.rev_parse("HEAD") == head
+    assert not os.path.exists(os.path.join(repo.git_dir, "MERGE_HEAD"))
+    assert repo.git("status", "--porcelain", "--untracked-files=no").strip() == b""

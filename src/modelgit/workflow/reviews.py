@@ -305,7 +305,7 @@ def _record(repo, project, report, policy, head, suites, reviewer) -> None:
                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         title = f"Review {item.name}: {entry.decision}"
         if entry.decision == "accept":
-            repo.git("merge", "--no-ff", "--no-commit", "-q", item.commit)
+            _merge_contribution(repo, item)
         path = os.path.join(repo.root, REVIEWS_DIR, f"{item.name}.json")
         write_json(path, record)
         repo.git("add", "--", f"{REVIEWS_DIR}/{item.name}.json")
@@ -313,6 +313,21 @@ def _record(repo, project, report, policy, head, suites, reviewer) -> None:
         repo.git("commit", "-q", "-m", f"{title}\n\n{body}\n\nModelgit-Review: {item.name}\n")
         report.commits.append(repo.rev_parse("HEAD"))
     report.recorded = True
+
+
+def _merge_contribution(repo: GitRepo, item: PendingContribution) -> None:
+    """``git merge --no-ff --no-commit`` of an accepted contribution; on a conflict the merge is
+    aborted (the work tree is as before) and the error says what to do."""
+    from ..git.repo import GitError
+
+    try:
+        repo.git("merge", "--no-ff", "--no-commit", "-q", item.commit)
+    except GitError as exc:
+        repo.git("merge", "--abort", check=False)
+        raise UsageError(f"accepting {item.name} needs a merge of {item.commit[:12]} that git cannot "
+                         f"make ({exc}); the reviews before it are committed. Resolve it by hand "
+                         f"(git merge {item.commit[:12]}) or ask the contributor to contribute "
+                         "again on the current base") from None
 
 
 def _fmt(value: float) -> str:
