@@ -36,6 +36,11 @@ def test_create_contribute_review_release_rebase_by_cli(tmp_path, tiny_base, dom
         {"name": s.name, "data": s.data, "validation": s.validation, "metric": "perplexity"}
         for s in suites]}))
     proj = tmp_path / "proj"
+    inside = proj / "suites.yaml"  # a suites file inside the repository would get shared
+    inside.write_text(suites_file.read_text())
+    leak = modelgit(proj, "review", "--suites", str(inside), check=False)
+    assert leak.returncode == 2 and "would be shared with contributors" in leak.stderr
+    inside.unlink()
     dry = modelgit(proj, "review", "--suites", str(suites_file), "--dry-run").stdout
     assert "anon-" in dry and "Alice" not in dry and "weather-lora" not in dry
     assert "nothing recorded" in dry

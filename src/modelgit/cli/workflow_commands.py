@@ -16,8 +16,9 @@ def _repo():
     return find_repo(".")
 
 
-def _suites(path: str | None, names: list[str] | None = None):
+def _suites(path: str | None, names: list[str] | None = None, repo=None):
     from ..eval import load_suites
+    from ..workflow.reviews import check_heldout_private
 
     if not path:
         raise UsageError("give the held-out evaluation suites: --suites FILE (kept outside the "
@@ -28,6 +29,8 @@ def _suites(path: str | None, names: list[str] | None = None):
         if unknown:
             raise UsageError(f"no suite named {', '.join(unknown)} in {path}")
         suites = [s for s in suites if s.name in names]
+    if repo is not None:  # the suites file must stay out of the repository too
+        check_heldout_private(repo, suites, (path,))
     return suites
 
 
@@ -81,7 +84,7 @@ def cmd_review(args) -> int:
         policy = Policy(args.min_gain if args.min_gain is not None else policy.min_gain,
                         args.max_regression if args.max_regression is not None else policy.max_regression)
     shown = not args.json
-    report = review(repo, _suites(args.suites, args.suite), remote=None if args.no_fetch else args.remote,
+    report = review(repo, _suites(args.suites, args.suite, repo), remote=None if args.no_fetch else args.remote,
                     policy=policy, overrides=_overrides(args.override), dry_run=args.dry_run,
                     progress=args.progress,
                     on_blind=(lambda r: print(format_blind_report(r), flush=True)) if shown else None)
@@ -111,7 +114,8 @@ def cmd_release(args) -> int:
         params["density"] = args.density
     if args.scale is not None:
         params["lambda"] = args.scale
-    done = release(_repo(), _suites(args.suites), method=args.method, parameters=params,
+    repo = _repo()
+    done = release(repo, _suites(args.suites, repo=repo), method=args.method, parameters=params,
                    tag=args.tag, search=args.search, search_budget=args.search_budget,
                    push=args.remote if args.push else None, progress=args.progress)
     r = done.record

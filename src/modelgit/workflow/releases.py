@@ -267,7 +267,7 @@ def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None
     if method not in METHODS:
         raise UsageError(f"unknown merge method {method!r}: use one of {', '.join(sorted(METHODS))}")
     require_clean(repo, [], "modelgit release")
-    check_heldout_private(repo, [p for s in suites for p in (s.data, getattr(s, "validation", None)) if p])
+    check_heldout_private(repo, suites)
     accepted = accepted_contributions(repo, project)
     if not accepted:
         raise UsageError("nothing to release: no accepted contribution since the last release "

@@ -129,10 +129,12 @@ def pending_contributions(repo: GitRepo, project: Project, remote: str | None = 
     return pending
 
 
-def check_heldout_private(repo: GitRepo, paths: list[str]) -> None:
-    """Refuse held-out files (the suites file, its data) that the repository tracks or would
-    pick up with ``git add``: contributors must never see them."""
+def check_heldout_private(repo: GitRepo, suites, files: tuple[str, ...] = ()) -> None:
+    """Refuse held-out files (the suites' data and validation data, and ``files`` such as the
+    suites file itself) that the repository tracks or would pick up with ``git add``:
+    contributors must never see them."""
     root = os.path.realpath(repo.root)
+    paths = [*files, *(p for s in suites for p in (s.data, getattr(s, "validation", None)) if p)]
     leaks = []
     for path in paths:
         real = os.path.realpath(path)
@@ -246,7 +248,7 @@ def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy 
     if head is None:
         raise UsageError("the repository has no commits: commit the base model first")
     require_clean(repo, [], "modelgit review")
-    check_heldout_private(repo, [p for s in suites for p in (s.data,)])
+    check_heldout_private(repo, suites)
     pending = pending_contributions(repo, project, remote, fetch)
     secret = _review_secret(repo)
     named = sorted(((_anon_id(secret, p.commit), p) for p in pending), key=lambda x: x[0])
