@@ -9,10 +9,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 
 from ..errors import UsageError
 from ..git.repo import GitError, GitRepo
 from ..manifest import Manifest, is_manifest
+
+#: scratch directories older than this were left by a killed process
+STALE_SCRATCH_SECONDS = 24 * 3600
 
 __all__ = ["export_dir", "commit_files", "git_identity", "changed_paths", "require_clean", "parse_author",
            "list_tree"]
@@ -141,6 +145,11 @@ def scratch_dir(repo: GitRepo, prefix: str):
     afterwards."""
     base = os.path.join(repo.git_dir, "modelgit", "tmp")
     os.makedirs(base, exist_ok=True)
+    for name in os.listdir(base):  # left behind by a killed review or release
+        old = os.path.join(base, name)
+        with contextlib.suppress(OSError):
+            if time.time() - os.path.getmtime(old) > STALE_SCRATCH_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
     path = tempfile.mkdtemp(prefix=prefix, dir=base)
     try:
         yield path
