@@ -25,6 +25,8 @@ import yaml
 from .._files import write_atomic, write_json
 from ..errors import UsageError
 from ..git.repo import GitRepo
+from ..fingerprint import fingerprint_rev
+from .basecache import evaluate_base
 from .gitops import require_clean, scratch_dir
 from .policy import relative_gain
 from .project import Project, read_project
@@ -131,7 +133,7 @@ def search_recipe(repo: GitRepo, project: Project, names: list[str], method: str
 
     valid = _validation_suites(suites)
     base_dir = os.path.join(repo.root, project.model)
-    base = evaluate_suites(base_dir, None, valid, progress)
+    base = evaluate_base(repo, base_dir, fingerprint_rev(repo, "HEAD", project.model), valid, progress)
     axes = {"lambda": list(LAMBDAS)}
     if "density" in parameters:
         axes["density"] = list(DENSITIES)
@@ -287,7 +289,8 @@ def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None
         recipe = build_recipe(project, names, method, params)
         merged = os.path.join(work, "merged")
         _merge(repo, recipe, merged, progress)
-        base_results = evaluate_suites(model_dir, None, suites, progress)
+        base_results = evaluate_base(repo, model_dir, fingerprint_rev(repo, "HEAD", project.model),
+                                     suites, progress)
         results = evaluate_suites(merged, None, suites, progress)
         record = _release_record(repo, project, tag, accepted, method, params, recipe,
                                  search_record, base_results, results)

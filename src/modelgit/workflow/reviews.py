@@ -26,6 +26,7 @@ from ..errors import ModelgitError, UsageError
 from ..fingerprint import fingerprint_rev, tensor_infos_rev
 from ..git.repo import GitRepo
 from .contribution import BRANCH_PREFIX, CONTRIBUTION_FILE
+from .basecache import evaluate_base
 from .gitops import changed_paths, export_dir, git_identity, parse_author, require_clean, scratch_dir
 from .policy import decide, relative_gain
 from .project import Policy, Project, read_project
@@ -262,9 +263,7 @@ def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy 
     base_results: list[dict] = []
     with scratch_dir(repo, "review-") as work:
         if named:
-            from ..eval import evaluate_suites
-
-            base_results = evaluate_suites(base_dir, None, suites, progress)
+            base_results = evaluate_base(repo, base_dir, head_fp, suites, progress)
         for anon, item in named:
             reasons = _screen(repo, project, item, head_fp)
             scores = None
