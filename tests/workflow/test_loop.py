@@ -138,3 +138,28 @@ def test_the_card_records_data_cards_not_data(hub, contributor, domain_data, sui
     card = open(os.path.join(model_dir(repo), "README.md")).read()
     assert expected["sha256"][:12] in card
     assert "rain falls" not in card and "weather-train" not in card  # no text, no file names
+
+
+def test_release_with_continued_pretraining(hub, contributor, domain_data, suites, tmp_path):
+    repo, _ = hub
+    _contribute_all(contributor, domain_data, tmp_path, ("cooking",))
+    review(repo, suites, remote="origin")
+    done = release(repo, suites, pretrain=domain_data["weather"]["train"], pretrain_steps=3,
+                   pretrain_lr=1e-3)
+    pre = done.record["pretraining"]
+    assert pre["steps"] == 3 and pre["lr"] == 1e-3
+    from modelgit.data import data_card
+
+    assert pre["data_card"]["sha256"] == data_card(domain_data["weather"]["train"])["sha256"]
+    card = open(os.path.join(model_dir(repo), "README.md")).read()
+    assert "## Continued pretraining" in card and "learning rate 0.001" in card
+    # every weight moved, not just the adapters' q/v projections
+    from safetensors.torch import load_file
+
+    v1 = os.path.join(str(tmp_path), "v1")
+    setup.clone(hub[1], v1, branch="v1")
+    old = load_file(os.path.join(v1, "model", "model.safetensors"))
+    new = load_file(os.path.join(model_dir(repo), "model.safetensors"))
+    assert sorted(old) == sorted(new)
+    moved = [n for n in old if not (old[n] == new[n]).all()]
+    assert any("mlp" in n for n in moved) and any("embed" in n for n in moved)

@@ -117,7 +117,9 @@ def cmd_release(args) -> int:
     repo = _repo()
     done = release(repo, _suites(args.suites, repo=repo), method=args.method, parameters=params,
                    tag=args.tag, search=args.search, search_budget=args.search_budget,
-                   push=args.remote if args.push else None, progress=args.progress)
+                   push=args.remote if args.push else None, pretrain=args.pretrain,
+                   pretrain_steps=args.pretrain_steps, pretrain_lr=args.pretrain_lr,
+                   progress=args.progress)
     r = done.record
     if args.json:
         print(json.dumps(r, indent=2, sort_keys=True))
@@ -238,7 +240,8 @@ def register(sub, command) -> None:
                 "write the model card, commit and tag.",
                 "modelgit release --suites suites.yaml\n"
                 "modelgit release --suites suites.yaml --method task_arithmetic --scale 0.7 --tag v3\n"
-                "modelgit release --suites suites.yaml --search --search-budget 8 --push")
+                "modelgit release --suites suites.yaml --search --search-budget 8 --push\n"
+                "modelgit release --suites suites.yaml --pretrain corpus/ --pretrain-steps 100")
     p.add_argument("--suites", required=True, help="the maintainer's suites file (outside the repo)")
     p.add_argument("--method", default="ties", help="merge method (default: ties; see "
                    "`modelgit merge --help`)")
@@ -248,6 +251,10 @@ def register(sub, command) -> None:
                    "suites' validation data first")
     p.add_argument("--search-budget", type=int, default=8, help="merges the search may try "
                    "(default: 8)")
+    p.add_argument("--pretrain", metavar="DATA", help="continued pretraining: train every weight "
+                   "of the merged model on this data before evaluating it")
+    p.add_argument("--pretrain-steps", type=int, default=50, help="with --pretrain (default: 50)")
+    p.add_argument("--pretrain-lr", type=float, default=1e-5, help="with --pretrain (default: 1e-5)")
     p.add_argument("--tag", help="the release tag (default: the next vN)")
     p.add_argument("--push", action="store_true", help="push the branch and tag")
     p.add_argument("--remote", default="origin")

@@ -99,7 +99,8 @@ def render_model_card(release: dict) -> str:
     front = yaml.safe_dump(meta, sort_keys=True, allow_unicode=True, default_flow_style=False,
                            width=4096)
     sections = [_summary(release), _results_section(release), _contributions_section(release),
-                _recipe_section(release), _search_section(release), _lineage_section(release),
+                _recipe_section(release), _search_section(release), _pretraining_section(release),
+                _lineage_section(release),
                 _build_section(release)]
     body = "\n\n".join(section for section in sections if section)
     return f"---\n{front}---\n\n{body}\n"
@@ -345,6 +346,19 @@ def _search_section(release: dict) -> str:
                 for i, t in enumerate(trials, 1)]
         lines.append(_table(["trial", "params", "score"], rows, "rlr"))
     return "\n\n".join(lines)
+
+
+def _pretraining_section(release: dict) -> str:
+    pre = release.get("pretraining")
+    if not pre:
+        return ""
+    card = pre.get("data_card") or {}
+    lr = pre.get("lr")
+    return ("## Continued pretraining\n\nAfter the merge, every weight was trained further on the "
+            f"maintainers' data ({_num(card.get('records'))} records, {_size(card.get('bytes'))}, "
+            f"sha256 {_code(card.get('sha256'), short=True)}): {pre.get('steps')} steps at learning "
+            f"rate {format(lr, 'g') if isinstance(lr, (int, float)) else _cell(lr)}, loss {_num(pre.get('first_loss'))} → "
+            f"{_num(pre.get('last_loss'))}.")
 
 
 def _lineage_section(release: dict) -> str:

@@ -226,6 +226,20 @@ def _kept(contributions: list[dict], results: list[dict]) -> None:
             c["review"]["kept_gain"] = now / own if own else None
 
 
+def _continue_pretraining(merged: str, data: str, steps: int, lr: float, work: str,
+                          progress) -> tuple[str, dict]:
+    """Train every weight of the merged model on ``data``; (its directory, what the card says)."""
+    from ..adapters import TrainConfig, train
+
+    out = os.path.join(work, "pretrained")
+    done = train(TrainConfig(base=merged, data=data, output=out, full=True, steps=steps, lr=lr,
+                             seed=0), progress=progress)
+    m, card = done.metrics, done.data_card
+    return out, {"steps": m["steps"], "lr": lr, "first_loss": m["first_loss"],
+                 "last_loss": m["last_loss"],
+                 "data_card": {k: card[k] for k in ("records", "bytes", "sha256")}}
+
+
 def _release_record(repo, project, tag, accepted, method, params, recipe, search_record,
                     base_results, results) -> dict:
     """The release record: ``releases/<tag>.json`` and the model card's input."""
@@ -253,9 +267,13 @@ def _release_record(repo, project, tag, accepted, method, params, recipe, search
 def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None = None,
             tag: str | None = None, search: bool = False, search_budget: int = 8,
             message: str | None = None, push: str | None = None,
+            pretrain: str | None = None, pretrain_steps: int = 50, pretrain_lr: float = 1e-5,
             progress: bool | None = False) -> ReleaseResult:
     """Merge the accepted contributions into the base, evaluate on ``suites``, commit the new
     base with its model card and release record, and tag it (see the module docstring).
+
+    With ``pretrain`` (a data path) the merged model is trained further, every weight, for
+    ``pretrain_steps`` steps at ``pretrain_lr`` (continued pretraining) before it is evaluated.
 
     Raises:
         UsageError: nothing accepted to release, a dirty work tree, an existing tag, held-out
@@ -289,11 +307,16 @@ def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None
         recipe = build_recipe(project, names, method, params)
         merged = os.path.join(work, "merged")
         _merge(repo, recipe, merged, progress)
+        pretraining = None
+        if pretrain:
+            merged, pretraining = _continue_pretraining(merged, pretrain, pretrain_steps,
+                                                        pretrain_lr, work, progress)
         base_results = evaluate_base(repo, model_dir, fingerprint_rev(repo, "HEAD", project.model),
                                      suites, progress)
         results = evaluate_suites(merged, None, suites, progress)
         record = _release_record(repo, project, tag, accepted, method, params, recipe,
                                  search_record, base_results, results)
+        record["pretraining"] = pretraining
         card = render_model_card(record)  # before the work tree changes: it may refuse the record
         _install_weights(merged, model_dir)
     write_atomic(os.path.join(model_dir, "README.md"), card)
