@@ -23,14 +23,28 @@ from ..errors import FormatError, UsageError
 from ..formats.safetensors_format import open_safetensors
 from ..tensor_math import to_torch
 
-__all__ = ["Adapter", "load_adapter", "extract_lora", "low_rank", "save_adapter"]
+__all__ = ["Adapter", "load_adapter", "extract_lora", "low_rank", "save_adapter", "split_key",
+           "pattern_value"]
 
 PREFIX = "base_model.model."
 _LORA_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B)(?:\.[^.]+)?\.weight$|"
                       r"^(?P<module2>.+)\.lora_(?P<kind2>embedding_A|embedding_B)(?:\.[^.]+)?$")
+_SAVED_RE = re.compile(r"\.modules_to_save(\.[^.]+)?|\.base_layer")
 
 
-def _pattern_value(pattern: dict, module: str, default):
+def split_key(name: str) -> tuple[str, str | None]:
+    """What a tensor of a PEFT adapter file is, as PEFT reads it: ``(module, kind)`` for a LoRA
+    half (kind ``A``, ``B``, ``embedding_A`` or ``embedding_B``), or ``(base tensor, None)`` for
+    a ``modules_to_save`` copy or a base layer saved beside embedding adapters, which replace
+    that base tensor outright."""
+    name = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    match = _LORA_RE.match(name)
+    if match is None:
+        return _SAVED_RE.sub("", name), None
+    return match.group("module") or match.group("module2"), match.group("kind") or match.group("kind2")
+
+
+def pattern_value(pattern: dict, module: str, default):
     """PEFT's rank/alpha pattern lookup: a key matches a module name suffix (or regex)."""
     for key, value in (pattern or {}).items():
         if module == key or module.endswith("." + key) or re.fullmatch(key, module):
@@ -47,8 +61,8 @@ class Adapter:
     digest: str = ""
 
     def scale(self, module: str) -> float:
-        r = _pattern_value(self.config.get("rank_pattern"), module, self.config["r"])
-        alpha = _pattern_value(self.config.get("alpha_pattern"), module, self.config.get("lora_alpha", r))
+        r = pattern_value(self.config.get("rank_pattern"), module, self.config["r"])
+        alpha = pattern_value(self.config.get("alpha_pattern"), module, self.config.get("lora_alpha", r))
         return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
 
     def delta(self, module: str) -> torch.Tensor:
@@ -112,15 +126,10 @@ def load_adapter(path: str, base_tensors: dict | None = None) -> Adapter:
             data = reader.data(entry.name)
             digest.update(entry.name.encode() + b"\0" + bytes(data))
             tensor = to_torch(data, entry.dtype, entry.shape)
-            name = entry.name[len(PREFIX):] if entry.name.startswith(PREFIX) else entry.name
-            match = _LORA_RE.match(name)
-            if match is None:
-                # modules_to_save copies, and base layers PEFT saves with embedding adapters
-                plain = re.sub(r"\.modules_to_save(\.[^.]+)?|\.base_layer", "", name)
-                adapter.saved[plain] = tensor
+            module, kind = split_key(entry.name)
+            if kind is None:
+                adapter.saved[module] = tensor
                 continue
-            module = match.group("module") or match.group("module2")
-            kind = match.group("kind") or match.group("kind2")
             parts = adapter.lora.setdefault(module, {})
             if kind.startswith("embedding"):
                 parts["embedding"] = True

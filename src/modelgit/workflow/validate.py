@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 from ..errors import FormatError, UsageError
 
@@ -21,9 +20,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 #: written by ``modelgit train`` beside the adapter; optional, JSON only
 METADATA_FILES = ("data_card.json", "metrics.json", "training_config.json", "labels.json")
 _FLOATS = ("F32", "F16", "BF16")
-_LORA = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B)"
-                   r"(?:\.[^.]+)?(?:\.weight)?$")
-_SAVED = re.compile(r"\.modules_to_save(\.[^.]+)?|\.base_layer")
 
 
 class ContributionError(UsageError):
@@ -95,13 +91,6 @@ def _config_problems(config: dict, limits) -> list[str]:
     return problems
 
 
-def _module_rank(config: dict, module: str) -> int:
-    for key, value in (config.get("rank_pattern") or {}).items():
-        if module == key or module.endswith("." + key) or re.fullmatch(key, module):
-            return value
-    return config.get("r")
-
-
 def _expected_shape(kind: str, rank: int, base_shape: tuple[int, ...], transposed: bool):
     if kind == "embedding_A":  # (r, vocab) for a (vocab, dim) embedding
         return (rank, base_shape[0])
@@ -149,17 +138,17 @@ def _tensor_problems(weights: str, config: dict, base: dict, limits) -> tuple[li
 
 
 def _shape_problems(name: str, shape: tuple, config: dict, base: dict, modules: dict) -> list[str]:
-    short = name[len("base_model.model."):] if name.startswith("base_model.model.") else name
-    match = _LORA.match(name)
-    if match is None:  # a modules_to_save copy replaces a base tensor outright
-        plain = _SAVED.sub("", short)
+    from ..merge.lora import pattern_value, split_key
+
+    module, kind = split_key(name)  # read as the merge will read it
+    if kind is None:  # a modules_to_save copy replaces a base tensor outright
+        plain = module
         if plain not in base:
             return [f"tensor {name}: the base has no tensor {plain} (different base model?)"]
         if tuple(base[plain][1]) != shape:
             return [f"tensor {name}: shape {list(shape)}, but the base's {plain} is "
                     f"{list(base[plain][1])} (wrong shapes: trained on another base?)"]
         return []
-    module, kind = match.group("module"), match.group("kind")
     modules.setdefault(module, set()).add(kind)
     weight = f"{module}.weight"
     if weight not in base:
@@ -167,7 +156,7 @@ def _shape_problems(name: str, shape: tuple, config: dict, base: dict, modules: 
     base_shape = tuple(base[weight][1])
     if len(base_shape) != 2:
         return [f"tensor {name}: base weight {weight} has shape {list(base_shape)}, not a matrix"]
-    rank = _module_rank(config, module)
+    rank = pattern_value(config.get("rank_pattern"), module, config.get("r"))
     if not isinstance(rank, int):
         return []
     want = _expected_shape(kind, rank, base_shape, bool(config.get("fan_in_fan_out")))
