@@ -100,14 +100,7 @@ def _suites_from_args(args) -> list:
     if bool(args.suites) == bool(args.data):
         raise UsageError("give --suites FILE (a YAML/JSON list of suites) or --data FILE, not both")
     if args.suites:
-        suites = load_suites(args.suites)
-        if args.suite:
-            unknown = sorted(set(args.suite) - {s.name for s in suites})
-            if unknown:
-                raise UsageError(f"no suite named {', '.join(unknown)} in {args.suites} (its suites: "
-                                 f"{', '.join(s.name for s in suites)})")
-            suites = [s for s in suites if s.name in args.suite]
-        return suites
+        return load_suites(args.suites, args.suite)
     metric = args.metric or ("accuracy" if args.task == "classification" else "perplexity")
     task = METRICS[metric][0]
     if args.task and args.task != task:

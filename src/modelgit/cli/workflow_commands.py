@@ -23,12 +23,7 @@ def _suites(path: str | None, names: list[str] | None = None, repo=None):
     if not path:
         raise UsageError("give the held-out evaluation suites: --suites FILE (kept outside the "
                          "repository; see `modelgit eval --help` for its format)")
-    suites = load_suites(path)
-    if names:
-        unknown = sorted(set(names) - {s.name for s in suites})
-        if unknown:
-            raise UsageError(f"no suite named {', '.join(unknown)} in {path}")
-        suites = [s for s in suites if s.name in names]
+    suites = load_suites(path, names)
     if repo is not None:  # the suites file must stay out of the repository too
         check_heldout_private(repo, suites, (path,))
     return suites

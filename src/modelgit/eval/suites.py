@@ -133,8 +133,12 @@ def parse_suites(data, source: str = "<suites>", base_dir: str = ".") -> list[Su
     return suites
 
 
-def load_suites(path: str | os.PathLike) -> list[SuiteConfig]:
-    """Read a YAML (``.yaml``/``.yml``) or JSON suites file; see :func:`parse_suites`."""
+def load_suites(path: str | os.PathLike, names: list[str] | None = None) -> list[SuiteConfig]:
+    """Read a YAML (``.yaml``/``.yml``) or JSON suites file; see :func:`parse_suites`.
+
+    Args:
+        names: keep only these suites (UsageError naming the file's suites if one is unknown).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UsageError(f"suites file {path!r} does not exist: write one (see `modelgit eval --help`)")
@@ -151,4 +155,11 @@ def load_suites(path: str | os.PathLike) -> list[SuiteConfig]:
         raise UsageError(f"{path}: cannot parse it ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # yaml.YAMLError has no common base with ValueError
         raise UsageError(f"{path}: not valid YAML ({exc})") from None
-    return parse_suites(data, path, os.path.dirname(os.path.abspath(path)))
+    suites = parse_suites(data, path, os.path.dirname(os.path.abspath(path)))
+    if names:
+        unknown = sorted(set(names) - {s.name for s in suites})
+        if unknown:
+            raise UsageError(f"no suite named {', '.join(unknown)} in {path} (its suites: "
+                             f"{', '.join(s.name for s in suites)})")
+        suites = [s for s in suites if s.name in names]
+    return suites
