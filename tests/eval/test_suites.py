@@ -58,3 +58,14 @@ def test_unusable_files(tmp_path, text, match):
         load_suites(tmp_path / "s.yaml")
     with pytest.raises(UsageError, match="does not exist"):
         load_suites(tmp_path / "nope.yaml")
+
+
+def test_suites_are_selected_by_name(tmp_path):
+    (tmp_path / "a.txt").write_text("x\n")
+    path = tmp_path / "suites.json"
+    path.write_text(json.dumps({"suites": [{"name": n, "data": "a.txt", "metric": "perplexity"}
+                                           for n in ("one", "two", "three")]}))
+    assert [s.name for s in load_suites(path, ["three", "one"])] == ["one", "three"]
+    assert len(load_suites(path)) == 3
+    with pytest.raises(UsageError, match=r"no suite named four .*\(its suites: one, two, three\)"):
+        load_suites(path, ["one", "four"])
