@@ -61,7 +61,7 @@ def read_training_config(adapter_dir: str) -> dict:
         return json.load(handle)
 
 
-def _metadata(adapter_dir: str, name: str) -> dict:
+def _metadata(adapter_dir: str) -> dict:
     out = {}
     for file in ("data_card.json", "metrics.json"):
         path = os.path.join(adapter_dir, file)
@@ -127,7 +127,7 @@ def contribute(repo: GitRepo, adapter_dir: str, name: str, message: str, author:
               "message": message.strip(), "domain": domain,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "base_revision": base_commit, "base_fingerprint": fingerprint, "adapter": summary,
-              **_metadata(adapter_dir, name)}
+              **_metadata(adapter_dir)}
     area = f"{project.contributions}/{name}"
     files = {f"{area}/{f}": os.path.join(adapter_dir, f) for f in (*ADAPTER_FILES, *METADATA_FILES)
              if os.path.isfile(os.path.join(adapter_dir, f))}

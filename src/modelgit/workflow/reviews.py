@@ -282,11 +282,11 @@ def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy 
     if on_blind:
         on_blind(report)
     if not dry_run and entries:
-        _record(repo, project, report, policy, head, suites, reviewer)
+        _record(repo, report, policy, head, reviewer)
     return report
 
 
-def _record(repo, project, report, policy, head, suites, reviewer) -> None:
+def _record(repo, report, policy, head, reviewer) -> None:
     name, email = parse_author(reviewer) if reviewer else git_identity(repo)
     who = f"{name} <{email}>"
     suite_info = {s: {"data_sha256": r["data"]["sha256"], "examples": r["examples"],
