@@ -9,7 +9,7 @@ checkpoint of about ``--size-mb`` MiB (default 1024) written with the safetensor
 3. v3: every tensor w * (1 + 1e-3 * N(0, 1)) (a fine-tuning-like update);
 4. v4: a LoRA (rank 8, alpha 16, on q_proj and v_proj) merged into the weights;
 5. ``git checkout -q <v1 commit>`` and ``git checkout -q main`` (file checked against v1 / v4 by
-   sha256);
+   sha256), then the first ``git status`` after it;
 6. ``git diff <v1> <v2>`` and ``git diff <v3> <v4>`` with the tool's diff driver (git-lfs has none:
    git diffs its pointer files);
 7. ``git push`` to a local bare repository and a clone from it (checked against v4 by sha256).
@@ -613,6 +613,8 @@ def run_sequence(tool: Tool, versions: list[str], shas: list[str], args) -> dict
         check("checkout v1 == v1", target, shas[0])
         step("checkout main", ["git", "checkout", "-q", "main"], critical=False)
         check("checkout main == v4", target, shas[-1])
+        # the first look at the work tree after a checkout (what a user's next command pays)
+        step("status after checkout", ["git", "status", "--porcelain"], critical=False)
         for a, b in ((1, 2), (3, 4)):
             out = os.path.join(tool.tmp, f"diff-v{a}-v{b}.txt")
             step(f"diff v{a} v{b}", ["git", "diff", commits[a - 1], commits[b - 1]], stdout_path=out,
@@ -640,7 +642,8 @@ def run_sequence(tool: Tool, versions: list[str], shas: list[str], args) -> dict
 
 # ============================================================================ the report
 ADD_ROWS = [f"{kind} v{i}" for i in range(1, 5) for kind in ("add", "commit", "add+commit")]
-TIME_ROWS = ADD_ROWS + ["checkout v1", "checkout main", "diff v1 v2", "diff v3 v4",
+TIME_ROWS = ADD_ROWS + ["checkout v1", "checkout main", "status after checkout", "diff v1 v2",
+                        "diff v3 v4",
                         "modelgit diff v1 v2", "modelgit diff v3 v4", "push", "clone"]
 SPEEDUP_TARGET_ROWS = {f"{kind} v{i}" for i in range(1, 5) for kind in ("add", "add+commit")} | \
     {"checkout v1", "checkout main", "diff v1 v2", "diff v3 v4"}

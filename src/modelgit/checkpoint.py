@@ -377,13 +377,15 @@ def iter_file_bytes(store: Store, record: FileRecord, bar=None) -> Iterator[byte
                 yield block
 
 
-def _write_file(store: Store, record: FileRecord, out_path: str, bar, label: str) -> None:
+def _write_file(store: Store, record: FileRecord, out_path: str, bar, label: str,
+                sync: bool = True) -> None:
     try:
         with open(out_path, "wb") as out:
             for piece in iter_file_bytes(store, record, bar):
                 out.write(piece)
             out.flush()
-            os.fsync(out.fileno())
+            if sync:
+                os.fsync(out.fileno())
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise StoreFullError(f"no space left writing {label} ({exc.strerror}); nothing was left "
@@ -400,11 +402,15 @@ def _safe_relpath(path: str) -> str:
 
 
 def materialize(store: Store, manifest: Manifest, dest: str, force: bool = False,
-                progress: bool | None = None) -> str:
+                progress: bool | None = None, sync: bool = True, mode: int | None = None) -> str:
     """Write the checkpoint of ``manifest`` to ``dest`` (a file, or a directory for ``root dir``).
 
     The result appears atomically: it is written under a temporary name next to ``dest``,
-    fsynced and renamed. Every chunk is verified against its id on the way.
+    fsynced (unless ``sync`` is false: a git work tree, which git does not fsync either) and
+    renamed. Every chunk is verified against its id on the way.
+
+    Args:
+        mode: permission bits of the written file (a ``root file`` manifest only).
 
     Raises:
         UsageError: ``dest`` exists and ``force`` is false.
@@ -418,18 +424,21 @@ def materialize(store: Store, manifest: Manifest, dest: str, force: bool = False
     try:
         with progress_bar(manifest.logical_bytes, f"materialize {os.path.basename(dest)}", progress) as bar:
             if manifest.root == "file":
-                _write_file(store, manifest.files[0], tmp, bar, dest)
+                _write_file(store, manifest.files[0], tmp, bar, dest, sync)
+                if mode is not None:
+                    os.chmod(tmp, mode)
             else:
                 os.makedirs(tmp)
                 for record in manifest.files:
                     target = os.path.join(tmp, _safe_relpath(record.path))
                     os.makedirs(os.path.dirname(target), exist_ok=True)
-                    _write_file(store, record, target, bar, os.path.join(dest, record.path))
+                    _write_file(store, record, target, bar, os.path.join(dest, record.path), sync)
         _replace(tmp, dest)
     except BaseException:
         _remove(tmp)
         raise
-    _fsync_path(parent_dir)
+    if sync:
+        _fsync_path(parent_dir)
     return dest
 
 

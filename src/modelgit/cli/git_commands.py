@@ -76,6 +76,19 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_checkout(args) -> int:
+    from ..git import worktree
+
+    repo = find_repo(".")
+    paths = [os.path.relpath(os.path.abspath(p), repo.root) for p in args.paths]
+    results = worktree.checkout_pointers(repo, paths or None, progress=args.progress)
+    for result in results:
+        print(f"wrote {result.path}")
+    if not results:
+        print("no tracked file holds a manifest: the work tree is complete")
+    return 0
+
+
 def cmd_clone(args) -> int:
     target = args.directory or os.path.basename(args.url.rstrip("/")).removesuffix(".git")
     setup.clone(args.url, target, args.branch)
@@ -193,6 +206,10 @@ def register(sub, command) -> None:
     p.add_argument("rev", nargs="?", default="HEAD")
     p.add_argument("paths", nargs="*")
     p.add_argument("--remote")
+    p = command(sub, "checkout", cmd_checkout, "Write the checkpoints of tracked files that still "
+                "hold their manifest (after an interrupted checkout or MODELGIT_SKIP_SMUDGE=1).",
+                "modelgit checkout\nmodelgit checkout model/model.safetensors")
+    p.add_argument("paths", nargs="*")
     p = command(sub, "push", cmd_push, "Upload the objects a revision needs to a remote's object store "
                 "(git push does it for you through the pre-push hook).", "modelgit push origin")
     p.add_argument("remote", nargs="?", default="origin")

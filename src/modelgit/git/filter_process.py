@@ -11,6 +11,8 @@ remotes first and streaming the bytes to git chunk by chunk.
   manifest passes through smudge unchanged (a file committed before it was tracked).
 * Errors are answered with ``status=error`` (git then fails for that path) and explained on
   stderr, which git shows to the user.
+* For commands that write the work tree, smudge answers with the manifest and fills the files in
+  when git is done (see ``worktree``): git never holds a checkpoint in memory.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import BinaryIO
 from .. import checkpoint
 from ..errors import ModelgitError
 from ..manifest import MAGIC, Manifest, is_manifest
+from . import worktree
 from .pktline import ContentStream, PktReader, PktWriter, ProtocolError
 from .repo import GitRepo
 from .transfer import fetch_objects, remotes_for_fetch
@@ -147,15 +150,31 @@ def _respond(writer: PktWriter, status: str, content: bytes | None = None) -> No
         writer.flush()  # keep status=success
 
 
+def _fill_pending(repo: GitRepo, pending: dict[str, bytes]) -> int:
+    """Write the checkpoints of the deferred smudges; 1 when one could not be written."""
+    failed = 0
+    for result in worktree.fill_all(repo, pending):
+        if result.filled:
+            log.info("smudge %s: checkpoint written into the work tree", result.path)
+        elif result.reason != "not a manifest" and result.reason != "not in the work tree":
+            failed += 1
+            print(f"modelgit: {result.path}: could not write the checkpoint ({result.reason}); "
+                  "the file holds its manifest for now: fix the cause and run "
+                  f"`modelgit checkout {result.path}`", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def serve(repo: GitRepo, stdin: BinaryIO, stdout: BinaryIO) -> int:
-    """Run the filter protocol until git closes the pipe."""
+    """Run the filter protocol until git closes the pipe (then fill in deferred checkouts)."""
     reader, writer = PktReader(stdin), PktWriter(stdout)
     _handshake(reader, writer)
+    mode: str | None = None  # decided at the first smudge: clean-only processes never look
+    pending: dict[str, bytes] = {}
     while True:
         try:
             request = reader.read_keyvalues()
         except EOFError:
-            return 0
+            return _fill_pending(repo, pending)
         command, path = request.get("command"), request.get("pathname", "")
         content = ContentStream(reader)
         if command == "clean":
@@ -172,11 +191,22 @@ def serve(repo: GitRepo, stdin: BinaryIO, stdout: BinaryIO) -> int:
             if not is_manifest(data):
                 _respond(writer, "success", data)
                 continue
+            mode = mode or worktree.smudge_mode()
+            if mode == worktree.SKIP:
+                _respond(writer, "success", data)
+                continue
             try:
                 store, manifest = prepare_smudge(repo, path, data)
+                if mode == worktree.DEFER:
+                    worktree.check_space(repo, path, manifest)
             except Exception as exc:
                 _report(path, exc)
                 _respond(writer, "error")
+                continue
+            if mode != worktree.STREAM:
+                if mode == worktree.DEFER:
+                    pending[path] = data
+                _respond(writer, "success", data)
                 continue
             writer.text("status=success")
             writer.flush()

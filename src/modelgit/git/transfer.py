@@ -14,7 +14,7 @@ use, delta parents included.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from ..errors import CorruptObjectError, ObjectMissingError, UsageError
@@ -116,15 +116,37 @@ def push_objects(local: Store, remote: Store, oids: set[str], progress: bool | N
     with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
         present = dict(zip(wanted, pool.map(remote.has, wanted)))
         missing = sorted(oid for oid, has in present.items() if not has)
-        total = 0
         with progress_bar(sum(local.stored_size(o) for o in missing), "push objects", progress) as bar:
+            sizes = _copy_all(pool, local, remote, missing, bar)
+    return TransferResult(len(missing), sum(sizes), len(wanted) - len(missing))
+
+
+def _copy_all(pool: ThreadPoolExecutor, src: Store, dst: Store, oids: list[str], bar,
+              copy=None) -> list[int]:
+    """Copy ``oids`` on ``pool``; whatever was copied is committed, even when a copy failed
+    (an interrupted transfer resumes from there), and only then is the first error raised.
+
+    Waiting for every copy before the commit matters: a copy still in flight when another
+    fails would otherwise be staged after the commit and lost.
+    """
+    copy = copy or (lambda oid: _copy(src, dst, oid))
+    futures = [pool.submit(copy, oid) for oid in oids]
+    sizes, error = [], None
+    try:
+        for future in futures:
             try:
-                for size in pool.map(lambda oid: _copy(local, remote, oid), missing):
-                    total += size
-                    bar.update(size)
-            finally:
-                _commit(remote)  # what was copied stays: an interrupted push resumes from there
-    return TransferResult(len(missing), total, len(wanted) - len(missing))
+                sizes.append(future.result())
+                bar.update(sizes[-1])
+            except Exception as exc:  # the others go on; the first error is raised below
+                error = error or exc
+                for other in futures:
+                    other.cancel()
+    finally:
+        wait(futures)
+        _commit(dst)
+    if error is not None:
+        raise error
+    return sizes
 
 
 def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str],
@@ -147,13 +169,10 @@ def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str]
         while todo:
             batch = sorted(todo)
             todo = set()
-            try:
-                for oid, size in zip(batch, pool.map(lambda o: _fetch_one(local, remotes, o, context), batch)):
-                    fetched.append(oid)
-                    total += size
-                    bar.update(size)
-            finally:
-                _commit(local)
+            sizes = _copy_all(pool, None, local, batch, bar,
+                              copy=lambda o: _fetch_one(local, remotes, o, context))
+            fetched += batch
+            total += sum(sizes)
             for oid in batch:
                 parent = local.header(oid).parent
                 if parent and not local.has(parent):

@@ -1,0 +1,129 @@
+"""Checkouts that bypass git's in-memory buffer: the filter writes checkpoints into the work tree
+when git is done, and everything else still sees what it expects."""
+
+import io
+import os
+import subprocess
+import tarfile
+
+import pytest
+from safetensors.numpy import save_file
+
+from modelgit.git.worktree import git_subcommand
+
+from gitutil import git, modelgit
+from helpers import float_weights
+
+
+def _save(path, seed):
+    save_file({"layers.0.w": float_weights(seed, (700, 500)), "norm": float_weights(seed + 1, (64,))},
+              str(path))
+    return path.read_bytes()
+
+
+@pytest.fixture
+def two_versions(repo, monkeypatch, tmp_path):
+    """repo with model.safetensors committed twice (v1, v2); MODELGIT_LOG traces the filter."""
+    log = tmp_path / "filter.log"
+    monkeypatch.setenv("MODELGIT_LOG", str(log))
+    v1 = _save(repo / "model.safetensors", 1)
+    git(repo, "add", "model.safetensors")
+    git(repo, "commit", "-qm", "v1")
+    v2 = _save(repo / "model.safetensors", 5)
+    git(repo, "commit", "-qam", "v2")
+    return repo, v1, v2, log
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["git", "checkout", "-q", "main"], "checkout"),
+    (["/usr/bin/git", "-C", "dir", "-c", "a.b=c", "--no-pager", "merge", "x"], "merge"),
+    (["git", "--git-dir=/x/.git", "archive", "HEAD"], "archive"),
+    (["/bin/sh", "-c", "git checkout"], None),
+    (["git"], None),
+])
+def test_the_invoking_git_command_is_read_past_global_options(argv, command):
+    assert git_subcommand(argv) == command
+
+
+def test_checkout_writes_the_checkpoint_after_git_and_leaves_a_clean_status(two_versions):
+    repo, v1, v2, log = two_versions
+    git(repo, "checkout", "-q", "HEAD~1")
+    assert (repo / "model.safetensors").read_bytes() == v1
+    assert "checkpoint written into the work tree" in log.read_text()
+    assert git(repo, "status", "--porcelain").stdout == ""
+    # the first status after the checkout used the stat cache: nothing was hashed again
+    assert "hashed and stored" not in log.read_text().split("checkpoint written")[-1]
+    git(repo, "checkout", "-q", "main")
+    assert (repo / "model.safetensors").read_bytes() == v2
+    assert git(repo, "status", "--porcelain").stdout == ""
+    git(repo, "reset", "-q", "--hard", "HEAD~1")
+    assert (repo / "model.safetensors").read_bytes() == v1
+    assert git(repo, "status", "--porcelain").stdout == ""
+
+
+def test_streaming_through_git_is_still_there_and_byte_exact(two_versions, monkeypatch):
+    repo, v1, _v2, log = two_versions
+    monkeypatch.setenv("MODELGIT_SMUDGE", "stream")
+    git(repo, "checkout", "-q", "HEAD~1")
+    assert (repo / "model.safetensors").read_bytes() == v1
+    assert "checkpoint written into the work tree" not in log.read_text()
+    assert git(repo, "status", "--porcelain").stdout == ""
+
+
+def test_archive_and_checkout_index_elsewhere_get_real_checkpoints(two_versions):
+    repo, v1, v2, _log = two_versions
+    tar = subprocess.run(["git", "archive", "HEAD~1"], cwd=repo, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        assert archive.extractfile("model.safetensors").read() == v1
+    git(repo, "checkout-index", "--prefix=out/", "model.safetensors")
+    assert (repo / "out" / "model.safetensors").read_bytes() == v2
+    assert (repo / "model.safetensors").read_bytes() == v2
+
+
+def test_skip_smudge_leaves_manifests_that_modelgit_checkout_fills_in(two_versions, monkeypatch):
+    repo, v1, _v2, _log = two_versions
+    monkeypatch.setenv("MODELGIT_SKIP_SMUDGE", "1")
+    git(repo, "checkout", "-q", "HEAD~1")
+    assert (repo / "model.safetensors").read_bytes().startswith(b"modelgit-manifest 1\n")
+    assert git(repo, "status", "--porcelain").stdout == ""  # a manifest cleans to itself
+    monkeypatch.delenv("MODELGIT_SKIP_SMUDGE")
+    out = modelgit(repo, "checkout").stdout
+    assert "wrote model.safetensors" in out
+    assert (repo / "model.safetensors").read_bytes() == v1
+    assert git(repo, "status", "--porcelain").stdout == ""
+    assert "the work tree is complete" in modelgit(repo, "checkout").stdout
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_its_manifest_and_says_how_to_recover(two_versions):
+    repo, v1, _v2, _log = two_versions
+    manifest = git(repo, "show", "HEAD~1:model.safetensors").stdout
+    line = next(line for line in manifest.splitlines() if line.startswith("tensor "))
+    chunk = line.split()[-1]  # the last chunk of the first tensor
+    damaged = repo / ".git" / "modelgit" / "store" / "objects" / chunk[:2] / chunk[2:]
+    saved = damaged.read_bytes()
+    os.chmod(damaged, 0o644)
+    damaged.write_bytes(saved[:-50] + bytes(50))
+    result = git(repo, "checkout", "-q", "HEAD~1", check=False)
+    assert "could not write the checkpoint" in result.stderr
+    assert "modelgit checkout model.safetensors" in result.stderr
+    assert (repo / "model.safetensors").read_bytes().startswith(b"modelgit-manifest 1\n")
+    assert git(repo, "status", "--porcelain").stdout == ""
+    damaged.write_bytes(saved)
+    modelgit(repo, "checkout", "model.safetensors")
+    assert (repo / "model.safetensors").read_bytes() == v1
+
+
+def test_a_merge_conflict_is_not_restaged(repo):
+    base = {"w": float_weights(1, (50, 40))}
+    save_file(base, str(repo / "m.safetensors"))
+    git(repo, "add", "m.safetensors")
+    git(repo, "commit", "-qm", "base")
+    git(repo, "checkout", "-qb", "other")
+    save_file({"w": float_weights(2, (50, 41))}, str(repo / "m.safetensors"))
+    git(repo, "commit", "-qam", "other: a new shape")
+    git(repo, "checkout", "-q", "main")
+    save_file({"w": float_weights(3, (50, 42))}, str(repo / "m.safetensors"))
+    git(repo, "commit", "-qam", "main: another shape")
+    result = git(repo, "merge", "other", check=False)
+    assert result.returncode != 0
+    assert git(repo, "ls-files", "-u").stdout.count("m.safetensors") == 3  # still conflicted
