@@ -40,6 +40,21 @@ def test_flipped_byte_is_detected(store):
     assert len(store.verify()) == 1
 
 
+def test_a_damaged_delta_ancestor_is_named(store):
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal(4096).astype(np.float32)
+    base = store.put("F32", w.shape, w.tobytes()).oid
+    w2 = w * (1 + np.float32(1e-4) * rng.standard_normal(w.size).astype(np.float32))
+    child = store.put("F32", w.shape, w2.tobytes(), parent=base).oid
+    assert store.header(child).parent == base
+    path = os.path.join(store.url, "objects", base[:2], base[2:])
+    blob = bytearray(open(path, "rb").read())
+    blob[-10] ^= 0xFF
+    open(path, "wb").write(bytes(blob))
+    with pytest.raises(CorruptObjectError, match=base):  # the ancestor, not only the child
+        store.get(child)
+
+
 def test_truncated_object_is_detected(store):
     oid = store.put("U8", (100,), bytes(range(100))).oid
     path = os.path.join(store.url, "objects", oid[:2], oid[2:])

@@ -162,11 +162,17 @@ def _delta_decode(payload, itemsize, raw_len, parent):
     if parent is None or len(parent) != raw_len:
         raise ValueError("delta object decoded without a parent of its size")
     planes = _zstd_decode(payload, raw_len)
-    zz_bytes = planes if itemsize == 1 else _join_planes(planes, itemsize)
-    zz = np.frombuffer(zz_bytes, dtype=_uint(itemsize))
-    diff = (zz >> 1).view(_int(itemsize)) ^ -(zz & 1).view(_int(itemsize))
-    old = np.frombuffer(parent, dtype=_uint(itemsize))
-    return (old + diff.view(_uint(itemsize))).view(np.uint8)
+    if itemsize == 1:
+        zz = np.frombuffer(planes, dtype=np.uint8).copy()
+    else:
+        zz = _join_planes(planes, itemsize).view(_uint(itemsize))  # a fresh array: reused below
+    # undo the zig-zag and the difference in place (no temporaries of the chunk's size but one)
+    sign = np.bitwise_and(zz, 1, dtype=zz.dtype)
+    np.subtract(0, sign, out=sign)  # all ones where the difference was negative
+    np.right_shift(zz, 1, out=zz)
+    np.bitwise_xor(zz, sign, out=zz)
+    np.add(zz, np.frombuffer(parent, dtype=zz.dtype), out=zz)
+    return zz.view(np.uint8)
 
 
 RAW = register(Encoding("raw", 0, _raw_encode, _raw_decode))
