@@ -51,8 +51,8 @@ def test_checkout_writes_the_checkpoint_after_git_and_leaves_a_clean_status(two_
     assert (repo / "model.safetensors").read_bytes() == v1
     assert "checkpoint written into the work tree" in log.read_text()
     assert git(repo, "status", "--porcelain").stdout == ""
-    # the first status after the checkout used the stat cache: nothing was hashed again
-    assert "hashed and stored" not in log.read_text().split("checkpoint written")[-1]
+    # the index was given the new file's stat data: git did not even read it again
+    assert "clean model.safetensors" not in log.read_text().split("checkpoint written")[-1]
     git(repo, "checkout", "-q", "main")
     assert (repo / "model.safetensors").read_bytes() == v2
     assert git(repo, "status", "--porcelain").stdout == ""
@@ -127,3 +127,40 @@ def test_a_merge_conflict_is_not_restaged(repo):
     result = git(repo, "merge", "other", check=False)
     assert result.returncode != 0
     assert git(repo, "ls-files", "-u").stdout.count("m.safetensors") == 3  # still conflicted
+
+
+@pytest.mark.parametrize("setup", [
+    ["update-index", "--index-version", "3"],
+    ["update-index", "--index-version", "4"],
+    ["update-index", "--split-index"],  # not handled: stat cleared, git reads the file once more
+])
+def test_the_index_stays_valid_in_every_format(two_versions, setup):
+    repo, v1, v2, log = two_versions
+    (repo / "notes.txt").write_text("x")
+    git(repo, "add", "-N", "notes.txt")  # intent-to-add: an entry with extended flags
+    git(repo, *setup)
+    git(repo, "checkout", "-q", "HEAD~1")
+    assert (repo / "model.safetensors").read_bytes() == v1
+    assert git(repo, "status", "--porcelain").stdout == " A notes.txt\n"
+    after = log.read_text().split("checkpoint written")[-1]
+    assert ("clean model.safetensors" in after) == ("--split-index" in setup)
+    git(repo, "checkout", "-q", "main")
+    assert (repo / "model.safetensors").read_bytes() == v2
+    assert git(repo, "status", "--porcelain").stdout == " A notes.txt\n"
+
+
+def test_a_locked_index_is_left_alone(two_versions):
+    from modelgit.git import index_stat
+    from modelgit.git.repo import find_repo
+
+    repo, _v1, _v2, _log = two_versions
+    handle = find_repo(str(repo))
+    oid = git(repo, "rev-parse", ":model.safetensors").stdout.strip()
+    (repo / ".git" / "index.lock").write_bytes(b"")
+    before = (repo / ".git" / "index").read_bytes()
+    assert not index_stat.record_stat(handle, {"model.safetensors": oid})
+    assert (repo / ".git" / "index").read_bytes() == before
+    (repo / ".git" / "index.lock").unlink()
+    assert not index_stat.record_stat(handle, {"model.safetensors": "0" * 40})  # not that object
+    assert index_stat.record_stat(handle, {"model.safetensors": oid})
+    assert not (repo / ".git" / "index.lock").exists()

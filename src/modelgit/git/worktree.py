@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from .. import checkpoint
 from ..errors import ModelgitError, StoreFullError
 from ..manifest import Manifest, is_manifest
+from . import index_stat
 from .repo import FILTER_NAME, GitRepo
 
 __all__ = ["STREAM", "DEFER", "POINTER", "SKIP", "smudge_mode", "git_subcommand", "fill", "check_space",
@@ -46,8 +47,10 @@ DIFF_ONLY = frozenset({"diff", "log", "show", "whatchanged"})
 # global git options followed by a separate value
 _OPTIONS_WITH_VALUE = frozenset({"-C", "-c", "--git-dir", "--work-tree", "--namespace",
                                  "--super-prefix", "--config-env", "--list-cmds"})
-# metadata written on a filled file: far enough in the past that the stat cache trusts it
-_MTIME_BACKDATE_NS = 2 * checkpoint.RACY_NS
+# the mtime given to a filled file: in an earlier second than the index written after it, or
+# git (which compares whole seconds unless built with USE_NSEC) finds the entry racily clean
+# and reads the file again; older than RACY_NS, so that the stat cache trusts it too
+_MTIME_BACKDATE_NS = 2_000_000_000
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -168,7 +171,7 @@ def fill_all(repo: GitRepo, pending: dict[str, bytes]) -> list[FillResult]:
             results.append(FillResult(path, False, str(exc)))
     filled = {r.path: pending[r.path] for r in results if r.filled}
     if filled:
-        forget_stat(repo, filled)
+        refresh_index(repo, filled)
     return results
 
 
@@ -177,23 +180,26 @@ def _blob_id(repo: GitRepo, data: bytes) -> str:
     return hashlib.new(algorithm, b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def forget_stat(repo: GitRepo, files: dict[str, bytes]) -> None:
-    """Clear the index's stat data of files that now hold their checkpoint instead of the
-    manifest git wrote. git records the size of what it wrote and takes a different size for a
-    modification without reading the file; with the stat data cleared it reads the file (the
-    filter's stat cache answers without hashing) and records the new stat at the next
-    ``git status``. Only entries that are merged (stage 0) and record exactly that manifest are
-    touched, so conflicts and staged changes stay as they are.
+def refresh_index(repo: GitRepo, files: dict[str, bytes]) -> None:
+    """Make git's index describe files that now hold their checkpoint instead of the manifest
+    git wrote (git takes a different size for a modification without reading the file).
+
+    Only entries that are merged (stage 0) and record exactly that manifest are touched, so
+    conflicts and staged changes stay as they are. The new stat data is written into the index
+    (``index_stat``); where that cannot be done, the stat data is cleared instead, and the next
+    git command reads each file once more (the filter's stat cache answers without hashing).
     """
     listed = repo.git("--literal-pathspecs", "ls-files", "-s", "-z", "--", *files).split(b"\0")
-    lines = []
+    entries = {}
     for entry in filter(None, listed):
         meta, path = entry.decode().split("\t", 1)
         mode, oid, stage = meta.split()
         if stage == "0" and path in files and oid == _blob_id(repo, files[path]):
-            lines.append(f"{mode} {oid}\t{path}")
-    if lines:
-        repo.git("update-index", "-z", "--index-info", input="\0".join(lines).encode() + b"\0")
+            entries[path] = (mode, oid)
+    if not entries or index_stat.record_stat(repo, {p: oid for p, (_, oid) in entries.items()}):
+        return
+    lines = [f"{mode} {oid}\t{path}" for path, (mode, oid) in entries.items()]
+    repo.git("update-index", "-z", "--index-info", input="\0".join(lines).encode() + b"\0")
 
 
 def pointer_paths(repo: GitRepo, paths: list[str] | None = None) -> list[str]:
@@ -247,5 +253,5 @@ def checkout_pointers(repo: GitRepo, paths: list[str] | None = None,
         if results[-1].filled:
             filled[path] = data
     if filled:
-        forget_stat(repo, filled)
+        refresh_index(repo, filled)
     return results
