@@ -152,10 +152,15 @@ def fill(repo: GitRepo, path: str, data: bytes | None = None) -> FillResult:
         return FillResult(path, False, "not a manifest")
     store = repo.store()
     manifest = Manifest.loads(current, path)
-    checkpoint.materialize(store, manifest, full, force=True, progress=False, sync=False,
+    # written beside it, then swapped in by unlink + rename: a rename over an existing file
+    # makes ext4 (auto_da_alloc) start writing the new file back at once, ~0.3 s per GB
+    written = os.path.join(os.path.dirname(full), f".{os.path.basename(full)}.modelgit-fill")
+    checkpoint.materialize(store, manifest, written, force=True, progress=False, sync=False,
                            mode=stat.S_IMODE(before.st_mode))
     now = time.time_ns() - _MTIME_BACKDATE_NS
-    os.utime(full, ns=(now, now))
+    os.utime(written, ns=(now, now))
+    os.unlink(full)
+    os.rename(written, full)
     checkpoint.remember_record(store, full, os.stat(full), manifest.files[0])
     return FillResult(path, True)
 
