@@ -236,11 +236,17 @@ class Store:
         raw = self._load(oid)[1]
         return raw if isinstance(raw, bytes) else bytes(raw)
 
-    def get_buffer(self, oid: str):
-        """Like :meth:`get`, but may return any bytes-like (a uint8 array) to save a copy."""
-        return self._load(oid)[1]
+    def get_buffer(self, oid: str, known: dict | None = None):
+        """Like :meth:`get`, but may return any bytes-like (a uint8 array) to save a copy.
 
-    def _load(self, oid: str, _depth: int = 0, with_size: bool = False, verify: bool = True):
+        Args:
+            known: already decoded objects ``{oid: content}``; a delta ancestor among them is
+                not decoded again.
+        """
+        return self._load(oid, known=known)[1]
+
+    def _load(self, oid: str, _depth: int = 0, with_size: bool = False, verify: bool = True,
+              known: dict | None = None):
         """(header, content) of ``oid``, verified; with ``with_size`` also the payload size.
 
         Delta ancestors are decoded without hashing each: the id check of ``oid`` itself covers
@@ -256,7 +262,10 @@ class Store:
         if head.parent is not None:
             if _depth >= MAX_DELTA_DEPTH or head.depth > MAX_DELTA_DEPTH:
                 raise self._corrupt(oid, "delta chain deeper than allowed")
-            parent_raw = self._load(head.parent, _depth + 1, verify=False)[1]
+            if known and head.parent in known:
+                parent_raw = known[head.parent]
+            else:
+                parent_raw = self._load(head.parent, _depth + 1, verify=False, known=known)[1]
         if head.dtype not in DTYPES:
             raise self._corrupt(oid, f"unknown dtype {head.dtype!r}")
         try:
