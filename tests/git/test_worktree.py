@@ -164,3 +164,17 @@ def test_a_locked_index_is_left_alone(two_versions):
     assert not index_stat.record_stat(handle, {"model.safetensors": "0" * 40})  # not that object
     assert index_stat.record_stat(handle, {"model.safetensors": oid})
     assert not (repo / ".git" / "index.lock").exists()
+
+
+def test_a_plain_git_clone_is_completed_by_modelgit_checkout(two_versions, tmp_path):
+    repo, _v1, v2, _log = two_versions
+    bare = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    git(repo, "push", "-q", str(bare), "main")  # the pre-push hook uploads the objects
+    clone = tmp_path / "plain"
+    git(tmp_path, "clone", "-q", str(bare), str(clone))  # no modelgit yet: manifests
+    assert (clone / "model.safetensors").read_bytes().startswith(b"modelgit-manifest 1\n")
+    modelgit(clone, "init")
+    assert "wrote model.safetensors" in modelgit(clone, "checkout").stdout
+    assert (clone / "model.safetensors").read_bytes() == v2
+    assert git(clone, "status", "--porcelain").stdout == ""

@@ -64,51 +64,65 @@ class PktReader:
 
 
 class ContentStream:
-    """A file-like ``read(n)`` over the binary packets of one content section."""
+    """A file-like ``read(n)`` over the binary packets of one content section.
+
+    Payload bytes go straight from the pipe into the buffer ``read`` returns (one copy, no
+    per-packet objects): only the bytes left in the current packet are tracked.
+    """
 
     def __init__(self, reader: PktReader):
-        self._packets = reader.iter_content()
-        self._buffer = memoryview(b"")
+        self._reader = reader
+        self._left = 0  # payload bytes of the current packet not read yet
         self.done = False
 
-    def _fill(self) -> bool:
-        """Make the buffer non-empty from the next packet; False at the end of the content."""
-        while not self._buffer:
-            if self.done:
-                return False
+    def _next_packet(self) -> bool:
+        """Start the next packet; False at the flush that ends the content."""
+        while not self.done:
+            head = self._reader._exact(4)
             try:
-                self._buffer = memoryview(next(self._packets))
-            except StopIteration:
+                length = int(head, 16)
+            except ValueError:
+                raise ProtocolError(f"bad pkt-line length {head!r}") from None
+            if length == 0:
                 self.done = True
-                return False
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        parts, want = [], n
-        while want != 0 and self._fill():
-            take = len(self._buffer) if want < 0 else min(want, len(self._buffer))
-            parts.append(self._buffer[:take])
-            self._buffer = self._buffer[take:]
-            if want > 0:
-                want -= take
-        return b"".join(parts)
+            elif length < 4 or length - 4 > MAX_PAYLOAD:
+                raise ProtocolError(f"bad pkt-line length {length}")
+            elif length > 4:  # an empty packet (0004) carries nothing: read on
+                self._left = length - 4
+                return True
+        return False
 
     def readinto_exact(self, buffer: bytearray | memoryview) -> int:
-        view, filled = memoryview(buffer), 0
-        while filled < len(view) and self._fill():
-            take = min(len(view) - filled, len(self._buffer))
-            view[filled:filled + take] = self._buffer[:take]
-            self._buffer = self._buffer[take:]
-            filled += take
+        """Fill ``buffer`` (fewer bytes only at the end of the content); returns the count."""
+        view, filled = memoryview(buffer).cast("B"), 0
+        stream = self._reader.stream
+        while filled < len(view) and (self._left or self._next_packet()):
+            take = min(len(view) - filled, self._left)
+            got = stream.readinto(view[filled:filled + take])
+            if not got:
+                raise ProtocolError(f"pipe closed inside a packet ({self._left} bytes missing)")
+            filled += got
+            self._left -= got
         return filled
 
+    def read(self, n: int = -1) -> bytes | bytearray:
+        if n < 0:
+            parts = []
+            while self._left or self._next_packet():
+                parts.append(self._reader._exact(self._left))
+                self._left = 0
+            return b"".join(parts)
+        buffer = bytearray(n)
+        filled = self.readinto_exact(buffer)
+        if filled < n:
+            del buffer[filled:]
+        return buffer
+
     def drain(self) -> int:
-        total = len(self._buffer)
-        self._buffer = memoryview(b"")
-        if not self.done:
-            for packet in self._packets:
-                total += len(packet)
-            self.done = True
+        """Skip the rest of the content; returns how many bytes were skipped."""
+        total, scratch = 0, memoryview(bytearray(MAX_PAYLOAD))
+        while (got := self.readinto_exact(scratch)):
+            total += got
         return total
 
 
