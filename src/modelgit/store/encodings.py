@@ -155,12 +155,13 @@ def _planes_decode(payload, itemsize, raw_len, parent=None) -> bytes:
 
 def _zigzag_delta(raw, parent, itemsize: int):
     np = _np()
-    new = np.frombuffer(raw, dtype=_uint(itemsize))
-    old = np.frombuffer(parent, dtype=_uint(itemsize))
-    diff = (new - old).view(_int(itemsize))  # wraps mod 2^bits
-    bits = 8 * itemsize
-    # zig-zag: 0,-1,1,-2,... -> 0,1,2,3,...
-    return ((diff << 1) ^ (diff >> (bits - 1))).view(_uint(itemsize))
+    unsigned = _uint(itemsize)
+    diff = np.subtract(np.frombuffer(raw, dtype=unsigned), np.frombuffer(parent, dtype=unsigned))
+    sign = np.right_shift(diff.view(_int(itemsize)), 8 * itemsize - 1)  # 0, or -1 if negative
+    # zig-zag (0,-1,1,-2,... -> 0,1,2,3,...) in place: one temporary besides the result
+    np.left_shift(diff, 1, out=diff)
+    np.bitwise_xor(diff, sign.view(unsigned), out=diff)
+    return diff
 
 
 def _delta_encode(raw, itemsize, parent) -> bytes:
