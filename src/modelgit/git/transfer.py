@@ -177,13 +177,42 @@ def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str]
                 parent = local.header(oid).parent
                 if parent and not local.has(parent):
                     todo.add(parent)
-        # verify in parallel once every ancestor is present
-        for oid, problem in zip(fetched, pool.map(lambda o: _verify(local, o), fetched)):
-            if problem:
+        # verify in parallel once every ancestor is present, one delta tree per task
+        children: dict[str, list[str]] = {}
+        trees = _roots(local, fetched, children)
+        for found in pool.map(lambda root: _verify_tree(local, root, children), trees):
+            if found:
+                oid, problem = found
                 local.backend.delete(Store._key(oid))
                 raise CorruptObjectError(f"object {oid} fetched for {context or 'checkout'} is "
                                          f"corrupt on the remote ({problem}); it was not kept")
     return TransferResult(len(fetched), total, skipped)
+
+
+def _roots(store: Store, fetched: list[str], children: dict[str, list[str]]) -> list[str]:
+    """The fetched objects whose delta parent was not fetched with them; fills ``children``."""
+    wanted, out = set(fetched), []
+    for oid in fetched:
+        parent = store.header(oid).parent
+        if parent in wanted:
+            children.setdefault(parent, []).append(oid)
+        else:
+            out.append(oid)
+    return out
+
+
+def _verify_tree(store: Store, root: str, children: dict[str, list[str]]) -> tuple[str, str] | None:
+    """Verify ``root`` and its fetched delta descendants, parents first, each decoded once
+    (a child is decoded from its parent's content); (object, problem) of the first bad one."""
+    todo = [(root, None)]
+    while todo:
+        oid, known = todo.pop()
+        try:
+            content = store.get_buffer(oid, known=known)
+        except (CorruptObjectError, ObjectMissingError) as exc:
+            return oid, str(exc)
+        todo += [(child, {oid: content}) for child in children.get(oid, ())]
+    return None
 
 
 def _fetch_one(local: Store, remotes: list[tuple[str, Store]], oid: str, context: str) -> int:
@@ -195,14 +224,6 @@ def _fetch_one(local: Store, remotes: list[tuple[str, Store]], oid: str, context
         f"object {oid}{' of ' + context if context else ''} is in neither the local store nor "
         f"any object remote: {names}. Push it from a clone that has it (`git push` uploads "
         "objects), or point `git config modelgit.remote.<name>.store` at the store holding it")
-
-
-def _verify(store: Store, oid: str) -> str | None:
-    try:
-        store.get(oid)
-    except (CorruptObjectError, ObjectMissingError) as exc:
-        return str(exc)
-    return None
 
 
 def remotes_for_fetch(repo: GitRepo, preferred: str | None = None) -> list[tuple[str, Store]]:
