@@ -178,3 +178,14 @@ def test_a_plain_git_clone_is_completed_by_modelgit_checkout(two_versions, tmp_p
     assert "wrote model.safetensors" in modelgit(clone, "checkout").stdout
     assert (clone / "model.safetensors").read_bytes() == v2
     assert git(clone, "status", "--porcelain").stdout == ""
+
+
+def test_stash_and_pop_of_a_changed_checkpoint(two_versions):
+    repo, _v1, v2, _log = two_versions
+    v3 = _save(repo / "model.safetensors", 9)
+    git(repo, "stash", "-q")
+    assert (repo / "model.safetensors").read_bytes() == v2
+    assert git(repo, "status", "--porcelain").stdout == ""
+    git(repo, "stash", "pop", "-q")
+    assert (repo / "model.safetensors").read_bytes() == v3
+    assert git(repo, "status", "--porcelain").stdout == " M model.safetensors\n"
