@@ -156,7 +156,7 @@ def _fill_pending(repo: GitRepo, pending: dict[str, bytes]) -> int:
     for result in worktree.fill_all(repo, pending):
         if result.filled:
             log.info("smudge %s: checkpoint written into the work tree", result.path)
-        elif result.reason != "not a manifest" and result.reason != "not in the work tree":
+        elif result.failed:
             failed += 1
             print(f"modelgit: {result.path}: could not write the checkpoint ({result.reason}); "
                   "the file holds its manifest for now: fix the cause and run "

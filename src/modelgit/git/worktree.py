@@ -128,6 +128,7 @@ class FillResult:
     path: str
     filled: bool
     reason: str = ""  # why it was skipped or failed
+    failed: bool = False  # it should have been written but could not be (``reason`` says why)
 
 
 def fill(repo: GitRepo, path: str, data: bytes | None = None) -> FillResult:
@@ -173,15 +174,14 @@ def fill_all(repo: GitRepo, pending: dict[str, bytes]) -> list[FillResult]:
         try:
             results.append(fill(repo, path, data))
         except (ModelgitError, OSError) as exc:
-            results.append(FillResult(path, False, str(exc)))
+            results.append(FillResult(path, False, str(exc), failed=True))
     filled = {r.path: pending[r.path] for r in results if r.filled}
     if filled:
         refresh_index(repo, filled)
     return results
 
 
-def _blob_id(repo: GitRepo, data: bytes) -> str:
-    algorithm = repo.git("rev-parse", "--show-object-format").decode().strip() or "sha1"
+def _blob_id(algorithm: str, data: bytes) -> str:
     return hashlib.new(algorithm, b"blob %d\0" % len(data) + data).hexdigest()
 
 
@@ -195,11 +195,12 @@ def refresh_index(repo: GitRepo, files: dict[str, bytes]) -> None:
     git command reads each file once more (the filter's stat cache answers without hashing).
     """
     listed = repo.git("--literal-pathspecs", "ls-files", "-s", "-z", "--", *files).split(b"\0")
+    algorithm = repo.git("rev-parse", "--show-object-format").decode().strip() or "sha1"
     entries = {}
     for entry in filter(None, listed):
         meta, path = entry.decode().split("\t", 1)
         mode, oid, stage = meta.split()
-        if stage == "0" and path in files and oid == _blob_id(repo, files[path]):
+        if stage == "0" and path in files and oid == _blob_id(algorithm, files[path]):
             entries[path] = (mode, oid)
     if not entries or index_stat.record_stat(repo, {p: oid for p, (_, oid) in entries.items()}):
         return
