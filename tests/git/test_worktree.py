@@ -108,6 +108,9 @@ def test_a_checkpoint_that_cannot_be_written_leaves_its_manifest_and_says_how_to
     assert "modelgit checkout model.safetensors" in result.stderr
     assert (repo / "model.safetensors").read_bytes().startswith(b"modelgit-manifest 1\n")
     assert git(repo, "status", "--porcelain").stdout == ""
+    still = modelgit(repo, "checkout", check=False)  # the cause is not fixed yet
+    assert still.returncode == 1 and "could not write model.safetensors" in still.stderr
+    assert (repo / "model.safetensors").read_bytes().startswith(b"modelgit-manifest 1\n")
     damaged.write_bytes(saved)
     modelgit(repo, "checkout", "model.safetensors")
     assert (repo / "model.safetensors").read_bytes() == v1

@@ -103,10 +103,13 @@ def cmd_checkout(args) -> int:
     paths = [os.path.relpath(os.path.abspath(p), repo.root) for p in args.paths]
     results = worktree.checkout_pointers(repo, paths or None, progress=args.progress)
     for result in results:
-        print(f"wrote {result.path}")
+        if result.filled:
+            print(f"wrote {result.path}")
+        elif result.failed:
+            print(f"modelgit: could not write {result.path}: {result.reason}", file=sys.stderr)
     if not results:
         print("no tracked file holds a manifest: the work tree is complete")
-    return 0
+    return 1 if any(result.failed for result in results) else 0
 
 
 def cmd_clone(args) -> int:

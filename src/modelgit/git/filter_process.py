@@ -30,7 +30,7 @@ from ..manifest import MAGIC, Manifest, is_manifest
 from . import worktree
 from .pktline import ContentStream, PktReader, PktWriter, ProtocolError
 from .repo import GitRepo
-from .transfer import fetch_objects, remotes_for_fetch
+from .transfer import fetch_missing
 
 __all__ = ["serve", "clean", "prepare_smudge", "smudge"]
 
@@ -101,9 +101,8 @@ def prepare_smudge(repo: GitRepo, path: str, data: bytes):
     """Parse the manifest and fetch what the store lacks; returns (store, manifest)."""
     manifest = Manifest.loads(data, path)
     store = repo.store()
-    missing = {oid for oid in manifest.object_ids() if not store.has(oid)}
-    if missing:
-        result = fetch_objects(store, remotes_for_fetch(repo), missing, progress=False, context=path)
+    result = fetch_missing(repo, store, manifest.object_ids(), path)
+    if result is not None:
         log.info("smudge %s: fetched %d objects (%d bytes)", path, result.objects, result.bytes)
     return store, manifest
 

@@ -190,12 +190,10 @@ def run_merge_driver(repo: GitRepo, base_path: str, ours_path: str, theirs_path:
     base = _read_manifest(base_path, f"{path} (merge base)")
     ours = _read_manifest(ours_path, f"{path} (ours)")
     theirs = _read_manifest(theirs_path, f"{path} (theirs)")
-    from .transfer import fetch_objects, remotes_for_fetch
+    from .transfer import fetch_missing
 
     needed = set().union(*(m.object_ids() for m in (base, ours, theirs) if m is not None))
-    missing = {oid for oid in needed if not store.has(oid)}
-    if missing:
-        fetch_objects(store, remotes_for_fetch(repo), missing, progress=False, context=path)
+    fetch_missing(repo, store, needed, path)
     strategy, params = _strategy_for(repo, path)
     with store.writing():
         outcome = merge_manifests(store, base, ours, theirs, strategy, params)

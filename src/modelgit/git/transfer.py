@@ -22,7 +22,8 @@ from ..progress import progress_bar
 from ..store import Store
 from .repo import GitRepo
 
-__all__ = ["remote_store_url", "open_remote_store", "push_objects", "fetch_objects", "TransferResult"]
+__all__ = ["remote_store_url", "open_remote_store", "push_objects", "fetch_objects", "fetch_missing",
+           "TransferResult"]
 
 TRANSFER_THREADS = 8  # I/O bound: more than the cores
 
@@ -187,6 +188,16 @@ def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str]
                 raise CorruptObjectError(f"object {oid} fetched for {context or 'checkout'} is "
                                          f"corrupt on the remote ({problem}); it was not kept")
     return TransferResult(len(fetched), total, skipped)
+
+
+def fetch_missing(repo: GitRepo, store: Store, oids, context: str,
+                  progress: bool | None = False) -> TransferResult | None:
+    """Fetch the objects of ``oids`` that ``store`` lacks from the repository's object remotes;
+    None (and no remote opened) when it has them all. Errors as :func:`fetch_objects`."""
+    missing = {oid for oid in oids if not store.has(oid)}
+    if not missing:
+        return None
+    return fetch_objects(store, remotes_for_fetch(repo), missing, progress=progress, context=context)
 
 
 def _roots(store: Store, fetched: list[str], children: dict[str, list[str]]) -> list[str]:

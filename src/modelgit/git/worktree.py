@@ -30,7 +30,7 @@ from .. import checkpoint
 from ..errors import ModelgitError, StoreFullError
 from ..manifest import Manifest, is_manifest
 from . import index_stat
-from .repo import FILTER_NAME, GitRepo
+from .repo import FILTER_NAME, MAX_MANIFEST_BYTES, GitRepo
 
 __all__ = ["STREAM", "DEFER", "POINTER", "SKIP", "smudge_mode", "git_subcommand", "fill", "check_space",
            "pointer_paths", "FillResult"]
@@ -143,7 +143,7 @@ def fill(repo: GitRepo, path: str, data: bytes | None = None) -> FillResult:
     try:
         before = os.lstat(full)
         if not stat.S_ISREG(before.st_mode) or (data is not None and before.st_size != len(data)) \
-                or before.st_size > (1 << 26):
+                or before.st_size > MAX_MANIFEST_BYTES:
             return FillResult(path, False, "not a manifest")
         with open(full, "rb") as handle:
             current = handle.read()
@@ -222,7 +222,7 @@ def pointer_paths(repo: GitRepo, paths: list[str] | None = None) -> list[str]:
     for path in candidates:
         full = os.path.join(repo.root, path)
         try:
-            if os.path.getsize(full) > (1 << 26):
+            if os.path.getsize(full) > MAX_MANIFEST_BYTES:
                 continue
             with open(full, "rb") as handle:
                 head = handle.read(32)
@@ -239,25 +239,22 @@ def checkout_pointers(repo: GitRepo, paths: list[str] | None = None,
 
     Args:
         paths: work-tree paths (relative to the repository root) or directories; None: all.
+    Returns:
+        One result per file; one that could not be written has ``failed`` set, the others are
+        written all the same.
     Raises:
         ObjectMissingError: an object is neither here nor on any object remote.
         StoreFullError: a checkpoint does not fit on the disk.
     """
-    from .transfer import fetch_objects, remotes_for_fetch
+    from .transfer import fetch_missing
 
     store = repo.store()
-    results, filled = [], {}
+    pending = {}
     for path in pointer_paths(repo, paths):
         with open(os.path.join(repo.root, path), "rb") as handle:
             data = handle.read()
         manifest = Manifest.loads(data, path)
-        missing = {oid for oid in manifest.object_ids() if not store.has(oid)}
-        if missing:
-            fetch_objects(store, remotes_for_fetch(repo), missing, progress=progress, context=path)
+        fetch_missing(repo, store, manifest.object_ids(), path, progress)
         check_space(repo, path, manifest)
-        results.append(fill(repo, path, data))
-        if results[-1].filled:
-            filled[path] = data
-    if filled:
-        refresh_index(repo, filled)
-    return results
+        pending[path] = data
+    return fill_all(repo, pending)

@@ -259,11 +259,9 @@ def _revision_source(spec: str) -> Source:
         records.extend(manifest.files)
     merged = Manifest(tuple(FileRecord(f"{i}/{r.path}", r.format, r.options, r.tensors)
                             for i, r in enumerate(records)), "dir")
-    missing = {oid for oid in merged.object_ids() if not store.has(oid)}
-    if missing:
-        from ..git.transfer import fetch_objects, remotes_for_fetch
+    from ..git.transfer import fetch_missing
 
-        fetch_objects(store, remotes_for_fetch(repo), missing, progress=False, context=spec)
+    fetch_missing(repo, store, merged.object_ids(), spec)
     return StoreSource(store, merged, spec)
 
 
