@@ -30,10 +30,15 @@ class PktReader:
             data += more
         return data
 
-    def read_packet(self) -> bytes | None:
-        """The next payload, or None for a flush packet. Raises EOFError at a clean end."""
+    def read_length(self, eof_ok: bool = False) -> int | None:
+        """The payload length of the next packet, None for a flush packet.
+
+        Raises:
+            EOFError: the pipe ended before the packet and ``eof_ok`` (a clean end).
+            ProtocolError: a bad length, or the pipe ended inside the length.
+        """
         head = self.stream.read(4)
-        if not head:
+        if not head and eof_ok:
             raise EOFError
         if len(head) < 4:
             head += self._exact(4 - len(head))
@@ -45,7 +50,12 @@ class PktReader:
             return None
         if length < 4 or length - 4 > MAX_PAYLOAD:
             raise ProtocolError(f"bad pkt-line length {length}")
-        return self._exact(length - 4)
+        return length - 4
+
+    def read_packet(self) -> bytes | None:
+        """The next payload, or None for a flush packet. Raises EOFError at a clean end."""
+        length = self.read_length(eof_ok=True)
+        return None if length is None else self._exact(length)
 
     def read_text_list(self) -> list[str]:
         """Text packets up to the next flush, without their trailing newlines."""
@@ -78,17 +88,11 @@ class ContentStream:
     def _next_packet(self) -> bool:
         """Start the next packet; False at the flush that ends the content."""
         while not self.done:
-            head = self._reader._exact(4)
-            try:
-                length = int(head, 16)
-            except ValueError:
-                raise ProtocolError(f"bad pkt-line length {head!r}") from None
-            if length == 0:
+            length = self._reader.read_length()
+            if length is None:
                 self.done = True
-            elif length < 4 or length - 4 > MAX_PAYLOAD:
-                raise ProtocolError(f"bad pkt-line length {length}")
-            elif length > 4:  # an empty packet (0004) carries nothing: read on
-                self._left = length - 4
+            elif length:  # an empty packet (0004) carries nothing: read on
+                self._left = length
                 return True
         return False
 
