@@ -23,7 +23,7 @@ import struct
 
 from .repo import GitRepo
 
-__all__ = ["record_stat"]
+__all__ = ["record_stat", "object_format"]
 
 _STAT = struct.Struct(">10I")  # ctime s/ns, mtime s/ns, dev, ino, mode, uid, gid, size
 _EXTENDED = 0x4000
@@ -92,7 +92,12 @@ def _stat_fields(st: os.stat_result, git_mode: int) -> bytes:
                       u32(st.st_size))
 
 
-def record_stat(repo: GitRepo, expected: dict[str, str]) -> bool:
+def object_format(repo: GitRepo) -> str:
+    """The repository's hash algorithm: ``sha1`` or ``sha256``."""
+    return repo.git("rev-parse", "--show-object-format").decode().strip() or "sha1"
+
+
+def record_stat(repo: GitRepo, expected: dict[str, str], algorithm: str | None = None) -> bool:
     """Write the current stat data of work-tree files ``{path: object id}`` into the index.
 
     Returns True when every path was updated; False (and the index untouched) when the index
@@ -100,7 +105,7 @@ def record_stat(repo: GitRepo, expected: dict[str, str]) -> bool:
     """
     index = repo.git("rev-parse", "--git-path", "index").decode().strip()
     index = index if os.path.isabs(index) else os.path.join(repo.root, index)
-    algorithm = repo.git("rev-parse", "--show-object-format").decode().strip() or "sha1"
+    algorithm = algorithm or object_format(repo)
     hash_len = _HASH_LENGTH.get(algorithm)
     if hash_len is None:
         return False

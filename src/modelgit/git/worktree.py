@@ -195,14 +195,15 @@ def refresh_index(repo: GitRepo, files: dict[str, bytes]) -> None:
     git command reads each file once more (the filter's stat cache answers without hashing).
     """
     listed = repo.git("--literal-pathspecs", "ls-files", "-s", "-z", "--", *files).split(b"\0")
-    algorithm = repo.git("rev-parse", "--show-object-format").decode().strip() or "sha1"
+    algorithm = index_stat.object_format(repo)
     entries = {}
     for entry in filter(None, listed):
         meta, path = entry.decode().split("\t", 1)
         mode, oid, stage = meta.split()
         if stage == "0" and path in files and oid == _blob_id(algorithm, files[path]):
             entries[path] = (mode, oid)
-    if not entries or index_stat.record_stat(repo, {p: oid for p, (_, oid) in entries.items()}):
+    if not entries or index_stat.record_stat(repo, {p: oid for p, (_, oid) in entries.items()},
+                                                algorithm):
         return
     lines = [f"{mode} {oid}\t{path}" for path, (mode, oid) in entries.items()]
     repo.git("update-index", "-z", "--index-info", input="\0".join(lines).encode() + b"\0")
