@@ -25,7 +25,7 @@ import pytest
 from modelgit import checkpoint
 from modelgit.cli.main import main
 from modelgit.errors import (CorruptObjectError, ModelgitError, ObjectMissingError,
-                             StoreFullError, UnsafeInputError)
+                             StoreError, StoreFullError, UnsafeInputError)
 from modelgit.manifest import Manifest
 from modelgit.store import Store
 from modelgit.store import backends
@@ -574,3 +574,29 @@ def test_full_temp_disk_while_materializing_torch_is_one_line_error(tmp_path, mo
     assert_one_line_error(err)
     assert "space" in err.lower()
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_failed_flush_at_commit_leaves_no_object_and_retry_succeeds(tmp_path, monkeypatch, error):
+    """Objects are made durable by an fdatasync each when their batch is committed: a failure
+    there (a full disk, an I/O error) must leave neither temporary files nor visible objects."""
+    model = tmp_path / "model.safetensors"
+    original = make_model(model, seed=3, mib=9)
+    store_dir = tmp_path / "store"
+    store = Store.open(str(store_dir), create=True)
+
+    def failing_fdatasync(fd):
+        raise OSError(error, os.strerror(error))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backends.os, "fdatasync", failing_fdatasync)
+        with pytest.raises(StoreFullError if error == errno.ENOSPC else StoreError) as info:
+            checkpoint.add(store, str(model), ref="model")
+    assert store.url in str(info.value)
+    assert tmp_files(store_dir) == []
+    assert store.refs() == {} and list(store.iter_objects()) == []
+
+    checkpoint.add(store, str(model), ref="model")
+    out = tmp_path / "out.safetensors"
+    checkpoint.materialize(store, checkpoint.load_manifest(store, "model"), str(out))
+    assert out.read_bytes() == original and store.verify() == []

@@ -78,7 +78,7 @@ def open_remote_store(repo: GitRepo, remote: str) -> Store:
 def _copy(src: Store, dst: Store, oid: str) -> int:
     blob = src._read(oid)
     stage = getattr(dst.backend, "stage", None)
-    if stage is not None:  # durable in batches (one syncfs), not one fsync per object
+    if stage is not None:  # durable in batches (writeback started early, fdatasync at commit)
         stage(Store._key(oid), blob)
     else:
         dst.backend.write_atomic(Store._key(oid), blob)

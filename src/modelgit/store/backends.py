@@ -47,18 +47,35 @@ def _full_error(url: str, key: str, exc: OSError) -> StoreFullError:
     )
 
 
-def _syncfs_function():
-    """libc's syncfs(2) (Linux), or None: one call makes a whole filesystem's writes durable."""
+def _sync_file_range_function():
+    """libc's sync_file_range(2) (Linux), or None."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.syncfs
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int]
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     return function
 
 
-_SYNCFS = _syncfs_function()
+_SYNC_FILE_RANGE = _sync_file_range_function()
+_SYNC_FILE_RANGE_WRITE = 2  # start writing the dirty pages back; do not wait
+
+
+def _start_writeback(fd: int) -> None:
+    """Start writing a just-written file to the disk while the caller goes on (Linux); the
+    fdatasync that commits it later then finds the data written and has little left to do."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # advisory: a failure shows at fdatasync
+
+
+def _fdatasync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 # staged bytes after which a batch is committed: bounds the work a crash can lose
 STAGE_BATCH_BYTES = 256 * 1024 * 1024
 
@@ -67,10 +84,13 @@ class LocalBackend:
     """A directory on a local filesystem; the fast path, with real file locks.
 
     Besides ``write_atomic`` (temp file, fsync, rename), objects can be *staged*: written to
-    temporary files without an fsync each, then committed in a batch by one ``syncfs`` and a
-    rename per file. An fsync per 4 MiB object costs a journal commit each (2.7 s per GB
-    measured here); a batch costs one. Until its batch is committed a staged object is invisible,
-    so a crash leaves only temporary files, never a half-written object.
+    temporary files whose writeback starts at once (``sync_file_range``), then committed in a
+    batch: an fdatasync and a rename per file. By then the data is on its way to the disk, so
+    the first fdatasync commits one journal transaction for the whole batch and the others find
+    little left to do. (A ``syncfs`` per batch, used before, also flushed every other dirty file
+    of the filesystem, such as the checkpoint the user had just written: 0.4-0.7 s of a 1 GB
+    ``git add``.) Until its batch is committed a staged object is invisible, so a crash leaves
+    only temporary files, never a half-written object.
     """
 
     def __init__(self, root: str):
@@ -113,6 +133,8 @@ class LocalBackend:
                 view = view[written:]
             if fsync:
                 os.fsync(fd)
+            else:
+                _start_writeback(fd)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -126,7 +148,7 @@ class LocalBackend:
         final = self._path(key)
         self._ensure_dir(os.path.dirname(final))
         try:
-            tmp = self._write_temp(data, fsync=_SYNCFS is None)
+            tmp = self._write_temp(data, fsync=False)  # made durable at commit
         except OSError as exc:
             self.discard_staged()
             if exc.errno in _FULL_ERRNOS:
@@ -140,20 +162,14 @@ class LocalBackend:
             self.commit_staged()
 
     def commit_staged(self) -> None:
-        """Make staged objects durable (one syncfs) and visible (rename each into place)."""
+        """Make staged objects durable (fdatasync each) and visible (rename each into place)."""
         with self._stage_guard:
             batch, self._staged, self._staged_bytes = self._staged, [], 0
         if not batch:
             return
         try:
-            if _SYNCFS is not None:
-                fd = os.open(self.root, os.O_RDONLY)
-                try:
-                    if _SYNCFS(fd) != 0:
-                        err = ctypes.get_errno()
-                        raise OSError(err, os.strerror(err))
-                finally:
-                    os.close(fd)
+            for tmp, _ in batch:
+                _fdatasync_path(tmp)
             for tmp, final in batch:
                 os.replace(tmp, final)
         except OSError as exc:
