@@ -46,3 +46,17 @@ def test_delta_of_small_update_is_small():
 
 def test_delta_refuses_size_mismatch():
     assert encode_delta(b"\0" * 8, 4, b"\0" * 4) is None
+
+
+@pytest.mark.parametrize("itemsize", ITEMSIZES)
+def test_planes_layout_is_byte_k_of_every_element(itemsize):
+    """The stored layout is fixed (objects written by earlier versions must decode): plane k is
+    byte k, in little-endian order, of every element, whatever the host's byte order."""
+    import zstandard
+
+    raw = np.random.default_rng(itemsize).integers(0, 256, 64 * itemsize, dtype=np.uint8)
+    payload = ENCODINGS["planes"].encode(raw.tobytes(), itemsize, None)
+    planes = np.frombuffer(zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw.size),
+                           dtype=np.uint8).reshape(itemsize, -1)
+    assert (planes == raw.reshape(-1, itemsize).T).all()
+    assert bytes(ENCODINGS["planes"].decode(payload, itemsize, raw.size, None)) == raw.tobytes()
