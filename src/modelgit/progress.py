@@ -6,7 +6,8 @@ import contextlib
 import os
 import sys
 
-from tqdm import tqdm
+# tqdm (~20 ms to import) is loaded only when a bar is shown: git's filter process, which starts
+# for every git command on tracked files, never shows one
 
 __all__ = ["progress_bar"]
 
@@ -19,9 +20,19 @@ def _enabled(requested: bool | None) -> bool:
     return sys.stderr.isatty()
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def progress_bar(total: int, desc: str, enabled: bool | None = None):
     """A byte-counting bar; yields an object with ``update(n)``."""
+    if not _enabled(enabled):
+        yield _NoBar()
+        return
+    from tqdm import tqdm
+
     with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-              disable=not _enabled(enabled), file=sys.stderr, leave=False) as bar:
+              file=sys.stderr, leave=False) as bar:
         yield bar

@@ -44,12 +44,11 @@ def _keep_freed_memory() -> None:
     the filter allocates and frees several 4 MiB buffers per chunk, and on a VM whose free pages
     go back to the host, touching fresh pages again costs ~2.5-3 s per GB."""
     import ctypes
-    import ctypes.util
 
     if os.environ.get("MODELGIT_MALLOC") == "default":
         return
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the C library this process runs on (find_library forks ldconfig)
         libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MiB of free heap
         libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: chunk buffers from the heap, not mmap
     except (OSError, AttributeError):

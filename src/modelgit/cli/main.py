@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from .. import checkpoint
-from . import git_commands, merge_commands, train_commands, workflow_commands
+from . import git_commands
 from ..errors import ModelgitError
 from ..store import Store
 
@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete", metavar="NAME")
     p.add_argument("--json", action="store_true")
 
+    from . import merge_commands, train_commands, workflow_commands  # (see main: not for git's filter)
+
     git_commands.register(sub, _command)
     merge_commands.register(sub, _command)
     train_commands.register(sub, _command)
@@ -264,8 +266,12 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if (sys.argv[1:] if argv is None else argv) == ["filter-process"]:
+        # git starts the filter for every command that touches tracked files: it skips building
+        # the parser of every verb (and importing their modules), a tenth of its start-up
+        args = argparse.Namespace(func=git_commands.cmd_filter_process, debug=False)
+    else:
+        args = build_parser().parse_args(argv)
     _setup_logging()
     debug = args.debug or os.environ.get("MODELGIT_DEBUG") == "1"
     try:
