@@ -85,11 +85,13 @@ def _compressor() -> zstandard.ZstdCompressor:
 
 
 # for byte planes (floats and their deltas): the gain there is entropy coding of the sign and
-# exponent plane, not long matches, so a small hash table and long minimum matches find what
-# level 1 finds, 20-40% faster (and within 2% of its size, often smaller); any zstd frame
-# decodes the same way, so objects written before decode as ever
+# exponent plane, not long matches, so the smallest hash table (64 entries) and long minimum
+# matches find what level 1 finds, 2x faster (and within 2% of its size, often smaller: the
+# exponent plane of N(0, 0.02) fp32 weights gives 0.340 of its size, 2.68 bits of entropy per
+# byte bound it at 0.335; 1.6 ms per 4 MiB chunk against 2.8 ms with a 1024-entry table, the
+# same size); any zstd frame decodes the same way, so objects written before decode as ever
 _PLANE_PARAMS = zstandard.ZstdCompressionParameters(
-    window_log=18, chain_log=6, hash_log=10, search_log=1, min_match=7, target_length=0,
+    window_log=18, chain_log=6, hash_log=6, search_log=1, min_match=7, target_length=0,
     strategy=zstandard.STRATEGY_FAST)
 
 
