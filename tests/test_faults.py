@@ -600,3 +600,42 @@ def test_failed_flush_at_commit_leaves_no_object_and_retry_succeeds(tmp_path, mo
     out = tmp_path / "out.safetensors"
     checkpoint.materialize(store, checkpoint.load_manifest(store, "model"), str(out))
     assert out.read_bytes() == original and store.verify() == []
+
+
+def test_checkout_of_a_checkpoint_too_big_for_the_disk_fails_before_writing(tmp_path, monkeypatch):
+    """The space a checkpoint needs is reserved before its first byte is written: a full disk
+    stops the materialisation there, with the usual message, and leaves no file behind."""
+    import ctypes
+
+    from modelgit import _files
+
+    model = tmp_path / "model.safetensors"
+    make_model(model, seed=4, mib=5)
+    store = Store.open(str(tmp_path / "store"), create=True)
+    manifest = checkpoint.add(store, str(model), ref="model")
+    requests = []
+
+    def full_disk(fd, mode, offset, length):
+        requests.append(length)
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+
+    monkeypatch.setattr(_files, "_FALLOCATE", full_disk)
+    out_dir = tmp_path / "out"
+    with pytest.raises(StoreFullError, match="no space left"):
+        checkpoint.materialize(store, manifest, str(out_dir / "model.safetensors"))
+    assert requests == [manifest.logical_bytes]
+    assert list(out_dir.iterdir()) == []
+
+
+def test_reserved_space_keeps_the_file_size(tmp_path):
+    from modelgit._files import reserve_space
+
+    path = tmp_path / "f.bin"
+    with open(path, "wb") as handle:
+        reserve_space(handle.fileno(), 8 << 20)
+        handle.write(b"x" * 100)
+    info = os.stat(path)
+    assert info.st_size == 100
+    if info.st_blocks * 512 < 8 << 20:
+        pytest.skip("this filesystem does not reserve space (fallocate unsupported)")

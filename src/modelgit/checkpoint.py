@@ -27,6 +27,7 @@ from .formats import TensorEntry, detect_format, get_format
 from .formats._sniff import _SUFFIXES as TORCH_SUFFIXES
 from .formats.safetensors_format import parse_header, read_header_from_stream, release_mapped
 from .manifest import FileRecord, Manifest, TensorRecord
+from ._files import reserve_space
 from .progress import progress_bar
 from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
 from ._parallel import ordered_map
@@ -377,10 +378,16 @@ def iter_file_bytes(store: Store, record: FileRecord, bar=None) -> Iterator[byte
                 yield block
 
 
+# formats whose files hold every tensor's bytes as they are (an npz may be compressed)
+_RAW_LAYOUT_FORMATS = ("safetensors", BLOB_FORMAT)
+
+
 def _write_file(store: Store, record: FileRecord, out_path: str, bar, label: str,
                 sync: bool = True) -> None:
     try:
         with open(out_path, "wb") as out:
+            if record.format in _RAW_LAYOUT_FORMATS:  # at least the tensors' bytes, whole
+                reserve_space(out.fileno(), sum(t.nbytes for t in record.tensors))
             for piece in iter_file_bytes(store, record, bar):
                 out.write(piece)
             out.flush()
