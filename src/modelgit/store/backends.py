@@ -19,6 +19,7 @@ import time
 import uuid
 from typing import Iterator, Protocol
 
+from .._files import reserve_space
 from ..errors import LockTimeoutError, StoreError, StoreFullError
 
 __all__ = ["Backend", "LocalBackend", "FsspecBackend", "open_backend"]
@@ -128,6 +129,7 @@ class LocalBackend:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data).cast("B")
+            reserve_space(fd, view.nbytes)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
