@@ -408,6 +408,29 @@ def _safe_relpath(path: str) -> str:
     return os.path.join(*parts)
 
 
+# a temporary copy nobody has written to for this long was left by a process that was killed
+STALE_TEMPORARY_SECONDS = 120
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{name}.modelgit-tmp-"
+
+
+def _remove_stale_temporaries(directory: str, name: str) -> None:
+    """Delete what a killed materialisation of ``name`` left beside it (a 1 GB hidden file that
+    git would list as untracked). One still being written is recent (each write updates its
+    mtime), and is left alone."""
+    prefix = _temporary_prefix(name)
+    try:
+        candidates = [entry for entry in os.scandir(directory) if entry.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in candidates:
+        with contextlib.suppress(OSError):
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_SECONDS:
+                _remove(entry.path)
+
+
 def materialize(store: Store, manifest: Manifest, dest: str, force: bool = False,
                 progress: bool | None = None, sync: bool = True, mode: int | None = None) -> str:
     """Write the checkpoint of ``manifest`` to ``dest`` (a file, or a directory for ``root dir``).
@@ -427,7 +450,8 @@ def materialize(store: Store, manifest: Manifest, dest: str, force: bool = False
         raise UsageError(f"{dest} already exists; pass --force to replace it")
     parent_dir = os.path.dirname(os.path.abspath(dest))
     os.makedirs(parent_dir, exist_ok=True)
-    tmp = os.path.join(parent_dir, f".{os.path.basename(dest)}.modelgit-tmp-{uuid.uuid4().hex[:8]}")
+    _remove_stale_temporaries(parent_dir, os.path.basename(dest))
+    tmp = os.path.join(parent_dir, f"{_temporary_prefix(os.path.basename(dest))}{uuid.uuid4().hex[:8]}")
     try:
         with progress_bar(manifest.logical_bytes, f"materialize {os.path.basename(dest)}", progress) as bar:
             if manifest.root == "file":

@@ -192,3 +192,21 @@ def test_stash_and_pop_of_a_changed_checkpoint(two_versions):
     git(repo, "stash", "pop", "-q")
     assert (repo / "model.safetensors").read_bytes() == v3
     assert git(repo, "status", "--porcelain").stdout == " M model.safetensors\n"
+
+
+def test_a_fill_killed_midway_is_cleaned_up_by_the_next_checkout(two_versions):
+    """A filter killed while writing (SIGKILL, power loss) leaves a hidden temporary copy that
+    git would list as untracked; the next fill of that path deletes it, but not one that is
+    still being written (recently modified)."""
+    import time
+
+    repo, v1, v2, log = two_versions
+    stale = repo / "..model.safetensors.modelgit-fill.modelgit-tmp-deadbeef"
+    live = repo / "..model.safetensors.modelgit-fill.modelgit-tmp-livelive"
+    stale.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"being written")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    git(repo, "checkout", "-q", "HEAD~1")
+    assert (repo / "model.safetensors").read_bytes() == v1
+    assert not stale.exists() and live.exists()
