@@ -240,3 +240,23 @@ def test_add_stream_refuses_trailing_and_truncated_data(store, small_model):
         checkpoint.add_stream(store, io.BytesIO(data + b"x"), "model.safetensors")
     with pytest.raises(FormatError, match="truncated"):
         checkpoint.add_stream(store, io.BytesIO(data[:-5]), "model.safetensors")
+
+
+@pytest.mark.parametrize("target", [1 << 20, 3 * (1 << 20) + 4096])
+def test_a_manifest_chunked_another_way_is_still_written_exactly(store, tmp_path, monkeypatch, target):
+    """Files are written chunk by chunk at offsets predicted from how this version cuts tensors;
+    a manifest whose chunks were cut another way (an older or newer modelgit) is streamed."""
+    from modelgit.store import chunk_layout
+
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, {"big": ("F32", (1536, 1024), float_weights(7, (1536, 1024)).tobytes()),
+                             "small": ("F32", (10,), float_weights(8, (10,)).tobytes())})
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "chunk_layout", lambda itemsize, shape: chunk_layout(itemsize, shape, target))
+        manifest = checkpoint.add(store, str(path))
+    # 1 MiB: more chunks than this version cuts; 3 MiB + 4 KiB: as many, but of other sizes
+    assert len(manifest.files[0].tensor("big").chunks) == len(chunk_layout(4, (1536, 1024), target))
+    assert chunk_layout(4, (1536, 1024), target) != chunk_layout(4, (1536, 1024))
+    out = tmp_path / "out.safetensors"
+    checkpoint.materialize(store, manifest, str(out))
+    assert out.read_bytes() == path.read_bytes()

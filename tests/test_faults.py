@@ -169,13 +169,19 @@ class _EnospcFile:
         self._left = limit
 
     def write(self, data) -> int:
+        return self._take(data, self._handle.write)
+
+    def pwrite(self, data, offset: int, real_pwrite) -> int:
+        return self._take(data, lambda view: real_pwrite(self._handle.fileno(), view, offset))
+
+    def _take(self, data, write) -> int:
         n = len(memoryview(data).cast("B"))
         if n > self._left:
-            self._handle.write(memoryview(data).cast("B")[:self._left])  # a partial write first
+            write(memoryview(data).cast("B")[:self._left])  # a partial write first
             self._left = 0
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self._left -= n
-        return self._handle.write(data)
+        return write(data)
 
     def __getattr__(self, name):
         return getattr(self._handle, name)
@@ -188,18 +194,27 @@ class _EnospcFile:
 
 
 def fill_disk_under(monkeypatch, root, limit: int) -> None:
-    """Files opened for writing under ``root`` fail with ENOSPC after ``limit`` bytes each."""
-    real_open = builtins.open
+    """Files opened for writing under ``root`` fail with ENOSPC after ``limit`` bytes each,
+    written through the file object or with ``os.pwrite`` on its descriptor."""
+    real_open, real_pwrite = builtins.open, os.pwrite
     root = os.path.abspath(str(root)) + os.sep
+    limited: dict[int, _EnospcFile] = {}
 
     def fake_open(file, mode="r", *args, **kwargs):
         handle = real_open(file, mode, *args, **kwargs)
         if (isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+")
                 and os.path.abspath(os.fspath(file)).startswith(root)):
-            return _EnospcFile(handle, limit)
+            limited[handle.fileno()] = _EnospcFile(handle, limit)
+            return limited[handle.fileno()]
         return handle
 
+    def fake_pwrite(fd, data, offset):
+        if fd in limited and not limited[fd].closed:
+            return limited[fd].pwrite(data, offset, real_pwrite)
+        return real_pwrite(fd, data, offset)
+
     monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "pwrite", fake_pwrite)
 
 
 @pytest.fixture

@@ -378,6 +378,72 @@ def iter_file_bytes(store: Store, record: FileRecord, bar=None) -> Iterator[byte
                 yield block
 
 
+class _UnexpectedChunking(Exception):
+    """A manifest's chunks are not cut the way this version cuts tensors (an older manifest)."""
+
+
+def _placed_chunks(store: Store, record: FileRecord) -> tuple[bytes, list[tuple[str, int, int]]] | None:
+    """(prefix, [(chunk id, file offset, size)]) of a file made of a prefix and whole tensors,
+    or None for other formats and for chunks this version does not cut that way."""
+    meta = {key: store.get(oid) for key, oid in record.options.items()}
+    entries = _write_order(record, meta)
+    if record.format == BLOB_FORMAT:
+        prefix, placed, offset = b"", [], 0
+        for entry in entries:
+            placed.append((entry, offset))
+            offset += entry.nbytes
+    else:
+        layout = get_format(record.format).layout
+        if layout is None:
+            return None
+        prefix, placed = layout(meta, entries, record.path)
+    by_name = {t.name: t for t in record.tensors}
+    jobs = []
+    for entry, start in placed:
+        chunks = chunk_layout(DTYPES[entry.dtype].itemsize, entry.shape)
+        ids = by_name[entry.name].chunks
+        if len(chunks) != len(ids):
+            return None
+        jobs.extend((oid, start + c.start, c.stop - c.start) for oid, c in zip(ids, chunks))
+    return prefix, jobs
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _write_in_place(store: Store, record: FileRecord, fd: int, bar) -> bool:
+    """Write the file by decoding each chunk and writing it at its offset, on the worker
+    threads: copying into fresh page-cache pages, which a VM can make as costly as decoding,
+    then runs on every core instead of one. False (nothing to keep) when the file's layout is
+    not a prefix and whole tensors, or its chunks are cut another way.
+    """
+    placed = _placed_chunks(store, record)
+    if placed is None:
+        return False
+    prefix, jobs = placed
+
+    def place(job: tuple[str, int, int]) -> int:
+        oid, offset, size = job
+        data = store.get_buffer(oid)
+        if len(data) != size:
+            raise _UnexpectedChunking(oid)
+        _pwrite_all(fd, data, offset)
+        return size
+
+    _pwrite_all(fd, prefix, 0)
+    try:
+        for size in ordered_map(place, jobs):
+            if bar is not None:
+                bar.update(size)
+    except _UnexpectedChunking:
+        return False
+    return True
+
+
 # formats whose files hold every tensor's bytes as they are (an npz may be compressed)
 _RAW_LAYOUT_FORMATS = ("safetensors", BLOB_FORMAT)
 
@@ -388,8 +454,10 @@ def _write_file(store: Store, record: FileRecord, out_path: str, bar, label: str
         with open(out_path, "wb") as out:
             if record.format in _RAW_LAYOUT_FORMATS:  # at least the tensors' bytes, whole
                 reserve_space(out.fileno(), sum(t.nbytes for t in record.tensors))
-            for piece in iter_file_bytes(store, record, bar):
-                out.write(piece)
+            if not _write_in_place(store, record, out.fileno(), bar):
+                out.truncate(0)
+                for piece in iter_file_bytes(store, record, bar):
+                    out.write(piece)
             out.flush()
             if sync:
                 os.fsync(out.fileno())

@@ -270,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         # git starts the filter for every command that touches tracked files: it skips building
         # the parser of every verb (and importing their modules), a tenth of its start-up
         args = argparse.Namespace(func=git_commands.cmd_filter_process, debug=False)
+        # the filter runs its own threads; OpenBLAS's (numpy's dot product of a chunk) would spin
+        # on the same cores (2-4% of a checkout's samples): one BLAS thread, set before numpy loads
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
     else:
         args = build_parser().parse_args(argv)
     _setup_logging()

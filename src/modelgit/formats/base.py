@@ -62,6 +62,9 @@ class Format:
     # optional: the file's bytes in pieces from (meta, entries, read), for formats that can be
     # produced front to back (git smudge streams them to git without a temporary file)
     stream: Callable[..., Iterator[bytes]] | None = None
+    # optional: (prefix, [(entry, offset)]) from (meta, entries, where), for formats whose file
+    # is a prefix followed by every tensor's bytes whole at a fixed offset (written in parallel)
+    layout: Callable[..., tuple[bytes, list[tuple[TensorEntry, int]]]] | None = None
 
 
 FORMATS: dict[str, Format] = {}

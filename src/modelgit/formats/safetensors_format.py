@@ -205,9 +205,14 @@ def write_safetensors(path: str, meta: dict[str, bytes], entries: list[TensorEnt
             out.write(piece)
 
 
-def stream_safetensors(meta: dict[str, bytes], entries: list[TensorEntry], read,
-                       where: str = "safetensors file"):
-    """The bytes of the safetensors file, in pieces (see :func:`write_safetensors`)."""
+def layout_safetensors(meta: dict[str, bytes], entries: list[TensorEntry],
+                       where: str = "safetensors file") -> tuple[bytes, list[tuple[TensorEntry, int]]]:
+    """The bytes before the first tensor (length and header), and each tensor with the file
+    offset of its first byte, in file order (see :func:`write_safetensors` for the header).
+
+    Raises:
+        FormatError: when the header and the tensor list disagree.
+    """
     header = meta.get("header")
     if header is None:
         header = _canonical_header(entries)
@@ -218,9 +223,17 @@ def stream_safetensors(meta: dict[str, bytes], entries: list[TensorEntry], read,
             by_name[entry.name] != entry for entry, _, _ in items):
         raise FormatError(f"{where}: the stored header does not describe the manifest's tensors "
                           "(the manifest was edited by hand?)")
-    yield struct.pack("<Q", len(header)) + header
-    for entry, _, _ in items:
-        yield from iter_pieces(read, by_name[entry.name])
+    prefix = struct.pack("<Q", len(header)) + header
+    return prefix, [(by_name[entry.name], len(prefix) + begin) for entry, begin, _ in items]
+
+
+def stream_safetensors(meta: dict[str, bytes], entries: list[TensorEntry], read,
+                       where: str = "safetensors file"):
+    """The bytes of the safetensors file, in pieces (see :func:`write_safetensors`)."""
+    prefix, placed = layout_safetensors(meta, entries, where)
+    yield prefix
+    for entry, _ in placed:
+        yield from iter_pieces(read, entry)
 
 
 def _canonical_header(entries: list[TensorEntry]) -> bytes:
@@ -257,4 +270,4 @@ def sniff_safetensors(path: str) -> bool:
 
 
 FORMAT = Format("safetensors", open_safetensors, write_safetensors, sniff_safetensors,
-                stream_safetensors)
+                stream_safetensors, layout_safetensors)
