@@ -227,8 +227,17 @@ def add(store: Store, path: str, parent: Manifest | None = None, ref: str | None
     return manifest
 
 
-def _read_exact(stream, n: int, where: str) -> bytes:
-    data = stream.read(n)
+def _read_exact(stream, n: int, where: str):
+    """The next ``n`` bytes of ``stream`` (a bytes-like)."""
+    readinto_exact = getattr(stream, "readinto_exact", None)
+    if readinto_exact is not None:  # git's pipe: into a buffer that is not zeroed first
+        import numpy
+
+        buffer = memoryview(numpy.empty(n, dtype=numpy.uint8))
+        got = readinto_exact(buffer)
+        data = buffer[:got]
+    else:
+        data = stream.read(n)
     if len(data) != n:
         raise FormatError(f"{where}: data ends after {len(data)} of {n} bytes of a tensor (truncated?)")
     return data

@@ -49,3 +49,17 @@ def test_bad_lengths_are_refused(head):
     content = ContentStream(PktReader(io.BufferedReader(io.BytesIO(head + b"abcd"))))
     with pytest.raises(ProtocolError, match="bad pkt-line length"):
         content.read(4)
+
+
+def test_content_with_a_peeked_prefix_reads_into_buffers_across_the_join():
+    from modelgit.git.filter_process import _Prefixed
+
+    payload = bytes(range(256)) * 1000
+    content = ContentStream(PktReader(_framed(payload[10:])))
+    stream = _Prefixed(payload[:10], content)
+    first, second = bytearray(4), bytearray(MAX_PAYLOAD + 3)
+    assert stream.readinto_exact(first) == 4 and bytes(first) == payload[:4]
+    assert stream.readinto_exact(second) == len(second) and bytes(second) == payload[4:4 + len(second)]
+    rest = bytearray(len(payload))
+    assert stream.readinto_exact(rest) == len(payload) - 4 - len(second)
+    assert bytes(rest[:len(payload) - 4 - len(second)]) == payload[4 + len(second):]

@@ -53,6 +53,13 @@ class _Prefixed:
         head, self.prefix = self.prefix[:n], self.prefix[n:]
         return head + (self.rest.read(n - len(head)) if len(head) < n else b"")
 
+    def readinto_exact(self, buffer) -> int:
+        """Fill ``buffer`` (fewer bytes only at the end of the content); returns the count."""
+        view = memoryview(buffer).cast("B")
+        head, self.prefix = self.prefix[:len(view)], self.prefix[len(view):]
+        view[:len(head)] = head
+        return len(head) + (self.rest.readinto_exact(view[len(head):]) if len(head) < len(view) else 0)
+
 
 def _previous_record(repo: GitRepo, path: str):
     """The manifest of ``path`` in the index, else in HEAD: the parent for delta encoding."""
