@@ -174,6 +174,9 @@ class _EnospcFile:
     def pwrite(self, data, offset: int, real_pwrite) -> int:
         return self._take(data, lambda view: real_pwrite(self._handle.fileno(), view, offset))
 
+    def os_write(self, data, real_write) -> int:
+        return self._take(data, lambda view: real_write(self._handle.fileno(), view))
+
     def _take(self, data, write) -> int:
         n = len(memoryview(data).cast("B"))
         if n > self._left:
@@ -195,8 +198,8 @@ class _EnospcFile:
 
 def fill_disk_under(monkeypatch, root, limit: int) -> None:
     """Files opened for writing under ``root`` fail with ENOSPC after ``limit`` bytes each,
-    written through the file object or with ``os.pwrite`` on its descriptor."""
-    real_open, real_pwrite = builtins.open, os.pwrite
+    written through the file object or with ``os.write``/``os.pwrite`` on its descriptor."""
+    real_open, real_pwrite, real_write = builtins.open, os.pwrite, os.write
     root = os.path.abspath(str(root)) + os.sep
     limited: dict[int, _EnospcFile] = {}
 
@@ -213,8 +216,14 @@ def fill_disk_under(monkeypatch, root, limit: int) -> None:
             return limited[fd].pwrite(data, offset, real_pwrite)
         return real_pwrite(fd, data, offset)
 
+    def fake_write(fd, data):
+        if fd in limited and not limited[fd].closed:
+            return limited[fd].os_write(data, real_write)
+        return real_write(fd, data)
+
     monkeypatch.setattr(builtins, "open", fake_open)
     monkeypatch.setattr(os, "pwrite", fake_pwrite)
+    monkeypatch.setattr(os, "write", fake_write)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from .formats import TensorEntry, detect_format, get_format
 from .formats._sniff import _SUFFIXES as TORCH_SUFFIXES
 from .formats.safetensors_format import parse_header, read_header_from_stream, release_mapped
 from .manifest import FileRecord, Manifest, TensorRecord
-from ._files import reserve_space
+from ._files import reserve_space, write_all
 from .progress import progress_bar
 from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
 from ._parallel import ordered_map
@@ -417,13 +417,6 @@ def _placed_chunks(store: Store, record: FileRecord) -> tuple[bytes, list[tuple[
     return prefix, jobs
 
 
-def _pwrite_all(fd: int, data, offset: int) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
 def _write_in_place(store: Store, record: FileRecord, fd: int, bar) -> bool:
     """Write the file by decoding each chunk and writing it at its offset, on the worker
     threads: copying into fresh page-cache pages, which a VM can make as costly as decoding,
@@ -440,10 +433,10 @@ def _write_in_place(store: Store, record: FileRecord, fd: int, bar) -> bool:
         data = store.get_buffer(oid)
         if len(data) != size:
             raise _UnexpectedChunking(oid)
-        _pwrite_all(fd, data, offset)
+        write_all(fd, data, offset)
         return size
 
-    _pwrite_all(fd, prefix, 0)
+    write_all(fd, prefix, 0)
     try:
         for size in ordered_map(place, jobs):
             if bar is not None:
@@ -464,9 +457,10 @@ def _write_file(store: Store, record: FileRecord, out_path: str, bar, label: str
             if record.format in _RAW_LAYOUT_FORMATS:  # at least the tensors' bytes, whole
                 reserve_space(out.fileno(), sum(t.nbytes for t in record.tensors))
             if not _write_in_place(store, record, out.fileno(), bar):
+                out.seek(0)
                 out.truncate(0)
                 for piece in iter_file_bytes(store, record, bar):
-                    out.write(piece)
+                    write_all(out.fileno(), piece)
             out.flush()
             if sync:
                 os.fsync(out.fileno())

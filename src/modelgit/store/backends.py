@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Iterator, Protocol
 
-from .._files import reserve_space
+from .._files import reserve_space, write_all
 from ..errors import LockTimeoutError, StoreError, StoreFullError
 
 __all__ = ["Backend", "LocalBackend", "FsspecBackend", "open_backend"]
@@ -128,11 +128,8 @@ class LocalBackend:
         tmp = os.path.join(tmp_dir, f"{os.getpid()}-{uuid.uuid4().hex}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data).cast("B")
-            reserve_space(fd, view.nbytes)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            reserve_space(fd, memoryview(data).nbytes)
+            write_all(fd, data)
             if fsync:
                 os.fsync(fd)
             else:

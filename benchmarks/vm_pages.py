@@ -1,0 +1,67 @@
+"""How much a fresh page-cache page costs on this machine, and how fast freed pages go cold.
+
+On a VM whose memory the host hands out on first touch (and takes back when the guest reports
+pages free, as virtio-balloon free page reporting does), writing a file into pages nobody has
+touched recently costs far more than writing into pages another file has just given back. This
+script writes a file, deletes it, waits, and writes the next one, for several waits; then writes a file, leaves it
+untouched for a while, deletes it and at once writes the next (what a checkout does):
+
+    python3 benchmarks/vm_pages.py [--mib 1024] [--dir /tmp]
+
+A checkout writes its checkpoint into such pages: the figures say how much of a checkout's time
+is the machine's and not the tool's (see benchmarks/README.md, git-integration benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+WAITS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 0.0)
+IDLE = (0.0, 1.0, 3.0, 6.0)
+
+
+def write_file(path: str, mib: int, block: bytes) -> tuple[float, float]:
+    """(wall seconds, kernel CPU seconds) to write ``mib`` MiB into a new file."""
+    start, cpu = time.perf_counter(), os.times().system
+    with open(path, "wb") as handle:
+        for _ in range(mib // 4):
+            handle.write(block)
+    return time.perf_counter() - start, os.times().system - cpu
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=1024, help="file size in MiB (default 1024)")
+    parser.add_argument("--dir", default=None, help="where to write (default: the temp directory)")
+    args = parser.parse_args(argv)
+    block = os.urandom(4 << 20)
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="vm-pages-") as root:
+        previous = os.path.join(root, "first")
+        wall, kernel = write_file(previous, args.mib, block)
+        print(f"| write {args.mib} MiB into untouched pages | {wall:.2f} s | kernel {kernel:.2f} s |")
+        for index, wait in enumerate(WAITS):
+            os.unlink(previous)
+            time.sleep(wait)
+            previous = os.path.join(root, f"next-{index}")
+            wall, kernel = write_file(previous, args.mib, block)
+            print(f"| delete the last file, wait {wait:.1f} s, write {args.mib} MiB | {wall:.2f} s "
+                  f"| kernel {kernel:.2f} s |")
+        # a checkout's case: the file git deletes was written a while ago and not touched since
+        for idle in IDLE:
+            os.unlink(previous)
+            previous = os.path.join(root, f"idle-{idle}")
+            write_file(previous, args.mib, block)
+            time.sleep(idle)
+            os.unlink(previous)
+            previous = os.path.join(root, f"after-idle-{idle}")
+            wall, kernel = write_file(previous, args.mib, block)
+            print(f"| write a file, leave it {idle:.1f} s, delete it, write {args.mib} MiB at once "
+                  f"| {wall:.2f} s | kernel {kernel:.2f} s |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
