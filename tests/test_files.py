@@ -22,9 +22,9 @@ def test_write_all_writes_everything_in_pieces_of_at_most_write_piece(tmp_path, 
     path = tmp_path / "f.bin"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
-        _files.write_all(fd, b"head")
-        _files.write_all(fd, data)
-        _files.write_all(fd, data[:10], offset=2)
+        _files.write_all(fd, b"head", piece_size=_files.WRITE_PIECE)
+        _files.write_all(fd, data, piece_size=_files.WRITE_PIECE)
+        _files.write_all(fd, data[:10], offset=2, piece_size=_files.WRITE_PIECE)
     finally:
         os.close(fd)
     assert path.read_bytes() == b"he" + data[:10] + (b"head" + data)[12:]

@@ -27,7 +27,7 @@ from .formats import TensorEntry, detect_format, get_format
 from .formats._sniff import _SUFFIXES as TORCH_SUFFIXES
 from .formats.safetensors_format import parse_header, read_header_from_stream, release_mapped
 from .manifest import FileRecord, Manifest, TensorRecord
-from ._files import reserve_space, write_all
+from ._files import WRITE_PIECE, reserve_space, write_all
 from .progress import progress_bar
 from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
 from ._parallel import ordered_map
@@ -433,10 +433,10 @@ def _write_in_place(store: Store, record: FileRecord, fd: int, bar) -> bool:
         data = store.get_buffer(oid)
         if len(data) != size:
             raise _UnexpectedChunking(oid)
-        write_all(fd, data, offset)
+        write_all(fd, data, offset, WRITE_PIECE)
         return size
 
-    write_all(fd, prefix, 0)
+    write_all(fd, prefix, 0, WRITE_PIECE)
     try:
         for size in ordered_map(place, jobs):
             if bar is not None:
@@ -460,7 +460,7 @@ def _write_file(store: Store, record: FileRecord, out_path: str, bar, label: str
                 out.seek(0)
                 out.truncate(0)
                 for piece in iter_file_bytes(store, record, bar):
-                    write_all(out.fileno(), piece)
+                    write_all(out.fileno(), piece, piece_size=WRITE_PIECE)
             out.flush()
             if sync:
                 os.fsync(out.fileno())
