@@ -122,14 +122,15 @@ class LocalBackend:
             os.makedirs(path, exist_ok=True)
             self._made_dirs.add(path)
 
-    def _write_temp(self, data, fsync: bool) -> str:
+    def _write_temp(self, data, fsync: bool, more=()) -> str:
         tmp_dir = os.path.join(self.root, "tmp")
         self._ensure_dir(tmp_dir)
         tmp = os.path.join(tmp_dir, f"{os.getpid()}-{uuid.uuid4().hex}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            reserve_space(fd, memoryview(data).nbytes)
-            write_all(fd, data)
+            reserve_space(fd, sum(memoryview(part).nbytes for part in (data, *more)))
+            for part in (data, *more):
+                write_all(fd, part)
             if fsync:
                 os.fsync(fd)
             else:
@@ -142,12 +143,13 @@ class LocalBackend:
         os.close(fd)
         return tmp
 
-    def stage(self, key: str, data) -> None:
-        """Write ``key`` to a temporary file; it becomes visible at the next commit."""
+    def stage(self, key: str, data, *more) -> None:
+        """Write ``key`` (``data`` followed by the buffers ``more``) to a temporary file; it
+        becomes visible at the next commit."""
         final = self._path(key)
         self._ensure_dir(os.path.dirname(final))
         try:
-            tmp = self._write_temp(data, fsync=False)  # made durable at commit
+            tmp = self._write_temp(data, fsync=False, more=more)  # made durable at commit
         except OSError as exc:
             self.discard_staged()
             if exc.errno in _FULL_ERRNOS:
@@ -155,7 +157,7 @@ class LocalBackend:
             raise StoreError(f"cannot write {key!r} in the store at {self.url}: {exc}") from exc
         with self._stage_guard:
             self._staged.append((tmp, final))
-            self._staged_bytes += len(data)
+            self._staged_bytes += sum(memoryview(part).nbytes for part in (data, *more))
             due = self._staged_bytes >= STAGE_BATCH_BYTES
         if due:
             self.commit_staged()

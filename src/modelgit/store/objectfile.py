@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from .encodings import BY_CODE, Encoding
 from .ids import format_shape, parse_shape
 
-__all__ = ["ObjectHeader", "pack_object", "unpack_header"]
+__all__ = ["ObjectHeader", "pack_header", "pack_object", "unpack_header"]
 
 MAGIC = b"MGO1"
 _FIXED = struct.Struct("<4sBBHQ")
@@ -44,8 +44,9 @@ class ObjectHeader:
     sumsq: float | None = None
 
 
-def pack_object(encoding: Encoding, depth: int, dtype: str, shape: tuple[int, ...],
-                raw_len: int, parent: str | None, payload: bytes, sumsq: float | None = None) -> bytes:
+def pack_header(encoding: Encoding, depth: int, dtype: str, shape: tuple[int, ...],
+                raw_len: int, parent: str | None, sumsq: float | None = None) -> bytes:
+    """The bytes of an object that come before its payload."""
     meta_text = f"{dtype} {format_shape(shape)}"
     if sumsq is not None:
         meta_text += f" sumsq={sumsq!r}"
@@ -53,8 +54,12 @@ def pack_object(encoding: Encoding, depth: int, dtype: str, shape: tuple[int, ..
     parts = [_FIXED.pack(MAGIC, encoding.code, depth, len(meta), raw_len), meta]
     if encoding.needs_parent:
         parts.append(bytes.fromhex(parent))
-    parts.append(payload)
     return b"".join(parts)
+
+
+def pack_object(encoding: Encoding, depth: int, dtype: str, shape: tuple[int, ...],
+                raw_len: int, parent: str | None, payload: bytes, sumsq: float | None = None) -> bytes:
+    return pack_header(encoding, depth, dtype, shape, raw_len, parent, sumsq) + payload
 
 
 def unpack_header(blob: bytes) -> ObjectHeader:

@@ -25,7 +25,7 @@ from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageEr
 from .backends import Backend, LocalBackend, open_backend
 from .encodings import DELTA, DELTA_ADVANTAGE, encode_delta, encode_standalone, sum_of_squares
 from .ids import is_object_id, object_id
-from .objectfile import ObjectHeader, pack_object, unpack_header
+from .objectfile import ObjectHeader, pack_header, unpack_header
 
 __all__ = ["Store", "PutResult", "StoreStats", "GcResult", "MAX_DELTA_DEPTH"]
 
@@ -159,13 +159,15 @@ class Store:
             standalone, standalone_payload = encode_standalone(data, itemsize, dtype in FLOAT_DTYPES)
             if payload is None or len(payload) >= DELTA_ADVANTAGE * len(standalone_payload):
                 encoding, payload, depth, delta_parent = standalone, standalone_payload, 0, None
-        blob = pack_object(encoding, depth, dtype, tuple(shape), len(data), delta_parent, payload,
+        head = pack_header(encoding, depth, dtype, tuple(shape), len(data), delta_parent,
                            sum_of_squares(data, dtype))
         if self._writers and hasattr(self.backend, "stage"):
-            self.backend.stage(self._key(oid), blob)  # made durable and visible in batches
+            # made durable and visible in batches; header and payload written one after the other
+            # (joining them would copy the payload once more)
+            self.backend.stage(self._key(oid), head, payload)
         else:
-            self.backend.write_atomic(self._key(oid), blob)
-        return PutResult(oid, True, len(blob), encoding.name)
+            self.backend.write_atomic(self._key(oid), head + payload)
+        return PutResult(oid, True, len(head) + len(payload), encoding.name)
 
     def _delta_clearly_pays(self, delta_len: int, raw_len: int, candidate) -> bool:
         """Whether a delta wins without computing the standalone encoding to compare with.
