@@ -4,7 +4,9 @@ On a VM whose memory the host hands out on first touch (and takes back when the 
 pages free, as virtio-balloon free page reporting does), writing a file into pages nobody has
 touched recently costs far more than writing into pages another file has just given back. This
 script writes a file, deletes it, waits, and writes the next one, for several waits; then writes a file, leaves it
-untouched for a while, deletes it and at once writes the next (what a checkout does):
+untouched for a while, deletes it and at once writes the next (what a checkout does); then
+deletes a file written 128 KiB per call (as cp writes) and writes the next in pieces of several
+sizes:
 
     python3 benchmarks/vm_pages.py [--mib 1024] [--dir /tmp]
 
@@ -21,14 +23,22 @@ import time
 
 WAITS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 0.0)
 IDLE = (0.0, 1.0, 3.0, 6.0)
+PIECES_KIB = (64, 128, 256, 512, 1024, 4096)
 
 
-def write_file(path: str, mib: int, block: bytes) -> tuple[float, float]:
-    """(wall seconds, kernel CPU seconds) to write ``mib`` MiB into a new file."""
+def write_file(path: str, mib: int, block: bytes, piece: int | None = None) -> tuple[float, float]:
+    """(wall seconds, kernel CPU seconds) to write ``mib`` MiB into a new file, ``piece`` bytes
+    per write call (default: the whole 4 MiB block)."""
+    piece = piece or len(block)
     start, cpu = time.perf_counter(), os.times().system
-    with open(path, "wb") as handle:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
         for _ in range(mib // 4):
-            handle.write(block)
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view[:piece]):]
+    finally:
+        os.close(fd)
     return time.perf_counter() - start, os.times().system - cpu
 
 
@@ -60,6 +70,18 @@ def main(argv=None) -> int:
             wall, kernel = write_file(previous, args.mib, block)
             print(f"| write a file, leave it {idle:.1f} s, delete it, write {args.mib} MiB at once "
                   f"| {wall:.2f} s | kernel {kernel:.2f} s |")
+        # the size of the writes: a file written as cp writes (128 KiB per call) is deleted, and
+        # the next is written in bigger or smaller pieces (Linux gives bigger pieces large folios)
+        for piece_kib in PIECES_KIB:
+            os.unlink(previous)
+            previous = os.path.join(root, f"cp-like-{piece_kib}")
+            write_file(previous, args.mib, block, 128 << 10)
+            time.sleep(1.5)
+            os.unlink(previous)
+            previous = os.path.join(root, f"pieces-{piece_kib}")
+            wall, kernel = write_file(previous, args.mib, block, piece_kib << 10)
+            print(f"| delete a file written in 128 KiB pieces, write {args.mib} MiB in {piece_kib} KiB "
+                  f"pieces | {wall:.2f} s | kernel {kernel:.2f} s |")
     return 0
 
 
