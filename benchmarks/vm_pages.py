@@ -42,6 +42,21 @@ def write_file(path: str, mib: int, block: bytes, piece: int | None = None) -> t
     return time.perf_counter() - start, os.times().system - cpu
 
 
+def replace_after(root: str, previous: str, name: str, mib: int, block: bytes, first_piece: int,
+                  idle: float, label: str, piece: int | None = None) -> str:
+    """Delete ``previous``; write a file in ``first_piece`` pieces, leave it ``idle`` s, delete
+    it and time writing the next one at once (in ``piece`` pieces). Returns the last file."""
+    os.unlink(previous)
+    first = os.path.join(root, f"{name}-first")
+    write_file(first, mib, block, first_piece)
+    time.sleep(idle)
+    os.unlink(first)
+    last = os.path.join(root, name)
+    wall, kernel = write_file(last, mib, block, piece)
+    print(f"| {label} | {wall:.2f} s | kernel {kernel:.2f} s |")
+    return last
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=1024, help="file size in MiB (default 1024)")
@@ -61,27 +76,15 @@ def main(argv=None) -> int:
                   f"| kernel {kernel:.2f} s |")
         # a checkout's case: the file git deletes was written a while ago and not touched since
         for idle in IDLE:
-            os.unlink(previous)
-            previous = os.path.join(root, f"idle-{idle}")
-            write_file(previous, args.mib, block)
-            time.sleep(idle)
-            os.unlink(previous)
-            previous = os.path.join(root, f"after-idle-{idle}")
-            wall, kernel = write_file(previous, args.mib, block)
-            print(f"| write a file, leave it {idle:.1f} s, delete it, write {args.mib} MiB at once "
-                  f"| {wall:.2f} s | kernel {kernel:.2f} s |")
+            previous = replace_after(root, previous, f"idle-{idle}", args.mib, block, 4 << 20, idle,
+                                     f"write a file, leave it {idle:.1f} s, delete it, write "
+                                     f"{args.mib} MiB at once")
         # the size of the writes: a file written as cp writes (128 KiB per call) is deleted, and
         # the next is written in bigger or smaller pieces (Linux gives bigger pieces large folios)
-        for piece_kib in PIECES_KIB:
-            os.unlink(previous)
-            previous = os.path.join(root, f"cp-like-{piece_kib}")
-            write_file(previous, args.mib, block, 128 << 10)
-            time.sleep(1.5)
-            os.unlink(previous)
-            previous = os.path.join(root, f"pieces-{piece_kib}")
-            wall, kernel = write_file(previous, args.mib, block, piece_kib << 10)
-            print(f"| delete a file written in 128 KiB pieces, write {args.mib} MiB in {piece_kib} KiB "
-                  f"pieces | {wall:.2f} s | kernel {kernel:.2f} s |")
+        for kib in PIECES_KIB:
+            previous = replace_after(root, previous, f"pieces-{kib}", args.mib, block, 128 << 10, 1.5,
+                                     f"delete a file written in 128 KiB pieces, write {args.mib} MiB "
+                                     f"in {kib} KiB pieces", piece=kib << 10)
     return 0
 
 

@@ -8,7 +8,8 @@ import errno
 import json
 import os
 
-__all__ = ["write_atomic", "write_json", "reserve_space", "write_all", "WRITE_PIECE"]
+__all__ = ["write_atomic", "write_json", "reserve_space", "write_all", "WRITE_PIECE", "libc_function",
+           "sync_path"]
 
 # A checkpoint written into a work tree goes out 128 KiB per call, as cp writes. Linux (6.x,
 # ext4 and others) gives a file written in bigger pieces large folios, which need free blocks
@@ -37,18 +38,29 @@ def write_all(fd: int, data, offset: int | None = None, piece_size: int | None =
         view = view[written:]
 
 
-def _fallocate_function():
-    """libc's fallocate(2) (Linux), or None. Not posix_fallocate: where a filesystem cannot
-    reserve space, glibc emulates that one by writing a byte into every block."""
+def libc_function(name: str, argtypes: list):
+    """The C library's function ``name`` (errno kept for ``ctypes.get_errno``), or None where
+    this system has none."""
     try:
-        function = ctypes.CDLL(None, use_errno=True).fallocate
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.argtypes = argtypes
     return function
 
 
-_FALLOCATE = _fallocate_function()
+def sync_path(path: str, data_only: bool = False) -> None:
+    """fsync (or fdatasync) the file or directory ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        (os.fdatasync if data_only else os.fsync)(fd)
+    finally:
+        os.close(fd)
+
+
+# not posix_fallocate: where a filesystem cannot reserve space, glibc emulates that one by
+# writing a byte into every block
+_FALLOCATE = libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
 _FALLOC_FL_KEEP_SIZE = 1
 
 

@@ -27,7 +27,7 @@ from .formats import TensorEntry, detect_format, get_format
 from .formats._sniff import _SUFFIXES as TORCH_SUFFIXES
 from .formats.safetensors_format import parse_header, read_header_from_stream, release_mapped
 from .manifest import FileRecord, Manifest, TensorRecord
-from ._files import WRITE_PIECE, reserve_space, write_all
+from ._files import WRITE_PIECE, reserve_space, sync_path, write_all
 from .progress import progress_bar
 from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
 from ._parallel import ordered_map
@@ -345,14 +345,6 @@ def _write_order(record: FileRecord, meta: dict[str, bytes]) -> list[TensorEntry
     return entries
 
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def iter_file_bytes(store: Store, record: FileRecord, bar=None) -> Iterator[bytes]:
     """The bytes of one file of a manifest, front to back, every chunk verified.
 
@@ -540,7 +532,7 @@ def materialize(store: Store, manifest: Manifest, dest: str, force: bool = False
         _remove(tmp)
         raise
     if sync:
-        _fsync_path(parent_dir)
+        sync_path(parent_dir)
     return dest
 
 

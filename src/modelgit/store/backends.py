@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Iterator, Protocol
 
-from .._files import reserve_space, write_all
+from .._files import libc_function, reserve_space, sync_path, write_all
 from ..errors import LockTimeoutError, StoreError, StoreFullError
 
 __all__ = ["Backend", "LocalBackend", "FsspecBackend", "open_backend"]
@@ -48,17 +48,8 @@ def _full_error(url: str, key: str, exc: OSError) -> StoreFullError:
     )
 
 
-def _sync_file_range_function():
-    """libc's sync_file_range(2) (Linux), or None."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return function
-
-
-_SYNC_FILE_RANGE = _sync_file_range_function()
+_SYNC_FILE_RANGE = libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                                     ctypes.c_uint])
 _SYNC_FILE_RANGE_WRITE = 2  # start writing the dirty pages back; do not wait
 
 
@@ -67,14 +58,6 @@ def _start_writeback(fd: int) -> None:
     fdatasync that commits it later then finds the data written and has little left to do."""
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # advisory: a failure shows at fdatasync
-
-
-def _fdatasync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 # staged bytes after which a batch is committed: bounds the work a crash can lose
@@ -170,7 +153,7 @@ class LocalBackend:
             return
         try:
             for tmp, _ in batch:
-                _fdatasync_path(tmp)
+                sync_path(tmp, data_only=True)
             for tmp, final in batch:
                 os.replace(tmp, final)
         except OSError as exc:
