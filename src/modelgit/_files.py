@@ -17,8 +17,8 @@ __all__ = ["write_atomic", "write_json", "reserve_space", "write_all", "WRITE_PI
 # script, or an earlier checkout) gives back the small blocks it was written in, and on a VM
 # whose host takes back free blocks of 2 MiB and more (virtio-balloon free page reporting) the
 # large ones come back from the host on first touch. Measured here: 1 GB written in 4 MiB pieces
-# right after deleting a 1 GB file written in 128 KiB pieces took 1.0-1.3 s; in 128 KiB pieces,
-# 0.21-0.23 s (benchmarks/vm_pages.py); a git checkout of 1 GB, 2.0 s against 1.0 s. New files
+# right after deleting a 1 GB file written in 128 KiB pieces took 1.0-2.3 s; in 128 KiB pieces,
+# 0.21-0.24 s (benchmarks/vm_pages.py); a git checkout of 1 GB, 2.0 s against 1.0 s. New files
 # that replace nothing (store objects) are better written whole: 1 GB `git add` 1.9 s against
 # 2.5 s in pieces.
 WRITE_PIECE = 128 * 1024
