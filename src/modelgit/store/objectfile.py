@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from .encodings import BY_CODE, Encoding
 from .ids import format_shape, parse_shape
 
-__all__ = ["ObjectHeader", "pack_header", "pack_object", "unpack_header"]
+__all__ = ["ObjectHeader", "pack_header", "unpack_header"]
 
 MAGIC = b"MGO1"
 _FIXED = struct.Struct("<4sBBHQ")
@@ -56,10 +56,6 @@ def pack_header(encoding: Encoding, depth: int, dtype: str, shape: tuple[int, ..
         parts.append(bytes.fromhex(parent))
     return b"".join(parts)
 
-
-def pack_object(encoding: Encoding, depth: int, dtype: str, shape: tuple[int, ...],
-                raw_len: int, parent: str | None, payload: bytes, sumsq: float | None = None) -> bytes:
-    return pack_header(encoding, depth, dtype, shape, raw_len, parent, sumsq) + payload
 
 
 def unpack_header(blob: bytes) -> ObjectHeader:
