@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from math import prod
 
 from .dtypes import DTYPES
-from .errors import ManifestError, ManifestVersionError
+from .errors import FormatError, ManifestError, ManifestVersionError
 from .store.ids import format_shape, is_object_id, parse_shape
+from .untrusted import loads_json
 
 __all__ = ["MANIFEST_VERSION", "TensorRecord", "FileRecord", "Manifest", "is_manifest"]
 
@@ -170,10 +171,15 @@ class Manifest:
 def _parse_line(line: str, files: list[tuple[FileRecord, list[TensorRecord]]]) -> None:
     kind, _, rest = line.partition(" ")
     decoder = json.JSONDecoder()
+    if kind in ("file", "tensor") and not rest.startswith('"'):  # a name, never nested JSON
+        raise ValueError(f"expected a quoted name after {kind!r}")
     if kind == "file":
         path, end = decoder.raw_decode(rest)
         fmt, _, options_text = rest[end + 1:].partition(" ")
-        options = json.loads(options_text)
+        try:  # untrusted text (a contributor's manifest): strict, flat
+            options = loads_json(options_text, "file options", 1 << 20, max_depth=1)
+        except FormatError as exc:
+            raise ValueError(str(exc)) from None
         if not isinstance(path, str) or not isinstance(options, dict) or not fmt:
             raise ValueError("expected: file \"PATH\" FORMAT {OPTIONS}")
         if not all(isinstance(v, str) for v in options.values()):

@@ -7,7 +7,8 @@ which file and which tensor is wrong:
 
 * the 8-byte little-endian header length N MUST leave room in the file and MUST NOT exceed
   ``MAX_HEADER_BYTES`` (100 MB, the reference limit);
-* the header MUST be a UTF-8 JSON object without duplicate keys, whose values are tensor
+* the header MUST be a UTF-8 JSON object nested at most 8 levels deep, without duplicate keys or
+  non-finite numbers (``NaN``, ``Infinity``), whose values are tensor
   descriptions ``{"dtype", "shape", "data_offsets"}`` except the optional ``__metadata__``
   (a string-to-string map);
 * every dtype MUST be known, every shape a list of non-negative integers, every
@@ -24,22 +25,16 @@ import os
 import struct
 from ..dtypes import DTYPES
 from ..errors import FormatError
+from ..untrusted import loads_json
 from .base import Format, TensorEntry, iter_pieces
 
 __all__ = ["FORMAT", "parse_header", "open_safetensors", "write_safetensors", "stream_safetensors",
            "read_header_from_stream", "MAX_HEADER_BYTES"]
 
 MAX_HEADER_BYTES = 100_000_000
+#: a header nests 3 levels (tensors, a description, its shape); more is refused before parsing
+MAX_HEADER_DEPTH = 8
 METADATA_KEY = "__metadata__"
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def _is_int(value) -> bool:
@@ -64,10 +59,10 @@ def parse_header(header: bytes, data_len: int | None, where: str = "safetensors 
         return FormatError(f"{where}: {why}; the file is not a valid safetensors file "
                            "(re-export or re-download it)")
 
-    try:
-        parsed = json.loads(header.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise bad(f"header is not valid UTF-8 JSON ({exc})") from None
+    try:  # strict: size and depth limits, no NaN/Infinity, no duplicate keys
+        parsed = loads_json(header, "header", MAX_HEADER_BYTES, MAX_HEADER_DEPTH)
+    except FormatError as exc:
+        raise bad(f"header is not valid UTF-8 JSON ({str(exc).removeprefix('header: ')})") from None
     if not isinstance(parsed, dict):
         raise bad("header is not a JSON object")
     items = []

@@ -271,7 +271,17 @@ def _rebuild_tensor(path: str, entry: TensorEntry,
     return flat.view(torch_dtype).reshape(entry.shape)
 
 
+_MAX_LAYOUT_DEPTH = 64
+
+
 def _parse_layout(path: str, layout: bytes) -> Any:
+    from ..untrusted import json_depth
+
+    # the layout comes from a store object a stranger may have pushed: its depth is bounded
+    # before parsing (a state dict's non-tensor values may be inf, so it is not strict JSON)
+    if json_depth(layout, _MAX_LAYOUT_DEPTH) > _MAX_LAYOUT_DEPTH:
+        raise FormatError(f"{path}: the torch layout nests more than {_MAX_LAYOUT_DEPTH} levels; "
+                          "the manifest is corrupt, re-commit the checkpoint")
     try:
         parsed = json.loads(layout.decode("utf-8"))
         version = parsed["version"]

@@ -22,11 +22,12 @@ import torch
 
 from ..dtypes import DTYPES
 from ..errors import ModelgitError
-from ..formats.safetensors_format import METADATA_KEY
+from ..formats.safetensors_format import MAX_HEADER_BYTES, MAX_HEADER_DEPTH, METADATA_KEY
 from ..manifest import FileRecord, Manifest, TensorRecord, is_manifest
 from ..merge import MergeInputs, get_method
 from ..store import Store, chunk_layout
 from ..tensor_math import from_torch, to_torch
+from ..untrusted import loads_json
 from .repo import GitRepo
 
 __all__ = ["merge_manifests", "MergeOutcome", "run_merge_driver", "STRATEGIES"]
@@ -135,7 +136,8 @@ def _rebuilt_header(store: Store, ours: FileRecord, tensors) -> bytes:
     """A safetensors header for a new tensor set, keeping our ``__metadata__``."""
     header: dict = {}
     if "header" in ours.options:
-        old = json.loads(store.get(ours.options["header"]))
+        old = loads_json(store.get(ours.options["header"]), "safetensors header",
+                         MAX_HEADER_BYTES, MAX_HEADER_DEPTH)
         if METADATA_KEY in old:
             header[METADATA_KEY] = old[METADATA_KEY]
     offset = 0
