@@ -14,8 +14,10 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ..errors import FormatError, UsageError  # noqa: E402
+from ..untrusted import load_json_file, text_problem  # noqa: E402
 
-__all__ = ["LABELS_FILE", "architecture_task", "load_tokenizer", "load_model", "quiet_transformers",
+__all__ = ["LABELS_FILE", "labels_problems", "architecture_task", "load_tokenizer", "load_model",
+           "quiet_transformers",
            "read_labels", "write_labels"]
 
 #: written beside a classification adapter: the classes its head was trained on
@@ -94,8 +96,31 @@ def read_labels(adapter_dir: str | None) -> dict[int, str] | None:
     """The ``id2label`` a classification adapter was trained with, if it recorded one."""
     if not adapter_dir or not os.path.isfile(os.path.join(adapter_dir, LABELS_FILE)):
         return None
-    with open(os.path.join(adapter_dir, LABELS_FILE), encoding="utf-8") as handle:
-        return {int(k): v for k, v in json.load(handle)["id2label"].items()}
+    path = os.path.join(adapter_dir, LABELS_FILE)
+    data = load_json_file(path, max_bytes=MAX_LABELS_BYTES)
+    problems = labels_problems(data)
+    if problems:
+        raise FormatError(f"{path}: " + "; ".join(problems))
+    return {int(k): v for k, v in data["id2label"].items()}
+
+
+#: a classifier's labels file: at most this many bytes and classes
+MAX_LABELS_BYTES = 1024 * 1024
+MAX_LABELS = 10_000
+
+
+def labels_problems(data) -> list[str]:
+    """What is wrong with the parsed contents of a ``labels.json`` (an adapter's file: read as
+    untrusted): ``{"id2label": {"0": "name", ...}}`` with at most 10,000 short names."""
+    labels = data.get("id2label") if isinstance(data, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        return ["expected {\"id2label\": {\"0\": \"label\", ...}}"]
+    if len(labels) > MAX_LABELS:
+        return [f"{len(labels)} labels, over the limit of {MAX_LABELS}"]
+    bad = [k for k, v in labels.items()
+           if not (k.isdigit() and len(k) <= 6) or text_problem(v, "label", 200) is not None]
+    return [f"id2label {bad[0][:20]!r}: keys must be class numbers and values short plain names"] \
+        if bad else []
 
 
 def write_labels(out_dir: str, id2label: dict[int, str]) -> None:

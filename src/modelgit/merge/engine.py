@@ -183,12 +183,21 @@ def _plan_slices(plan: MergePlan, infos, base_index) -> None:
 def _architecture(spec: str) -> str | None:
     path = spec.split("+", 1)[0].rsplit("@", 1)[0]
     config = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
-    try:
-        with open(config, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
+    from ..errors import FormatError
+    from ..untrusted import load_json_file
+
+    if not os.path.isfile(config):
         return None
-    return ",".join(data.get("architectures") or []) or data.get("model_type")
+    try:
+        data = load_json_file(config, max_bytes=4 * 1024 * 1024)
+    except FormatError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    names = data.get("architectures")
+    names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    kind = data.get("model_type")
+    return ",".join(names) or (kind if isinstance(kind, str) else None)
 
 
 def _check_architectures(plan: MergePlan) -> None:

@@ -100,8 +100,9 @@ def load_adapter(path: str, base_tensors: dict | None = None) -> Adapter:
     """Read a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
 
     Raises:
-        FormatError: not a LoRA adapter, a pickled adapter (.bin), DoRA, missing A/B halves, or
-            (with ``base_tensors``) modules that the base does not have.
+        FormatError: not a LoRA adapter, a config that is not strict JSON or has unusable values
+            (see :mod:`.lora_config`), a pickled adapter (.bin), DoRA, missing or mismatched A/B
+            halves, or (with ``base_tensors``) modules that the base does not have.
     """
     config_path = os.path.join(path, "adapter_config.json")
     weights = os.path.join(path, "adapter_model.safetensors")
@@ -111,11 +112,9 @@ def load_adapter(path: str, base_tensors: dict | None = None) -> Adapter:
         hint = " (only a pickled adapter_model.bin: convert it to safetensors)" \
             if os.path.exists(os.path.join(path, "adapter_model.bin")) else ""
         raise FormatError(f"{path}: no adapter_model.safetensors{hint}")
-    with open(config_path, "rb") as handle:
-        raw_config = handle.read()
-    config = json.loads(raw_config)
-    if config.get("peft_type", "LORA") != "LORA" or "r" not in config:
-        raise FormatError(f"{path}: peft_type {config.get('peft_type')!r} is not a LoRA adapter")
+    from .lora_config import read_lora_config
+
+    config, raw_config = read_lora_config(path)  # strict JSON, every value checked
     if config.get("use_dora"):
         raise FormatError(f"{path}: DoRA adapters are not supported yet (use_dora: true)")
     adapter = Adapter(path, config)
@@ -140,6 +139,14 @@ def load_adapter(path: str, base_tensors: dict | None = None) -> Adapter:
     incomplete = sorted(m for m, p in adapter.lora.items() if "A" not in p or "B" not in p)
     if incomplete:
         raise FormatError(f"{path}: LoRA modules without both A and B: {incomplete[:5]}")
+    misshapen = sorted(m for m, p in adapter.lora.items()
+                       if p["A"].dim() != 2 or p["B"].dim() != 2 or p["A"].shape[0] != p["B"].shape[1])
+    if misshapen:  # B @ A must be defined: (out, r) @ (r, in)
+        module = misshapen[0]
+        raise FormatError(f"{path}: LoRA halves of {module!r} do not fit together (A "
+                          f"{list(adapter.lora[module]['A'].shape)}, B "
+                          f"{list(adapter.lora[module]['B'].shape)}; A must be (r, in) and B "
+                          f"(out, r)): the adapter file is damaged")
     if base_tensors is not None:
         unknown = sorted(n for n in [*adapter.targets(), *adapter.saved] if n not in base_tensors)
         if unknown:

@@ -21,7 +21,6 @@ is the base's own tensor (same :attr:`~modelgit.merge.base.LazyTensor.key`).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Protocol
@@ -292,8 +291,10 @@ def _open(spec: str, opened: dict[str, Source] | None) -> Source:
         return AdapterSource(open_source(base_spec, opened), adapter, owns_base)
     if os.path.exists(spec):
         if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "adapter_config.json")):
-            with open(os.path.join(spec, "adapter_config.json")) as handle:
-                base = json.load(handle).get("base_model_name_or_path")
+            from .lora_config import read_lora_config
+
+            base = read_lora_config(spec)[0].get("base_model_name_or_path")
+            base = base if isinstance(base, str) else None
             if base and os.path.exists(base):
                 return AdapterSource(open_source(base, opened), spec, owns_base)
             raise UsageError(f"{spec} is a PEFT adapter; name its base as BASE+{spec} "
