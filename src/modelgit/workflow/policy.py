@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 __all__ = ["relative_gain", "decide"]
 
 
 def relative_gain(base: float, value: float, higher_is_better: bool) -> float:
     """How much better ``value`` is than ``base``, relative to ``base`` (0.05 = 5 % better;
-    negative when worse): perplexity falling from 10 to 9 is 0.1, accuracy rising 0.8 -> 0.88 too."""
+    negative when worse): perplexity falling from 10 to 9 is 0.1, accuracy rising 0.8 -> 0.88 too.
+    NaN when either is NaN (callers check: :func:`decide` rejects it)."""
     scale = abs(base) if base else 1.0
     return ((value - base) if higher_is_better else (base - value)) / scale
 
@@ -20,8 +23,13 @@ def decide(scores: dict[str, dict], policy, domain: str | None) -> tuple[str, st
         policy: a :class:`~.project.Policy` (min_gain, max_regression).
         domain: the suite the contributor said they target; otherwise the suite with the largest
             gain is the target.
+    A score or gain that is not a finite number is a rejection with that reason.
     """
     gains = {s: relative_gain(v["base"], v["adapter"], v["higher_is_better"]) for s, v in scores.items()}
+    broken = sorted(s for s, g in gains.items() if not math.isfinite(g))
+    if broken or not gains:  # NaN compares false with every threshold: it must never pass one
+        return "reject", None, [f"{s}: the score is not a finite number ({scores[s]['base']!r} -> "
+                                f"{scores[s]['adapter']!r})" for s in broken] or ["no scores"]
     target = domain if domain in gains else max(sorted(gains), key=lambda s: gains[s])
     reasons = []
     if gains[target] < policy.min_gain:

@@ -20,11 +20,19 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from ..errors import UsageError
+from ..untrusted import number_problem
 
 __all__ = ["PROJECT_FILE", "Limits", "Policy", "Project", "parse_project", "read_project",
            "write_project"]
 
 PROJECT_FILE = "modelgit.yaml"
+
+
+def _check_numbers(settings, where: str, low: float, high: float) -> None:
+    problems = [p for f in fields(settings)
+                for p in [number_problem(getattr(settings, f.name), f"{where}.{f.name}", low, high)] if p]
+    if problems:
+        raise UsageError("; ".join(problems) + ": give finite numbers")
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,9 @@ class Limits:
     max_rank: int = 64
     max_adapter_mb: float = 100.0
     max_metadata_kb: int = 1024
+
+    def __post_init__(self):
+        _check_numbers(self, "limits", 0, 1e9)
 
     @property
     def max_adapter_bytes(self) -> int:
@@ -47,6 +58,9 @@ class Policy:
 
     min_gain: float = 0.01
     max_regression: float = 0.02
+
+    def __post_init__(self):  # a NaN threshold would let every contribution through
+        _check_numbers(self, "policy", -1e6, 1e6)
 
 
 @dataclass(frozen=True)
@@ -78,8 +92,8 @@ def _sub(cls, raw, where: str, problems: list[str]):
     for key, value in raw.items():
         if key not in known:
             problems.append(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            problems.append(f"{where}.{key}: {value!r} is not a non-negative number")
+        elif number_problem(value, key, 0, 1e9) is not None:
+            problems.append(f"{where}.{key}: {value!r} is not a finite non-negative number")
         else:
             values[key] = value
     return cls(**values)
