@@ -293,3 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"modelgit: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001  a bug: one line, the traceback only when asked
+        if debug:
+            raise
+        print(f"modelgit: internal error: {type(exc).__name__}: {str(exc)[:500]} (a modelgit bug: "
+              "run again with --debug for the traceback and report it)", file=sys.stderr)
+        return 1
