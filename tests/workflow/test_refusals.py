@@ -193,17 +193,22 @@ def test_dry_run_records_nothing_and_overrides_use_its_ids(hub, clone, adapter, 
         review(repo, suites, overrides={"anon-00000000": "accept"})
 
 
-def test_a_merge_conflict_on_acceptance_leaves_no_half_merge(hub, clone, adapter, suites, tmp_path,
-                                                             domain_data):
+def test_a_second_version_replaces_the_first_with_exactly_what_was_validated(
+        hub, clone, adapter, suites, tmp_path, domain_data):
+    """Accepting a new version of an accepted contribution used to be a three-way merge that
+    conflicted; now the area is replaced by the tree review validated, with no merge state."""
     repo, _ = hub
     contribute(clone, adapter, "twice", "first version", domain="animals")
     review(repo, suites, remote="origin", policy=_ACCEPT_ALL)
     again = train_adapter(model_dir(clone), domain_data["animals"]["train"], str(tmp_path / "v2"),
                           steps=3, seed=7)
-    contribute(clone, again, "twice", "second version", domain="animals", replace=True)
+    second = contribute(clone, again, "twice", "second version", domain="animals", replace=True)
     head = repo.rev_parse("HEAD")
-    with pytest.raises(UsageError, match="needs a merge"):
-        review(repo, suites, remote="origin", policy=_ACCEPT_ALL)
-    assert repo.rev_parse("HEAD") == head
+    report = review(repo, suites, remote="origin", policy=_ACCEPT_ALL)
+    assert [e.decision for e in report.entries] == ["accept"]
+    merge = repo.rev_parse("HEAD")
+    assert repo.git("rev-list", "--parents", "-n", "1", merge).decode().split()[1:] == [head, second.commit]
+    area = lambda rev: repo.git("rev-parse", f"{rev}:contributions/twice").strip()  # noqa: E731
+    assert area(merge) == area(second.commit)
     assert not os.path.exists(os.path.join(repo.git_dir, "MERGE_HEAD"))
-    assert repo.git("status", "--porcelain", "--untracked-files=no").strip() == b""
+    assert repo.git("status", "--porcelain").strip() == b""

@@ -17,20 +17,22 @@ import re
 import tempfile
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..errors import FormatError, UsageError
 from ..git.repo import GitRepo
 from ..fingerprint import fingerprint_rev, tensor_infos_rev
+from ..untrusted import load_json_file
 from .gitops import commit_files, git_identity, parse_author
 from .project import read_project
 from .validate import ADAPTER_FILES, METADATA_FILES, ContributionError, validate_adapter
 
 __all__ = ["BRANCH_PREFIX", "CONTRIBUTION_FILE", "Contribution", "contribute", "check_name",
-           "read_training_config"]
+           "read_training_config", "training_base_problems"]
 
 BRANCH_PREFIX = "contrib/"
 CONTRIBUTION_FILE = "contribution.json"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _LOCAL_PATHS = ("base", "data", "output", "overwrite", "threads")
+_MAX_METADATA_BYTES = 16 * 1024 * 1024  # the project's own limit is applied by validation
 
 
 @dataclass(frozen=True)
@@ -53,31 +55,50 @@ def check_name(name: str) -> str:
     return name
 
 
-def read_training_config(adapter_dir: str) -> dict:
-    path = os.path.join(adapter_dir, "training_config.json")
+def _metadata_file(adapter_dir: str, name: str) -> dict:
+    """A metadata file of ``train`` (strict JSON within the metadata limit), {} when absent or
+    not a JSON object (validation reports why)."""
+    path = os.path.join(adapter_dir, name)
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    value = load_json_file(path, name, _MAX_METADATA_BYTES)
+    return value if isinstance(value, dict) else {}
+
+
+def read_training_config(adapter_dir: str) -> dict:
+    """``training_config.json`` of an adapter directory, {} when absent.
+
+    Raises:
+        FormatError: not strict JSON, or over the size limit.
+    """
+    return _metadata_file(adapter_dir, "training_config.json")
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _metadata(adapter_dir: str) -> dict:
     out = {}
     for file in ("data_card.json", "metrics.json"):
-        path = os.path.join(adapter_dir, file)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                out[file[:-5]] = json.load(handle)
+        if os.path.isfile(os.path.join(adapter_dir, file)):
+            out[file[:-5]] = _metadata_file(adapter_dir, file)
     training = read_training_config(adapter_dir)
     if training:
-        config = {k: v for k, v in (training.get("config") or {}).items() if k not in _LOCAL_PATHS}
-        out["training"] = {"config": config, "resolved": training.get("resolved") or {},
-                           "versions": training.get("versions") or {}}
+        config = {k: v for k, v in _dict(training.get("config")).items() if k not in _LOCAL_PATHS}
+        out["training"] = {"config": config, "resolved": _dict(training.get("resolved")),
+                           "versions": _dict(training.get("versions"))}
     return out
 
 
-def _check_base(adapter_dir: str, claimed: str, base_rev: str) -> list[str]:
-    recorded = (read_training_config(adapter_dir).get("resolved") or {}).get("base_fingerprint")
+def training_base_problems(adapter_dir: str, claimed: str, base_rev: str) -> list[str]:
+    """The base fingerprint ``train`` recorded must be the one of the base claimed (``[]`` when
+    none was recorded, or the file is unreadable: validation reports that)."""
+    try:
+        resolved = _dict(read_training_config(adapter_dir).get("resolved"))
+    except FormatError:
+        return []
+    recorded = resolved.get("base_fingerprint")
     if recorded and recorded != claimed:
         return [f"the adapter was trained on a different base (fingerprint {recorded[:12]}...) "
                 f"than the base of revision {base_rev} ({claimed[:12]}...): pass --base-rev with "
@@ -114,7 +135,7 @@ def contribute(repo: GitRepo, adapter_dir: str, name: str, message: str, author:
         raise UsageError(f"branch {branch} exists: choose another --name, or pass --replace to "
                          "send a new version of this contribution")
     fingerprint = fingerprint_rev(repo, base_commit, project.model)
-    problems = _check_base(adapter_dir, fingerprint, base_rev)
+    problems = training_base_problems(adapter_dir, fingerprint, base_rev)
     try:
         summary = validate_adapter(adapter_dir, tensor_infos_rev(repo, base_commit, project.model),
                                    project.limits)

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 
+from .._files import write_all
 from ..errors import UsageError
 from ..git.repo import GitError, GitRepo
 from ..manifest import Manifest, is_manifest
@@ -19,29 +20,57 @@ from ..manifest import Manifest, is_manifest
 STALE_SCRATCH_SECONDS = 24 * 3600
 
 __all__ = ["export_dir", "commit_files", "git_identity", "changed_paths", "require_clean", "parse_author",
-           "list_tree"]
+           "list_tree", "path_problem", "write_new_file", "commit_edits"]
 
 
-def list_tree(repo: GitRepo, rev: str, path: str) -> list[tuple[str, str, str]]:
-    """(mode, blob id, path) of every file below ``path`` in ``rev``."""
-    out = repo.git("ls-tree", "-r", "-z", rev, "--", path)
+def path_problem(path: str) -> str | None:
+    """Why ``path`` (``/``-separated, from a git tree) must not be written below a directory,
+    or None when it is a plain relative path: no empty, ``.`` or ``..`` component, no ``.git``
+    (in any case, as Windows and macOS file systems fold it), no absolute path, backslash, NUL
+    or control character, no component over 255 bytes."""
+    if not path or len(path) > 4096:
+        return f"{path[:80]!r}: an empty or overlong path"
+    if path.startswith("/") or "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return f"{path[:200]!r}: absolute, or holds a backslash or a control character"
+    for part in path.split("/"):
+        if part in ("", ".", "..") or part.lower().rstrip(". ") == ".git" or len(part.encode()) > 255:
+            return f"{path[:200]!r}: the component {part[:40]!r} would point outside the directory"
+    return None
+
+
+def list_tree(repo: GitRepo, rev: str, path: str) -> list[tuple[str, str, str, str]]:
+    """(mode, kind, object id, path) of every entry below ``path`` in ``rev``: blobs (files and
+    symbolic links) and commits (submodules)."""
+    out = repo.git("ls-tree", "-r", "-z", "--full-tree", rev, "--", path)
     entries = []
     for item in out.split(b"\0"):
         if item:
             meta, name = item.split(b"\t", 1)
             mode, kind, oid = meta.decode().split()
-            if kind == "blob":
-                entries.append((mode, oid, name.decode()))
+            entries.append((mode, kind, oid, name.decode("utf-8", errors="replace")))
     return entries
+
+
+def write_new_file(path: str, data: bytes) -> None:
+    """Create ``path`` and write ``data``: never through a symbolic link, never over an existing
+    file (O_CREAT | O_EXCL | O_NOFOLLOW)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                 0o644)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def export_dir(repo: GitRepo, rev: str, path: str, dest: str, progress: bool | None = False) -> str:
     """Write the files below ``path`` in ``rev`` to the directory ``dest`` (created, must not
     exist): modelgit-tracked checkpoints materialized from the store (objects fetched from the
-    remotes first), other files as git has them. Nothing goes through the work tree.
+    remotes first), other files as git has them. Nothing goes through the work tree, and every
+    path is checked before anything is written (see :func:`path_problem`).
 
     Raises:
-        UsageError: ``rev`` has nothing at ``path``.
+        UsageError: ``rev`` has nothing at ``path``, or an entry that cannot be exported safely
+            (a symbolic link, a submodule, a path with ``..`` or ``.git``).
         ObjectMissingError: an object is neither local nor on any remote.
     """
     from .. import checkpoint
@@ -50,22 +79,30 @@ def export_dir(repo: GitRepo, rev: str, path: str, dest: str, progress: bool | N
     entries = list_tree(repo, rev, path)
     if not entries:
         raise UsageError(f"revision {rev} has no files under {path}/")
+    prefix = path.rstrip("/") + "/"
+    problems = []
+    for mode, kind, _oid, name in entries:
+        rel = name[len(prefix):] if name.startswith(prefix) else None
+        problem = path_problem(rel) if rel is not None else f"{name[:200]!r}: outside {prefix}"
+        if problem is None and (kind != "blob" or mode not in ("100644", "100755")):
+            problem = f"{name[:200]!r}: a {'symbolic link' if mode == '120000' else kind} (mode {mode})"
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise UsageError(f"{rev}:{path} cannot be exported safely: {'; '.join(problems[:5])}")
     fetch_rev(repo, rev, paths=[path], progress=progress)
     store = repo.store()
-    prefix = path.rstrip("/") + "/"
     tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(os.path.abspath(dest)))
     try:
-        for mode, oid, name in entries:
-            rel = name[len(prefix):] if name.startswith(prefix) else os.path.basename(name)
-            target = os.path.join(tmp, rel)
+        for mode, _kind, oid, name in entries:
+            target = os.path.join(tmp, *name[len(prefix):].split("/"))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             data = repo.read_blob(oid)
             if is_manifest(data):
                 checkpoint.materialize(store, Manifest.loads(data, f"{rev}:{name}"), target,
                                        progress=progress)
             else:
-                with open(target, "wb") as handle:
-                    handle.write(data)
+                write_new_file(target, data)
         os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -122,6 +159,31 @@ def commit_files(repo: GitRepo, parent: str, files: dict[str, str], message: str
         if author:
             env.update(GIT_AUTHOR_NAME=author[0], GIT_AUTHOR_EMAIL=author[1])
         return _run(repo, ["commit-tree", tree, "-p", parent, "-F", "-"], env, message.encode())
+
+
+def commit_edits(repo: GitRepo, parent: str, message: str, files: dict[str, bytes] | None = None,
+                 trees: dict[str, str] | None = None, merged: tuple[str, ...] = ()) -> str:
+    """A new commit on top of ``parent``: its tree is ``parent``'s with each path of ``trees``
+    replaced by that tree object (whatever was there before removed), and each path of
+    ``files`` set to those bytes; ``merged`` commits are added as further parents. Returns its
+    id; the work tree, the index and every ref are left alone (a temporary index is used).
+    Paths are the caller's (checked) and taken literally, never as patterns."""
+    env = dict(os.environ, GIT_LITERAL_PATHSPECS="1")
+    with tempfile.TemporaryDirectory(prefix="modelgit-index-") as tmp:
+        env["GIT_INDEX_FILE"] = os.path.join(tmp, "index")
+        _run(repo, ["read-tree", parent], env)
+        for path, tree in sorted((trees or {}).items()):
+            _run(repo, ["rm", "--cached", "-r", "-q", "--ignore-unmatch", "--", path], env)
+            _run(repo, ["read-tree", f"--prefix={path}/", tree], env)
+        lines = []
+        for path, data in sorted((files or {}).items()):
+            oid = _run(repo, ["hash-object", "-w", "--stdin", f"--path={path}"], env, data)
+            lines.append(f"100644 {oid}\t{path}")
+        if lines:
+            _run(repo, ["update-index", "--add", "--index-info"], env, ("\n".join(lines) + "\n").encode())
+        tree = _run(repo, ["write-tree"], env)
+        parents = [arg for commit in (parent, *merged) for arg in ("-p", commit)]
+        return _run(repo, ["commit-tree", tree, *parents, "-F", "-"], env, message.encode())
 
 
 def changed_paths(repo: GitRepo, old: str, new: str) -> list[str]:

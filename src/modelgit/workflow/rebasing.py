@@ -11,8 +11,8 @@ the carried adapter, and is evaluated too.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 
@@ -20,6 +20,7 @@ from .._files import write_json
 from ..errors import UsageError
 from ..fingerprint import fingerprint_rev
 from ..git.repo import GitRepo
+from ..untrusted import load_json_file
 from .contribution import CONTRIBUTION_FILE, read_training_config
 from .gitops import export_dir, scratch_dir
 from .project import read_project
@@ -41,15 +42,20 @@ class RebaseResult:
 
 def _recorded_base(adapter_dir: str) -> tuple[str | None, str | None]:
     """(base fingerprint, base revision) the adapter says it was trained on."""
-    fingerprint = (read_training_config(adapter_dir).get("resolved") or {}).get("base_fingerprint")
+    resolved = read_training_config(adapter_dir).get("resolved")
+    fingerprint = _hex(resolved.get("base_fingerprint")) if isinstance(resolved, dict) else None
     revision = None
     path = os.path.join(adapter_dir, CONTRIBUTION_FILE)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-        fingerprint = fingerprint or record.get("base_fingerprint")
-        revision = record.get("base_revision")
+    if os.path.isfile(path):  # someone else's adapter, maybe: ids only, never options for git
+        record = load_json_file(path, max_bytes=16 * 1024 * 1024)
+        if isinstance(record, dict):
+            fingerprint = fingerprint or _hex(record.get("base_fingerprint"))
+            revision = _hex(record.get("base_revision"))
     return fingerprint, revision
+
+
+def _hex(value) -> str | None:
+    return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{40,64}", value) else None
 
 
 def find_base_revision(repo: GitRepo, model_path: str, fingerprint: str) -> str | None:
@@ -148,8 +154,9 @@ def rebase(repo: GitRepo, adapter_dir: str, onto: str, output: str, suites=None,
 
 def _fix_rebased_from(adapter_dir: str, old_fp: str | None, old_rev: str) -> None:
     path = os.path.join(adapter_dir, "training_config.json")
-    with open(path, encoding="utf-8") as handle:
-        config = json.load(handle)
+    config = load_json_file(path, max_bytes=16 * 1024 * 1024)
+    if not isinstance(config.get("resolved"), dict):
+        config["resolved"] = {}
     config.setdefault("resolved", {})["rebased_from"] = {"base_fingerprint": old_fp,
                                                          "base_revision": old_rev}
     write_json(path, config)

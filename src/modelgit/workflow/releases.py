@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
+import math
 import os
 import re
 import shutil
@@ -22,20 +22,25 @@ from dataclasses import dataclass, replace
 
 import yaml
 
-from .._files import write_atomic, write_json
-from ..errors import UsageError
+from .._files import write_atomic
+from ..errors import FormatError, UsageError
 from ..git.repo import GitRepo
 from ..fingerprint import fingerprint_rev
 from .basecache import evaluate_base
 from .gitops import require_clean, scratch_dir
 from .policy import relative_gain
 from .project import Project, read_project
+from ..untrusted import dumps_json, load_json_file, loads_json
+from .contribution import check_name
+from .metadata import record_problems
+from .review_records import REVIEWS_DIR, score_problems
 from .reviews import check_heldout_private, read_reviews
 
 __all__ = ["RELEASES_DIR", "ReleaseResult", "accepted_contributions", "build_recipe", "release",
            "read_releases", "next_tag", "search_recipe"]
 
 RELEASES_DIR = "releases"
+_MAX_RECORD_BYTES = 16 * 1024 * 1024
 DEFAULT_PARAMETERS = {"ties": {"density": 0.5}, "dare_ties": {"density": 0.5},
                       "dare_linear": {"density": 0.5}, "della": {"density": 0.5}}
 #: the search's grid: lambda (scale of the merged update) and density
@@ -55,9 +60,15 @@ class ReleaseResult:
 def read_releases(repo: GitRepo, rev: str = "HEAD") -> list[dict]:
     """The release records of ``rev``, oldest first."""
     listing = repo.git("ls-tree", "-z", "--name-only", f"{rev}:{RELEASES_DIR}", check=False).decode()
-    records = [json.loads(repo.read_blob(f"{rev}:{RELEASES_DIR}/{n}"))
-               for n in filter(None, listing.split("\0")) if n.endswith(".json")]
-    return sorted(records, key=lambda r: (r.get("date") or "", r.get("tag") or ""))
+    records = []
+    for name in filter(None, listing.split("\0")):
+        if name.endswith(".json"):
+            where = f"{rev}:{RELEASES_DIR}/{name}"
+            record = loads_json(repo.read_blob(where) or b"", where, _MAX_RECORD_BYTES)
+            if not isinstance(record, dict):
+                raise UsageError(f"{where} is not a JSON object: fix or remove it")
+            records.append(record)
+    return sorted(records, key=lambda r: (str(r.get("date") or ""), str(r.get("tag") or "")))
 
 
 def accepted_contributions(repo: GitRepo, project: Project) -> list[dict]:
@@ -67,6 +78,12 @@ def accepted_contributions(repo: GitRepo, project: Project) -> list[dict]:
     for name, review in sorted(read_reviews(repo).items()):
         if review.get("decision") != "accept" or name in released:
             continue
+        check_name(name)  # it becomes a path of the recipe
+        problems = score_problems(review)
+        if problems:
+            raise UsageError(f"{REVIEWS_DIR}/{name}.json: {'; '.join(problems)}: a release cannot "
+                             f"credit it. Review it again: `git rm {REVIEWS_DIR}/{name}.json`, "
+                             "commit, and run `modelgit review`")
         if not os.path.isfile(os.path.join(repo.root, project.contributions, name,
                                            "adapter_model.safetensors")):
             raise UsageError(f"{name} was accepted but {project.contributions}/{name}/ is not in "
@@ -205,11 +222,12 @@ def _contribution_entry(review: dict, record: dict) -> dict:
 def _contribution_record(repo: GitRepo, project: Project, name: str) -> dict:
     path = os.path.join(repo.root, project.contributions, name, "contribution.json")
     try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
+        record = load_json_file(path, max_bytes=project.limits.max_metadata_kb * 1024)
+    except FormatError:
         return {}
-    return record if isinstance(record, dict) else {}
+    if not isinstance(record, dict) or record_problems(record, name):
+        return {}  # checked at review; a record edited since is not quoted
+    return record
 
 
 def _kept(contributions: list[dict], results: list[dict]) -> None:
@@ -264,6 +282,18 @@ def _release_record(repo, project, tag, accepted, method, params, recipe, search
                         for p in read_releases(repo)]}
 
 
+def _check_finite(results: list[dict], base_results: list[dict]) -> None:
+    """A release whose scores are not finite numbers is refused: the card would credit NaN."""
+    bad = [f"{r['suite']} ({who} {r['metric']} {r['value']!r})"
+           for who, rows in (("release", results), ("base", base_results)) for r in rows
+           if isinstance(r["value"], bool) or not isinstance(r["value"], (int, float))
+           or not math.isfinite(r["value"])]
+    if bad:
+        raise UsageError(f"the merged model or the base scores a non-finite number on "
+                         f"{', '.join(bad)}: nothing was released; try another --method or a "
+                         "smaller --scale, or check the suites' data")
+
+
 def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None = None,
             tag: str | None = None, search: bool = False, search_budget: int = 8,
             message: str | None = None, push: str | None = None,
@@ -314,6 +344,7 @@ def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None
         base_results = evaluate_base(repo, model_dir, fingerprint_rev(repo, "HEAD", project.model),
                                      suites, progress)
         results = evaluate_suites(merged, None, suites, progress)
+        _check_finite(results, base_results)
         record = _release_record(repo, project, tag, accepted, method, params, recipe,
                                  search_record, base_results, results)
         record["pretraining"] = pretraining
@@ -321,7 +352,7 @@ def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None
         _install_weights(merged, model_dir)
     write_atomic(os.path.join(model_dir, "README.md"), card)
     os.makedirs(os.path.join(repo.root, RELEASES_DIR), exist_ok=True)
-    write_json(os.path.join(repo.root, RELEASES_DIR, f"{tag}.json"), record)
+    write_atomic(os.path.join(repo.root, RELEASES_DIR, f"{tag}.json"), dumps_json(record))
     repo.git("add", "-A", "--", project.model, RELEASES_DIR)
     title = message or f"Release {tag}: merge {len(names)} contribution(s) with {method}"
     repo.git("commit", "-q", "-m", f"{title}\n\nContributions: {', '.join(names)}\n"

@@ -3,48 +3,56 @@
 Blind in both senses. The held-out data stays with the maintainers: the suites file and its data
 must not be tracked by the repository (refused otherwise), and reviews record only suite names,
 scores and data hashes. And the reviewer does not know who contributed what: each contribution
-is exported under a random anonymous id (a keyed hash of its commit with a secret drawn for this
-run) without its metadata, evaluated under that id, and decided by the policy; the report shown
-before the decision carries anonymous ids only. Names and authors are revealed when the
-decisions are committed: one commit per contribution, ``reviews/<name>.json``; an accepted
-contribution is merged (``git merge --no-ff``) so that its adapter joins the main line.
+is evaluated under an anonymous id (a keyed hash of its commit) without its metadata, and decided
+by the policy; the report shown before the decision carries anonymous ids only. Names and
+authors are revealed when the decisions are committed (see :mod:`.review_records`).
+
+Review is where trust is decided, so a contribution is read as hostile (see :mod:`.intake`):
+from git's object database, the whole commit range checked, every path and mode checked, into a
+directory modelgit creates; then every check of ``contribute`` runs again on what was read, plus
+the claims of ``contribution.json`` against the commits. Whatever goes wrong with one
+contribution (a refusal, a missing object, an unreadable file, an evaluation that fails or
+scores NaN) is a rejection of that one with its reason; the others are still reviewed.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import hmac
-import json
+import math
 import os
 import secrets
 import shutil
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 
-from .._files import write_json
 from ..errors import ModelgitError, UsageError
 from ..fingerprint import fingerprint_rev, tensor_infos_rev
 from ..git.repo import GitRepo
-from .contribution import BRANCH_PREFIX, CONTRIBUTION_FILE
 from .basecache import evaluate_base
-from .gitops import changed_paths, export_dir, git_identity, parse_author, require_clean, scratch_dir
+from .contribution import BRANCH_PREFIX, check_name, training_base_problems
+from .gitops import require_clean, scratch_dir
+from .intake import receive
+from .metadata import record_problems
 from .policy import decide, relative_gain
 from .project import Policy, Project, read_project
+from .review_records import REVIEWS_DIR, read_reviews, record_reviews
 from .validate import ADAPTER_FILES, ContributionError, validate_adapter
 
 __all__ = ["REVIEWS_DIR", "PendingContribution", "ReviewEntry", "ReviewReport", "pending_contributions",
            "review", "read_reviews", "check_heldout_private", "format_blind_report",
            "format_revealed"]
 
-REVIEWS_DIR = "reviews"
+#: files of a contribution that evaluation sees (no metadata: it could identify the author)
+_EVALUATED = (*ADAPTER_FILES, "labels.json")
 
 
 @dataclass(frozen=True)
 class PendingContribution:
-    name: str
+    name: str  # from the branch name: checked before it is used for anything
     ref: str
     commit: str
-    record: dict
+    record: dict = field(default_factory=dict)  # contribution.json, once read and checked
 
 
 @dataclass
@@ -58,6 +66,10 @@ class ReviewEntry:
     scores: dict = field(default_factory=dict)
     contribution: PendingContribution | None = field(default=None, repr=False)
     decided_by: str = "policy"
+    base: str | None = None  # the main-line commit it was built on (once checked)
+    tree: str | None = None  # the area's tree that was validated and evaluated: what is merged
+    adapter: dict | None = None  # the summary validation computed
+    recordable: bool = True  # False when the branch's name cannot name a review file
 
     def blind(self) -> dict:
         return {"anon_id": self.anon_id, "decision": self.decision, "decided_by": self.decided_by,
@@ -78,19 +90,9 @@ class ReviewReport:
         if not self.recorded:
             raise UsageError("identities are revealed only after the decisions are recorded")
         return [{"anon_id": e.anon_id, "name": e.contribution.name,
-                 "author": e.contribution.record.get("author"), "decision": e.decision}
+                 "author": e.contribution.record.get("author"), "decision": e.decision,
+                 "recorded": e.recordable}
                 for e in self.entries]
-
-
-def read_reviews(repo: GitRepo, rev: str = "HEAD") -> dict[str, dict]:
-    """{contribution name: review record} committed in ``rev``."""
-    out = {}
-    listing = repo.git("ls-tree", "-z", "--name-only", f"{rev}:{REVIEWS_DIR}", check=False).decode()
-    for name in filter(None, listing.split("\0")):
-        if name.endswith(".json"):
-            data = repo.read_blob(f"{rev}:{REVIEWS_DIR}/{name}")
-            out[name[:-5]] = json.loads(data)
-    return out
 
 
 def _contribution_refs(repo: GitRepo, remote: str | None) -> dict[str, tuple[str, str]]:
@@ -101,7 +103,7 @@ def _contribution_refs(repo: GitRepo, remote: str | None) -> dict[str, tuple[str
     out = repo.git("for-each-ref", "--format=%(refname) %(objectname)", *patterns).decode()
     found: dict[str, tuple[str, str]] = {}
     for line in out.splitlines():
-        ref, commit = line.split()
+        ref, commit = line.rsplit(" ", 1)
         name = ref.split(BRANCH_PREFIX, 1)[1]
         if remote and ref.startswith("refs/heads/") and name in found:
             continue
@@ -112,22 +114,14 @@ def _contribution_refs(repo: GitRepo, remote: str | None) -> dict[str, tuple[str
 def pending_contributions(repo: GitRepo, project: Project, remote: str | None = None,
                           fetch: bool = True) -> list[PendingContribution]:
     """Contribution branches without a review of their current commit on HEAD (after fetching
-    ``contrib/*`` from ``remote``)."""
+    ``contrib/*`` from ``remote``). Nothing of them is read yet: names are the branches'."""
     if remote and fetch:
         repo.git("fetch", "-q", "--prune", remote,
                  f"+refs/heads/{BRANCH_PREFIX}*:refs/remotes/{remote}/{BRANCH_PREFIX}*")
     reviews = read_reviews(repo)
-    pending = []
-    for name, (ref, commit) in sorted(_contribution_refs(repo, remote).items()):
-        if reviews.get(name, {}).get("commit") == commit:
-            continue
-        raw = repo.read_blob(f"{commit}:{project.contributions}/{name}/{CONTRIBUTION_FILE}")
-        try:
-            record = json.loads(raw) if raw else {}
-        except ValueError:
-            record = {}
-        pending.append(PendingContribution(name, ref, commit, record if isinstance(record, dict) else {}))
-    return pending
+    return [PendingContribution(name, ref, commit)
+            for name, (ref, commit) in sorted(_contribution_refs(repo, remote).items())
+            if reviews.get(name, {}).get("commit") != commit]
 
 
 def check_heldout_private(repo: GitRepo, suites, files: tuple[str, ...] = ()) -> None:
@@ -175,56 +169,124 @@ def _anon_id(secret: bytes, commit: str) -> str:
     return "anon-" + hmac.new(secret, commit.encode(), hashlib.sha256).hexdigest()[:8]
 
 
-def _scores(base: list[dict], adapter: list[dict]) -> dict:
-    out = {}
+@dataclass(frozen=True)
+class _Context:
+    """What every contribution of one review is checked and evaluated against."""
+
+    repo: GitRepo
+    project: Project
+    policy: Policy
+    head: str
+    head_fp: str
+    base_tensors: dict
+    base_dir: str
+    suites: list
+    base_results: list
+    progress: bool | None
+    work: str
+
+
+def _scores(base: list[dict], adapter: list[dict]) -> tuple[dict, list[str]]:
+    """({suite: scores}, problems): a score that is not a finite number is a problem."""
+    out, problems = {}, []
     for b, a in zip(base, adapter):
-        out[b["suite"]] = {"metric": b["metric"], "base": b["value"], "adapter": a["value"],
+        value = a["value"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"{b['suite']}: the adapter's {b['metric']} is {value!r}, not a finite "
+                            "number: the adapter breaks the model")
+            continue
+        out[b["suite"]] = {"metric": b["metric"], "base": b["value"], "adapter": value,
                            "higher_is_better": b["higher_is_better"],
-                           "gain": relative_gain(b["value"], a["value"], b["higher_is_better"])}
-    return out
+                           "gain": relative_gain(b["value"], value, b["higher_is_better"])}
+    return out, problems
 
 
-def _screen(repo: GitRepo, project: Project, item: PendingContribution, head_fp: str) -> list[str]:
-    """Reasons to refuse without evaluating: paths outside the area, another base, bad record."""
-    parents = repo.git("rev-list", "--parents", "-n", "1", item.commit).decode().split()[1:]
-    if len(parents) != 1:
-        return [f"the contribution commit has {len(parents)} parents; it must be one commit on "
-                "top of a base revision (use `modelgit contribute`)"]
-    area = f"{project.contributions}/{item.name}/"
-    outside = [p for p in changed_paths(repo, parents[0], item.commit) if not p.startswith(area)]
-    if outside:
-        return [f"changes paths outside the contribution area {area}: {', '.join(outside[:5])}"]
-    if not item.record:
-        return [f"{area}{CONTRIBUTION_FILE} is missing or not valid JSON"]
+def _name_problem(name: str) -> str | None:
     try:
-        base_fp = fingerprint_rev(repo, parents[0], project.model)
-    except UsageError as exc:
-        return [f"its parent {parents[0][:12]} has no base model: {exc}"]
-    if base_fp != head_fp:
-        return [f"trained on an older base ({parents[0][:12]}): carry it onto the current base "
+        check_name(name)
+    except ContributionError:
+        return (f"its branch name is not a contribution name (1-63 characters of a-z, 0-9, '.', "
+                f"'_', '-'): it is not recorded; delete the branch {BRANCH_PREFIX}<name> or "
+                "contribute again under a valid name")
+    return None
+
+
+def _claims_problems(ctx: _Context, name: str, received) -> list[str]:
+    """contribution.json against the commits: its fields, the base it names, the fingerprints."""
+    record = received.record
+    problems = record_problems(record, name)
+    if problems:
+        return problems
+    if record["base_revision"] != received.base:
+        return [f"contribution.json names the base revision {record['base_revision'][:12]}, but "
+                f"its commits are built on {received.base[:12]}"]
+    base_fp = fingerprint_rev(ctx.repo, received.base, ctx.project.model)
+    if base_fp != ctx.head_fp:
+        return [f"trained on an older base ({received.base[:12]}): carry it onto the current base "
                 "with `modelgit rebase` and contribute again"]
-    return []
+    if record["base_fingerprint"] != base_fp:
+        return [f"contribution.json names the base fingerprint {record['base_fingerprint'][:12]}..., "
+                f"but its base revision's is {base_fp[:12]}..."]
+    return training_base_problems(received.directory, base_fp, received.base[:12])
 
 
-def _evaluate_one(repo, project, item, anon, head, base_dir, suites, base_results, progress, work):
+def _evaluate(ctx: _Context, entry: ReviewEntry, directory: str) -> None:
+    """Read, check, validate and evaluate ``entry``'s contribution, filling ``entry`` in as
+    facts are established (its checked record, its base; the validated tree only once it has
+    been evaluated). A refusal raises ContributionError."""
     from ..eval import evaluate_suites
 
-    adapter_dir = os.path.join(work, anon)
-    export_dir(repo, item.commit, f"{project.contributions}/{item.name}", adapter_dir)
-    for name in os.listdir(adapter_dir):  # only the adapter itself is evaluated, no metadata
-        if name not in (*ADAPTER_FILES, "labels.json"):
-            os.remove(os.path.join(adapter_dir, name))
+    item = entry.contribution
+    parts = [*ctx.project.contributions.split("/"), item.name]
+    received = receive(ctx.repo, parts, item.commit, ctx.head, directory, ctx.project.limits)
+    problems = _claims_problems(ctx, item.name, received)
+    if problems:
+        raise ContributionError(item.name, problems)
+    entry.contribution, entry.base = replace(item, record=received.record), received.base
+    summary = validate_adapter(directory, ctx.base_tensors, ctx.project.limits)
+    for name in os.listdir(directory):  # only the adapter itself is evaluated, no metadata
+        if name not in _EVALUATED:
+            os.remove(os.path.join(directory, name))
+    results = evaluate_suites(ctx.base_dir, directory, ctx.suites, ctx.progress)
+    scores, problems = _scores(ctx.base_results, results)
+    if problems:
+        raise ContributionError(item.name, problems)
+    decision, target, why = decide(scores, ctx.policy, received.record.get("domain"))
+    entry.decision, entry.reasons, entry.target_suite, entry.scores = decision, why, target, scores
+    entry.tree, entry.adapter = received.tree, summary
+
+
+def _review_one(ctx: _Context, anon: str, item: PendingContribution) -> ReviewEntry:
+    """The review of one contribution: whatever fails is its rejection, with the reason."""
+    entry = ReviewEntry(anon, "reject", [], contribution=item)
+    problem = _name_problem(item.name)
+    if problem:
+        entry.reasons, entry.recordable = [problem], False
+        return entry
+    directory = tempfile.mkdtemp(prefix=f"{anon}-", dir=ctx.work)
     try:
-        validate_adapter(adapter_dir, tensor_infos_rev(repo, head, project.model), project.limits)
+        _evaluate(ctx, entry, directory)
+        return entry
     except ContributionError as exc:
-        return None, exc.problems
-    try:
-        results = evaluate_suites(base_dir, adapter_dir, suites, progress)
-    except ModelgitError as exc:
-        return None, [f"evaluation failed: {exc}"]
+        reasons = exc.problems
+    except (ModelgitError, OSError) as exc:
+        reasons = [f"could not be read or evaluated: {exc}"]
+    except Exception as exc:  # noqa: BLE001  a stranger's file must not stop the other reviews
+        reasons = [f"review failed unexpectedly on it ({type(exc).__name__}: {str(exc)[:300]}): "
+                   "refused to be safe; please report this as a modelgit bug"]
     finally:
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-    return _scores(base_results, results), []
+        shutil.rmtree(directory, ignore_errors=True)
+    entry.decision, entry.reasons, entry.target_suite, entry.scores = "reject", reasons, None, {}
+    entry.tree = entry.adapter = None  # nothing of it may be merged
+    return entry
+
+
+def _override(entry: ReviewEntry, decision: str) -> None:
+    if entry.tree is None:  # refused before evaluation: nothing validated that could be merged
+        entry.reasons.append(f"the maintainer's override ({decision}) was not applied: the "
+                             "contribution was refused before it could be evaluated")
+        return
+    entry.decision, entry.decided_by = decision, "maintainer"
 
 
 def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy | None = None,
@@ -237,11 +299,16 @@ def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy 
         remote: fetch ``contrib/*`` branches from it first (None: local branches only).
         policy: overrides the project's policy (modelgit.yaml).
         overrides: {anonymous id: "accept" | "reject"}: the maintainer's decision instead of the
-            policy's (from an earlier ``--dry-run`` report, which prints the ids).
+            policy's (from an earlier ``--dry-run`` report, which prints the ids). A contribution
+            refused before evaluation stays refused.
         dry_run: evaluate and decide, record nothing (identities stay hidden).
         on_blind: called with the blind report before anything is recorded or revealed.
     Returns:
         A :class:`ReviewReport`; its ``revealed()`` names contributors once recorded.
+    Raises:
+        UsageError: a dirty work tree, held-out files in the repository, unknown override ids,
+            a base that scores a non-finite number, or a recording that git refused (nothing is
+            recorded then). A problem of one contribution is never raised: it is its rejection.
     """
     project = read_project(repo)
     policy = policy or project.policy
@@ -264,71 +331,31 @@ def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy 
     with scratch_dir(repo, "review-") as work:
         if named:
             base_results = evaluate_base(repo, base_dir, head_fp, suites, progress)
+            _check_base_results(base_results)
+            ctx = _Context(repo, project, policy, head, head_fp,
+                           tensor_infos_rev(repo, head, project.model), base_dir, suites,
+                           base_results, progress, work)
         for anon, item in named:
-            reasons = _screen(repo, project, item, head_fp)
-            scores = None
-            if not reasons:
-                scores, reasons = _evaluate_one(repo, project, item, anon, head, base_dir, suites,
-                                                base_results, progress, work)
-            if scores is None:
-                entries.append(ReviewEntry(anon, "reject", reasons, contribution=item))
-                continue
-            decision, target, why = decide(scores, policy, item.record.get("domain"))
-            entry = ReviewEntry(anon, decision, why, target, scores, item)
+            entry = _review_one(ctx, anon, item)
             if overrides and anon in overrides:
-                entry.decision, entry.decided_by = overrides[anon], "maintainer"
+                _override(entry, overrides[anon])
             entries.append(entry)
     report = ReviewReport({r["suite"]: r for r in base_results}, entries)
     if on_blind:
         on_blind(report)
     if not dry_run and entries:
-        _record(repo, report, policy, head, reviewer)
+        report.commits = record_reviews(repo, report, policy, head, reviewer, project.contributions)
+        report.recorded = True
     return report
 
 
-def _record(repo, report, policy, head, reviewer) -> None:
-    name, email = parse_author(reviewer) if reviewer else git_identity(repo)
-    who = f"{name} <{email}>"
-    suite_info = {s: {"data_sha256": r["data"]["sha256"], "examples": r["examples"],
-                      "metric": r["metric"]} for s, r in report.base.items()}
-    os.makedirs(os.path.join(repo.root, REVIEWS_DIR), exist_ok=True)
-    for entry in report.entries:
-        item = entry.contribution
-        record = {"review_version": 1, "anon_id": entry.anon_id, "contribution": item.name,
-                  "author": item.record.get("author"), "commit": item.commit,
-                  "base_revision": item.record.get("base_revision"), "reviewed_base": head,
-                  "domain": item.record.get("domain"), "decision": entry.decision,
-                  "decided_by": entry.decided_by, "reasons": entry.reasons,
-                  "target_suite": entry.target_suite, "scores": entry.scores,
-                  "suites": suite_info, "policy": {"min_gain": policy.min_gain,
-                                                   "max_regression": policy.max_regression},
-                  "adapter": item.record.get("adapter"), "reviewer": who,
-                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        title = f"Review {item.name}: {entry.decision}"
-        if entry.decision == "accept":
-            _merge_contribution(repo, item)
-        path = os.path.join(repo.root, REVIEWS_DIR, f"{item.name}.json")
-        write_json(path, record)
-        repo.git("add", "--", f"{REVIEWS_DIR}/{item.name}.json")
-        body = "\n".join(f"- {r}" for r in entry.reasons)
-        repo.git("commit", "-q", "-m", f"{title}\n\n{body}\n\nModelgit-Review: {item.name}\n")
-        report.commits.append(repo.rev_parse("HEAD"))
-    report.recorded = True
-
-
-def _merge_contribution(repo: GitRepo, item: PendingContribution) -> None:
-    """``git merge --no-ff --no-commit`` of an accepted contribution; on a conflict the merge is
-    aborted (the work tree is as before) and the error says what to do."""
-    from ..git.repo import GitError
-
-    try:
-        repo.git("merge", "--no-ff", "--no-commit", "-q", item.commit)
-    except GitError as exc:
-        repo.git("merge", "--abort", check=False)
-        raise UsageError(f"accepting {item.name} needs a merge of {item.commit[:12]} that git cannot "
-                         f"make ({exc}); the reviews before it are committed. Resolve it by hand "
-                         f"(git merge {item.commit[:12]}) or ask the contributor to contribute "
-                         "again on the current base") from None
+def _check_base_results(results: list[dict]) -> None:
+    bad = [f"{r['suite']} ({r['metric']} {r['value']!r})" for r in results
+           if isinstance(r["value"], bool) or not isinstance(r["value"], (int, float))
+           or not math.isfinite(r["value"])]
+    if bad:
+        raise UsageError(f"the base model scores a non-finite number on {', '.join(bad)}: no "
+                         "contribution can be compared with it; check the suites' data and settings")
 
 
 def _fmt(value: float) -> str:
@@ -356,4 +383,6 @@ def format_blind_report(report: ReviewReport) -> str:
 def format_revealed(report: ReviewReport) -> str:
     rows = report.revealed()
     return "recorded; identities:\n" + "\n".join(
-        f"  {r['anon_id']} = {r['name']} by {r['author']}: {r['decision']}" for r in rows)
+        f"  {r['anon_id']} = {r['name'] if r['name'].isprintable() else repr(r['name'])} by "
+        f"{r['author']}: {r['decision']}"
+        + ("" if r["recorded"] else " (not recorded: not a valid contribution name)") for r in rows)

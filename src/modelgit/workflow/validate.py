@@ -8,13 +8,15 @@ Every problem is reported at once, so a contributor fixes them in one go.
 
 from __future__ import annotations
 
-import json
 import os
 
 from ..errors import FormatError, UsageError
+from ..merge.lora_config import feature_problems, lora_config_problems
+from ..untrusted import load_json_file
+from .metadata import metadata_problems
 
 __all__ = ["ADAPTER_FILES", "METADATA_FILES", "ContributionError", "validate_adapter",
-           "adapter_summary"]
+           "adapter_summary", "file_problem"]
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 #: written by ``modelgit train`` beside the adapter; optional, JSON only
@@ -30,20 +32,29 @@ class ContributionError(UsageError):
         super().__init__(f"{what} refused, {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
 
 
+def file_problem(name: str) -> str | None:
+    """Why a file called ``name`` may not be part of a contribution, or None when it may (the
+    same rule for ``contribute``'s directory and review's git trees)."""
+    if name in ADAPTER_FILES + METADATA_FILES:
+        return None
+    kind = "pickled weights (code runs when they are loaded): convert them to safetensors" \
+        if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")) else \
+        "code is never accepted" if name.endswith((".py", ".so", ".sh")) else \
+        f"only {', '.join(ADAPTER_FILES + METADATA_FILES)} are accepted"
+    return f"{name[:100]!r}: not allowed in a contribution ({kind})"
+
+
 def _files_problems(adapter_dir: str, limits) -> list[str]:
     problems = []
     for name in sorted(os.listdir(adapter_dir)):
         path = os.path.join(adapter_dir, name)
         if os.path.islink(path):
-            problems.append(f"{name}: a symbolic link; send the file itself")
+            problems.append(f"{name[:100]!r}: a symbolic link; send the file itself")
         elif os.path.isdir(path):
-            problems.append(f"{name}/: a directory; a contribution is one flat adapter directory")
-        elif name not in ADAPTER_FILES + METADATA_FILES:
-            kind = "pickled weights (code runs when they are loaded): convert them to safetensors" \
-                if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")) else \
-                "code is never accepted" if name.endswith((".py", ".so", ".sh")) else \
-                f"only {', '.join(ADAPTER_FILES + METADATA_FILES)} are accepted"
-            problems.append(f"{name}: not allowed in a contribution ({kind})")
+            problems.append(f"{name[:100]!r}/: a directory; a contribution is one flat adapter "
+                            "directory")
+        elif file_problem(name):
+            problems.append(file_problem(name))
         elif name.endswith(".json") and os.path.getsize(path) > limits.max_metadata_kb * 1024:
             problems.append(f"{name}: {os.path.getsize(path)} bytes, over the limit of "
                             f"{limits.max_metadata_kb} KiB")
@@ -54,12 +65,12 @@ def _files_problems(adapter_dir: str, limits) -> list[str]:
     return problems
 
 
-def _read_json(path: str, problems: list[str]):
+def _read_json(path: str, problems: list[str], max_bytes: int):
+    """The parsed file (strict JSON within limits), or None with the reason in ``problems``."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
-    except (OSError, ValueError) as exc:
-        problems.append(f"{os.path.basename(path)}: not valid JSON ({exc})")
+        value = load_json_file(path, os.path.basename(path), max_bytes)
+    except FormatError as exc:
+        problems.append(str(exc))
         return None
     if not isinstance(value, dict):
         problems.append(f"{os.path.basename(path)}: expected a JSON object")
@@ -68,26 +79,16 @@ def _read_json(path: str, problems: list[str]):
 
 
 def _config_problems(config: dict, limits) -> list[str]:
-    problems = []
-    if config.get("peft_type", "LORA") != "LORA":
-        problems.append(f"adapter_config.json: peft_type {config.get('peft_type')!r}: only LoRA "
-                        "adapters are accepted")
-    rank = config.get("r")
-    ranks = [rank, *(config.get("rank_pattern") or {}).values()]
+    """Everything ``modelgit merge`` checks (finite numbers, types, safe patterns), the PEFT
+    features a contribution may not use, and the project's rank limit."""
+    problems = [f"adapter_config.json: {p}" for p in lora_config_problems(config)]
+    problems += [f"adapter_config.json: {p}" for p in feature_problems(config)]
+    ranks = [config.get("r"), *((config.get("rank_pattern") or {}).values()
+                                if isinstance(config.get("rank_pattern"), dict) else [])]
     for value in ranks:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            problems.append(f"adapter_config.json: rank {value!r} is not a positive integer")
-        elif value > limits.max_rank:
+        if isinstance(value, int) and not isinstance(value, bool) and value > limits.max_rank:
             problems.append(f"rank {value} is over the project's limit of {limits.max_rank} "
                             "(modelgit.yaml limits.max_rank): train with a smaller --rank")
-    alpha = config.get("lora_alpha", rank)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-        problems.append(f"adapter_config.json: lora_alpha {alpha!r} is not a positive number")
-    if config.get("use_dora"):
-        problems.append("adapter_config.json: DoRA adapters (use_dora) are not accepted yet")
-    if config.get("auto_mapping"):
-        problems.append("adapter_config.json: auto_mapping names classes to import (code): "
-                        "remove it")
     return problems
 
 
@@ -114,12 +115,13 @@ def _tensor_problems(weights: str, config: dict, base: dict, limits) -> tuple[li
         return problems, {}
     try:
         reader = open_safetensors(weights)
-    except (FormatError, OSError) as exc:
-        return [f"adapter_model.safetensors cannot be read: {exc}"], {}
+    except (FormatError, OSError) as exc:  # (named by its file name: the directory is modelgit's)
+        return [f"adapter_model.safetensors cannot be read: "
+                f"{str(exc).replace(weights + ': ', '').replace(weights, 'the file')}"], {}
     modules: dict[str, set] = {}
     try:
         for entry in reader.entries():
-            where = f"tensor {entry.name}"
+            where = f"tensor {entry.name[:200]!r}"
             if entry.dtype not in _FLOATS:
                 problems.append(f"{where}: dtype {entry.dtype}; LoRA weights are F32, F16 or BF16")
                 continue
@@ -133,7 +135,8 @@ def _tensor_problems(weights: str, config: dict, base: dict, limits) -> tuple[li
         reader.close()
     for module, kinds in sorted(modules.items()):
         if kinds not in ({"A", "B"}, {"embedding_A", "embedding_B"}):
-            problems.append(f"module {module}: has {sorted(kinds)}, needs both LoRA halves A and B")
+            problems.append(f"module {module[:200]!r}: has {sorted(kinds)}, needs both LoRA halves "
+                            "A and B")
     return problems, modules
 
 
@@ -144,24 +147,24 @@ def _shape_problems(name: str, shape: tuple, config: dict, base: dict, modules: 
     if kind is None:  # a modules_to_save copy replaces a base tensor outright
         plain = module
         if plain not in base:
-            return [f"tensor {name}: the base has no tensor {plain} (different base model?)"]
+            return [f"tensor {name[:200]!r}: the base has no tensor {plain[:200]!r} (different base model?)"]
         if tuple(base[plain][1]) != shape:
-            return [f"tensor {name}: shape {list(shape)}, but the base's {plain} is "
+            return [f"tensor {name[:200]!r}: shape {list(shape)}, but the base's {plain} is "
                     f"{list(base[plain][1])} (wrong shapes: trained on another base?)"]
         return []
     modules.setdefault(module, set()).add(kind)
     weight = f"{module}.weight"
     if weight not in base:
-        return [f"tensor {name}: the base has no module {module} (different base model?)"]
+        return [f"tensor {name[:200]!r}: the base has no module {module[:200]!r} (different base model?)"]
     base_shape = tuple(base[weight][1])
     if len(base_shape) != 2:
-        return [f"tensor {name}: base weight {weight} has shape {list(base_shape)}, not a matrix"]
+        return [f"tensor {name[:200]!r}: base weight {weight} has shape {list(base_shape)}, not a matrix"]
     rank = pattern_value(config.get("rank_pattern"), module, config.get("r"))
     if not isinstance(rank, int):
         return []
     want = _expected_shape(kind, rank, base_shape, bool(config.get("fan_in_fan_out")))
     if shape != want:
-        return [f"tensor {name}: shape {list(shape)}, expected {list(want)} for rank {rank} on "
+        return [f"tensor {name[:200]!r}: shape {list(shape)}, expected {list(want)} for rank {rank} on "
                 f"{weight} {list(base_shape)} (wrong shapes: trained on another base?)"]
     return []
 
@@ -180,6 +183,11 @@ def _targets_problems(config: dict, modules: dict) -> list[str]:
     return []
 
 
+def _plain_file(adapter_dir: str, name: str) -> bool:
+    path = os.path.join(adapter_dir, name)
+    return os.path.isfile(path) and not os.path.islink(path)
+
+
 def validate_adapter(adapter_dir: str, base: dict, limits) -> dict:
     """Validate the adapter in ``adapter_dir`` against the base tensors ``base``
     (``{name: (dtype, shape)}``) and the project's ``limits``.
@@ -193,17 +201,21 @@ def validate_adapter(adapter_dir: str, base: dict, limits) -> dict:
         raise UsageError(f"{adapter_dir!r} is not a directory: give the adapter directory that "
                          "`modelgit train` (or PEFT's save_pretrained) wrote")
     problems = _files_problems(adapter_dir, limits)
+    max_bytes = limits.max_metadata_kb * 1024
     config = None
-    if os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
-        config = _read_json(os.path.join(adapter_dir, "adapter_config.json"), problems)
+    if _plain_file(adapter_dir, "adapter_config.json"):
+        config = _read_json(os.path.join(adapter_dir, "adapter_config.json"), problems, max_bytes)
     for name in METADATA_FILES:
-        if os.path.isfile(os.path.join(adapter_dir, name)) and not os.path.islink(os.path.join(adapter_dir, name)):
-            _read_json(os.path.join(adapter_dir, name), problems)
+        if _plain_file(adapter_dir, name):
+            value = _read_json(os.path.join(adapter_dir, name), problems, max_bytes)
+            if value is not None:
+                problems.extend(metadata_problems(name, value))
     modules: dict = {}
     weights = os.path.join(adapter_dir, "adapter_model.safetensors")
     if config is not None:
         problems.extend(_config_problems(config, limits))
-        if os.path.isfile(weights) and not os.path.islink(weights):
+        usable = not lora_config_problems(config)  # r and the patterns are sound to compute with
+        if usable and _plain_file(adapter_dir, "adapter_model.safetensors"):
             found, modules = _tensor_problems(weights, config, base, limits)
             problems.extend(found)
             if not found:
