@@ -285,3 +285,29 @@ def test_symlinks_in_an_added_directory(tmp_path):
     # the path the user names may itself be a link: their choice
     os.symlink(model, tmp_path / "model-link")
     assert checkpoint.add(store, str(tmp_path / "model-link")).files == manifest.files
+
+
+# ---------------------------------------------------------------------------- refs, verify
+def _age_objects(store_dir) -> None:
+    for folder, _, names in os.walk(os.path.join(str(store_dir), "objects")):
+        for name in names:
+            age(os.path.join(folder, name), 2 * HOUR_NS)
+
+
+def test_files_of_the_same_name_in_two_directories_get_two_refs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, seed in (("a", 1), ("b", 2)):
+        (tmp_path / name).mkdir()
+        make_model(tmp_path / name / "model.safetensors", seed=seed, mib=4)
+    store_dir = tmp_path / "store"
+    for name in ("a", "b"):
+        assert main(["--store", str(store_dir), "add", f"{name}/model.safetensors"]) == 0
+    store = Store.open(str(store_dir))
+    assert len(store.refs()) == 2
+    _age_objects(store_dir)
+    assert main(["--store", str(store_dir), "gc"]) == 0
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.out"
+        manifest = checkpoint.load_manifest(store, f"{name}/model.safetensors.manifest")
+        checkpoint.materialize(store, manifest, str(out))
+        assert out.read_bytes() == (tmp_path / name / "model.safetensors").read_bytes()

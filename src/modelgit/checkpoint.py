@@ -36,7 +36,7 @@ from .progress import progress_bar
 from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
 from ._parallel import ordered_map
 
-__all__ = ["add", "add_stream", "iter_file_bytes", "cached_record", "remember_record", "materialize", "load_manifest", "StoreReport", "store_report", "verify",
+__all__ = ["add", "add_stream", "default_ref", "iter_file_bytes", "cached_record", "remember_record", "materialize", "load_manifest", "StoreReport", "store_report", "verify",
            "collect_garbage", "SKIP_DIRS"]
 
 SKIP_DIRS = {".git", ".modelgit", "__pycache__"}
@@ -248,6 +248,16 @@ def _members(path: str) -> tuple[bool, list[ListedFile]]:
         return True, list_files(path, SKIP_DIRS)
     check_regular(path, st, "; add a regular file or a directory")
     return False, [ListedFile(os.path.basename(path), path, st, follow=True)]
+
+
+def default_ref(path: str) -> str:
+    """The ref ``modelgit add PATH`` records when not given one: the name of the file or
+    directory and a hash of its absolute path, so two files of the same name in different
+    directories never share a ref (``model.safetensors-3f0a9c51e2d4``)."""
+    absolute = os.path.abspath(path)
+    name = os.path.basename(absolute).lstrip(".") or "checkpoint"
+    name = "".join(c if c.isprintable() and c not in "\\/" else "_" for c in name)
+    return f"{name}-{blake3.blake3(absolute.encode()).hexdigest()[:12]}"
 
 
 def add(store: Store, path: str, parent: Manifest | None = None, ref: str | None = None,

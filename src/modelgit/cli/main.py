@@ -65,7 +65,7 @@ def cmd_add(args) -> int:
         parent = checkpoint.load_manifest(store, args.parent)
     elif os.path.isfile(target):
         parent = checkpoint.load_manifest(None, target)  # the previous version: delta against it
-    ref = args.ref or os.path.basename(os.path.normpath(args.path))
+    ref = args.ref or checkpoint.default_ref(args.path)
     manifest = checkpoint.add(store, args.path, parent=parent, ref=ref, progress=args.progress)
     data = manifest.dumps()
     if target == "-":
@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="manifest file to write ('-' for stdout; default PATH.manifest)")
     p.add_argument("--parent", help="manifest (file, ref or id) of the previous version to delta "
                    "against (default: the existing output manifest, if any)")
-    p.add_argument("--ref", help="ref name to record in the store (default: the file's name)")
+    p.add_argument("--ref", help="ref name to record in the store (default: the file's name and "
+                   "a hash of its absolute path, e.g. model.safetensors-3f0a9c51e2d4)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _command(sub, "materialize", cmd_materialize, "Rebuild a checkpoint from its manifest.",
