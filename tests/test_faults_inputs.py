@@ -311,3 +311,19 @@ def test_files_of_the_same_name_in_two_directories_get_two_refs(tmp_path, monkey
         manifest = checkpoint.load_manifest(store, f"{name}/model.safetensors.manifest")
         checkpoint.materialize(store, manifest, str(out))
         assert out.read_bytes() == (tmp_path / name / "model.safetensors").read_bytes()
+
+
+def test_verify_without_arguments_reports_an_object_a_ref_needs(tmp_path, capsys):
+    model = tmp_path / "model.safetensors"
+    make_model(model, seed=3, mib=8)
+    store_dir = tmp_path / "store"
+    assert main(["--store", str(store_dir), "add", str(model), "--ref", "v1"]) == 0
+    store = Store.open(str(store_dir))
+    manifest = checkpoint.load_manifest(store, "v1")
+    lost = manifest.files[0].tensor("embed.weight").chunks[1]
+    os.unlink(os.path.join(str(store_dir), "objects", lost[:2], lost[2:]))
+    capsys.readouterr()
+    assert main(["--store", str(store_dir), "verify"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    assert lost in lines[0] and "ref v1" in lines[0] and "embed.weight" in lines[0]

@@ -25,8 +25,8 @@ import blake3
 
 from .dtypes import DTYPES
 from ._reading import ListedFile, SourceFile, check_regular, list_files
-from .errors import (FileChangedError, FormatError, ManifestError, ModelgitError, StoreError,
-                     StoreFullError, UsageError)
+from .errors import (CorruptObjectError, FileChangedError, FormatError, ManifestError,
+                     ModelgitError, ObjectMissingError, StoreError, StoreFullError, UsageError)
 from .formats import TensorEntry, detect_format, get_format
 from .formats._sniff import _SUFFIXES as TORCH_SUFFIXES
 from .formats.safetensors_format import parse_header, read_header_from_stream
@@ -655,12 +655,67 @@ def store_report(store: Store) -> StoreReport:
                        stats.content_bytes, stats.stored_bytes, stats.objects, stats.by_encoding)
 
 
-def verify(store: Store, manifests: list[Manifest] | None = None) -> list[str]:
-    """Check objects: all of them, or those the given manifests need (also reporting missing)."""
-    if manifests is None:
-        return store.verify()
-    ids = sorted(set().union(*(m.object_ids() for m in manifests)))
-    return store.verify(ids)
+def _needs(manifest: Manifest) -> dict[str, str]:
+    """{object id: what needs it} of a manifest ("tensor T of FILE", "header of FILE")."""
+    out = {}
+    for record in manifest.files:
+        for key, oid in record.options.items():
+            out.setdefault(oid, f"{key} of {record.path}")
+        for tensor in record.tensors:
+            for oid in tensor.chunks:
+                out.setdefault(oid, f"tensor {tensor.name!r} of {record.path}" if tensor.name
+                               else record.path)
+    return out
+
+
+def _missing_problems(store: Store, named: dict[str, Manifest]) -> list[str]:
+    """One line per object that a manifest in ``named`` ({label: manifest}) needs and the store
+    lacks, naming the first manifest that needs it and how many others do."""
+    needed: dict[str, list[str]] = {}
+    for label, manifest in named.items():
+        for oid, what in _needs(manifest).items():
+            needed.setdefault(oid, []).append(f"{label} ({what})")
+    problems = []
+    for oid in sorted(needed):
+        if not store.has(oid):
+            users = needed[oid]
+            more = f" and {len(users) - 1} more" if len(users) > 1 else ""
+            problems.append(f"object {oid} is missing from the store at {store.url}; needed by "
+                            f"{users[0]}{more}. Fetch it from a remote that has it (`modelgit "
+                            "fetch` in a git repository), or add that checkpoint again")
+    return problems
+
+
+def verify(store: Store, manifests: list[Manifest] | dict[str, Manifest] | None = None,
+           named: dict[str, Manifest] | None = None) -> list[str]:
+    """Check the store; return one message per problem (empty: all is well).
+
+    Args:
+        manifests: check only what these manifests need (a list, or ``{label: manifest}`` to
+            name them in messages): each object present and decoding to its id. Without them,
+            every object in the store is decoded and hash-checked, and every ref's manifest (and
+            every manifest in ``named``) is checked for missing objects.
+        named: more manifests whose objects must be present, by label (e.g. those in git's
+            index: ``{"git index entry model.safetensors@<blob>": manifest}``).
+    """
+    if manifests is not None:
+        wanted = dict(manifests) if isinstance(manifests, dict) else \
+            {f"manifest {i + 1}": m for i, m in enumerate(manifests)}
+        ids = sorted(set().union(*(m.object_ids() for m in wanted.values())))
+        return _missing_problems(store, wanted) + store.verify([oid for oid in ids if store.has(oid)])
+    problems = store.verify()
+    wanted = {}
+    for name, oid in store.refs().items():
+        try:
+            wanted[f"ref {name}"] = Manifest.loads(store.get(oid), f"ref {name}")
+        except ObjectMissingError:
+            problems.append(f"ref {name} points at manifest {oid}, which is missing from the "
+                            f"store at {store.url}; delete the ref (`modelgit refs --delete "
+                            f"{name}`) or add its checkpoint again")
+        except (CorruptObjectError, ManifestError) as exc:
+            problems.append(f"ref {name}: its manifest {oid} cannot be read ({exc})")
+    wanted.update(named or {})
+    return problems + _missing_problems(store, wanted)
 
 
 def collect_garbage(store: Store, keep: list[Manifest] = (), dry_run: bool = False,

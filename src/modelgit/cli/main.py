@@ -129,11 +129,35 @@ def cmd_stats(args) -> int:
 
 def cmd_verify(args) -> int:
     store = open_store(args)
-    manifests = [checkpoint.load_manifest(store, m) for m in args.manifests] or None
-    problems = checkpoint.verify(store, manifests)
+    manifests = {spec: checkpoint.load_manifest(store, spec) for spec in args.manifests} or None
+    named = None
+    repo = _store_repo(store) if manifests is None else None
+    if repo is not None:
+        from ..git.history import index_manifests
+
+        named = {f"git index entry {key}": m for key, m in index_manifests(repo).items()}
+    problems = checkpoint.verify(store, manifests, named)
+    checked = "every object decodes to its id and every ref's manifest has its objects"
+    if named is not None:
+        checked += ", as does every manifest in git's index"
     _emit(args, {"ok": not problems, "problems": problems},
-          "\n".join(problems) if problems else "ok: every object decodes to its id")
+          "\n".join(problems) if problems else f"ok: {checked}")
     return 1 if problems else 0
+
+
+def _store_repo(store: Store):
+    """The git repository whose store ``store`` is (found from the store's own location, so
+    that `modelgit --store .../.git/modelgit/store gc` run elsewhere knows it too), else None."""
+    from ..git.repo import find_repo, repo_of_store
+
+    repo = repo_of_store(store.url)
+    if repo is not None:
+        return repo
+    try:
+        repo = find_repo(".")
+    except ModelgitError:
+        return None
+    return repo if os.path.realpath(repo.store_path) == os.path.realpath(store.url) else None
 
 
 def _git_roots(store: Store):
@@ -227,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = _command(sub, "verify", cmd_verify, "Decode and hash-check objects (exit 1 on any problem).",
-                 "modelgit verify                      # every object\n"
+                 "modelgit verify                      # every object, every ref's objects\n"
                  "modelgit verify model.safetensors.manifest  # what one manifest needs")
     p.add_argument("manifests", nargs="*", help="only the objects these manifests need")
     p.add_argument("--json", action="store_true")
