@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -23,9 +24,12 @@ import pytest
 from modelgit import checkpoint
 from modelgit.cli.main import main
 from modelgit.errors import FileChangedError, UnsupportedFileError
+from modelgit.manifest import Manifest
 from modelgit.store import Store
+from modelgit.store import backends
 from modelgit.store.chunking import CHUNK_BYTES
 
+from gitutil import git, git_env, modelgit  # noqa: F401  (git_env: autouse)
 from helpers import float_weights, random_bytes, write_safetensors
 
 ROW = 1024  # F32 elements per row: 1024 rows per 4 MiB chunk
@@ -327,3 +331,128 @@ def test_verify_without_arguments_reports_an_object_a_ref_needs(tmp_path, capsys
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     assert lost in lines[0] and "ref v1" in lines[0] and "embed.weight" in lines[0]
+
+
+# ---------------------------------------------------------------------------- gc during git add
+def _exclusive_attempts(monkeypatch) -> threading.Event:
+    """An event set when someone tries to take a store lock exclusively and finds it taken."""
+    blocked = threading.Event()
+    real_flock = backends.fcntl.flock
+
+    def flock(fd, operation):
+        try:
+            return real_flock(fd, operation)
+        except BlockingIOError:
+            if operation & backends.fcntl.LOCK_EX:
+                blocked.set()
+            raise
+
+    monkeypatch.setattr(backends.fcntl, "flock", flock)
+    return blocked
+
+
+def test_gc_while_git_add_runs_keeps_what_git_commits(tmp_path, monkeypatch):
+    """gc runs after the filter stored a checkpoint and before git wrote its index.
+
+    A second path uses a plain clean filter that waits for a "go" file, so `git add` stops
+    right after modelgit's filter returned the manifest of model.safetensors and before git
+    records it. gc then starts; once it has either finished or is seen waiting for the store
+    lock, git is let go. Everything git then commits must be in the store.
+    """
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    modelgit(repo, "init")
+    modelgit(repo, "track", "*.safetensors")
+    reached, go = tmp_path / "blocker-reached", tmp_path / "blocker-go"
+    git(repo, "config", "filter.blocker.clean",
+        f"sh -c 'touch {reached}; while [ ! -e {go} ]; do sleep 0.01; done; cat'")
+    with open(repo / ".gitattributes", "a") as handle:
+        handle.write("zz-last.txt filter=blocker\n")
+    original = make_model(repo / "model.safetensors", seed=9, mib=24)
+    (repo / "zz-last.txt").write_text("cleaned last\n")
+
+    adding = subprocess.Popen(["git", "add", "model.safetensors", "zz-last.txt", ".gitattributes"],
+                              cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store_dir = repo / ".git" / "modelgit" / "store"
+    try:
+        while not reached.exists():  # modelgit's clean of model.safetensors has returned
+            assert adding.poll() is None, adding.communicate()
+            time.sleep(0.01)
+        assert sum(len(f) for _, _, f in os.walk(store_dir / "objects")) >= 6
+        blocked = _exclusive_attempts(monkeypatch)
+        done, codes = threading.Event(), []
+
+        def run_gc():
+            try:
+                codes.append(main(["--store", str(store_dir), "gc"]))
+            finally:
+                done.set()
+
+        monkeypatch.chdir(repo)
+        gc_thread = threading.Thread(target=run_gc)
+        gc_thread.start()
+        while not (done.is_set() or blocked.is_set()):
+            time.sleep(0.01)
+        gc_was_held_off = blocked.is_set() and not done.is_set()
+    finally:
+        go.touch()
+    out, err = adding.communicate(timeout=300)
+    assert adding.returncode == 0, err
+    gc_thread.join(300)
+    assert codes == [0]
+    git(repo, "commit", "-qm", "model")
+
+    committed = Manifest.loads(git(repo, "show", "HEAD:model.safetensors").stdout.encode())
+    store = Store.open(str(store_dir))
+    missing = sorted(oid for oid in committed.object_ids() if not store.has(oid))
+    assert missing == [], f"gc deleted {len(missing)} objects that git committed"
+    assert modelgit(repo, "verify").returncode == 0
+    (repo / "model.safetensors").unlink()
+    git(repo, "checkout", "--", "model.safetensors")
+    assert (repo / "model.safetensors").read_bytes() == original
+    # the filter held the store lock until git was done: gc waited instead of deleting
+    assert gc_was_held_off
+
+    # and had an object gone, a plain verify would say which, and that git's index needs it
+    lost = committed.files[0].tensor("embed.weight").chunks[0]
+    os.unlink(store_dir / "objects" / lost[:2] / lost[2:])
+    result = modelgit(repo, "verify", check=False)
+    assert result.returncode == 1
+    assert f"object {lost} is missing" in result.stdout
+    assert "git index entry model.safetensors" in result.stdout
+
+
+def test_gc_grace_period_keeps_young_unreferenced_objects(tmp_path):
+    """Writers that cannot hold the lock until their result is referenced (git's merge driver,
+    fetch) are protected by the grace period; reused objects are freshened by a new add."""
+    store = Store.open(str(tmp_path / "store"), create=True)
+    young = store.put_blob(b"written just now, referenced by nothing yet")
+    old = store.put_blob(b"written long ago, referenced by nothing")
+    reused = store.put_blob(b"written long ago, then reused by a new add")
+    for oid in (old, reused):
+        age(os.path.join(str(tmp_path / "store"), "objects", oid[:2], oid[2:]), 2 * HOUR_NS)
+    assert store.put_blob(b"written long ago, then reused by a new add") == reused  # dedup
+    result = checkpoint.collect_garbage(store)
+    assert (store.has(young), store.has(old), store.has(reused)) == (True, False, True)
+    assert result.removed == 1 and result.kept_young == 2
+    checkpoint.collect_garbage(store, grace_seconds=0)
+    assert not store.has(young) and not store.has(reused)
+
+
+def test_gc_of_a_repository_store_run_from_elsewhere_keeps_what_git_needs(tmp_path, monkeypatch):
+    """The store of a repository is known as one by its location, not by where gc runs."""
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    modelgit(repo, "init")
+    modelgit(repo, "track", "*.safetensors")
+    make_model(repo / "model.safetensors", seed=4, mib=8)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "model")
+    store_dir = repo / ".git" / "modelgit" / "store"
+    _age_objects(store_dir)  # no grace period: only the roots protect them
+    monkeypatch.chdir(tmp_path)
+    assert main(["--store", str(store_dir), "gc"]) == 0
+    committed = Manifest.loads(git(repo, "show", "HEAD:model.safetensors").stdout.encode())
+    store = Store.open(str(store_dir))
+    assert all(store.has(oid) for oid in committed.object_ids())
+    assert main(["--store", str(store_dir), "gc", "--prune", "soon"]) == 2  # a usage error

@@ -36,7 +36,7 @@ from .progress import progress_bar
 from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
 from ._parallel import ordered_map
 
-__all__ = ["add", "add_stream", "default_ref", "iter_file_bytes", "cached_record", "remember_record", "materialize", "load_manifest", "StoreReport", "store_report", "verify",
+__all__ = ["add", "add_stream", "default_ref", "GC_GRACE_SECONDS", "iter_file_bytes", "cached_record", "remember_record", "materialize", "load_manifest", "StoreReport", "store_report", "verify",
            "collect_garbage", "SKIP_DIRS"]
 
 SKIP_DIRS = {".git", ".modelgit", "__pycache__"}
@@ -118,7 +118,8 @@ def _stat_tuple(st: os.stat_result) -> list[int]:
 
 
 def cached_record(store: Store, full: str, rel: str, st: os.stat_result | None = None) -> FileRecord | None:
-    """The record of an unchanged file from the stat cache, when all its objects are present.
+    """The record of an unchanged file from the stat cache, when all its objects are present
+    (each is freshened, so a concurrent ``gc`` treats it as new: see :meth:`Store.freshen`).
 
     Args:
         st: the file's stat, when the caller has it open (else it is taken now).
@@ -135,7 +136,7 @@ def cached_record(store: Store, full: str, rel: str, st: os.stat_result | None =
     except (OSError, ValueError, KeyError, ModelgitError):
         return None
     manifest = Manifest((record,))
-    if not all(store.has(oid) for oid in manifest.object_ids()):
+    if not all(store.freshen(oid) for oid in manifest.object_ids()):
         return None
     return FileRecord(rel, record.format, record.options, record.tensors)
 
@@ -718,20 +719,32 @@ def verify(store: Store, manifests: list[Manifest] | dict[str, Manifest] | None 
     return problems + _missing_problems(store, wanted)
 
 
+# unreferenced objects younger than this are kept by gc: a git command may still commit them
+GC_GRACE_SECONDS = 3600
+
+
 def collect_garbage(store: Store, keep: list[Manifest] = (), dry_run: bool = False,
-                    extra_roots=None):
+                    extra_roots=None, grace_seconds: float = GC_GRACE_SECONDS):
     """Remove objects that no ref (and no manifest in ``keep``) reaches. Returns a GcResult.
 
     ``extra_roots`` (a callable returning manifests, e.g. those of a git history) is called under
     the store's exclusive lock, like the refs are read, so an add finishing meanwhile is kept.
+    Objects written or reused within the last ``grace_seconds`` are kept as well (0: none), for
+    writers whose results are referenced only after they release the lock.
     """
     def live() -> set[str]:
         ids: set[str] = set()
         for name, oid in store.refs().items():
             ids.add(oid)
-            ids |= Manifest.loads(store.get(oid), f"ref {name}").object_ids()
+            try:
+                ids |= Manifest.loads(store.get(oid), f"ref {name}").object_ids()
+            except ObjectMissingError:  # what it protects is unknown: delete nothing
+                raise StoreError(f"ref {name} points at manifest {oid}, which is missing from the "
+                                 f"store at {store.url}, so gc cannot tell which objects it needs; "
+                                 f"add its checkpoint again or delete the ref (`modelgit refs "
+                                 f"--delete {name}`), then run gc") from None
         for manifest in [*keep, *(extra_roots() if extra_roots else [])]:
             ids |= manifest.object_ids()
         return ids
 
-    return store.gc(live, dry_run=dry_run)
+    return store.gc(live, dry_run=dry_run, grace_seconds=grace_seconds)

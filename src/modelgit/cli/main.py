@@ -10,7 +10,7 @@ import textwrap
 
 from .. import checkpoint
 from . import git_commands
-from ..errors import ModelgitError
+from ..errors import ModelgitError, UsageError
 from ..store import Store
 
 __all__ = ["main", "build_parser"]
@@ -161,29 +161,51 @@ def _store_repo(store: Store):
 
 
 def _git_roots(store: Store):
-    """When ``store`` is the store of the git repository we are in, its history's manifests."""
-    from ..git.repo import find_repo
-
-    try:
-        repo = find_repo(".")
-    except ModelgitError:
-        return None
-    if os.path.realpath(repo.store_path) != os.path.realpath(store.url):
+    """When ``store`` is the store of a git repository, a callable giving every manifest git
+    can reach (refs, reflogs, every work tree's index)."""
+    repo = _store_repo(store)
+    if repo is None:
         return None
     from ..git.history import live_manifests
 
     return lambda: live_manifests(repo)
 
 
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """Seconds of a ``--prune`` age: ``now``, or a number with a unit s, m, h, d or w (``2h``).
+
+    Raises:
+        UsageError: anything else.
+    """
+    value = text.strip().lower()
+    if value == "now":
+        return 0.0
+    number, unit = value[:-1], value[-1:]
+    try:
+        seconds = float(number) * _AGE_UNITS[unit]
+    except (KeyError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise UsageError(f"--prune {text!r}: expected 'now' or a number with a unit s, m, h, d or w "
+                         "(e.g. 30m, 2h, 1d)")
+    return seconds
+
+
 def cmd_gc(args) -> int:
     store = open_store(args)
     keep = [checkpoint.load_manifest(store, m) for m in args.keep]
+    grace = parse_age(args.prune) if args.prune is not None else checkpoint.GC_GRACE_SECONDS
     result = checkpoint.collect_garbage(store, keep, dry_run=args.dry_run,
-                                        extra_roots=_git_roots(store))
+                                        extra_roots=_git_roots(store), grace_seconds=grace)
     verb = "would remove" if args.dry_run else "removed"
+    young = (f" ({result.kept_young} unreferenced but younger than the grace period: "
+             "`gc --prune=now` removes them)") if result.kept_young else ""
     _emit(args, result.__dict__,
           f"{verb} {result.removed} objects ({_human(result.freed_bytes)}) and "
-          f"{result.removed_tmp} temporary files; kept {result.kept}")
+          f"{result.removed_tmp} temporary files; kept {result.kept}{young}")
     return 0
 
 
@@ -257,8 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = _command(sub, "gc", cmd_gc, "Delete objects no ref reaches, and leftover temporary files.",
-                 "modelgit gc --dry-run\nmodelgit gc --keep old.manifest")
+                 "modelgit gc --dry-run\nmodelgit gc --keep old.manifest\n"
+                 "modelgit gc --prune=now     # also objects written in the last hour")
     p.add_argument("--keep", action="append", default=[], help="also keep this manifest's objects")
+    p.add_argument("--prune", metavar="AGE", help="delete unreferenced objects only when older "
+                   "than AGE: 'now' or e.g. 30m, 2h, 1d (default 1h: a git command may still be "
+                   "about to commit younger ones)")
     p.add_argument("-n", "--dry-run", action="store_true", help="only report")
     p.add_argument("--json", action="store_true")
 
