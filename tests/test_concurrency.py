@@ -230,10 +230,10 @@ def test_gc_snapshot_of_refs_taken_before_a_concurrent_add_finishes(tmp_path, mo
 
     real_gc = Store.gc
 
-    def gc_after_a_concurrent_add(self, live, dry_run=False):
+    def gc_after_a_concurrent_add(self, live, dry_run=False, grace_seconds=0.0):
         adder = Store.open(str(store_dir))  # the other process
         checkpoint.add(adder, str(new), ref="new")
-        return real_gc(self, live, dry_run)
+        return real_gc(self, live, dry_run, grace_seconds=0.0)  # only the lock protects it
 
     monkeypatch.setattr(Store, "gc", gc_after_a_concurrent_add)
     checkpoint.collect_garbage(gc_store)

@@ -9,30 +9,34 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
-import mmap
 import os
 import shutil
+import stat
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import blake3
 
 from .dtypes import DTYPES
-from .errors import FormatError, ManifestError, ModelgitError, StoreError, StoreFullError, UsageError
+from ._reading import ListedFile, SourceFile, check_regular, list_files
+from .errors import (CorruptObjectError, FileChangedError, FormatError, ManifestError,
+                     ModelgitError, ObjectMissingError, StoreError, StoreFullError, UsageError)
 from .formats import TensorEntry, detect_format, get_format
 from .formats._sniff import _SUFFIXES as TORCH_SUFFIXES
-from .formats.safetensors_format import parse_header, read_header_from_stream, release_mapped
+from .formats.safetensors_format import parse_header, read_header_from_stream
 from .manifest import FileRecord, Manifest, TensorRecord
 from ._files import WRITE_PIECE, reserve_space, sync_path, write_all
 from .progress import progress_bar
 from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
 from ._parallel import ordered_map
 
-__all__ = ["add", "add_stream", "iter_file_bytes", "cached_record", "remember_record", "materialize", "load_manifest", "StoreReport", "store_report", "verify",
+__all__ = ["add", "add_stream", "default_ref", "GC_GRACE_SECONDS", "iter_file_bytes", "cached_record", "remember_record", "materialize", "load_manifest", "StoreReport", "store_report", "verify",
            "collect_garbage", "SKIP_DIRS"]
 
 SKIP_DIRS = {".git", ".modelgit", "__pycache__"}
@@ -47,50 +51,62 @@ RACY_NS = 100_000_000
 class _Job:
     dtype: str
     shape: tuple[int, ...]
-    data: object  # a bytes-like slice of the file
     parent: str | None
-    release: object = None  # called once the chunk is stored: drops its mapped pages
+    data: object = None  # bytes already in this process's memory (from a stream, an npz member)
+    read: Callable | None = None  # or: fills a buffer of ``nbytes`` with the bytes from the file
+    nbytes: int = 0
 
 
-def _put(store: Store, job: _Job) -> tuple[str, int]:
-    result = store.put(job.dtype, job.shape, job.data, parent=job.parent)
-    if job.release is not None:
-        job.release()
-    return result.oid, len(job.data)
+class _Buffers:
+    """Chunk buffers reused across the chunks of an add: a chunk is read into one, hashed,
+    encoded and written from it, and the buffer goes back. Reusing them keeps the add from
+    touching fresh pages for every chunk (costly on a VM) and bounds memory by the chunks in
+    flight. Every chunk fits: chunks are at most ``CHUNK_BYTES``."""
+
+    def __init__(self, size: int = CHUNK_BYTES):
+        self._size = size
+        self._free: list = []
+        self._guard = threading.Lock()
+
+    def take(self, nbytes: int):
+        import numpy
+
+        if nbytes > self._size:
+            return numpy.empty(nbytes, dtype=numpy.uint8)
+        with self._guard:
+            if self._free:
+                return self._free.pop()
+        return numpy.empty(self._size, dtype=numpy.uint8)
+
+    def give(self, buffer) -> None:
+        if len(buffer) == self._size:
+            with self._guard:
+                self._free.append(buffer)
 
 
-def _list_files(path: str) -> list[tuple[str, str]]:
-    """(relative path, absolute path) of every file under a directory, sorted."""
-    out = []
-    for dirpath, dirs, files in os.walk(path, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
-        for name in sorted(files):
-            full = os.path.join(dirpath, name)
-            out.append((os.path.relpath(full, path).replace(os.sep, "/"), full))
-    return out
+def _put(store: Store, job: _Job, buffers: _Buffers) -> tuple[str, int]:
+    if job.read is None:
+        return store.put(job.dtype, job.shape, job.data, parent=job.parent).oid, len(job.data)
+    buffer = buffers.take(job.nbytes)
+    try:
+        # read, hashed, encoded and written from this one private buffer: the id is always the
+        # hash of exactly the bytes stored, whatever happens to the file meanwhile
+        view = memoryview(buffer)[:job.nbytes]
+        job.read(view)
+        return store.put(job.dtype, job.shape, view, parent=job.parent).oid, job.nbytes
+    finally:
+        buffers.give(buffer)
 
 
 class _BlobReader:
-    """A plain file seen as one U8 tensor named "" (mapped, pages released as they are stored)."""
+    """A plain file seen as one U8 tensor named ""."""
 
-    def __init__(self, path: str):
-        self._handle = open(path, "rb")
-        size = os.fstat(self._handle.fileno()).st_size
-        self._map = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        self.entry = TensorEntry("", "U8", (size,))
+    def __init__(self, source: SourceFile):
+        self._source = source
+        self.entry = TensorEntry("", "U8", (source.size,))
 
-    def data(self, name: str = ""):
-        return memoryview(self._map) if self._map is not None else b""
-
-    def release(self, name: str, start: int, stop: int) -> None:
-        if self._map is not None:
-            release_mapped(self._map, start, stop)
-
-    def close(self) -> None:
-        if self._map is not None:
-            with contextlib.suppress(BufferError):
-                self._map.close()
-        self._handle.close()
+    def read_into(self, name: str, start: int, out) -> None:
+        self._source.read_into(start, out)
 
 
 def _stat_key(path: str) -> str:
@@ -101,21 +117,26 @@ def _stat_tuple(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev]
 
 
-def cached_record(store: Store, full: str, rel: str) -> FileRecord | None:
-    """The record of an unchanged file from the stat cache, when all its objects are present."""
+def cached_record(store: Store, full: str, rel: str, st: os.stat_result | None = None) -> FileRecord | None:
+    """The record of an unchanged file from the stat cache, when all its objects are present
+    (each is freshened, so a concurrent ``gc`` treats it as new: see :meth:`Store.freshen`).
+
+    Args:
+        st: the file's stat, when the caller has it open (else it is taken now).
+    """
     if not isinstance(store.backend, LocalBackend):
         return None
     try:
         entry = json.loads(store.backend.read(_stat_key(full)))
-        if entry["path"] != os.path.abspath(full) or entry["stat"] != _stat_tuple(os.stat(full)):
+        if entry["path"] != os.path.abspath(full) or entry["stat"] != _stat_tuple(st or os.stat(full)):
             return None
         if entry["cached_at_ns"] - entry["stat"][1] < RACY_NS:
             return None
-        record = Manifest.loads(store.get(entry["manifest"])).files[0]
+        record = Manifest.loads(store.get(entry["manifest"]), f"stat cache of {full}").files[0]
     except (OSError, ValueError, KeyError, ModelgitError):
         return None
     manifest = Manifest((record,))
-    if not all(store.has(oid) for oid in manifest.object_ids()):
+    if not all(store.freshen(oid) for oid in manifest.object_ids()):
         return None
     return FileRecord(rel, record.format, record.options, record.tensors)
 
@@ -130,65 +151,114 @@ def remember_record(store: Store, full: str, st: os.stat_result, record: FileRec
         store.backend.write_atomic(_stat_key(full), json.dumps(entry).encode())
 
 
-def _tensor_jobs(entry: TensorEntry, data, parent: TensorRecord | None, reader=None) -> Iterator[_Job]:
+def _tensor_jobs(entry: TensorEntry, parent: TensorRecord | None, reader) -> Iterator[_Job]:
+    """The chunks of one tensor: read from the file by the worker that stores each (readers
+    with ``read_into``), or sliced from the tensor's bytes, read now (npz, legacy torch)."""
     itemsize = DTYPES[entry.dtype].itemsize
     parent_chunks = parent.chunks if parent is not None and parent.dtype == entry.dtype else ()
-    release = getattr(reader, "release", None)
+    read_into = getattr(reader, "read_into", None)
+    data = reader.data(entry.name) if read_into is None else None
     for index, chunk in enumerate(chunk_layout(itemsize, entry.shape)):
-        drop = (lambda c=chunk: release(entry.name, c.start, c.stop)) if release else None
-        yield _Job(entry.dtype, chunk.shape, data[chunk.start:chunk.stop],
-                   parent_chunks[index] if index < len(parent_chunks) else None, drop)
+        parent_id = parent_chunks[index] if index < len(parent_chunks) else None
+        if read_into is None:
+            yield _Job(entry.dtype, chunk.shape, parent_id, data=data[chunk.start:chunk.stop])
+        else:
+            yield _Job(entry.dtype, chunk.shape, parent_id, nbytes=chunk.stop - chunk.start,
+                       read=functools.partial(read_into, entry.name, chunk.start))
 
 
-def _add_file(store: Store, full: str, rel: str, parent: FileRecord | None, bar,
+def _chunk_count(entry: TensorEntry) -> int:
+    return len(chunk_layout(DTYPES[entry.dtype].itemsize, entry.shape))
+
+
+def _add_file(store: Store, member: ListedFile, parent: FileRecord | None, bar, buffers: _Buffers,
               use_cache: bool = True) -> FileRecord:
-    st = os.stat(full)
-    cached = cached_record(store, full, rel) if use_cache else None
-    if cached is not None:
-        bar.update(st.st_size)
-        return cached
-    fmt = detect_format(full)
-    parents = {t.name: t for t in parent.tensors} if parent is not None else {}
-    if fmt is None:
-        blob = _BlobReader(full)
+    """Store one file and return its record.
+
+    Raises:
+        FileChangedError: the file changed while it was read (then no record names it; the
+            objects already written hold exactly the bytes their ids say, and gc removes them).
+    """
+    source = SourceFile(member.path, "added", follow_symlinks=member.follow, expect=member.stat)
+    try:
+        st = source.stat
+        cached = cached_record(store, member.path, member.rel, st) if use_cache else None
+        if cached is not None:
+            bar.update(st.st_size)
+            return cached
         try:
-            jobs = list(_tensor_jobs(blob.entry, blob.data(), parents.get(""), blob))
-            chunk_ids = _run_jobs(store, jobs, bar)
-            del jobs
-        finally:
-            blob.close()
-        record = FileRecord(rel, BLOB_FORMAT, {}, (TensorRecord("", "U8", blob.entry.shape, tuple(chunk_ids)),))
-    else:
-        reader = fmt.open(full)
-        try:
-            options = {key: store.put_blob(value) for key, value in reader.meta().items()}
-            entries = reader.entries()
-            jobs, counts = [], []
-            for entry in entries:
-                tensor_jobs = list(_tensor_jobs(entry, reader.data(entry.name), parents.get(entry.name), reader))
-                jobs.extend(tensor_jobs)
-                counts.append(len(tensor_jobs))
-            chunk_ids = _run_jobs(store, jobs, bar)
-            del jobs
-            tensors, position = [], 0
-            for entry, count in zip(entries, counts):
-                tensors.append(TensorRecord(entry.name, entry.dtype, entry.shape,
-                                            tuple(chunk_ids[position:position + count])))
-                position += count
-        finally:
-            reader.close()
-        record = FileRecord(rel, fmt.name, options, tuple(tensors))
+            record = _store_file(store, source, member.rel, parent, bar, buffers)
+        except (FileChangedError, StoreError):  # the store's own trouble (a full disk) as is
+            raise
+        except Exception:
+            # a file rewritten under a parser looks corrupt: say what really happened
+            source.check_unchanged()
+            raise
+        source.check_unchanged()
+    finally:
+        source.close()
     if use_cache:
-        remember_record(store, full, st, record)
+        remember_record(store, member.path, st, record)
     return record
 
 
-def _run_jobs(store: Store, jobs: list[_Job], bar) -> list[str]:
+def _store_file(store: Store, source: SourceFile, rel: str, parent: FileRecord | None, bar,
+                buffers: _Buffers) -> FileRecord:
+    fmt = detect_format(source.path)
+    parents = {t.name: t for t in parent.tensors} if parent is not None else {}
+    if fmt is None:
+        blob = _BlobReader(source)
+        chunk_ids = _run_jobs(store, _tensor_jobs(blob.entry, parents.get(""), blob), bar, buffers)
+        return FileRecord(rel, BLOB_FORMAT, {}, (TensorRecord("", "U8", blob.entry.shape, tuple(chunk_ids)),))
+    reader = fmt.open(source)
+    try:
+        options = {key: store.put_blob(value) for key, value in reader.meta().items()}
+        entries = reader.entries()
+        jobs = (job for entry in entries
+                for job in _tensor_jobs(entry, parents.get(entry.name), reader))
+        chunk_ids = _run_jobs(store, jobs, bar, buffers)
+    finally:
+        reader.close()
+    tensors, position = [], 0
+    for entry in entries:
+        count = _chunk_count(entry)
+        tensors.append(TensorRecord(entry.name, entry.dtype, entry.shape,
+                                    tuple(chunk_ids[position:position + count])))
+        position += count
+    return FileRecord(rel, fmt.name, options, tuple(tensors))
+
+
+def _run_jobs(store: Store, jobs, bar, buffers: _Buffers | None = None) -> list[str]:
+    buffers = buffers or _Buffers()
     ids = []
-    for oid, size in ordered_map(lambda job: _put(store, job), jobs):
+    for oid, size in ordered_map(lambda job: _put(store, job, buffers), jobs):
         ids.append(oid)
         bar.update(size)
     return ids
+
+
+def _members(path: str) -> tuple[bool, list[ListedFile]]:
+    """(is a directory, the files to add) for the path given to :func:`add`."""
+    try:
+        st = os.stat(path)  # the path the user names may be a symlink: their choice
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        return True, list_files(path, SKIP_DIRS)
+    check_regular(path, st, "; add a regular file or a directory")
+    return False, [ListedFile(os.path.basename(path), path, st, follow=True)]
+
+
+def default_ref(path: str) -> str:
+    """The ref ``modelgit add PATH`` records when not given one: the name of the file or
+    directory and a hash of its absolute path, so two files of the same name in different
+    directories never share a ref (``model.safetensors-3f0a9c51e2d4``)."""
+    absolute = os.path.abspath(path)
+    name = os.path.basename(absolute).lstrip(".") or "checkpoint"
+    name = "".join(c if c.isprintable() and c not in "\\/" else "_" for c in name)
+    return f"{name}-{blake3.blake3(absolute.encode()).hexdigest()[:12]}"
 
 
 def add(store: Store, path: str, parent: Manifest | None = None, ref: str | None = None,
@@ -198,7 +268,8 @@ def add(store: Store, path: str, parent: Manifest | None = None, ref: str | None
     Args:
         store: the store to write to.
         path: a safetensors / torch / npz file, any other file (stored as a blob), or a
-            directory (a sharded Hugging Face model, a PEFT adapter...).
+            directory (a sharded Hugging Face model, a PEFT adapter...). In a directory only
+            regular files are added, a symlink to a file inside it as that file.
         parent: the manifest of the previous version; each chunk is stored as a delta against
             the same chunk of the parent when that pays.
         ref: name a ref in the store after this manifest (a root for ``gc``).
@@ -206,20 +277,19 @@ def add(store: Store, path: str, parent: Manifest | None = None, ref: str | None
 
     Raises:
         FormatError: a file is malformed or unsafe (named in the message).
+        UnsupportedFileError: a FIFO, socket or device, or a symlink out of the directory.
+        FileChangedError: a file changed while it was being added; no ref is set.
         StoreFullError: the disk filled up; nothing half-written was kept.
     """
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such file or directory")
-    is_dir = os.path.isdir(path)
-    files = _list_files(path) if is_dir else [(os.path.basename(path), path)]
+    is_dir, files = _members(path)
     parent_files = {f.path: f for f in parent.files} if parent is not None else {}
     if not is_dir and parent is not None and len(parent.files) == 1:
-        parent_files = {files[0][0]: parent.files[0]}
-    total = sum(os.path.getsize(full) for _, full in files)
-    records = []
+        parent_files = {files[0].rel: parent.files[0]}
+    total = sum(member.stat.st_size for member in files)
+    records, buffers = [], _Buffers()
     with store.writing(), progress_bar(total, f"add {os.path.basename(path)}", progress) as bar:
-        for rel, full in files:
-            records.append(_add_file(store, full, rel, parent_files.get(rel), bar))
+        for member in files:
+            records.append(_add_file(store, member, parent_files.get(member.rel), bar, buffers))
         manifest = Manifest(tuple(records), "dir" if is_dir else "file")
         manifest_id = store.put_blob(manifest.dumps())
         if ref:
@@ -249,8 +319,8 @@ def _stream_jobs(stream, entries, parents: dict[str, TensorRecord], where: str) 
         parent_chunks = parent.chunks if parent is not None and parent.dtype == entry.dtype else ()
         for index, chunk in enumerate(chunk_layout(DTYPES[entry.dtype].itemsize, entry.shape)):
             data = _read_exact(stream, chunk.stop - chunk.start, where)
-            yield _Job(entry.dtype, chunk.shape, data,
-                       parent_chunks[index] if index < len(parent_chunks) else None)
+            yield _Job(entry.dtype, chunk.shape,
+                       parent_chunks[index] if index < len(parent_chunks) else None, data=data)
 
 
 def _stream_blob_jobs(stream, parent: TensorRecord | None, sizes: list[int]) -> Iterator[_Job]:
@@ -261,7 +331,8 @@ def _stream_blob_jobs(stream, parent: TensorRecord | None, sizes: list[int]) -> 
         if not data and index > 0:
             return
         sizes.append(len(data))
-        yield _Job("U8", (len(data),), data, parent_chunks[index] if index < len(parent_chunks) else None)
+        yield _Job("U8", (len(data),), parent_chunks[index] if index < len(parent_chunks) else None,
+                   data=data)
         index += 1
         if len(data) < CHUNK_BYTES:
             return
@@ -296,7 +367,7 @@ def add_stream(store: Store, stream, name: str, parent: FileRecord | None = None
                                   "not describe the whole file (corrupt?)")
             tensors, position = [], 0
             for entry in entries:
-                count = len(chunk_layout(DTYPES[entry.dtype].itemsize, entry.shape))
+                count = _chunk_count(entry)
                 tensors.append(TensorRecord(entry.name, entry.dtype, entry.shape,
                                             tuple(ids[position:position + count])))
                 position += count
@@ -307,7 +378,9 @@ def add_stream(store: Store, stream, name: str, parent: FileRecord | None = None
                 with open(path, "wb") as out:
                     while block := stream.read(1 << 20):
                         out.write(block)
-                record = _add_file(store, path, base, parent, bar, use_cache=False)
+                # a private copy: nobody else writes it
+                record = _add_file(store, ListedFile(base, path, os.lstat(path)), parent, bar,
+                                   _Buffers(), use_cache=False)
         manifest = Manifest((record,), "file")
         store.put_blob(manifest.dumps())
     return manifest
@@ -583,28 +656,95 @@ def store_report(store: Store) -> StoreReport:
                        stats.content_bytes, stats.stored_bytes, stats.objects, stats.by_encoding)
 
 
-def verify(store: Store, manifests: list[Manifest] | None = None) -> list[str]:
-    """Check objects: all of them, or those the given manifests need (also reporting missing)."""
-    if manifests is None:
-        return store.verify()
-    ids = sorted(set().union(*(m.object_ids() for m in manifests)))
-    return store.verify(ids)
+def _needs(manifest: Manifest) -> dict[str, str]:
+    """{object id: what needs it} of a manifest ("tensor T of FILE", "header of FILE")."""
+    out = {}
+    for record in manifest.files:
+        for key, oid in record.options.items():
+            out.setdefault(oid, f"{key} of {record.path}")
+        for tensor in record.tensors:
+            for oid in tensor.chunks:
+                out.setdefault(oid, f"tensor {tensor.name!r} of {record.path}" if tensor.name
+                               else record.path)
+    return out
+
+
+def _missing_problems(store: Store, named: dict[str, Manifest]) -> list[str]:
+    """One line per object that a manifest in ``named`` ({label: manifest}) needs and the store
+    lacks, naming the first manifest that needs it and how many others do."""
+    needed: dict[str, list[str]] = {}
+    for label, manifest in named.items():
+        for oid, what in _needs(manifest).items():
+            needed.setdefault(oid, []).append(f"{label} ({what})")
+    problems = []
+    for oid in sorted(needed):
+        if not store.has(oid):
+            users = needed[oid]
+            more = f" and {len(users) - 1} more" if len(users) > 1 else ""
+            problems.append(f"object {oid} is missing from the store at {store.url}; needed by "
+                            f"{users[0]}{more}. Fetch it from a remote that has it (`modelgit "
+                            "fetch` in a git repository), or add that checkpoint again")
+    return problems
+
+
+def verify(store: Store, manifests: list[Manifest] | dict[str, Manifest] | None = None,
+           named: dict[str, Manifest] | None = None) -> list[str]:
+    """Check the store; return one message per problem (empty: all is well).
+
+    Args:
+        manifests: check only what these manifests need (a list, or ``{label: manifest}`` to
+            name them in messages): each object present and decoding to its id. Without them,
+            every object in the store is decoded and hash-checked, and every ref's manifest (and
+            every manifest in ``named``) is checked for missing objects.
+        named: more manifests whose objects must be present, by label (e.g. those in git's
+            index: ``{"git index entry model.safetensors@<blob>": manifest}``).
+    """
+    if manifests is not None:
+        wanted = dict(manifests) if isinstance(manifests, dict) else \
+            {f"manifest {i + 1}": m for i, m in enumerate(manifests)}
+        ids = sorted(set().union(*(m.object_ids() for m in wanted.values())))
+        return _missing_problems(store, wanted) + store.verify([oid for oid in ids if store.has(oid)])
+    problems = store.verify()
+    wanted = {}
+    for name, oid in store.refs().items():
+        try:
+            wanted[f"ref {name}"] = Manifest.loads(store.get(oid), f"ref {name}")
+        except ObjectMissingError:
+            problems.append(f"ref {name} points at manifest {oid}, which is missing from the "
+                            f"store at {store.url}; delete the ref (`modelgit refs --delete "
+                            f"{name}`) or add its checkpoint again")
+        except (CorruptObjectError, ManifestError) as exc:
+            problems.append(f"ref {name}: its manifest {oid} cannot be read ({exc})")
+    wanted.update(named or {})
+    return problems + _missing_problems(store, wanted)
+
+
+# unreferenced objects younger than this are kept by gc: a git command may still commit them
+GC_GRACE_SECONDS = 3600
 
 
 def collect_garbage(store: Store, keep: list[Manifest] = (), dry_run: bool = False,
-                    extra_roots=None):
+                    extra_roots=None, grace_seconds: float = GC_GRACE_SECONDS):
     """Remove objects that no ref (and no manifest in ``keep``) reaches. Returns a GcResult.
 
     ``extra_roots`` (a callable returning manifests, e.g. those of a git history) is called under
     the store's exclusive lock, like the refs are read, so an add finishing meanwhile is kept.
+    Objects written or reused within the last ``grace_seconds`` are kept as well (0: none), for
+    writers whose results are referenced only after they release the lock.
     """
     def live() -> set[str]:
         ids: set[str] = set()
         for name, oid in store.refs().items():
             ids.add(oid)
-            ids |= Manifest.loads(store.get(oid), f"ref {name}").object_ids()
+            try:
+                ids |= Manifest.loads(store.get(oid), f"ref {name}").object_ids()
+            except ObjectMissingError:  # what it protects is unknown: delete nothing
+                raise StoreError(f"ref {name} points at manifest {oid}, which is missing from the "
+                                 f"store at {store.url}, so gc cannot tell which objects it needs; "
+                                 f"add its checkpoint again or delete the ref (`modelgit refs "
+                                 f"--delete {name}`), then run gc") from None
         for manifest in [*keep, *(extra_roots() if extra_roots else [])]:
             ids |= manifest.object_ids()
         return ids
 
-    return store.gc(live, dry_run=dry_run)
+    return store.gc(live, dry_run=dry_run, grace_seconds=grace_seconds)

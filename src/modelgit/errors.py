@@ -12,6 +12,8 @@ __all__ = [
     "UsageError",
     "FormatError",
     "UnsafeInputError",
+    "UnsupportedFileError",
+    "FileChangedError",
     "ManifestError",
     "ManifestVersionError",
     "StoreError",
@@ -40,6 +42,15 @@ class FormatError(ModelgitError):
 
 class UnsafeInputError(FormatError):
     """A file would need code execution (e.g. a pickle with globals) to be read."""
+
+
+class UnsupportedFileError(ModelgitError):
+    """A path that is not a regular file or directory (a FIFO, socket or device), or a symlink
+    that modelgit does not follow (out of the added directory, to a directory, dangling)."""
+
+
+class FileChangedError(ModelgitError):
+    """A file changed (rewritten, truncated, replaced, deleted) while it was being read."""
 
 
 class ManifestError(ModelgitError):

@@ -15,7 +15,7 @@ import blake3
 
 from .dtypes import DTYPES
 from .errors import UsageError
-from .store.chunking import chunk_layout
+from .store.chunking import CHUNK_BYTES, chunk_layout
 from .store.ids import format_shape, object_id
 
 __all__ = ["fingerprint_dir", "fingerprint_rev", "tensor_infos_dir", "tensor_infos_rev"]
@@ -42,15 +42,18 @@ def fingerprint_dir(model_dir: str) -> str:
     """The fingerprint of the safetensors weights in ``model_dir`` (hashes every byte once)."""
     from .formats.safetensors_format import open_safetensors
 
-    lines = []
+    lines, buffer = [], bytearray(CHUNK_BYTES)  # every chunk fits; read into one buffer in turn
     for path in _weight_files(model_dir):
         reader = open_safetensors(path)
         try:
             for entry in reader.entries():
-                data = reader.data(entry.name)
-                ids = [object_id(entry.dtype, c.shape, data[c.start:c.stop])
-                       for c in chunk_layout(DTYPES[entry.dtype].itemsize, entry.shape)]
+                ids = []
+                for c in chunk_layout(DTYPES[entry.dtype].itemsize, entry.shape):
+                    view = memoryview(buffer)[:c.stop - c.start]
+                    reader.read_into(entry.name, c.start, view)
+                    ids.append(object_id(entry.dtype, c.shape, view))
                 lines.append(f"{entry.name} {entry.dtype} {format_shape(entry.shape)} {','.join(ids)}")
+            reader.check_unchanged()  # else the fingerprint may be of no version of the file
         finally:
             reader.close()
     return _digest(lines)

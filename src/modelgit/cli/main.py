@@ -10,7 +10,7 @@ import textwrap
 
 from .. import checkpoint
 from . import git_commands
-from ..errors import ModelgitError
+from ..errors import ModelgitError, UsageError
 from ..store import Store
 
 __all__ = ["main", "build_parser"]
@@ -65,7 +65,7 @@ def cmd_add(args) -> int:
         parent = checkpoint.load_manifest(store, args.parent)
     elif os.path.isfile(target):
         parent = checkpoint.load_manifest(None, target)  # the previous version: delta against it
-    ref = args.ref or os.path.basename(os.path.normpath(args.path))
+    ref = args.ref or checkpoint.default_ref(args.path)
     manifest = checkpoint.add(store, args.path, parent=parent, ref=ref, progress=args.progress)
     data = manifest.dumps()
     if target == "-":
@@ -129,37 +129,83 @@ def cmd_stats(args) -> int:
 
 def cmd_verify(args) -> int:
     store = open_store(args)
-    manifests = [checkpoint.load_manifest(store, m) for m in args.manifests] or None
-    problems = checkpoint.verify(store, manifests)
+    manifests = {spec: checkpoint.load_manifest(store, spec) for spec in args.manifests} or None
+    named = None
+    repo = _store_repo(store) if manifests is None else None
+    if repo is not None:
+        from ..git.history import index_manifests
+
+        named = {f"git index entry {key}": m for key, m in index_manifests(repo).items()}
+    problems = checkpoint.verify(store, manifests, named)
+    checked = "every object decodes to its id and every ref's manifest has its objects"
+    if named is not None:
+        checked += ", as does every manifest in git's index"
     _emit(args, {"ok": not problems, "problems": problems},
-          "\n".join(problems) if problems else "ok: every object decodes to its id")
+          "\n".join(problems) if problems else f"ok: {checked}")
     return 1 if problems else 0
 
 
-def _git_roots(store: Store):
-    """When ``store`` is the store of the git repository we are in, its history's manifests."""
-    from ..git.repo import find_repo
+def _store_repo(store: Store):
+    """The git repository whose store ``store`` is (found from the store's own location, so
+    that `modelgit --store .../.git/modelgit/store gc` run elsewhere knows it too), else None."""
+    from ..git.repo import find_repo, repo_of_store
 
+    repo = repo_of_store(store.url)
+    if repo is not None:
+        return repo
     try:
         repo = find_repo(".")
     except ModelgitError:
         return None
-    if os.path.realpath(repo.store_path) != os.path.realpath(store.url):
+    return repo if os.path.realpath(repo.store_path) == os.path.realpath(store.url) else None
+
+
+def _git_roots(store: Store):
+    """When ``store`` is the store of a git repository, a callable giving every manifest git
+    can reach (refs, reflogs, every work tree's index)."""
+    repo = _store_repo(store)
+    if repo is None:
         return None
     from ..git.history import live_manifests
 
     return lambda: live_manifests(repo)
 
 
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """Seconds of a ``--prune`` age: ``now``, or a number with a unit s, m, h, d or w (``2h``).
+
+    Raises:
+        UsageError: anything else.
+    """
+    value = text.strip().lower()
+    if value == "now":
+        return 0.0
+    number, unit = value[:-1], value[-1:]
+    try:
+        seconds = float(number) * _AGE_UNITS[unit]
+    except (KeyError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise UsageError(f"--prune {text!r}: expected 'now' or a number with a unit s, m, h, d or w "
+                         "(e.g. 30m, 2h, 1d)")
+    return seconds
+
+
 def cmd_gc(args) -> int:
     store = open_store(args)
     keep = [checkpoint.load_manifest(store, m) for m in args.keep]
+    grace = parse_age(args.prune) if args.prune is not None else checkpoint.GC_GRACE_SECONDS
     result = checkpoint.collect_garbage(store, keep, dry_run=args.dry_run,
-                                        extra_roots=_git_roots(store))
+                                        extra_roots=_git_roots(store), grace_seconds=grace)
     verb = "would remove" if args.dry_run else "removed"
+    young = (f" ({result.kept_young} unreferenced but younger than the grace period: "
+             "`gc --prune=now` removes them)") if result.kept_young else ""
     _emit(args, result.__dict__,
           f"{verb} {result.removed} objects ({_human(result.freed_bytes)}) and "
-          f"{result.removed_tmp} temporary files; kept {result.kept}")
+          f"{result.removed_tmp} temporary files; kept {result.kept}{young}")
     return 0
 
 
@@ -205,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="manifest file to write ('-' for stdout; default PATH.manifest)")
     p.add_argument("--parent", help="manifest (file, ref or id) of the previous version to delta "
                    "against (default: the existing output manifest, if any)")
-    p.add_argument("--ref", help="ref name to record in the store (default: the file's name)")
+    p.add_argument("--ref", help="ref name to record in the store (default: the file's name and "
+                   "a hash of its absolute path, e.g. model.safetensors-3f0a9c51e2d4)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _command(sub, "materialize", cmd_materialize, "Rebuild a checkpoint from its manifest.",
@@ -226,14 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = _command(sub, "verify", cmd_verify, "Decode and hash-check objects (exit 1 on any problem).",
-                 "modelgit verify                      # every object\n"
+                 "modelgit verify                      # every object, every ref's objects\n"
                  "modelgit verify model.safetensors.manifest  # what one manifest needs")
     p.add_argument("manifests", nargs="*", help="only the objects these manifests need")
     p.add_argument("--json", action="store_true")
 
     p = _command(sub, "gc", cmd_gc, "Delete objects no ref reaches, and leftover temporary files.",
-                 "modelgit gc --dry-run\nmodelgit gc --keep old.manifest")
+                 "modelgit gc --dry-run\nmodelgit gc --keep old.manifest\n"
+                 "modelgit gc --prune=now     # also objects written in the last hour")
     p.add_argument("--keep", action="append", default=[], help="also keep this manifest's objects")
+    p.add_argument("--prune", metavar="AGE", help="delete unreferenced objects only when older "
+                   "than AGE: 'now' or e.g. 30m, 2h, 1d (default 1h: a git command may still be "
+                   "about to commit younger ones)")
     p.add_argument("-n", "--dry-run", action="store_true", help="only report")
     p.add_argument("--json", action="store_true")
 

@@ -2,9 +2,13 @@
 
 A format is a module-level :class:`Format` with two functions:
 
-* ``open(path) -> CheckpointReader``: lazy; reading a tensor touches only its bytes (mmap where
-  the format allows). Hostile input raises :class:`~modelgit.errors.FormatError` (or
-  :class:`~modelgit.errors.UnsafeInputError`) naming the file and the problem.
+* ``open(path_or_source) -> CheckpointReader``: lazy; reading a tensor touches only its bytes
+  where the format allows. It takes a path or an open :class:`~modelgit._reading.SourceFile`
+  (then every byte is read through that open file). Bytes are read into memory of this process
+  (``pread``), never memory-mapped: a file changed meanwhile must give an error, not ``SIGBUS``
+  or bytes that differ between two looks. Hostile input raises
+  :class:`~modelgit.errors.FormatError` (or :class:`~modelgit.errors.UnsafeInputError`) naming
+  the file and the problem.
 * ``write(path, meta, tensors, read)``: writes ``path`` from the tensor list in file order,
   ``read(entry)`` yielding each tensor's raw bytes in pieces; ``meta`` is what the reader
   returned from :meth:`CheckpointReader.meta`, so a round trip rebuilds the file (byte for byte
@@ -44,7 +48,11 @@ class CheckpointReader(Protocol):
         """The tensors in the order their bytes lie in the file."""
 
     def data(self, name: str):
-        """Raw little-endian bytes of tensor ``name`` (a bytes-like; not copied when mmapped)."""
+        """Raw little-endian bytes of tensor ``name`` (a bytes-like in this process's memory)."""
+
+    # optional: def read_into(self, name: str, start: int, out) -> None
+    #     fill the buffer ``out`` with the tensor's bytes from byte ``start``; readers that have
+    #     it are read chunk by chunk into reused buffers instead of a tensor at a time
 
     def meta(self) -> dict[str, bytes]:
         """Format-specific byte strings needed to rebuild the file (e.g. the safetensors header)."""

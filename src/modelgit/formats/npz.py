@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .._reading import SourceFile
 from ..dtypes import DTYPES
 from ..errors import FormatError, UnsafeInputError
 from ._sniff import sniff_npz
@@ -38,11 +39,13 @@ class NpzReader:
 
     format = "npz"
 
-    def __init__(self, path: str, npz, entries: dict[str, TensorEntry], compressed: bool) -> None:
+    def __init__(self, path: str, npz, entries: dict[str, TensorEntry], compressed: bool,
+                 closers=()) -> None:
         self.path = path
         self._npz = npz
         self._entries = entries
         self._compressed = compressed
+        self._closers = list(closers)  # the open file(s) the archive is read through
 
     def entries(self) -> list[TensorEntry]:
         """The arrays in archive order."""
@@ -74,13 +77,17 @@ class NpzReader:
 
     def close(self) -> None:
         self._npz.close()
+        for closer in self._closers:
+            closer.close()
+        self._closers = []
 
 
-def open_npz(path: str) -> NpzReader:
+def open_npz(source: "str | SourceFile") -> NpzReader:
     """Open a ``.npz`` archive, reading only the member headers.
 
     Args:
-        path: the archive.
+        source: the archive (a path, or a :class:`~modelgit._reading.SourceFile`: read through
+            that open file, whatever happens to the path meanwhile).
 
     Returns:
         An :class:`NpzReader`; entry names are member names without ``.npy``.
@@ -90,9 +97,26 @@ def open_npz(path: str) -> NpzReader:
         FormatError: the archive is truncated or corrupt, or a member is not a ``.npy`` array of
             a supported dtype.
     """
-    path = os.fspath(path)
+    own = not isinstance(source, SourceFile)
+    src = SourceFile(os.fspath(source)) if own else source
+    handle = None
     try:
-        npz = np.load(path, allow_pickle=False)
+        handle = src.file_object()
+        npz = _load_headers(src.path, handle)
+    except BaseException:
+        if handle is not None:
+            handle.close()
+        if own:
+            src.close()
+        raise
+    closers = [handle, src] if own else [handle]
+    return NpzReader(src.path, *npz, closers=closers)
+
+
+def _load_headers(path: str, handle):
+    """(NpzFile, entries, compressed) of the archive open as ``handle``."""
+    try:
+        npz = np.load(handle, allow_pickle=False)
     except _CORRUPT as exc:
         raise FormatError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc}); "
                           "it is truncated or corrupt, re-download or re-export it") from None
@@ -111,7 +135,7 @@ def open_npz(path: str) -> NpzReader:
     except BaseException:
         npz.close()
         raise
-    return NpzReader(path, npz, entries, compressed)
+    return npz, entries, compressed
 
 
 def _read_entry(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> TensorEntry:

@@ -20,9 +20,9 @@ which file and which tensor is wrong:
 from __future__ import annotations
 
 import json
-import mmap
-import os
 import struct
+
+from .._reading import SourceFile
 from ..dtypes import DTYPES
 from ..errors import FormatError
 from ..untrusted import loads_json
@@ -104,19 +104,26 @@ def parse_header(header: bytes, data_len: int | None, where: str = "safetensors 
 
 
 class SafetensorsReader:
-    """A memory-mapped safetensors file."""
+    """An open safetensors file: the header parsed, tensors read on demand with ``pread``.
+
+    The file is never memory-mapped: bytes land in buffers of this process, so a file truncated
+    or rewritten meanwhile gives a :class:`~modelgit.errors.FileChangedError` (see
+    :mod:`modelgit._reading`), never ``SIGBUS`` or bytes that change after they were read.
+
+    Args:
+        source: a path, or a :class:`~modelgit._reading.SourceFile` already open (not closed by
+            :meth:`close` then).
+    """
 
     format = "safetensors"
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, source: "str | SourceFile"):
+        self._own = not isinstance(source, SourceFile)
+        self._source = SourceFile(source) if self._own else source
+        self.path = path = self._source.path
         try:
-            self._file = open(path, "rb")
-        except OSError as exc:
-            raise FormatError(f"cannot open {path}: {exc.strerror}") from None
-        try:
-            size = os.fstat(self._file.fileno()).st_size
-            prefix = self._file.read(8)
+            size = self._source.size
+            prefix = self._source.read(0, 8)
             if len(prefix) < 8:
                 raise FormatError(f"{path}: file is {size} bytes, too short for a safetensors "
                                   "header (truncated?)")
@@ -127,63 +134,54 @@ class SafetensorsReader:
             if 8 + header_len > size:
                 raise FormatError(f"{path}: header length {header_len} runs past the end of the "
                                   f"{size}-byte file (truncated?)")
-            self._header = self._file.read(header_len)
+            self._header = self._source.read(8, header_len)
             self._data_start = 8 + header_len
             items = parse_header(self._header, size - self._data_start, path)
             self._entries = [entry for entry, _, _ in items]
             self._offsets = {entry.name: (begin, end) for entry, begin, end in items}
-            self._map = (mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-                         if size > 0 else None)
         except BaseException:
-            self._file.close()
+            self.close()
             raise
 
     def entries(self) -> list[TensorEntry]:
         return list(self._entries)
 
-    def data(self, name: str):
+    def read_into(self, name: str, start: int, out) -> None:
+        """Fill ``out`` with the bytes of tensor ``name`` from byte ``start`` of its data.
+
+        Raises:
+            FileChangedError: the file was truncated meanwhile.
+        """
         begin, end = self._offsets[name]
-        if begin == end:
-            return b""
-        return memoryview(self._map)[self._data_start + begin:self._data_start + end]
+        length = memoryview(out).nbytes
+        if start < 0 or begin + start + length > end:
+            raise ValueError(f"bytes [{start}, {start + length}) are outside tensor {name!r} "
+                             f"({end - begin} bytes)")
+        self._source.read_into(self._data_start + begin + start, out)
+
+    def data(self, name: str):
+        """All the bytes of tensor ``name``, read now into memory of this process."""
+        import numpy as np
+
+        begin, end = self._offsets[name]
+        out = np.empty(end - begin, dtype=np.uint8)
+        self.read_into(name, 0, out)
+        return memoryview(out)
 
     def meta(self) -> dict[str, bytes]:
         return {"header": self._header}
 
-    def release(self, name: str, start: int, stop: int) -> None:
-        """Drop the mapped pages of bytes [start, stop) of tensor ``name`` from this process.
-
-        Pages of a read-only file mapping stay in the page cache, so this costs nothing but
-        keeps the resident set at the bytes in flight instead of the whole file.
-        """
-        if self._map is None or stop <= start:
-            return
-        base = self._data_start + self._offsets[name][0]
-        release_mapped(self._map, base + start, base + stop)
+    def check_unchanged(self) -> None:
+        """Raise FileChangedError when the file changed since it was opened."""
+        self._source.check_unchanged()
 
     def close(self) -> None:
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:
-                pass  # a caller still holds a view; the map closes when it is released
-        self._file.close()
+        if self._own:
+            self._source.close()
 
 
-def release_mapped(mapped: mmap.mmap, begin: int, end: int) -> None:
-    """madvise(MADV_DONTNEED) on the whole pages inside [begin, end) of a read-only mapping."""
-    page = mmap.PAGESIZE
-    first = -(-begin // page) * page
-    last = end // page * page
-    if last > first and hasattr(mapped, "madvise"):
-        try:
-            mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
-        except (OSError, ValueError):
-            pass  # only an optimisation
-
-
-def open_safetensors(path: str) -> SafetensorsReader:
-    return SafetensorsReader(path)
+def open_safetensors(source: "str | SourceFile") -> SafetensorsReader:
+    return SafetensorsReader(source)
 
 
 def write_safetensors(path: str, meta: dict[str, bytes], entries: list[TensorEntry], read) -> None:

@@ -3,7 +3,8 @@
 Reading goes only through ``torch.load(..., weights_only=True)``, whose restricted unpickler builds
 tensors, dicts and primitives and refuses every other global; a refused file raises
 :class:`~modelgit.errors.UnsafeInputError`. Zip-format files (every ``torch.save`` since 1.6) are
-memory-mapped, so reading one tensor touches only its bytes; legacy files are loaded whole.
+unpickled onto the ``meta`` device and each tensor is read from its record when asked for, so
+reading one tensor touches only its bytes (see :class:`TorchReader`); legacy files are loaded whole.
 
 A checkpoint must be a dict whose values are tensors, nested dicts or JSON primitives. Nested keys
 are joined with ``"."`` into tensor names. ``meta()["layout"]`` records the tree (key order, key
@@ -19,16 +20,20 @@ A rebuilt file is always zip-format and equal tensor for tensor, not byte for by
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import pickle
-import errno
+import struct
+import threading
 import warnings
+import zipfile
 from typing import Any, Callable, Iterable
 
 import torch
 
+from .._reading import SourceFile
 from ..dtypes import DTYPES
 from ..errors import FormatError, StoreFullError, UnsafeInputError
 from ._sniff import _PICKLE_PROTO, _ZIP_MAGIC, sniff_torch
@@ -46,23 +51,85 @@ _TORCH_TO_NAME = {getattr(torch, d.torch_name): d.name for d in DTYPES.values()
 
 
 class TorchReader:
-    """A loaded state dict; tensors of zip-format files stay memory-mapped until read."""
+    """A state dict's tensors, read from the file on demand.
+
+    For zip-format files (every ``torch.save`` since 1.6) the pickle is loaded onto the ``meta``
+    device, which gives every tensor's dtype, shape, strides and where its storage lies in the
+    archive without reading a weight; a tensor is then read with ``pread`` into memory of this
+    process when asked for (never memory-mapped: see :mod:`modelgit._reading`). A tensor laid out
+    contiguously in its storage (the usual case) is read straight from its bytes, chunk by chunk;
+    others (a transposed view, a conjugate) are rebuilt from their whole storage. Legacy files
+    are loaded whole, as before.
+    """
 
     format = "torch"
 
-    def __init__(self, path: str, tensors: dict[str, torch.Tensor], layout: bytes) -> None:
+    def __init__(self, path: str, tensors: dict[str, torch.Tensor], layout: bytes,
+                 source: SourceFile | None = None, own_source: bool = False) -> None:
         self.path = path
         self._tensors = tensors
         self._layout = layout
+        self._source, self._own = source, own_source
+        # name -> file offset of the tensor's first byte, for tensors read straight from the file
+        self._placed: dict[str, int] = {}
+        if source is not None:
+            for name, tensor in tensors.items():
+                if tensor.is_contiguous() and not tensor.is_conj() and not tensor.is_neg():
+                    self._placed[name] = (tensor.untyped_storage()._checkpoint_offset
+                                          + tensor.storage_offset() * tensor.element_size())
+        self._rebuilt: tuple[str, memoryview] | None = None
+        self._guard = threading.Lock()
 
     def entries(self) -> list[TensorEntry]:
         """The tensors in the dict's (depth-first) order."""
         return [TensorEntry(name, _TORCH_TO_NAME[t.dtype], tuple(t.shape))
                 for name, t in self._tensors.items()]
 
+    def read_into(self, name: str, start: int, out) -> None:
+        """Fill ``out`` with the raw bytes of tensor ``name`` from byte ``start``.
+
+        Raises:
+            FileChangedError: the file was truncated meanwhile.
+        """
+        length = memoryview(out).nbytes
+        nbytes = self._tensors[name].numel() * self._tensors[name].element_size()
+        if start < 0 or start + length > nbytes:
+            raise ValueError(f"bytes [{start}, {start + length}) are outside tensor {name!r} "
+                             f"({nbytes} bytes)")
+        if name in self._placed:
+            self._source.read_into(self._placed[name] + start, out)
+            return
+        with self._guard:  # chunks of one tensor come in a row: rebuild it once for all of them
+            if self._rebuilt is None or self._rebuilt[0] != name:
+                self._rebuilt = (name, self._contiguous_bytes(name))
+            whole = self._rebuilt[1]
+        memoryview(out).cast("B")[:] = whole[start:start + length]
+
     def data(self, name: str) -> memoryview:
-        """Raw little-endian C-order bytes of tensor ``name`` (no copy when already contiguous)."""
-        tensor = self._tensors[name].detach().resolve_conj().resolve_neg().contiguous()
+        """Raw little-endian C-order bytes of tensor ``name``, in memory of this process."""
+        if name in self._placed:
+            import numpy as np
+
+            tensor = self._tensors[name]
+            out = np.empty(tensor.numel() * tensor.element_size(), dtype=np.uint8)
+            self._source.read_into(self._placed[name], out)
+            return memoryview(out)
+        return self._contiguous_bytes(name)
+
+    def _contiguous_bytes(self, name: str) -> memoryview:
+        tensor = self._tensors[name]
+        if tensor.device.type == "meta":  # rebuild it from its whole storage, read now
+            storage = tensor.untyped_storage()
+            raw = torch.empty(storage.nbytes(), dtype=torch.uint8)
+            self._source.read_into(storage._checkpoint_offset, raw.numpy())
+            real = torch.empty(0, dtype=tensor.dtype).set_(raw.untyped_storage(), tensor.storage_offset(),
+                                                          tensor.shape, tensor.stride())
+            if tensor.is_conj():
+                real = real.conj()
+            if tensor.is_neg():
+                real = real._neg_view()
+            tensor = real
+        tensor = tensor.detach().resolve_conj().resolve_neg().contiguous()
         # reshape(-1) first: view() to a smaller dtype is refused on 0-d tensors.
         return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
 
@@ -70,15 +137,23 @@ class TorchReader:
         """``{"layout": canonical JSON}``: the dict tree and its non-tensor values."""
         return {"layout": self._layout}
 
+    def check_unchanged(self) -> None:
+        """Raise FileChangedError when the file changed since it was opened."""
+        if self._source is not None:
+            self._source.check_unchanged()
+
     def close(self) -> None:
-        self._tensors = {}
+        self._tensors, self._placed, self._rebuilt = {}, {}, None
+        if self._own and self._source is not None:
+            self._source.close()
 
 
-def open_torch(path: str) -> TorchReader:
+def open_torch(source: "str | SourceFile") -> TorchReader:
     """Open a ``torch.save`` checkpoint without executing any pickled code.
 
     Args:
-        path: a ``.pt``/``.pth``/``.bin``/``.ckpt`` file written by ``torch.save``.
+        source: a ``.pt``/``.pth``/``.bin``/``.ckpt`` file written by ``torch.save`` (a path, or
+            a :class:`~modelgit._reading.SourceFile` the caller closes).
 
     Returns:
         A :class:`TorchReader` over its tensors.
@@ -87,33 +162,95 @@ def open_torch(path: str) -> TorchReader:
         UnsafeInputError: the pickle needs globals beyond tensors and plain containers.
         FormatError: the file is truncated, corrupt, not a torch checkpoint, or holds values
             other than tensors, dicts and JSON primitives.
+        FileChangedError: the file changed while it was read.
     """
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        head = f.read(4)
+    own = not isinstance(source, SourceFile)
+    src = SourceFile(os.fspath(source)) if own else source
+    try:
+        reader = _open(src, own)
+    except BaseException:
+        if own:
+            src.close()
+        raise
+    if own and reader._source is None:  # loaded whole: the file is no longer needed
+        src.close()
+    return reader
+
+
+def _open(src: SourceFile, own: bool) -> TorchReader:
+    path = src.path
+    head = src.read(0, 4)
     is_zip = head == _ZIP_MAGIC
     if not is_zip and head[:1] != _PICKLE_PROTO:
         raise FormatError(f"{path}: not a PyTorch checkpoint (starts with {head!r}, expected a zip "
                           "archive or a pickle); check the file name or re-save it with torch.save")
-    obj = _load(path, mmap=is_zip)  # mmap needs the zip layout; legacy files are read whole
+    members = _stored_members(src) if is_zip else None
+    lazy = members is not None  # else (legacy, big-endian) the whole file is loaded, as torch does
+    obj = _load(src, meta=lazy)
     if not isinstance(obj, dict):
         raise FormatError(f"{path}: the checkpoint is a {type(obj).__name__}, not a dict of "
                           "tensors; save model.state_dict() instead")
     tensors: dict[str, torch.Tensor] = {}
     items = _flatten(path, obj, (), tensors)
+    if lazy:
+        for name, tensor in tensors.items():
+            _check_storage(path, name, tensor, members)
     try:
         layout = _canonical_json({"version": _LAYOUT_VERSION, "items": items})
     except UnicodeEncodeError as exc:  # lone surrogates survive pickle but not UTF-8
         raise FormatError(f"{path}: a key or string value is not valid Unicode ({exc}); "
                           "re-save the checkpoint with valid strings") from None
-    return TorchReader(path, tensors, layout)
+    return TorchReader(path, tensors, layout, src if lazy else None, own and lazy)
 
 
-def _load(path: str, mmap: bool) -> Any:
+def _stored_members(src: SourceFile) -> dict[int, int] | None:
+    """{file offset of the data: size} of the archive's uncompressed members, or None when the
+    tensors must be loaded by torch itself (a big-endian archive, which torch byte-swaps)."""
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols and TorchScript
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with src.file_object() as handle, zipfile.ZipFile(handle) as archive:
+            infos = archive.infolist()
+            for info in infos:
+                if info.filename.endswith("/byteorder") and archive.read(info).strip() == b"big":
+                    return None
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise FormatError(f"{src.path}: cannot read the PyTorch checkpoint, it is truncated or "
+                          f"corrupt ({type(exc).__name__}: {exc}); re-download or re-save it") from None
+    members = {}
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            continue
+        local = src.read(info.header_offset, 30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            continue
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        members[info.header_offset + 30 + name_len + extra_len] = info.file_size
+    return members
+
+
+def _check_storage(path: str, name: str, tensor: torch.Tensor, members: dict[int, int]) -> None:
+    """The storage of a meta-loaded tensor must be a whole uncompressed member of the archive
+    that holds every element of the tensor: then reading those bytes gives what torch.load would."""
+    storage = tensor.untyped_storage()
+    nbytes = storage.nbytes()
+    offset = getattr(storage, "_checkpoint_offset", None)
+    if offset is None or (nbytes and members.get(offset) != nbytes):
+        raise FormatError(f"{path}: the storage of tensor {name!r} is not an uncompressed record "
+                          f"of {nbytes} bytes in the archive; the file is corrupt or was not "
+                          "written by torch.save, re-save it")
+    if tensor.numel():
+        last = tensor.storage_offset() + sum((size - 1) * stride for size, stride
+                                             in zip(tensor.shape, tensor.stride()))
+        if tensor.storage_offset() < 0 or (last + 1) * tensor.element_size() > nbytes:
+            raise FormatError(f"{path}: tensor {name!r} reaches past the end of its storage; the "
+                              "file is corrupt, re-save it")
+
+
+def _load(src: SourceFile, meta: bool) -> Any:
+    path = src.path
+    try:
+        with warnings.catch_warnings(), src.file_object() as handle:
+            warnings.simplefilter("ignore", UserWarning)  # pickle protocols, TorchScript
+            return torch.load(handle, map_location="meta" if meta else "cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _unsafe(path, _refusal_reason(str(exc))) from None
     except OSError:

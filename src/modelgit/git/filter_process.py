@@ -13,6 +13,9 @@ remotes first and streaming the bytes to git chunk by chunk.
   stderr, which git shows to the user.
 * For commands that write the work tree, smudge answers with the manifest and fills the files in
   when git is done (see ``worktree``): git never holds a checkpoint in memory.
+* From its first clean until git closes the pipe, the process holds the store lock shared:
+  git records the manifests clean returns only once every file is cleaned, and ``gc`` (which
+  takes the lock exclusively) must not delete their objects before (see ``_StoreHold``).
 """
 
 from __future__ import annotations
@@ -170,8 +173,41 @@ def _fill_pending(repo: GitRepo, pending: dict[str, bytes]) -> int:
     return 1 if failed else 0
 
 
+class _StoreHold:
+    """The store lock, held shared from the first clean until the filter process ends.
+
+    Clean stores objects and returns a manifest; git writes that manifest into its index (or a
+    commit) only later, once every file is cleaned, and then closes the filter's pipe. Until
+    then the objects are referenced by nothing ``gc`` can see, so this process keeps ``gc``
+    (which takes the lock exclusively) waiting until git is done. Objects freshly written are
+    also protected by gc's grace period, for writers that cannot hold a lock that long.
+    """
+
+    def __init__(self, repo: GitRepo):
+        self._repo, self._held = repo, None
+
+    def acquire(self) -> None:
+        if self._held is None:
+            held = self._repo.store().backend.lock(shared=True)
+            held.__enter__()
+            self._held = held
+
+    def release(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            held.__exit__(None, None, None)
+
+
 def serve(repo: GitRepo, stdin: BinaryIO, stdout: BinaryIO) -> int:
     """Run the filter protocol until git closes the pipe (then fill in deferred checkouts)."""
+    hold = _StoreHold(repo)
+    try:
+        return _serve(repo, stdin, stdout, hold)
+    finally:
+        hold.release()
+
+
+def _serve(repo: GitRepo, stdin: BinaryIO, stdout: BinaryIO, hold: _StoreHold) -> int:
     reader, writer = PktReader(stdin), PktWriter(stdout)
     _handshake(reader, writer)
     mode: str | None = None  # decided at the first smudge: clean-only processes never look
@@ -180,11 +216,13 @@ def serve(repo: GitRepo, stdin: BinaryIO, stdout: BinaryIO) -> int:
         try:
             request = reader.read_keyvalues()
         except EOFError:
+            hold.release()  # git is done: whatever it commits of ours is referenced now
             return _fill_pending(repo, pending)
         command, path = request.get("command"), request.get("pathname", "")
         content = ContentStream(reader)
         if command == "clean":
             try:
+                hold.acquire()
                 result = clean(repo, path, content)
             except Exception as exc:  # any failure is this file's, not the process's
                 content.drain()

@@ -11,7 +11,7 @@ from .diff import FileDiff, diff_manifests
 from .repo import GitRepo
 from .transfer import TransferResult, fetch_objects, open_remote_store, push_objects, remotes_for_fetch
 
-__all__ = ["live_manifests", "objects_to_push", "pre_push", "push_rev", "fetch_rev", "diff_revs", "log_path",
+__all__ = ["live_manifests", "index_manifests", "objects_to_push", "pre_push", "push_rev", "fetch_rev", "diff_revs", "log_path",
            "worktree_manifests", "LogEntry"]
 
 ZERO = "0" * 40
@@ -39,6 +39,12 @@ def _manifest_blobs(repo: GitRepo, rev_args: list[str]) -> dict[str, Manifest]:
 def live_manifests(repo: GitRepo) -> list[Manifest]:
     """Every manifest git can still reach: all refs, reflogs, the index (roots for ``gc``)."""
     return list(_manifest_blobs(repo, ["--all", "--reflog", "--indexed-objects"]).values())
+
+
+def index_manifests(repo: GitRepo) -> dict[str, Manifest]:
+    """The manifests in the index of every work tree, as ``{"PATH@BLOB": manifest}``: what is
+    checked out or staged, which a checkout or the next commit needs."""
+    return _manifest_blobs(repo, ["--indexed-objects"])
 
 
 def objects_to_push(repo: GitRepo, local_sha: str, remote: str) -> set[str]:

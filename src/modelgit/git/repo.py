@@ -10,7 +10,7 @@ from ..errors import ModelgitError, UsageError
 from ..manifest import Manifest, is_manifest
 from ..store import Store
 
-__all__ = ["GitRepo", "GitError", "FILTER_NAME", "find_repo"]
+__all__ = ["GitRepo", "GitError", "FILTER_NAME", "find_repo", "repo_of_store"]
 
 FILTER_NAME = "modelgit"
 # manifests are small; a blob larger than this is a plain file, not a manifest
@@ -116,3 +116,19 @@ def find_repo(path: str = ".") -> GitRepo:
         return GitRepo(common, common)
     top = _git(["rev-parse", "--show-toplevel"], path).decode().strip()
     return GitRepo(top, common)
+
+
+def repo_of_store(location: str) -> GitRepo | None:
+    """The git repository whose object store is at ``location`` (``<git dir>/modelgit/store``),
+    wherever the command runs from; None for any other store. Its git commands run in the git
+    directory itself, which git accepts for everything that reads objects, refs and indexes."""
+    if "://" in location and not location.startswith("file://"):
+        return None
+    path = os.path.realpath(location[len("file://"):] if location.startswith("file://") else location)
+    modelgit_dir = os.path.dirname(path)
+    if os.path.basename(path) != "store" or os.path.basename(modelgit_dir) != "modelgit":
+        return None
+    git_dir = os.path.dirname(modelgit_dir)
+    if not (os.path.isfile(os.path.join(git_dir, "HEAD")) and os.path.isdir(os.path.join(git_dir, "objects"))):
+        return None
+    return GitRepo(git_dir, git_dir)

@@ -2,7 +2,7 @@
 
 For each output tensor the engine resolves the recipe's parameters for it (gradients, filters)
 and runs the method. Methods with a streaming form (linear, the task-arithmetic family) read
-their inputs in blocks (straight from the mapped files, or from the tensor store) and the
+their inputs in blocks (read straight from the files, or from the tensor store) and the
 result is cast to the output dtype and appended to the output shard block by block; the others
 get every input tensor whole. Peak memory is a multiple of the largest tensor E, never the
 model size: linear holds a few blocks; TIES and its family 5E while sorting one task vector

@@ -2,8 +2,8 @@
 
 A source is lazy: it lists its tensors (name, dtype, shape) without reading them, and loads one
 tensor at a time (``load``) or hands out a :class:`~modelgit.merge.base.LazyTensor` that reads a
-range of a tensor's elements at a time (``open_tensor``: straight from the mapped file for
-safetensors, so a streamed merge holds blocks of its inputs, not whole tensors).
+range of a tensor's elements at a time (``open_tensor``: read straight from the file for
+safetensors and torch, so a streamed merge holds blocks of its inputs, not whole tensors).
 
 Specs understood by :func:`open_source`:
 
@@ -71,25 +71,20 @@ class WholeTensor:
         return self._flat[start:stop]
 
 
-class MappedTensor:
-    """A LazyTensor over a memory-mapped file: each range is copied out and its pages dropped."""
+class RangedTensor:
+    """A LazyTensor over a file reader with ``read_into``: each range is read from the file into
+    a tensor of its own (``pread``; nothing stays mapped, and a file truncated meanwhile gives
+    an error, not SIGBUS)."""
 
     def __init__(self, reader, name: str, info: TensorInfo, key):
         self.shape, self.dtype, self.key = tuple(info.shape), _torch_dtype(info.dtype), key
-        self._reader, self._name, self._info = reader, name, info
+        self._reader, self._name = reader, name
         self._itemsize = DTYPES[info.dtype].itemsize
-        self._last = (0, 0)  # byte range of the previous read
 
     def flat(self, start: int, stop: int) -> torch.Tensor:
-        begin, end = start * self._itemsize, stop * self._itemsize
-        data = self._reader.data(self._name)
-        piece = to_torch(data[begin:end], self._info.dtype, (stop - start,))  # a copy
-        # release drops the whole pages inside a range: reading on from the previous range, drop
-        # from its start, so the page the two share does not stay mapped (one per block)
-        low = self._last[0] if self._last[1] == begin else begin
-        self._reader.release(self._name, low, end)
-        self._last = (begin, end)
-        return piece
+        out = torch.empty((stop - start) * self._itemsize, dtype=torch.uint8)
+        self._reader.read_into(self._name, start * self._itemsize, out.numpy())
+        return out.view(self.dtype)  # (stop - start,)
 
 
 def lazy_tensor(source: Source, name: str) -> LazyTensor:
@@ -130,19 +125,14 @@ class CheckpointSource:
 
     def open_tensor(self, name: str) -> LazyTensor:
         reader, info = self._where[name], self._infos[name]
-        if hasattr(reader, "release"):  # memory-mapped: ranges cost only what they copy
-            return MappedTensor(reader, name, info, (self, name))
+        if hasattr(reader, "read_into"):  # ranges cost only what they read
+            return RangedTensor(reader, name, info, (self, name))
         return WholeTensor(lambda: self.load(name), info, (self, name))
 
     def load(self, name: str) -> torch.Tensor:
         info = self._infos[name]
         reader = self._where[name]
-        data = reader.data(name)
-        tensor = to_torch(data, info.dtype, info.shape)  # a copy: the mapping can go
-        release = getattr(reader, "release", None)
-        if release is not None:
-            release(name, 0, len(data))  # else every input's pages stay resident: RSS = model size
-        return tensor
+        return to_torch(reader.data(name), info.dtype, info.shape)
 
     def identity(self) -> str:
         """Content id of the checkpoint: a hash over every tensor's object id (blake3)."""
@@ -160,8 +150,6 @@ class CheckpointSource:
             info, reader = self._infos[name], self._where[name]
             data = reader.data(name)
             digest.update(f"{name}\0{object_id(info.dtype, info.shape, data)}\n".encode())
-            if hasattr(reader, "release"):
-                reader.release(name, 0, len(data))
         return digest.hexdigest()
 
     def close(self) -> None:

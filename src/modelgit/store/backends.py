@@ -38,6 +38,7 @@ class Backend(Protocol):
     def list(self, prefix: str) -> Iterator[str]: ...
     def size(self, key: str) -> int: ...
     def mtime(self, key: str) -> float: ...
+    def touch(self, key: str) -> bool: ...
     def lock(self, shared: bool, timeout: float = 600.0) -> contextlib.AbstractContextManager: ...
 
 
@@ -214,6 +215,16 @@ class LocalBackend:
     def mtime(self, key: str) -> float:
         return os.path.getmtime(self._path(key))
 
+    def touch(self, key: str) -> bool:
+        """Set ``key``'s mtime to now; False when it does not exist."""
+        try:
+            os.utime(self._path(key))
+        except FileNotFoundError:
+            return False
+        except OSError:  # a store we may only read (EPERM, EROFS): present all the same
+            return self.exists(key)
+        return True
+
     @contextlib.contextmanager
     def lock(self, shared: bool, timeout: float = 600.0):
         """Hold the store-wide lock: shared for writers of objects, exclusive for gc."""
@@ -308,6 +319,10 @@ class FsspecBackend:
             return self.fs.modified(self._path(key)).timestamp()
         except (NotImplementedError, AttributeError):
             return time.time()
+
+    def touch(self, key: str) -> bool:
+        """Whether ``key`` exists (an object store cannot change an object's time in place)."""
+        return self.exists(key)
 
     @contextlib.contextmanager
     def lock(self, shared: bool, timeout: float = 600.0):

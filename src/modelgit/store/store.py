@@ -8,7 +8,13 @@ objects and are the roots of ``gc``.
 Concurrency: writing an object is idempotent and atomic, so any number of processes may add at
 once. ``gc`` deletes, so it takes the store lock exclusively; writers hold it shared for the
 whole of an add (see :meth:`Store.writing`), which keeps gc from deleting an object that an add
-has just found present and decided not to write.
+has just found present and decided not to write. A writer whose result is referenced only after
+it lets go of the lock (git records a filter's manifest later) is covered by gc's grace period:
+objects written, or found present and reused (:meth:`Store.freshen`), within it are kept.
+
+An object's id is the hash of the very bytes it is encoded from: :meth:`Store.put` hashes and
+encodes one buffer, which callers must not change meanwhile (never a mapping of a file someone
+else may write: see :mod:`modelgit._reading`).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class GcResult:
     removed: int
     freed_bytes: int
     removed_tmp: int
+    kept_young: int = 0  # unreferenced, but younger than the grace period (and their ancestors)
 
 
 class Store:
@@ -133,9 +140,21 @@ class Store:
     def has(self, oid: str) -> bool:
         return self.backend.exists(self._key(oid))
 
+    def freshen(self, oid: str) -> bool:
+        """Whether ``oid`` is present; if so, mark it as just written (its mtime, locally).
+
+        A writer that finds an object already there and relies on it (dedup, the stat cache)
+        freshens it, so that :meth:`gc`'s grace period protects it like a new object until the
+        writer's result is referenced (git writes its index only after the filter returns).
+        """
+        return self.backend.touch(self._key(oid))
+
     def put(self, dtype: str, shape: tuple[int, ...], data, parent: str | None = None,
             oid: str | None = None) -> PutResult:
         """Store content ``data`` (raw little-endian bytes of ``dtype`` and ``shape``).
+
+        ``data`` is hashed, then encoded: it must not change meanwhile (a buffer of this
+        process, not a mapping of a file that another process may write).
 
         Args:
             parent: id of an object this content probably resembles (the same tensor in the
@@ -143,7 +162,7 @@ class Store:
             oid: the id, when the caller already computed it.
         """
         oid = oid or object_id(dtype, shape, data)
-        if self.has(oid):
+        if self.freshen(oid):
             return PutResult(oid, False, 0, None)
         itemsize = DTYPES[dtype].itemsize
         encoding, payload = None, None
@@ -346,34 +365,46 @@ class Store:
                 problems.append(str(exc))
         return problems
 
-    def gc(self, live: set[str] | Callable[[], set[str]], dry_run: bool = False) -> GcResult:
-        """Delete every object not in ``live`` nor a delta ancestor of one; clear stale temps.
+    def gc(self, live: set[str] | Callable[[], set[str]], dry_run: bool = False,
+           grace_seconds: float = 0.0) -> GcResult:
+        """Delete every object not in ``live``, not younger than ``grace_seconds`` and not a
+        delta ancestor of one of those; clear stale temporary files.
 
         ``live`` is best a callable: it is then evaluated under the exclusive lock, after every
         running add has finished, so the roots it reads (refs, git history) include their
-        results. Delta parents are added here since only the store knows them.
+        results. Delta parents are added here since only the store knows them. An object written
+        (or freshened, see :meth:`freshen`) within the last ``grace_seconds`` is kept whatever
+        the roots say: a writer that does not hold the store lock until its result is referenced
+        (git commits a manifest after its filter returned) may still need it.
         """
         with self.backend.lock(shared=False):
             if callable(live):
                 live = live()
+            present = set(self.iter_objects())
+            young = set()
+            if grace_seconds > 0:
+                cutoff = time.time() - grace_seconds
+                for oid in present - set(live):
+                    with contextlib.suppress(FileNotFoundError):
+                        if self.backend.mtime(self._key(oid)) >= cutoff:
+                            young.add(oid)
             keep = set()
-            todo = [oid for oid in live if self.has(oid)]
+            todo = [oid for oid in set(live) | young if oid in present]
             while todo:
                 oid = todo.pop()
                 if oid in keep:
                     continue
                 keep.add(oid)
-                with contextlib.suppress(CorruptObjectError):
+                with contextlib.suppress(CorruptObjectError, ObjectMissingError):
                     parent = self.header(oid).parent
-                    if parent and self.has(parent):
+                    if parent and parent in present:
                         todo.append(parent)
             removed = freed = 0
-            for oid in list(self.iter_objects()):
-                if oid not in keep:
-                    removed += 1
-                    freed += self.stored_size(oid)
-                    if not dry_run:
-                        self.backend.delete(self._key(oid))
+            for oid in sorted(present - keep):
+                removed += 1
+                freed += self.stored_size(oid)
+                if not dry_run:
+                    self.backend.delete(self._key(oid))
             removed_tmp = 0
             now = time.time()
             for key in list(self.backend.list("tmp")):
@@ -383,7 +414,7 @@ class Store:
                     removed_tmp += 1
                     if not dry_run:
                         self.backend.delete(key)
-            return GcResult(len(keep), removed, freed, removed_tmp)
+            return GcResult(len(keep), removed, freed, removed_tmp, len(young - set(live)))
 
 
 def _check_ref_name(name: str) -> None:
