@@ -159,7 +159,9 @@ def cmd_gc(args) -> int:
     verb = "would remove" if args.dry_run else "removed"
     _emit(args, result.__dict__,
           f"{verb} {result.removed} objects ({_human(result.freed_bytes)}) and "
-          f"{result.removed_tmp} temporary files; kept {result.kept}")
+          f"{result.removed_tmp} temporary files; kept {result.kept}"
+          + (f"; {verb} {result.removed_quarantined} damaged objects from quarantine"
+             if result.removed_quarantined else ""))
     return 0
 
 
