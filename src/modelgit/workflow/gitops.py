@@ -46,6 +46,7 @@ def export_dir(repo: GitRepo, rev: str, path: str, dest: str, progress: bool | N
     """
     from .. import checkpoint
     from ..git.history import fetch_rev
+    from ..git.transfer import retry_after_repair
 
     entries = list_tree(repo, rev, path)
     if not entries:
@@ -61,8 +62,11 @@ def export_dir(repo: GitRepo, rev: str, path: str, dest: str, progress: bool | N
             os.makedirs(os.path.dirname(target), exist_ok=True)
             data = repo.read_blob(oid)
             if is_manifest(data):
-                checkpoint.materialize(store, Manifest.loads(data, f"{rev}:{name}"), target,
-                                       progress=progress)
+                manifest = Manifest.loads(data, f"{rev}:{name}")
+                # a damaged local object (moved to quarantine when read) is fetched again
+                retry_after_repair(repo, store, manifest.object_ids(), f"{rev}:{name}",
+                                   lambda: checkpoint.materialize(store, manifest, target,
+                                                                  force=True, progress=progress))
             else:
                 with open(target, "wb") as handle:
                     handle.write(data)
