@@ -181,3 +181,18 @@ def test_save_fisher_never_writes_through_a_link(tmp_path):
     _unchanged(out, before)
     save_fisher({"w": torch.ones(2)}, tmp_path / "g.safetensors")
     assert sorted(os.listdir(tmp_path)) == ["f.safetensors", "f.safetensors-target", "g.safetensors"]
+
+
+def test_a_spooled_checkpoint_left_by_a_killed_process_is_removed_by_the_next(tmp_path, monkeypatch):
+    import tempfile
+
+    from modelgit._outputs import scratch_directory
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    left = tmp_path / f".modelgit-spool{TEMPORARY_MARK}{_dead_process_token()}-0123abcd"
+    left.mkdir()
+    (left / "model.pt").write_bytes(b"half a checkpoint")
+    with scratch_directory("modelgit-spool") as path:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o700  # private, like mkdtemp's
+        assert os.listdir(tmp_path) == [os.path.basename(path)]
+    assert os.listdir(tmp_path) == []

@@ -33,7 +33,7 @@ from typing import Callable
 from .errors import UsageError
 
 __all__ = ["check_output", "temporary_path", "remove_stale_temporaries", "install_directory",
-           "install_file", "remove", "TEMPORARY_MARK"]
+           "install_file", "remove", "scratch_directory", "TEMPORARY_MARK"]
 
 TEMPORARY_MARK = ".modelgit-tmp-"
 # names left by versions that did not record the process: removed once untouched this long
@@ -221,3 +221,20 @@ def install_directory(tmp: str, dest: str, owned: Callable[[str], bool] = lambda
     except BaseException:
         remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def scratch_directory(name: str, parent: str | None = None):
+    """A temporary directory (in ``parent``, default the system's temporary directory) named
+    after ``name`` and this process, removed afterwards; those a killed process left there
+    are removed first (a spooled checkpoint is as big as the checkpoint)."""
+    import tempfile
+
+    parent = parent or tempfile.gettempdir()
+    remove_stale_temporaries(parent)
+    path = temporary_path(os.path.join(parent, name))
+    os.makedirs(path, mode=0o700)  # private, as mkdtemp makes them
+    try:
+        yield path
+    finally:
+        remove(path)

@@ -12,7 +12,6 @@ import errno
 import json
 import mmap
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -26,7 +25,8 @@ from .formats._sniff import _SUFFIXES as TORCH_SUFFIXES
 from .formats.safetensors_format import parse_header, read_header_from_stream, release_mapped
 from .manifest import FileRecord, Manifest, TensorRecord
 from ._files import WRITE_PIECE, reserve_space, sync_path, write_all
-from ._outputs import check_output, install_directory, install_file, remove, remove_stale_temporaries, temporary_path
+from ._outputs import (check_output, install_directory, install_file, remove, remove_stale_temporaries,
+                       scratch_directory, temporary_path)
 from .progress import progress_bar
 from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
 from ._parallel import ordered_map
@@ -301,7 +301,7 @@ def add_stream(store: Store, stream, name: str, parent: FileRecord | None = None
                 position += count
             record = FileRecord(base, fmt.name, {"header": store.put_blob(header)}, tuple(tensors))
         else:
-            with tempfile.TemporaryDirectory(prefix="modelgit-spool-") as tmp:
+            with scratch_directory("modelgit-spool") as tmp:
                 path = os.path.join(tmp, base)
                 with open(path, "wb") as out:
                     while block := stream.read(1 << 20):
@@ -370,7 +370,7 @@ def iter_file_bytes(store: Store, record: FileRecord, bar=None) -> Iterator[byte
     if fmt.stream is not None:
         yield from fmt.stream(meta, entries, read, record.path)
         return
-    with tempfile.TemporaryDirectory(prefix="modelgit-") as tmp:
+    with scratch_directory("modelgit-write") as tmp:
         path = os.path.join(tmp, os.path.basename(record.path) or "file")
         fmt.write(path, meta, entries, read)
         with open(path, "rb") as handle:

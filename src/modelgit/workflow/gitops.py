@@ -147,14 +147,20 @@ def require_clean(repo: GitRepo, paths: list[str], what: str) -> None:
 def scratch_dir(repo: GitRepo, prefix: str):
     """A temporary directory inside ``.git/modelgit`` (same file system as the store), removed
     afterwards."""
+    from .._outputs import TEMPORARY_MARK, remove_stale_temporaries, temporary_path
+
     base = os.path.join(repo.git_dir, "modelgit", "tmp")
     os.makedirs(base, exist_ok=True)
-    for name in os.listdir(base):  # left behind by a killed review or release
+    # left behind by a killed review, release or rebase (exported models: GBs): those of dead
+    # processes at once, those named before processes were recorded after a day
+    remove_stale_temporaries(base)
+    for name in os.listdir(base):
         old = os.path.join(base, name)
         with contextlib.suppress(OSError):
-            if time.time() - os.path.getmtime(old) > STALE_SCRATCH_SECONDS:
+            if TEMPORARY_MARK not in name and time.time() - os.path.getmtime(old) > STALE_SCRATCH_SECONDS:
                 shutil.rmtree(old, ignore_errors=True)
-    path = tempfile.mkdtemp(prefix=prefix, dir=base)
+    path = temporary_path(os.path.join(base, prefix.rstrip("-")))
+    os.makedirs(path, mode=0o700)
     try:
         yield path
     finally:
