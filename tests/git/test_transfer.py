@@ -96,7 +96,7 @@ def test_fetch_keeps_no_damaged_object_names_each_and_fetches_the_rest(tmp_path)
         fetch_objects(local, [("origin", remote)], {good, bad1, bad2}, context="model.safetensors")
     assert local.has(good) and not local.has(bad1) and not local.has(bad2)  # 7b73911 kept one
     message = str(info.value)
-    assert "2 of 3 objects could not be fetched" in message and "1 were fetched" in message
+    assert "2 of 3 objects of model.safetensors could not be fetched (1 were fetched)" in message
     assert bad1 in message and bad2 in message and "remote origin" in message
     assert "--verify-remote" in message  # how to repair the remote
     assert local.has(good) and not local.has(bad1) and not local.has(bad2)
@@ -159,7 +159,7 @@ def test_push_never_uploads_a_damaged_local_object(tmp_path):
     with pytest.raises(CorruptObjectError) as info:
         push_objects(local, remote, {good, bad})
     message = str(info.value)
-    assert bad in message and f"the store at {local.url}" in message
+    assert bad in message and f"the local store at {local.url}" in message
     assert "not uploaded" in message and "modelgit fetch --remote" in message
     assert remote.has(good) and not remote.has(bad)
     assert not local.has(bad) and os.path.exists(os.path.join(local.url, "quarantine", bad))

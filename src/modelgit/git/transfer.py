@@ -40,7 +40,7 @@ from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageEr
 from ..progress import progress_bar
 from ..store import Store
 from ..store.objectfile import ObjectHeader, unpack_header
-from ..store.store import MAX_DELTA_DEPTH, decode_object
+from ..store.store import MAX_DELTA_DEPTH, QUARANTINE, decode_object
 from .repo import GitRepo
 
 __all__ = ["remote_store_url", "open_remote_store", "push_objects", "fetch_objects", "fetch_missing",
@@ -144,7 +144,8 @@ class _Failures:
     def __len__(self) -> int:
         return len(self.messages)
 
-    def raise_for(self, result: TransferResult, verb: str, total: int, advice: str) -> None:
+    def raise_for(self, result: TransferResult, verb: str, total: int, advice: str,
+                  context: str = "") -> None:
         """Raise the error of a transfer that left ``len(self)`` objects out, if any."""
         if not self.messages:
             return
@@ -153,8 +154,9 @@ class _Failures:
         shown = lines[:_LISTED_FAILURES]
         if len(lines) > len(shown):
             shown.append(f"... and {len(lines) - len(shown)} more")
-        message = (f"{len(lines)} of {total} objects could not be {verb} ({result.objects} were "
-                   f"{verb}):\n  " + "\n  ".join(shown) + f"\n{advice}")
+        what = f" of {context}" if context else ""
+        message = (f"{len(lines)} of {total} objects{what} could not be {verb} ({result.objects} "
+                   f"were {verb}):\n  " + "\n  ".join(shown) + f"\n{advice}")
         cls = CorruptObjectError if self.corrupt else ObjectMissingError
         error = cls(message, next(iter(self.messages)))
         error.result = result
@@ -265,8 +267,8 @@ class _Mover:
 
     def _damaged(self, item: _Item, why: str, blob) -> str:
         if item.source.name == "local":  # moved aside, so that a fetch or add can replace it
-            error = item.source.store._corrupt(item.oid, why, blob)
-            return f"{error} It was not {self.verb}."
+            store = item.source.store
+            return _local_damage(store._corrupt(item.oid, why, blob), store, self.verb)
         return f"object {item.oid} on {item.source.label} is corrupt ({why}); it was not {self.verb}"
 
     def _fail_tree(self, oid: str, message: str, corrupt: bool) -> None:
@@ -287,6 +289,15 @@ class _Mover:
         with self._lock:
             self.sent.append((oid, len(blob)))
         self.bar.update(len(blob))
+
+
+def _local_damage(error: CorruptObjectError, store: Store, verb: str) -> str:
+    """One line for an object found damaged in the local store during a transfer."""
+    where = (f"moved to {QUARANTINE}/{error.oid}" if error.quarantined
+             else f"delete {Store._key(error.oid)} there")
+    why = str(error).split(" is corrupt (", 1)[-1].split("); ", 1)[0]
+    return (f"object {error.oid} is corrupt in the local store at {store.url} ({why}): not {verb}, "
+            f"{where}")
 
 
 class _Retry(Exception):
@@ -329,7 +340,7 @@ def _local_closure(local: Store, oids: set[str], failures: _Failures) -> dict[st
             failures.add(oid, f"object {oid} is not in the local store at {local.url}", False)
             continue
         except CorruptObjectError as exc:
-            failures.add(oid, f"{exc} It was not uploaded.", True)
+            failures.add(oid, _local_damage(exc, local, "uploaded"), True)
             continue
         if out[oid].parent:
             todo.append(out[oid].parent)
@@ -437,8 +448,8 @@ def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str]
                               f"or missing in the local store at {local.url} and could not be "
                               "fetched again", True)
     result = TransferResult(len(sent), sum(sent.values()), skipped)
-    failures.raise_for(result, f"fetched{' for ' + context if context else ''}",
-                       len(sent) + len(failures), _fetch_advice(failures))
+    failures.raise_for(result, "fetched", len(sent) + len(failures), _fetch_advice(failures),
+                       context)
     return result
 
 
