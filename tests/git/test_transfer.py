@@ -117,6 +117,19 @@ def test_a_fetch_after_the_remote_is_repaired_gets_the_object(tmp_path):
     assert local.get(ids[-1]) == remote.get(ids[-1])
 
 
+def test_a_delta_whose_parent_no_remote_has_is_not_kept(tmp_path):
+    remote = Store.open(str(tmp_path / "remote"), create=True)
+    ids = _chain(remote)
+    remote.backend.delete(Store._key(ids[0]))
+    local = Store.open(str(tmp_path / "local"), create=True)
+    with pytest.raises(ObjectMissingError) as info:
+        fetch_objects(local, [("origin", remote)], {ids[-1]}, context="model.safetensors")
+    assert not any(local.has(oid) for oid in ids)
+    message = str(info.value)
+    assert "3 of 3 objects of model.safetensors" in message and "remote origin" in message
+    assert f"its delta parent {ids[0]} could not be fetched" in message
+
+
 def test_a_damaged_parent_id_is_caught_before_the_object_is_kept(tmp_path):
     remote = Store.open(str(tmp_path / "remote"), create=True)
     ids = _chain(remote)

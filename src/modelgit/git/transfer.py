@@ -288,7 +288,7 @@ class _Mover:
             self.dst.backend.write_atomic(Store._key(oid), blob)
         with self._lock:
             self.sent.append((oid, len(blob)))
-        self.bar.update(len(blob))
+            self.bar.update(len(blob))
 
 
 def _local_damage(error: CorruptObjectError, store: Store, verb: str) -> str:
@@ -520,6 +520,16 @@ def _plan_fetch(pool, local: Store, sides: list[_Side], missing: set[str], failu
                 else:
                     following.add(parent)
         todo = sorted(following - set(items) - set(failures.messages))
+    failed = True
+    while failed:  # a delta whose parent is on no remote (or damaged there) cannot be verified
+        failed = False
+        for oid, item in sorted(items.items()):
+            parent = item.header.parent
+            if parent in failures.messages:
+                failures.add(oid, f"object {oid} was not fetched: its delta parent {parent} "
+                                  "could not be fetched", failures.corrupt)
+                del items[oid]
+                failed = True
     return items
 
 
@@ -608,8 +618,10 @@ def retry_after_repair(repo: GitRepo, store: Store, oids, context: str, action: 
     try:
         fetched = repair_objects(repo, store, oids, context)
     except StoreError as exc:
-        raise type(exc)(f"{first}\nFetching it again failed: {exc}", getattr(exc, "oid", None)) \
-            from exc
+        message = f"{first}\nFetching it again failed: {exc}"
+        if isinstance(exc, (CorruptObjectError, ObjectMissingError)):
+            raise type(exc)(message, exc.oid) from exc
+        raise type(exc)(message) from exc
     if fetched is None or not fetched.objects:
         raise first
     if notify is not None:
