@@ -64,6 +64,7 @@ def check_output(path: str, kind: str, force: bool = False, flag: str | None = "
         UsageError: the path is a link, a device, a FIFO or a socket; a file where a directory
             is wanted or the reverse; or exists without ``force``.
     """
+    path = os.path.normpath(path)  # "link/" would look through the link
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -170,6 +171,7 @@ def remove(path: str) -> None:
 def install_file(tmp: str, dest: str) -> None:
     """Rename the finished file ``tmp`` over ``dest``, checked again (a link, a device or a
     directory may have appeared there while it was written)."""
+    dest = os.path.normpath(dest)
     check_output(dest, "file", force=True)
     os.replace(tmp, dest)
 
@@ -189,6 +191,7 @@ def install_directory(tmp: str, dest: str, owned: Callable[[str], bool] = lambda
             while the output was written), or holds a directory where the output has a file.
             ``tmp`` is removed then.
     """
+    dest = os.path.normpath(dest)
     try:
         state = check_output(dest, "directory", force=True)
         if state in ("absent", "empty"):

@@ -68,14 +68,17 @@ class ObjectMissingError(StoreError):
 class CorruptObjectError(StoreError):
     """An object's bytes do not decode to content with its id.
 
-    ``oid`` is the damaged object; ``quarantined`` says whether the store moved it aside (so
-    that a fetch or an add can write a good copy in its place).
+    ``oid`` is the damaged object, ``reason`` what is wrong with it; ``quarantined`` says
+    whether the store moved it aside (so that a fetch or an add can write a good copy in its
+    place).
     """
 
-    def __init__(self, message: str, oid: str | None = None, quarantined: bool = False):
+    def __init__(self, message: str, oid: str | None = None, quarantined: bool = False,
+                 reason: str = ""):
         super().__init__(message)
         self.oid = oid
         self.quarantined = quarantined
+        self.reason = reason
 
 
 class StoreFullError(StoreError):

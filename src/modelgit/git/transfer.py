@@ -295,9 +295,8 @@ def _local_damage(error: CorruptObjectError, store: Store, verb: str) -> str:
     """One line for an object found damaged in the local store during a transfer."""
     where = (f"moved to {QUARANTINE}/{error.oid}" if error.quarantined
              else f"delete {Store._key(error.oid)} there")
-    why = str(error).split(" is corrupt (", 1)[-1].split("); ", 1)[0]
-    return (f"object {error.oid} is corrupt in the local store at {store.url} ({why}): not {verb}, "
-            f"{where}")
+    return (f"object {error.oid} is corrupt in the local store at {store.url} ({error.reason}): "
+            f"not {verb}, {where}")
 
 
 class _Retry(Exception):

@@ -282,11 +282,11 @@ class Store:
                 f"{QUARANTINE}/{oid} so that a good copy can take its place: fetch it again "
                 "(`modelgit fetch`, or `modelgit checkout` in a repository) or re-add the "
                 "checkpoint that contains it (`modelgit verify` lists every damaged object)",
-                oid, quarantined=True)
+                oid, quarantined=True, reason=why)
         return CorruptObjectError(
             f"object {oid} in the store at {self.url} is corrupt ({why}); delete "
             f"{self._key(oid)} and re-add or re-fetch the checkpoint that contains it "
-            "(`modelgit verify` lists every damaged object)", oid)
+            "(`modelgit verify` lists every damaged object)", oid, reason=why)
 
     def _quarantine(self, oid: str, blob) -> bool:
         """Move ``oid`` to ``quarantine/<id>`` if it still holds the damaged bytes ``blob``.
