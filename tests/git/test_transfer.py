@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from modelgit.errors import CorruptObjectError, ObjectMissingError
-from modelgit.git import transfer
+from modelgit.git import _mover
 from modelgit.git.transfer import fetch_objects, push_objects
 from modelgit.store import Store
 
@@ -29,13 +29,13 @@ def test_fetch_brings_the_delta_ancestors_and_decodes_each_once(tmp_path, monkey
     assert remote.header(ids[-1]).parent == ids[-2]
     local = Store.open(str(tmp_path / "local"), create=True)
     decoded = []
-    original = transfer.decode_object
+    original = _mover.decode_object
 
     def counting(oid, *args, **kwargs):
         decoded.append(oid)
         return original(oid, *args, **kwargs)
 
-    monkeypatch.setattr(transfer, "decode_object", counting)
+    monkeypatch.setattr(_mover, "decode_object", counting)
     monkeypatch.setattr(Store, "_load", lambda *a, **k: pytest.fail("a chain decoded again"))
     result = fetch_objects(local, [("origin", remote)], {ids[-1]})
     assert result.objects == 3 and all(local.has(oid) for oid in ids)

@@ -12,35 +12,36 @@ only what the other side still lacks.
 **What is verified.** An object travels as its stored bytes (header and encoded payload, possibly
 a delta against a parent object). Before it is written at the destination it is decoded and its
 content hashed against its id, delta parents first: a parent that travels too is verified before
-its children, and a child's content is decoded from its parent's; a parent already at the
-destination is decoded from there (its own chain included). An object that fails is not
-written, nor are its delta descendants; the message names the object and the side whose copy is
-damaged; the rest of the transfer goes on and the command then fails with the count.
+its children, and a child's content is decoded from its parent's; a parent that does not travel
+is decoded from the local store (its own chain included; for a push whose local copy of it is
+damaged, from the remote's). An object that fails is not written, nor are its delta
+descendants; the message names the object and the side whose copy is damaged; the rest of the
+transfer goes on and the command then fails with the count. The moving itself is in
+:mod:`._mover`.
 
 * push: the local copy is verified before it is uploaded; a damaged local copy is moved to the
   local store's quarantine and never uploaded. Copies the remote already has are trusted when
   their stored size equals the local copy's; any other is downloaded and verified, and replaced
   when it is damaged. ``verify_remote`` verifies every copy the remote already has (a download
   of the whole push), which also finds damage that keeps the size.
-* fetch: the remote's copy is verified before it is renamed into the local store (objects held
-  in memory, or in the store's temporary files, are invisible until then); nothing is written to
-  the remote. A damaged local copy met while reading (checkout, materialize, verify, a delta
+* fetch: the remote's copy is verified (in memory, as downloaded) before it is written to the
+  local store's temporary files and renamed into place; nothing is written to the remote. A damaged local copy met while reading (checkout, materialize, verify, a delta
   parent during a fetch) is moved to quarantine, so the next fetch replaces it.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageError
 from ..progress import progress_bar
 from ..store import Store
 from ..store.objectfile import ObjectHeader, unpack_header
-from ..store.store import MAX_DELTA_DEPTH, QUARANTINE, decode_object
+from ..store.store import MAX_DELTA_DEPTH, decode_object
+from ._mover import (Failures, Item, Mover, Retry, Side, TransferResult, content_of, local_damage,
+                     stored_size)
 from .repo import GitRepo
 
 __all__ = ["remote_store_url", "open_remote_store", "push_objects", "fetch_objects", "fetch_missing",
@@ -48,16 +49,6 @@ __all__ = ["remote_store_url", "open_remote_store", "push_objects", "fetch_objec
 
 TRANSFER_THREADS = 8  # I/O bound: more than the cores
 HEAD_BYTES = 4096  # one read gets an object's header (and all of a small object)
-_LISTED_FAILURES = 10  # per-object lines in a failed transfer's message
-
-
-@dataclass
-class TransferResult:
-    objects: int
-    bytes: int
-    skipped: int  # already present (and trusted) on the other side
-    replaced: int = 0  # damaged copies on the destination that were overwritten (push)
-    failed: int = 0  # objects that could not be transferred (the command then fails)
 
 
 def _local_git_dir(url: str) -> str | None:
@@ -101,229 +92,8 @@ def open_remote_store(repo: GitRepo, remote: str) -> Store:
     return Store.open(remote_store_url(repo, remote), create=True, quarantine=False)
 
 
-# ---------------------------------------------------------------------------- the mover
-@dataclass(frozen=True)
-class _Side:
-    name: str  # "origin", or "local"
-    store: Store
-    label: str  # how messages name it
-
-    @classmethod
-    def remote(cls, name: str, store: Store) -> "_Side":
-        # a view that never quarantines: a fetch only reads the remote, and a push overwrites
-        # a damaged remote copy in place
-        return cls(name, Store(store.backend, quarantine=False), f"remote {name} ({store.url})")
-
-    @classmethod
-    def local(cls, store: Store) -> "_Side":
-        return cls("local", store, f"the local store at {store.url}")
-
-
-@dataclass
-class _Item:
-    """An object to transfer: where it is read from, its header, its bytes if already read."""
-    oid: str
-    source: _Side
-    header: ObjectHeader
-    blob: bytes | None = None
-
-
-class _Failures:
-    """Objects that could not be transferred, with a message each (thread-safe)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.messages: dict[str, str] = {}
-        self.corrupt = False
-
-    def add(self, oid: str, message: str, corrupt: bool) -> None:
-        with self._lock:
-            self.messages.setdefault(oid, message)
-            self.corrupt = self.corrupt or corrupt
-
-    def __len__(self) -> int:
-        return len(self.messages)
-
-    def raise_for(self, result: TransferResult, verb: str, total: int, advice: str,
-                  context: str = "") -> None:
-        """Raise the error of a transfer that left ``len(self)`` objects out, if any."""
-        if not self.messages:
-            return
-        result.failed = len(self.messages)
-        lines = list(self.messages.values())
-        shown = lines[:_LISTED_FAILURES]
-        if len(lines) > len(shown):
-            shown.append(f"... and {len(lines) - len(shown)} more")
-        what = f" of {context}" if context else ""
-        message = (f"{len(lines)} of {total} objects{what} could not be {verb} ({result.objects} "
-                   f"were {verb}):\n  " + "\n  ".join(shown) + f"\n{advice}")
-        cls = CorruptObjectError if self.corrupt else ObjectMissingError
-        error = cls(message, next(iter(self.messages)))
-        error.result = result
-        raise error
-
-
-class _Mover:
-    """Copies planned objects to ``dst``, each verified before it is written, delta trees
-    parents first (one task per tree, a child decoded from its parent's content, so every
-    object is decoded once)."""
-
-    def __init__(self, dst: Store, items: dict[str, _Item],
-                 outside_parent: Callable[[str, bool], object],
-                 failures: _Failures, verb: str, bar):
-        self.dst, self.items, self.failures, self.verb, self.bar = dst, items, failures, verb, bar
-        self.outside_parent = outside_parent  # (parent, verify) -> content, at the destination
-        self.children: dict[str, list[str]] = {}
-        self.roots = []
-        for oid, item in sorted(items.items()):
-            parent = item.header.parent
-            if parent in items:
-                self.children.setdefault(parent, []).append(oid)
-            else:
-                self.roots.append(oid)
-        self.sent: list[tuple[str, int]] = []
-        self.retry: set[str] = set()  # fetch: roots whose local parent was damaged or missing
-        self._lock = threading.Lock()
-
-    def run(self, pool: ThreadPoolExecutor) -> None:
-        """Move every tree; the first error that is not a damaged or missing object (a full
-        disk, a network failure) is raised once every task has stopped. Objects in a delta
-        cycle (damaged parent ids) belong to no tree and fail."""
-        futures = [pool.submit(self._tree, root) for root in self.roots]
-        error = None
-        for future in futures:
-            try:
-                future.result()
-            except Exception as exc:  # the others go on; the first error is raised below
-                error = error or exc
-                for other in futures:
-                    other.cancel()
-        wait(futures)
-        if error is not None:
-            raise error
-        done = {oid for oid, _ in self.sent} | set(self.failures.messages) | self.dropped()
-        for oid in sorted(set(self.items) - done):
-            self.failures.add(oid, f"object {oid} on {self.items[oid].source.label} is corrupt "
-                              "(its delta chain is a cycle); it was not " + self.verb, True)
-
-    def dropped(self) -> set[str]:
-        """Roots left for a retry, and their descendants (neither sent nor failed)."""
-        out, todo = set(), list(self.retry)
-        while todo:
-            oid = todo.pop()
-            out.add(oid)
-            todo += self.children.get(oid, ())
-        return out
-
-    def _tree(self, root: str) -> None:
-        parent = self.items[root].header.parent
-        parent_content = None
-        if parent is not None:
-            # decoded without hashing it: the root's own id check covers its parent's content;
-            # only when the root fails is the parent checked, to blame the right object
-            parent_content = self._outside_parent(root, parent, verify=False)
-            if parent_content is None:
-                return
-        stack = [(root, parent_content)]
-        while stack:
-            oid, parent_content = stack.pop()
-            item = self.items[oid]
-            try:
-                blob = item.blob if item.blob is not None else item.source.store._read(oid)
-                head = unpack_header(blob)
-                if head.parent != item.header.parent:
-                    raise ValueError("its header changed during the transfer; run it again")
-                try:
-                    _, content = decode_object(oid, blob, parent_content)
-                except ValueError:
-                    if oid != root or parent is None:
-                        raise
-                    parent_content = self._outside_parent(root, parent, verify=True)
-                    if parent_content is None:
-                        continue
-                    _, content = decode_object(oid, blob, parent_content)
-            except ObjectMissingError:
-                self._fail_tree(oid, f"object {oid} vanished from {item.source.label} during the "
-                                     f"transfer; it was not {self.verb}", corrupt=False)
-                continue
-            except ValueError as exc:
-                self._fail_tree(oid, self._damaged(item, str(exc), blob), corrupt=True)
-                continue
-            self._write(oid, blob)
-            stack += [(child, content) for child in self.children.get(oid, ())]
-
-    def _outside_parent(self, root: str, parent: str, verify: bool):
-        """The content of ``root``'s delta parent, which does not travel; None (the tree is
-        failed, or left for a retry) when it cannot be had."""
-        try:
-            return self.outside_parent(parent, verify)
-        except _Retry:
-            with self._lock:
-                self.retry.add(root)
-        except (CorruptObjectError, ObjectMissingError) as exc:
-            self._fail_tree(root, f"object {root} was not {self.verb}: its delta parent "
-                                  f"{parent} could not be read ({exc})", corrupt=True)
-        return None
-
-    def _damaged(self, item: _Item, why: str, blob) -> str:
-        if item.source.name == "local":  # moved aside, so that a fetch or add can replace it
-            store = item.source.store
-            return _local_damage(store._corrupt(item.oid, why, blob), store, self.verb)
-        return f"object {item.oid} on {item.source.label} is corrupt ({why}); it was not {self.verb}"
-
-    def _fail_tree(self, oid: str, message: str, corrupt: bool) -> None:
-        self.failures.add(oid, message, corrupt)
-        todo = list(self.children.get(oid, ()))
-        while todo:
-            child = todo.pop()
-            self.failures.add(child, f"object {child} was not {self.verb}: its delta parent "
-                                     f"{self.items[child].header.parent} failed", corrupt)
-            todo += self.children.get(child, ())
-
-    def _write(self, oid: str, blob) -> None:
-        stage = getattr(self.dst.backend, "stage", None)
-        if stage is not None:  # durable in batches (writeback started early, fdatasync at commit)
-            stage(Store._key(oid), blob)
-        else:
-            self.dst.backend.write_atomic(Store._key(oid), blob)
-        with self._lock:
-            self.sent.append((oid, len(blob)))
-            self.bar.update(len(blob))
-
-
-def _local_damage(error: CorruptObjectError, store: Store, verb: str) -> str:
-    """One line for an object found damaged in the local store during a transfer."""
-    where = (f"moved to {QUARANTINE}/{error.oid}" if error.quarantined
-             else f"delete {Store._key(error.oid)} there")
-    return (f"object {error.oid} is corrupt in the local store at {store.url} ({error.reason}): "
-            f"not {verb}, {where}")
-
-
-class _Retry(Exception):
-    """A fetch's delta root needs a parent that the local store turned out not to have whole."""
-
-
-def _stored_size(store: Store, oid: str) -> int | None:
-    try:
-        return store.stored_size(oid)
-    except FileNotFoundError:
-        return None
-
-
-def _content(stores: list[Store], oid: str, verify: bool = True):
-    """The content of ``oid`` (``verify``: checked against its id) from the first of ``stores``
-    that gives it."""
-    error = None
-    for store in stores:
-        try:
-            return store._load(oid, verify=verify)[1]
-        except (CorruptObjectError, ObjectMissingError) as exc:
-            error = error or exc
-    raise error
-
-
 # ---------------------------------------------------------------------------- push
-def _local_closure(local: Store, oids: set[str], failures: _Failures) -> dict[str, ObjectHeader]:
+def _local_closure(local: Store, oids: set[str], failures: Failures) -> dict[str, ObjectHeader]:
     """Headers of ``oids`` and of their delta ancestors in the local store; objects that are
     missing or whose header is damaged (moved to quarantine) are failures."""
     out: dict[str, ObjectHeader] = {}
@@ -339,7 +109,7 @@ def _local_closure(local: Store, oids: set[str], failures: _Failures) -> dict[st
             failures.add(oid, f"object {oid} is not in the local store at {local.url}", False)
             continue
         except CorruptObjectError as exc:
-            failures.add(oid, _local_damage(exc, local, "uploaded"), True)
+            failures.add(oid, local_damage(exc, local, "uploaded"), True)
             continue
         if out[oid].parent:
             todo.append(out[oid].parent)
@@ -361,12 +131,12 @@ def push_objects(local: Store, remote: Store, oids: set[str], progress: bool | N
         CorruptObjectError: an object is damaged in the local store (moved to quarantine, not
             uploaded). Raised after everything else was uploaded; ``error.result`` has counts.
     """
-    failures = _Failures()
-    me, there = _Side.local(local), _Side.remote(name, remote)
+    failures = Failures()
+    me, there = Side.local(local), Side.remote(name, remote)
     with ThreadPoolExecutor(TRANSFER_THREADS) as pool, remote.writing():
         headers = _local_closure(local, set(oids), failures)
         order = sorted(headers)
-        remote_sizes = dict(zip(order, pool.map(lambda o: _stored_size(there.store, o), order)))
+        remote_sizes = dict(zip(order, pool.map(lambda o: stored_size(there.store, o), order)))
         send = [oid for oid in order if remote_sizes[oid] is None]
         present = [oid for oid in order if remote_sizes[oid] is not None]
         if not verify_remote:  # trusted when it has the local copy's size (same bytes, mostly)
@@ -374,9 +144,9 @@ def push_objects(local: Store, remote: Store, oids: set[str], progress: bool | N
         damaged = [oid for oid, bad in zip(present, pool.map(
             lambda o: _remote_copy_damaged(local, there.store, o), present)) if bad]
         send += damaged
-        items = {oid: _Item(oid, me, headers[oid]) for oid in send}
+        items = {oid: Item(oid, me, headers[oid]) for oid in send}
         with progress_bar(sum(local.stored_size(o) for o in send), "push objects", progress) as bar:
-            mover = _Mover(there.store, items, lambda p, v: _content([local, there.store], p, v),
+            mover = Mover(there.store, items, lambda p, v: content_of([local, there.store], p, v),
                            failures, "uploaded", bar)
             mover.run(pool)
     sent = dict(mover.sent)
@@ -396,7 +166,7 @@ def _remote_copy_damaged(local: Store, remote: Store, oid: str) -> bool:
     try:
         blob = remote._read(oid)
         parent = unpack_header(blob).parent
-        parent_content = _content([local, remote], parent) if parent else None
+        parent_content = content_of([local, remote], parent) if parent else None
         decode_object(oid, blob, parent_content)
     except (ValueError, CorruptObjectError, ObjectMissingError):
         return True
@@ -420,8 +190,8 @@ def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str]
         CorruptObjectError: a remote's copy of an object does not decode to its id (it is not
             kept). Both are raised once everything else was fetched; ``error.result`` has counts.
     """
-    sides = [_Side.remote(name, store) for name, store in remotes]
-    failures = _Failures()
+    sides = [Side.remote(name, store) for name, store in remotes]
+    failures = Failures()
     sent: dict[str, int] = {}
     wanted = set(oids)
     with ThreadPoolExecutor(TRANSFER_THREADS) as pool, local.writing(), \
@@ -433,7 +203,7 @@ def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str]
         retry: set[str] = set()
         for _attempt in range(MAX_DELTA_DEPTH + 2):  # a pass per damaged local parent found
             items = _plan_fetch(pool, local, sides, missing, failures, context)
-            mover = _Mover(local, items, lambda p, v: _local_parent(local, p, v), failures,
+            mover = Mover(local, items, lambda p, v: _local_parent(local, p, v), failures,
                            "fetched", bar)
             mover.run(pool)
             local.flush()  # what was fetched is visible to the next pass
@@ -452,7 +222,7 @@ def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str]
     return result
 
 
-def _fetch_advice(failures: _Failures) -> str:
+def _fetch_advice(failures: Failures) -> str:
     advice = "What was fetched is kept; run the command again once the remote is repaired."
     if failures.corrupt:
         advice += (" To repair a remote, push from a clone that has good copies with "
@@ -486,23 +256,23 @@ def _missing_ancestors(local: Store, oid: str) -> set[str]:
 
 
 def _local_parent(local: Store, parent: str, verify: bool):
-    """The content of a fetched root's delta parent, from the local store; _Retry when it is
+    """The content of a fetched root's delta parent, from the local store; Retry when it is
     damaged (then moved to quarantine) or its chain is incomplete: it is fetched next pass."""
     try:
         return local._load(parent, verify=verify)[1]
     except CorruptObjectError as exc:
         if exc.quarantined:
-            raise _Retry() from None
+            raise Retry() from None
         raise
     except ObjectMissingError:
-        raise _Retry() from None
+        raise Retry() from None
 
 
-def _plan_fetch(pool, local: Store, sides: list[_Side], missing: set[str], failures: _Failures,
-                context: str) -> dict[str, _Item]:
+def _plan_fetch(pool, local: Store, sides: list[Side], missing: set[str], failures: Failures,
+                context: str) -> dict[str, Item]:
     """Find each missing object and the delta ancestors it needs on the remotes (a header read
     each), rounds going from children to parents until every chain reaches the local store."""
-    items: dict[str, _Item] = {}
+    items: dict[str, Item] = {}
     todo = sorted(missing)
     while todo:
         found = list(pool.map(lambda o: _locate(sides, o, context), todo))
@@ -532,7 +302,7 @@ def _plan_fetch(pool, local: Store, sides: list[_Side], missing: set[str], failu
     return items
 
 
-def _locate(sides: list[_Side], oid: str, context: str) -> tuple[_Item | None, tuple[str, bool] | None]:
+def _locate(sides: list[Side], oid: str, context: str) -> tuple[Item | None, tuple[str, bool] | None]:
     """(item, None) from the first remote with a readable header for ``oid``, else
     (None, (message, corrupt))."""
     damaged = []
@@ -554,7 +324,7 @@ def _locate(sides: list[_Side], oid: str, context: str) -> tuple[_Item | None, t
             damaged.append(f"object {oid} on {side.label} is corrupt ({exc}); it was not fetched")
             continue
         whole = head if len(head) < HEAD_BYTES or not read_head else None
-        return _Item(oid, side, header, whole), None
+        return Item(oid, side, header, whole), None
     if damaged:
         return None, ("; ".join(damaged), True)
     names = ", ".join(side.label for side in sides) or "(no remotes)"
