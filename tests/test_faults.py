@@ -392,14 +392,14 @@ def test_corrupt_object_is_reported_and_never_materialized(added_model, tmp_path
     with open(path, "wb") as handle:
         handle.write(blob)
 
-    problems = store.verify()
-    assert len(problems) == 1 and oid in problems[0]
     dest = tmp_path / "restored.safetensors"
     with pytest.raises(CorruptObjectError) as info:
         checkpoint.materialize(store, manifest, str(dest))
-    assert oid in str(info.value)
+    assert oid in str(info.value) and "moved to quarantine" in str(info.value)
     assert not dest.exists()
     assert leftovers_next_to(dest) == []
+    problems = store.verify()  # still reported, until it is fetched or added again
+    assert len(problems) == 1 and oid in problems[0] and "quarantine" in problems[0]
 
     if where == "payload":  # once through a real process: exit code 1 and the id on stdout
         result = run_cli("--store", store.url, "verify")

@@ -86,17 +86,25 @@ def reserve_space(fd: int, nbytes: int) -> None:
 def write_atomic(path: str, data: bytes | str) -> None:
     """Write ``data`` to ``path`` through a temporary file: fsync, rename, fsync the directory.
 
-    A crash leaves the old file or the new one, never a mix (at worst a stray ``.tmp-PID``).
+    A crash leaves the old file or the new one, never a mix; the temporary a killed process
+    leaves is removed by the next write in that directory (see :mod:`modelgit._outputs`).
+
+    Raises:
+        UsageError: ``path`` is a link, a device, a FIFO or a directory (never renamed over).
     """
+    from ._outputs import check_output, install_file, remove_stale_temporaries, temporary_path
+
     if isinstance(data, str):
         data = data.encode("utf-8")
-    tmp = f"{path}.tmp-{os.getpid()}"
+    check_output(path, "file", force=True)
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        install_file(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -12,12 +12,9 @@ import errno
 import functools
 import json
 import os
-import shutil
 import stat
-import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -32,6 +29,8 @@ from .formats._sniff import _SUFFIXES as TORCH_SUFFIXES
 from .formats.safetensors_format import parse_header, read_header_from_stream
 from .manifest import FileRecord, Manifest, TensorRecord
 from ._files import WRITE_PIECE, reserve_space, sync_path, write_all
+from ._outputs import (check_output, install_directory, install_file, remove, remove_stale_temporaries,
+                       scratch_directory, temporary_path)
 from .progress import progress_bar
 from .store import CHUNK_BYTES, LocalBackend, Store, chunk_layout
 from ._parallel import ordered_map
@@ -373,7 +372,7 @@ def add_stream(store: Store, stream, name: str, parent: FileRecord | None = None
                 position += count
             record = FileRecord(base, fmt.name, {"header": store.put_blob(header)}, tuple(tensors))
         else:
-            with tempfile.TemporaryDirectory(prefix="modelgit-spool-") as tmp:
+            with scratch_directory("modelgit-spool") as tmp:
                 path = os.path.join(tmp, base)
                 with open(path, "wb") as out:
                     while block := stream.read(1 << 20):
@@ -444,7 +443,7 @@ def iter_file_bytes(store: Store, record: FileRecord, bar=None) -> Iterator[byte
     if fmt.stream is not None:
         yield from fmt.stream(meta, entries, read, record.path)
         return
-    with tempfile.TemporaryDirectory(prefix="modelgit-") as tmp:
+    with scratch_directory("modelgit-write") as tmp:
         path = os.path.join(tmp, os.path.basename(record.path) or "file")
         fmt.write(path, meta, entries, read)
         with open(path, "rb") as handle:
@@ -544,50 +543,33 @@ def _safe_relpath(path: str) -> str:
     return os.path.join(*parts)
 
 
-# a temporary copy nobody has written to for this long was left by a process that was killed
-STALE_TEMPORARY_SECONDS = 120
-
-
-def _temporary_prefix(name: str) -> str:
-    return f".{name}.modelgit-tmp-"
-
-
-def _remove_stale_temporaries(directory: str, name: str) -> None:
-    """Delete what a killed materialisation of ``name`` left beside it (a 1 GB hidden file that
-    git would list as untracked). One still being written is recent (each write updates its
-    mtime), and is left alone."""
-    prefix = _temporary_prefix(name)
-    try:
-        candidates = [entry for entry in os.scandir(directory) if entry.name.startswith(prefix)]
-    except OSError:
-        return
-    for entry in candidates:
-        with contextlib.suppress(OSError):
-            if time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_SECONDS:
-                _remove(entry.path)
-
-
 def materialize(store: Store, manifest: Manifest, dest: str, force: bool = False,
                 progress: bool | None = None, sync: bool = True, mode: int | None = None) -> str:
     """Write the checkpoint of ``manifest`` to ``dest`` (a file, or a directory for ``root dir``).
 
     The result appears atomically: it is written under a temporary name next to ``dest``,
     fsynced (unless ``sync`` is false: a git work tree, which git does not fsync either) and
-    renamed. Every chunk is verified against its id on the way.
+    renamed. Every chunk is verified against its id on the way. What killed runs left in that
+    directory is removed first (see :mod:`modelgit._outputs`).
 
     Args:
+        force: replace an existing ``dest`` (a regular file, or a whole directory for a
+            directory manifest).
         mode: permission bits of the written file (a ``root file`` manifest only).
 
     Raises:
-        UsageError: ``dest`` exists and ``force`` is false.
+        UsageError: ``dest`` exists and ``force`` is false; or it is a link, a device, a FIFO,
+            or a directory where the manifest is a file (or the reverse), replaced by nothing.
         ObjectMissingError / CorruptObjectError: an object is absent or damaged.
     """
-    if os.path.lexists(dest) and not force:
+    kind = "file" if manifest.root == "file" else "directory"
+    state = check_output(dest, kind, force)
+    if state == "empty" and not force:
         raise UsageError(f"{dest} already exists; pass --force to replace it")
     parent_dir = os.path.dirname(os.path.abspath(dest))
     os.makedirs(parent_dir, exist_ok=True)
-    _remove_stale_temporaries(parent_dir, os.path.basename(dest))
-    tmp = os.path.join(parent_dir, f"{_temporary_prefix(os.path.basename(dest))}{uuid.uuid4().hex[:8]}")
+    remove_stale_temporaries(parent_dir, os.path.basename(dest))
+    tmp = temporary_path(dest)
     try:
         with progress_bar(manifest.logical_bytes, f"materialize {os.path.basename(dest)}", progress) as bar:
             if manifest.root == "file":
@@ -600,31 +582,16 @@ def materialize(store: Store, manifest: Manifest, dest: str, force: bool = False
                     target = os.path.join(tmp, _safe_relpath(record.path))
                     os.makedirs(os.path.dirname(target), exist_ok=True)
                     _write_file(store, record, target, bar, os.path.join(dest, record.path), sync)
-        _replace(tmp, dest)
+        if manifest.root == "file":
+            install_file(tmp, dest)
+        else:  # --force replaces the whole directory, as it replaces a whole file
+            install_directory(tmp, dest, owned=lambda name: True)
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
     if sync:
         sync_path(parent_dir)
     return dest
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def _replace(tmp: str, dest: str) -> None:
-    if os.path.isdir(dest) and not os.path.islink(dest):
-        old = f"{tmp}.old"
-        os.rename(dest, old)
-        os.rename(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
 
 
 # ---------------------------------------------------------------------------- maintenance

@@ -66,11 +66,30 @@ class StoreError(ModelgitError):
 
 
 class ObjectMissingError(StoreError):
-    """An object named by a manifest is not in the store."""
+    """An object named by a manifest is not in the store.
+
+    ``oid`` is the missing object (a delta ancestor of the one asked for, possibly).
+    """
+
+    def __init__(self, message: str, oid: str | None = None):
+        super().__init__(message)
+        self.oid = oid
 
 
 class CorruptObjectError(StoreError):
-    """An object's bytes do not decode to content with its id."""
+    """An object's bytes do not decode to content with its id.
+
+    ``oid`` is the damaged object, ``reason`` what is wrong with it; ``quarantined`` says
+    whether the store moved it aside (so that a fetch or an add can write a good copy in its
+    place).
+    """
+
+    def __init__(self, message: str, oid: str | None = None, quarantined: bool = False,
+                 reason: str = ""):
+        super().__init__(message)
+        self.oid = oid
+        self.quarantined = quarantined
+        self.reason = reason
 
 
 class StoreFullError(StoreError):

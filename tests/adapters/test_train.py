@@ -6,6 +6,7 @@ import json
 
 from modelgit.fingerprint import fingerprint_dir
 import os
+import stat
 
 import pytest
 import torch
@@ -132,4 +133,13 @@ def test_overwrite_only_replaces_an_earlier_training_output(lm_base, lm_data, tm
     with pytest.raises(UsageError, match="not the output of an earlier"):
         train(lm_config(lm_base, lm_data, other, steps=1, overwrite=True))
     assert (other / "keep.txt").exists()
-    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    assert not [p for p in os.listdir(tmp_path) if "tmp-" in p]
+
+
+def test_an_output_that_is_not_a_directory_is_refused_before_training(lm_base, lm_data, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="FIFO"):
+        train(lm_config(lm_base, lm_data, fifo, steps=1, overwrite=True))
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert os.listdir(tmp_path) == ["pipe"]

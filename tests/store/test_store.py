@@ -35,9 +35,44 @@ def test_flipped_byte_is_detected(store):
     blob = bytearray(open(path, "rb").read())
     blob[-10] ^= 0xFF
     open(path, "wb").write(bytes(blob))
-    with pytest.raises(CorruptObjectError, match=oid):
+    problems = store.verify()
+    assert len(problems) == 1 and oid in problems[0]
+
+
+def test_a_damaged_object_is_moved_to_quarantine_so_that_adding_it_again_repairs_it(store):
+    data = np.random.default_rng(0).standard_normal(4096).astype(np.float32).tobytes()
+    oid = store.put("F32", (4096,), data).oid
+    path = os.path.join(store.url, "objects", oid[:2], oid[2:])
+    blob = bytearray(open(path, "rb").read())
+    blob[-10] ^= 0xFF
+    open(path, "wb").write(bytes(blob))
+    with pytest.raises(CorruptObjectError, match="moved to quarantine") as info:
         store.get(oid)
-    assert len(store.verify()) == 1
+    assert info.value.oid == oid and info.value.quarantined
+    assert not store.has(oid)
+    assert open(os.path.join(store.url, "quarantine", oid), "rb").read() == bytes(blob)
+    assert store.put("F32", (4096,), data).written  # a present damaged copy would be kept
+    assert store.get(oid) == data and store.verify() == []
+    assert store.gc(set()).removed_quarantined == 1
+
+
+def test_a_damaged_object_replaced_meanwhile_is_not_quarantined(store):
+    """A reader that found damage must not move aside the good copy a fetch renamed over it."""
+    data = np.random.default_rng(0).standard_normal(4096).astype(np.float32).tobytes()
+    oid = store.put("F32", (4096,), data).oid
+    good = store.backend.read(store._key(oid))
+    assert not store._quarantine(oid, good[:-1] + bytes([good[-1] ^ 1]))
+    assert store.get(oid) == data
+
+
+def test_stores_of_remotes_are_read_without_quarantine(tmp_path):
+    store = Store.open(str(tmp_path / "s"), create=True, quarantine=False)
+    oid = store.put("U8", (3,), b"abc").oid
+    path = os.path.join(store.url, "objects", oid[:2], oid[2:])
+    open(path, "ab").write(b"x")
+    with pytest.raises(CorruptObjectError):
+        store.get(oid)
+    assert store.has(oid)
 
 
 def test_a_damaged_delta_ancestor_is_named(store):

@@ -1,7 +1,9 @@
 """Write a training run's output directory: all of it, or nothing.
 
-Everything goes to ``OUTPUT.tmp-PID`` first and is renamed into place at the end, so a failed
-or interrupted run never leaves a half-written adapter where a finished one is expected.
+Everything goes to a temporary directory beside the output first and is renamed into place at
+the end, so a failed or interrupted run never leaves a half-written adapter where a finished one
+is expected; one killed outright leaves the temporary, which the next run in that directory
+removes (see :mod:`modelgit._outputs`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
+
+from .._outputs import install_directory, remove, remove_stale_temporaries, temporary_path
 
 from ..data import write_data_card
 from .config import TrainConfig
@@ -67,8 +70,11 @@ def _canonical_adapter_config(path: str) -> None:
 def write_output(config: TrainConfig, model, tokenizer, id2label: dict | None, card: dict,
                  metrics: dict, resolved: dict) -> None:
     """Save the adapter (or whole model), data_card.json, metrics.json, training_config.json."""
-    tmp = f"{os.path.normpath(config.output)}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    out = os.path.normpath(config.output)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_temporaries(parent, os.path.basename(out))
+    tmp = temporary_path(out)
     try:
         with quiet_transformers():
             _save(model, tokenizer, config, tmp, id2label)
@@ -76,8 +82,8 @@ def write_output(config: TrainConfig, model, tokenizer, id2label: dict | None, c
         _json(os.path.join(tmp, "metrics.json"), metrics)
         _json(os.path.join(tmp, "training_config.json"),
               {"config": config.to_dict(), "resolved": resolved, "versions": _versions()})
-        if os.path.isdir(config.output):
-            shutil.rmtree(config.output)
-        os.replace(tmp, config.output)
+        # checked before training (train's _check_output): absent, empty, or an earlier
+        # training output that --overwrite replaces whole
+        install_directory(tmp, out, owned=lambda name: True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)

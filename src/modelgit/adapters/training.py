@@ -19,6 +19,7 @@ from ..data import data_card, load_examples
 from ..errors import UsageError
 from ..fingerprint import fingerprint_dir
 from . import _batches
+from .._outputs import check_output
 from ._output import write_output
 from .config import TrainConfig
 from .labels import label_ids, label_mapping
@@ -52,11 +53,11 @@ def _pick_task(config: TrainConfig, labels: list) -> str:
 
 def _check_output(config: TrainConfig) -> None:
     out = config.output
-    if os.path.isfile(out) or (os.path.isdir(out) and os.listdir(out) and not config.overwrite):
-        raise UsageError(f"output {out!r} exists and is not empty: choose a new directory, or pass "
-                         "--overwrite to replace an earlier training output")
-    if config.overwrite and os.path.isdir(out) and os.listdir(out) and \
-            not os.path.isfile(os.path.join(out, "training_config.json")):
+    try:  # a link, a device, a FIFO or a file is refused, never renamed over
+        state = check_output(out, "directory", config.overwrite, "--overwrite")
+    except UsageError as exc:
+        raise UsageError(f"{exc} (--overwrite replaces an earlier training output)") from None
+    if state == "nonempty" and not os.path.isfile(os.path.join(out, "training_config.json")):
         raise UsageError(f"--overwrite refuses to replace {out!r}: it holds no training_config.json, "
                          "so it is not the output of an earlier `modelgit train`")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 from ..git import setup
@@ -73,16 +72,25 @@ def cmd_pre_push(args) -> int:
     result = history.pre_push(repo, args.remote, lines, progress=None)
     if result.objects:
         print(f"modelgit: uploaded {result.objects} objects ({_human(result.bytes)}) to the object "
-              f"store of {args.remote}; {result.skipped} were already there", file=sys.stderr)
+              f"store of {args.remote}; {result.skipped} were already there{_replaced(result)}",
+              file=sys.stderr)
     return 0
+
+
+def _replaced(result) -> str:
+    return (f"; {result.replaced} damaged copies on the remote were replaced" if result.replaced
+            else "")
 
 
 def cmd_push(args) -> int:
     from ..git import history
 
     repo = find_repo(".")
-    result = history.push_rev(repo, args.remote, args.rev, progress=args.progress)
-    print(f"uploaded {result.objects} objects ({_human(result.bytes)}); {result.skipped} already there")
+    result = history.push_rev(repo, args.remote, args.rev, progress=args.progress,
+                              verify_remote=args.verify_remote)
+    checked = " (verified)" if args.verify_remote else ""
+    print(f"uploaded {result.objects} objects ({_human(result.bytes)}); {result.skipped} already "
+          f"there{checked}{_replaced(result)}")
     return 0
 
 
@@ -102,6 +110,8 @@ def cmd_checkout(args) -> int:
     paths = [os.path.relpath(os.path.abspath(p), repo.root) for p in args.paths]
     results = worktree.checkout_pointers(repo, paths or None, progress=args.progress)
     for result in results:
+        if result.repaired:
+            print(f"modelgit: {result.repaired}", file=sys.stderr)
         if result.filled:
             print(f"wrote {result.path}")
         elif result.failed:
@@ -223,7 +233,8 @@ def register(sub, command) -> None:
     p.add_argument("url")
     p.add_argument("directory", nargs="?")
     p.add_argument("-b", "--branch")
-    p = command(sub, "fetch", cmd_fetch, "Prefetch the objects a revision needs.",
+    p = command(sub, "fetch", cmd_fetch, "Prefetch the objects a revision needs (each verified "
+                "before it is kept; delta ancestors missing here are fetched too).",
                 "modelgit fetch            # HEAD\nmodelgit fetch v2 --remote upstream")
     p.add_argument("rev", nargs="?", default="HEAD")
     p.add_argument("paths", nargs="*")
@@ -233,9 +244,16 @@ def register(sub, command) -> None:
                 "modelgit checkout\nmodelgit checkout model/model.safetensors")
     p.add_argument("paths", nargs="*")
     p = command(sub, "push", cmd_push, "Upload the objects a revision needs to a remote's object store "
-                "(git push does it for you through the pre-push hook).", "modelgit push origin")
+                "(git push does it for you through the pre-push hook). Every object is verified "
+                "before it is uploaded; a remote copy whose size differs from the local one is "
+                "verified and replaced when damaged.",
+                "modelgit push origin\n"
+                "modelgit push origin v2 --verify-remote   # check every remote copy, replace damaged ones")
     p.add_argument("remote", nargs="?", default="origin")
     p.add_argument("rev", nargs="?", default="HEAD")
+    p.add_argument("--verify-remote", action="store_true",
+                   help="download and verify every copy the remote already has (not only those "
+                   "whose size differs), replacing damaged ones")
     p = command(sub, "diff", cmd_diff, "Tensor-level diff between revisions (default HEAD vs work tree).",
                 "modelgit diff HEAD~1 HEAD\nmodelgit diff v1 v2 model.safetensors --json")
     p.add_argument("items", nargs="*", metavar="REV|PATH")

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 from .. import checkpoint
+from .._outputs import check_output
 from . import git_commands
 from ..errors import ModelgitError, UsageError
 from ..store import Store
@@ -58,8 +59,10 @@ def _emit(args, data: dict, text: str) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_add(args) -> int:
-    store = open_store(args, create=True)
     target = args.output or os.path.normpath(args.path) + ".manifest"
+    if target != "-":  # before the work: a link, device or directory is refused, not renamed over
+        check_output(target, "file", force=True)
+    store = open_store(args, create=True)
     parent = None
     if args.parent:
         parent = checkpoint.load_manifest(store, args.parent)
@@ -205,7 +208,9 @@ def cmd_gc(args) -> int:
              "`gc --prune=now` removes them)") if result.kept_young else ""
     _emit(args, result.__dict__,
           f"{verb} {result.removed} objects ({_human(result.freed_bytes)}) and "
-          f"{result.removed_tmp} temporary files; kept {result.kept}{young}")
+          f"{result.removed_tmp} temporary files; kept {result.kept}{young}"
+          + (f"; {verb} {result.removed_quarantined} damaged objects from quarantine"
+             if result.removed_quarantined else ""))
     return 0
 
 

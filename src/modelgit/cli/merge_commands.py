@@ -60,7 +60,8 @@ def cmd_merge(args) -> int:
     if not args.dry_run and not args.output:
         raise UsageError("give -o OUT (or --dry-run)")
     result = run_merge(recipe, args.output, dry_run=args.dry_run, progress=args.progress,
-                       max_shard_bytes=_parse_size(args.shard_size), adapter_rank=args.to_adapter)
+                       max_shard_bytes=_parse_size(args.shard_size), adapter_rank=args.to_adapter,
+                       force=args.force)
     if args.dry_run:
         plan = result
         summary = {"ok": True, "method": recipe.merge_method, "inputs": plan.specs,
@@ -80,7 +81,7 @@ def cmd_extract_lora(args) -> int:
 
     base, tuned = open_source(args.base), open_source(args.tuned)
     try:
-        errors = extract_lora(base, tuned, args.rank, args.output, alpha=args.alpha)
+        errors = extract_lora(base, tuned, args.rank, args.output, alpha=args.alpha, force=args.force)
     finally:
         base.close()
         tuned.close()
@@ -118,8 +119,10 @@ def cmd_fisher(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .._outputs import check_output
     from ..merge.fisher import estimate_fisher, save_fisher
 
+    check_output(args.output, "file", force=True)  # before the work (save_fisher checks again)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
     texts = _text_examples(args.data, args.max_examples)
@@ -142,9 +145,14 @@ def register(sub, command) -> None:
                 "modelgit merge recipe.yaml --dry-run          # validate inputs, report every problem\n"
                 "modelgit merge --method ties --base base/ --model a/ --model b/ --density 0.5 -o out/\n"
                 "modelgit merge --method linear --model base/+adapter/ -o merged/   # apply a LoRA\n"
-                "modelgit merge recipe.yaml --to-adapter 16 -o merged-adapter/")
+                "modelgit merge recipe.yaml --to-adapter 16 -o merged-adapter/\n"
+                "modelgit merge recipe.yaml -o merged/ --force  # again: replaces the earlier output's files")
     p.add_argument("recipe", nargs="?", help="YAML recipe in mergekit's schema")
-    p.add_argument("-o", "--output", help="output directory (sharded safetensors + index)")
+    p.add_argument("-o", "--output", help="output directory (sharded safetensors + index); "
+                   "created, or an empty directory")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="write into a non-empty OUTPUT: replace the files the merge writes and "
+                   "the weights of an earlier output there, keep every other file")
     p.add_argument("-n", "--dry-run", action="store_true")
     p.add_argument("--method", help="merge method (without a recipe)")
     p.add_argument("--base", help="base model (without a recipe)")
@@ -171,7 +179,9 @@ def register(sub, command) -> None:
                 "modelgit extract-lora base/ finetuned/ --rank 16 -o adapter/")
     p.add_argument("base")
     p.add_argument("tuned")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, help="adapter directory to create")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="write into a non-empty OUTPUT (only its adapter files are replaced)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float)
     p.add_argument("--json", action="store_true")

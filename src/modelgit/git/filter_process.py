@@ -163,6 +163,8 @@ def _fill_pending(repo: GitRepo, pending: dict[str, bytes]) -> int:
     """Write the checkpoints of the deferred smudges; 1 when one could not be written."""
     failed = 0
     for result in worktree.fill_all(repo, pending):
+        if result.repaired:
+            print(f"modelgit: {result.repaired}", file=sys.stderr)
         if result.filled:
             log.info("smudge %s: checkpoint written into the work tree", result.path)
         elif result.failed:

@@ -53,7 +53,8 @@ def objects_to_push(repo: GitRepo, local_sha: str, remote: str) -> set[str]:
 
 
 def pre_push(repo: GitRepo, remote: str, lines: list[str], progress: bool | None = None) -> TransferResult:
-    """The pre-push hook: upload the objects of every manifest the push sends."""
+    """The pre-push hook: upload the objects of every manifest the push sends (verified; see
+    :func:`~modelgit.git.transfer.push_objects`)."""
     oids: set[str] = set()
     for line in lines:
         parts = line.split()
@@ -61,14 +62,20 @@ def pre_push(repo: GitRepo, remote: str, lines: list[str], progress: bool | None
             oids |= objects_to_push(repo, parts[1], remote)
     if not oids:
         return TransferResult(0, 0, 0)
-    return push_objects(repo.store(), open_remote_store(repo, remote), oids, progress)
+    return push_objects(repo.store(), open_remote_store(repo, remote), oids, progress, name=remote)
 
 
-def push_rev(repo: GitRepo, remote: str, rev: str = "HEAD", progress: bool | None = None) -> TransferResult:
-    """Upload every object the manifests of ``rev``'s tree need (all history: use pre_push)."""
+def push_rev(repo: GitRepo, remote: str, rev: str = "HEAD", progress: bool | None = None,
+             verify_remote: bool = False) -> TransferResult:
+    """Upload every object the manifests of ``rev``'s tree need (all history: use pre_push).
+
+    Args:
+        verify_remote: verify every copy the remote already has and replace damaged ones.
+    """
     manifests = repo.tracked_manifests(rev)
     oids = set().union(*(m.object_ids() for m in manifests.values())) if manifests else set()
-    return push_objects(repo.store(), open_remote_store(repo, remote), oids, progress)
+    return push_objects(repo.store(), open_remote_store(repo, remote), oids, progress,
+                        verify_remote=verify_remote, name=remote)
 
 
 def fetch_rev(repo: GitRepo, rev: str = "HEAD", remote: str | None = None,

@@ -143,5 +143,7 @@ def clone(url: str, target: str, branch: str | None = None, object_store: str | 
     # an empty repository has nothing to check out
     if result.returncode != 0 and not any(s in result.stderr for s in ("did not match", "unborn",
                                                                        "yet to be born")):
-        raise GitError(f"git checkout in {target} failed: {result.stderr.strip()}")
+        raise GitError(f"git checkout in {target} failed: {result.stderr.strip()}\nThe repository "
+                       f"is cloned; once the cause is fixed, `git checkout -f HEAD` in {target} "
+                       "writes the work tree")
     return repo

@@ -7,32 +7,48 @@ The object store of a git remote is, in order:
    (``<its git dir>/modelgit/store``), so pushing to a local bare repository just works.
 
 Transfers are per object, atomic and idempotent: an interrupted push or fetch resumes by sending
-only what the other side still lacks. Fetched objects are verified (decoded and hashed) before
-use, delta parents included.
+only what the other side still lacks.
+
+**What is verified.** An object travels as its stored bytes (header and encoded payload, possibly
+a delta against a parent object). Before it is written at the destination it is decoded and its
+content hashed against its id, delta parents first: a parent that travels too is verified before
+its children, and a child's content is decoded from its parent's; a parent that does not travel
+is decoded from the local store (its own chain included; for a push whose local copy of it is
+damaged, from the remote's). An object that fails is not written, nor are its delta
+descendants; the message names the object and the side whose copy is damaged; the rest of the
+transfer goes on and the command then fails with the count. The moving itself is in
+:mod:`._mover`.
+
+* push: the local copy is verified before it is uploaded; a damaged local copy is moved to the
+  local store's quarantine and never uploaded. Copies the remote already has are trusted when
+  their stored size equals the local copy's; any other is downloaded and verified, and replaced
+  when it is damaged. ``verify_remote`` verifies every copy the remote already has (a download
+  of the whole push), which also finds damage that keeps the size.
+* fetch: the remote's copy is verified (in memory, as downloaded) before it is written to the
+  local store's temporary files and renamed into place; nothing is written to the remote. A damaged local copy met while reading (checkout, materialize, verify, a delta
+  parent during a fetch) is moved to quarantine, so the next fetch replaces it.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
-from ..errors import CorruptObjectError, ObjectMissingError, UsageError
+from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageError
 from ..progress import progress_bar
 from ..store import Store
+from ..store.objectfile import ObjectHeader, unpack_header
+from ..store.store import MAX_DELTA_DEPTH, decode_object
+from ._mover import (Failures, Item, Mover, Retry, Side, TransferResult, content_of, local_damage,
+                     stored_size)
 from .repo import GitRepo
 
 __all__ = ["remote_store_url", "open_remote_store", "push_objects", "fetch_objects", "fetch_missing",
-           "TransferResult"]
+           "repair_objects", "retry_after_repair", "remotes_for_fetch", "TransferResult"]
 
 TRANSFER_THREADS = 8  # I/O bound: more than the cores
-
-
-@dataclass
-class TransferResult:
-    objects: int
-    bytes: int
-    skipped: int  # already present on the other side
+HEAD_BYTES = 4096  # one read gets an object's header (and all of a small object)
 
 
 def _local_git_dir(url: str) -> str | None:
@@ -72,122 +88,248 @@ def remote_store_url(repo: GitRepo, remote: str) -> str:
 
 
 def open_remote_store(repo: GitRepo, remote: str) -> Store:
-    return Store.open(remote_store_url(repo, remote), create=True)
+    """The object store of git remote ``remote``; reading it never moves anything aside."""
+    return Store.open(remote_store_url(repo, remote), create=True, quarantine=False)
 
 
-def _copy(src: Store, dst: Store, oid: str) -> int:
-    blob = src._read(oid)
-    stage = getattr(dst.backend, "stage", None)
-    if stage is not None:  # durable in batches (writeback started early, fdatasync at commit)
-        stage(Store._key(oid), blob)
-    else:
-        dst.backend.write_atomic(Store._key(oid), blob)
-    return len(blob)
-
-
-def _commit(store: Store) -> None:
-    commit = getattr(store.backend, "commit_staged", None)
-    if commit is not None:
-        commit()
-    store.backend.sync_dirs()
-
-
-def _with_parents(store: Store, oids: set[str]) -> set[str]:
-    """``oids`` and the delta ancestors of each (present in ``store``)."""
-    out, todo = set(), list(oids)
+# ---------------------------------------------------------------------------- push
+def _local_closure(local: Store, oids: set[str], failures: Failures) -> dict[str, ObjectHeader]:
+    """Headers of ``oids`` and of their delta ancestors in the local store; objects that are
+    missing or whose header is damaged (moved to quarantine) are failures."""
+    out: dict[str, ObjectHeader] = {}
+    todo, seen = list(oids), set()
     while todo:
         oid = todo.pop()
-        if oid in out:
+        if oid in seen:
             continue
-        out.add(oid)
-        parent = store.header(oid).parent
-        if parent:
-            todo.append(parent)
+        seen.add(oid)
+        try:
+            out[oid] = local.header(oid)
+        except ObjectMissingError:
+            failures.add(oid, f"object {oid} is not in the local store at {local.url}", False)
+            continue
+        except CorruptObjectError as exc:
+            failures.add(oid, local_damage(exc, local, "uploaded"), True)
+            continue
+        if out[oid].parent:
+            todo.append(out[oid].parent)
     return out
 
 
-def push_objects(local: Store, remote: Store, oids: set[str], progress: bool | None = None
-                 ) -> TransferResult:
-    """Upload the objects (and their delta ancestors) that ``remote`` lacks.
+def push_objects(local: Store, remote: Store, oids: set[str], progress: bool | None = None,
+                 verify_remote: bool = False, name: str = "remote") -> TransferResult:
+    """Upload the objects (and their delta ancestors) that ``remote`` lacks, or has damaged.
 
-    Raises:
-        ObjectMissingError: an object to push is not in the local store either.
-    """
-    wanted = _with_parents(local, oids)
-    with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
-        present = dict(zip(wanted, pool.map(remote.has, wanted)))
-        missing = sorted(oid for oid, has in present.items() if not has)
-        with progress_bar(sum(local.stored_size(o) for o in missing), "push objects", progress) as bar:
-            sizes = _copy_all(pool, local, remote, missing, bar)
-    return TransferResult(len(missing), sum(sizes), len(wanted) - len(missing))
-
-
-def _copy_all(pool: ThreadPoolExecutor, src: Store, dst: Store, oids: list[str], bar,
-              copy=None) -> list[int]:
-    """Copy ``oids`` on ``pool``; whatever was copied is committed, even when a copy failed
-    (an interrupted transfer resumes from there), and only then is the first error raised.
-
-    Waiting for every copy before the commit matters: a copy still in flight when another
-    fails would otherwise be staged after the commit and lost.
-    """
-    copy = copy or (lambda oid: _copy(src, dst, oid))
-    futures = [pool.submit(copy, oid) for oid in oids]
-    sizes, error = [], None
-    try:
-        for future in futures:
-            try:
-                sizes.append(future.result())
-                bar.update(sizes[-1])
-            except Exception as exc:  # the others go on; the first error is raised below
-                error = error or exc
-                for other in futures:
-                    other.cancel()
-    finally:
-        wait(futures)
-        _commit(dst)
-    if error is not None:
-        raise error
-    return sizes
-
-
-def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str],
-                  progress: bool | None = None, context: str = "") -> TransferResult:
-    """Download the objects ``local`` lacks (with delta ancestors), verifying each.
+    Every object is verified before it is uploaded (see the module docstring).
 
     Args:
-        remotes: (name, store) pairs tried in order.
+        verify_remote: verify every copy the remote already has, not only those whose size
+            differs from the local copy's, and replace the damaged ones.
+        name: the remote's name, for messages.
+    Raises:
+        ObjectMissingError: an object to push is not in the local store either.
+        CorruptObjectError: an object is damaged in the local store (moved to quarantine, not
+            uploaded). Raised after everything else was uploaded; ``error.result`` has counts.
+    """
+    failures = Failures()
+    me, there = Side.local(local), Side.remote(name, remote)
+    with ThreadPoolExecutor(TRANSFER_THREADS) as pool, remote.writing():
+        headers = _local_closure(local, set(oids), failures)
+        order = sorted(headers)
+        remote_sizes = dict(zip(order, pool.map(lambda o: stored_size(there.store, o), order)))
+        send = [oid for oid in order if remote_sizes[oid] is None]
+        present = [oid for oid in order if remote_sizes[oid] is not None]
+        if not verify_remote:  # trusted when it has the local copy's size (same bytes, mostly)
+            present = [oid for oid in present if remote_sizes[oid] != local.stored_size(oid)]
+        damaged = [oid for oid, bad in zip(present, pool.map(
+            lambda o: _remote_copy_damaged(local, there.store, o), present)) if bad]
+        send += damaged
+        items = {oid: Item(oid, me, headers[oid]) for oid in send}
+        with progress_bar(sum(local.stored_size(o) for o in send), "push objects", progress) as bar:
+            mover = Mover(there.store, items, lambda p, v: content_of([local, there.store], p, v),
+                           failures, "uploaded", bar)
+            mover.run(pool)
+    sent = dict(mover.sent)
+    result = TransferResult(len(sent), sum(sent.values()), len(order) - len(send),
+                            len(set(damaged) & set(sent)))
+    failures.raise_for(result, "uploaded", len(set(headers) | set(failures.messages)),
+                       "Nothing damaged was uploaded. A damaged local object was moved to the "
+                       "store's quarantine: fetch it again from a remote with a good copy "
+                       "(`modelgit fetch --remote NAME REV`) or re-add the file that contains it "
+                       "(`git add --renormalize PATH`, or `modelgit add`), then push again.")
+    return result
+
+
+def _remote_copy_damaged(local: Store, remote: Store, oid: str) -> bool:
+    """Whether the remote's copy of ``oid`` fails to decode to its id (its delta parent's
+    content taken from the local store when it has it)."""
+    try:
+        blob = remote._read(oid)
+        parent = unpack_header(blob).parent
+        parent_content = content_of([local, remote], parent) if parent else None
+        decode_object(oid, blob, parent_content)
+    except (ValueError, CorruptObjectError, ObjectMissingError):
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------- fetch
+def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str],
+                  progress: bool | None = None, context: str = "") -> TransferResult:
+    """Download the objects ``local`` lacks (with delta ancestors), each verified before it is
+    written (see the module docstring).
+
+    Objects already here whose delta ancestors are not are completed too.
+
+    Args:
+        remotes: (name, store) pairs; each object comes from the first that has it.
         context: what needs the objects (a path), for error messages.
 
     Raises:
         ObjectMissingError: no remote has an object; names the object, the path and the remotes.
-        CorruptObjectError: a downloaded object does not decode to its id (it is not kept).
+        CorruptObjectError: a remote's copy of an object does not decode to its id (it is not
+            kept). Both are raised once everything else was fetched; ``error.result`` has counts.
     """
-    fetched, total, skipped = [], 0, 0
-    todo = {oid for oid in oids if not local.has(oid)}
-    skipped = len(oids) - len(todo)
-    with ThreadPoolExecutor(TRANSFER_THREADS) as pool, \
+    sides = [Side.remote(name, store) for name, store in remotes]
+    failures = Failures()
+    sent: dict[str, int] = {}
+    wanted = set(oids)
+    with ThreadPoolExecutor(TRANSFER_THREADS) as pool, local.writing(), \
             progress_bar(0, "fetch objects", progress) as bar:
-        while todo:
-            batch = sorted(todo)
-            todo = set()
-            sizes = _copy_all(pool, None, local, batch, bar,
-                              copy=lambda o: _fetch_one(local, remotes, o, context))
-            fetched += batch
-            total += sum(sizes)
-            for oid in batch:
-                parent = local.header(oid).parent
-                if parent and not local.has(parent):
-                    todo.add(parent)
-        # verify in parallel once every ancestor is present, one delta tree per task
-        children: dict[str, list[str]] = {}
-        trees = _roots(local, fetched, children)
-        for found in pool.map(lambda root: _verify_tree(local, root, children), trees):
-            if found:
-                oid, problem = found
-                local.backend.delete(Store._key(oid))
-                raise CorruptObjectError(f"object {oid} fetched for {context or 'checkout'} is "
-                                         f"corrupt on the remote ({problem}); it was not kept")
-    return TransferResult(len(fetched), total, skipped)
+        missing = {oid for oid in wanted if not local.has(oid)}
+        skipped = len(wanted) - len(missing)
+        for oid in sorted(wanted - missing):
+            missing |= _missing_ancestors(local, oid)
+        retry: set[str] = set()
+        for _attempt in range(MAX_DELTA_DEPTH + 2):  # a pass per damaged local parent found
+            items = _plan_fetch(pool, local, sides, missing, failures, context)
+            mover = Mover(local, items, lambda p, v: _local_parent(local, p, v), failures,
+                           "fetched", bar)
+            mover.run(pool)
+            local.flush()  # what was fetched is visible to the next pass
+            sent.update(mover.sent)
+            if not mover.retry or mover.retry == retry:  # done, or no progress
+                break
+            retry = mover.retry
+            missing = mover.dropped()  # planned again: now from the damaged parent down
+        for oid in sorted(mover.dropped()):
+            failures.add(oid, f"object {oid} was not fetched: a delta ancestor of it is damaged "
+                              f"or missing in the local store at {local.url} and could not be "
+                              "fetched again", True)
+    result = TransferResult(len(sent), sum(sent.values()), skipped)
+    failures.raise_for(result, "fetched", len(sent) + len(failures), _fetch_advice(failures),
+                       context)
+    return result
+
+
+def _fetch_advice(failures: Failures) -> str:
+    advice = "What was fetched is kept; run the command again once the remote is repaired."
+    if failures.corrupt:
+        advice += (" To repair a remote, push from a clone that has good copies with "
+                   "`modelgit push --verify-remote REMOTE` (it replaces damaged ones), or fetch "
+                   "from another remote with `modelgit fetch --remote NAME`.")
+    else:
+        advice += (" Push the objects from a clone that has them (`git push` uploads objects), or "
+                   "point `git config modelgit.remote.<name>.store` at the store holding them.")
+    return advice
+
+
+def _missing_ancestors(local: Store, oid: str) -> set[str]:
+    """Delta ancestors of ``oid`` (present) that the local store lacks; a damaged header met
+    on the way is moved to quarantine and counts as missing."""
+    out, depth = set(), 0
+    while depth <= MAX_DELTA_DEPTH:
+        try:
+            parent = local.header(oid).parent
+        except CorruptObjectError:
+            out.add(oid)
+            return out
+        except ObjectMissingError:
+            return out
+        if not parent:
+            return out
+        if not local.has(parent):
+            out.add(parent)
+            return out
+        oid, depth = parent, depth + 1
+    return out
+
+
+def _local_parent(local: Store, parent: str, verify: bool):
+    """The content of a fetched root's delta parent, from the local store; Retry when it is
+    damaged (then moved to quarantine) or its chain is incomplete: it is fetched next pass."""
+    try:
+        return local._load(parent, verify=verify)[1]
+    except CorruptObjectError as exc:
+        if exc.quarantined:
+            raise Retry() from None
+        raise
+    except ObjectMissingError:
+        raise Retry() from None
+
+
+def _plan_fetch(pool, local: Store, sides: list[Side], missing: set[str], failures: Failures,
+                context: str) -> dict[str, Item]:
+    """Find each missing object and the delta ancestors it needs on the remotes (a header read
+    each), rounds going from children to parents until every chain reaches the local store."""
+    items: dict[str, Item] = {}
+    todo = sorted(missing)
+    while todo:
+        found = list(pool.map(lambda o: _locate(sides, o, context), todo))
+        following: set[str] = set()
+        for oid, (item, problem) in zip(todo, found):
+            if item is None:
+                failures.add(oid, problem[0], problem[1])
+                continue
+            items[oid] = item
+            parent = item.header.parent
+            if parent and parent not in items:
+                if local.has(parent):
+                    following |= _missing_ancestors(local, parent)
+                else:
+                    following.add(parent)
+        todo = sorted(following - set(items) - set(failures.messages))
+    failed = True
+    while failed:  # a delta whose parent is on no remote (or damaged there) cannot be verified
+        failed = False
+        for oid, item in sorted(items.items()):
+            parent = item.header.parent
+            if parent in failures.messages:
+                failures.add(oid, f"object {oid} was not fetched: its delta parent {parent} "
+                                  "could not be fetched", failures.corrupt)
+                del items[oid]
+                failed = True
+    return items
+
+
+def _locate(sides: list[Side], oid: str, context: str) -> tuple[Item | None, tuple[str, bool] | None]:
+    """(item, None) from the first remote with a readable header for ``oid``, else
+    (None, (message, corrupt))."""
+    damaged = []
+    for side in sides:
+        key = Store._key(oid)
+        read_head = getattr(side.store.backend, "read_head", None)
+        try:
+            head = read_head(key, HEAD_BYTES) if read_head else side.store.backend.read(key)
+            try:
+                header = unpack_header(head)
+            except ValueError:
+                if len(head) < HEAD_BYTES:
+                    raise
+                head = side.store.backend.read(key)  # a header longer than HEAD_BYTES
+                header = unpack_header(head)
+        except FileNotFoundError:
+            continue
+        except ValueError as exc:
+            damaged.append(f"object {oid} on {side.label} is corrupt ({exc}); it was not fetched")
+            continue
+        whole = head if len(head) < HEAD_BYTES or not read_head else None
+        return Item(oid, side, header, whole), None
+    if damaged:
+        return None, ("; ".join(damaged), True)
+    names = ", ".join(side.label for side in sides) or "(no remotes)"
+    return None, (f"object {oid}{' of ' + context if context else ''} is in neither the local store "
+                  f"nor any object remote: {names}", False)
 
 
 def fetch_missing(repo: GitRepo, store: Store, oids, context: str,
@@ -200,41 +342,61 @@ def fetch_missing(repo: GitRepo, store: Store, oids, context: str,
     return fetch_objects(store, remotes_for_fetch(repo), missing, progress=progress, context=context)
 
 
-def _roots(store: Store, fetched: list[str], children: dict[str, list[str]]) -> list[str]:
-    """The fetched objects whose delta parent was not fetched with them; fills ``children``."""
-    wanted, out = set(fetched), []
-    for oid in fetched:
-        parent = store.header(oid).parent
-        if parent in wanted:
-            children.setdefault(parent, []).append(oid)
-        else:
-            out.append(oid)
-    return out
+# ---------------------------------------------------------------------------- repair
+def repair_objects(repo: GitRepo, store: Store, oids, context: str,
+                   progress: bool | None = False) -> TransferResult | None:
+    """Check ``oids`` in the local store (decoding each: damaged ones are moved to quarantine,
+    missing delta ancestors found) and fetch what that leaves missing from the object remotes.
 
-
-def _verify_tree(store: Store, root: str, children: dict[str, list[str]]) -> tuple[str, str] | None:
-    """Verify ``root`` and its fetched delta descendants, parents first, each decoded once
-    (a child is decoded from its parent's content); (object, problem) of the first bad one."""
-    todo = [(root, None)]
-    while todo:
-        oid, known = todo.pop()
+    Returns None when every object was whole. Errors as :func:`fetch_objects`.
+    """
+    def check(oid: str) -> set[str]:
         try:
-            content = store.get_buffer(oid, known=known)
-        except (CorruptObjectError, ObjectMissingError) as exc:
-            return oid, str(exc)
-        todo += [(child, {oid: content}) for child in children.get(oid, ())]
-    return None
+            store.get_buffer(oid)
+        except CorruptObjectError as exc:
+            if not exc.quarantined:
+                raise
+            return {oid, exc.oid}
+        except ObjectMissingError as exc:
+            return {oid, exc.oid}
+        return set()
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        bad = set().union(*pool.map(check, sorted(set(oids))))
+    bad.discard(None)
+    if not bad:
+        return None
+    return fetch_objects(store, remotes_for_fetch(repo), bad, progress=progress, context=context)
 
 
-def _fetch_one(local: Store, remotes: list[tuple[str, Store]], oid: str, context: str) -> int:
-    for _name, remote in remotes:
-        if remote.has(oid):
-            return _copy(remote, local, oid)
-    names = ", ".join(f"{name} ({remote.url})" for name, remote in remotes) or "(no remotes)"
-    raise ObjectMissingError(
-        f"object {oid}{' of ' + context if context else ''} is in neither the local store nor "
-        f"any object remote: {names}. Push it from a clone that has it (`git push` uploads "
-        "objects), or point `git config modelgit.remote.<name>.store` at the store holding it")
+def retry_after_repair(repo: GitRepo, store: Store, oids, context: str, action: Callable[[], object],
+                       notify: Callable[[str], None] | None = None):
+    """Run ``action`` (which reads ``oids`` from ``store``); when it meets a damaged local
+    object (moved to quarantine) or a missing one, fetch them again and run it once more.
+
+    Raises:
+        The error of ``action`` when nothing could be fetched, else that of the fetch, which
+        says what was damaged.
+    """
+    try:
+        return action()
+    except (CorruptObjectError, ObjectMissingError) as exc:
+        if isinstance(exc, CorruptObjectError) and not exc.quarantined:
+            raise
+        first = exc
+    try:
+        fetched = repair_objects(repo, store, oids, context)
+    except StoreError as exc:
+        message = f"{first}\nFetching it again failed: {exc}"
+        if isinstance(exc, (CorruptObjectError, ObjectMissingError)):
+            raise type(exc)(message, exc.oid) from exc
+        raise type(exc)(message) from exc
+    if fetched is None or not fetched.objects:
+        raise first
+    if notify is not None:
+        notify(f"{context}: {fetched.objects} damaged or missing objects were fetched again "
+               f"(the damaged local copies are in the store's quarantine)")
+    return action()
 
 
 def remotes_for_fetch(repo: GitRepo, preferred: str | None = None) -> list[tuple[str, Store]]:

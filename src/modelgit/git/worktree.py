@@ -129,6 +129,7 @@ class FillResult:
     filled: bool
     reason: str = ""  # why it was skipped or failed
     failed: bool = False  # it should have been written but could not be (``reason`` says why)
+    repaired: str = ""  # damaged or missing local objects were fetched again (what was done)
 
 
 def fill(repo: GitRepo, path: str, data: bytes | None = None) -> FillResult:
@@ -151,19 +152,24 @@ def fill(repo: GitRepo, path: str, data: bytes | None = None) -> FillResult:
         return FillResult(path, False, "not in the work tree")
     if (data is not None and current != data) or not is_manifest(current):
         return FillResult(path, False, "not a manifest")
+    from .transfer import retry_after_repair
+
     store = repo.store()
     manifest = Manifest.loads(current, path)
     # written beside it, then swapped in by unlink + rename: a rename over an existing file
     # makes ext4 (auto_da_alloc) start writing the new file back at once, ~0.3 s per GB
     written = os.path.join(os.path.dirname(full), f".{os.path.basename(full)}.modelgit-fill")
-    checkpoint.materialize(store, manifest, written, force=True, progress=False, sync=False,
-                           mode=stat.S_IMODE(before.st_mode))
+    notes: list[str] = []
+    # a damaged local object is moved to quarantine by the read that finds it: fetched again here
+    retry_after_repair(repo, store, manifest.object_ids(), path, lambda: checkpoint.materialize(
+        store, manifest, written, force=True, progress=False, sync=False,
+        mode=stat.S_IMODE(before.st_mode)), notes.append)
     now = time.time_ns() - _MTIME_BACKDATE_NS
     os.utime(written, ns=(now, now))
     os.unlink(full)
     os.rename(written, full)
     checkpoint.remember_record(store, full, os.stat(full), manifest.files[0])
-    return FillResult(path, True)
+    return FillResult(path, True, repaired="; ".join(notes))
 
 
 def fill_all(repo: GitRepo, pending: dict[str, bytes]) -> list[FillResult]:
@@ -241,21 +247,23 @@ def checkout_pointers(repo: GitRepo, paths: list[str] | None = None,
     Args:
         paths: work-tree paths (relative to the repository root) or directories; None: all.
     Returns:
-        One result per file; one that could not be written has ``failed`` set, the others are
-        written all the same.
-    Raises:
-        ObjectMissingError: an object is neither here nor on any object remote.
-        StoreFullError: a checkpoint does not fit on the disk.
+        One result per file; one that could not be written (its objects are on no remote, or
+        damaged there; it does not fit on the disk) has ``failed`` set, the others are written
+        all the same.
     """
     from .transfer import fetch_missing
 
     store = repo.store()
-    pending = {}
+    pending, failed = {}, []
     for path in pointer_paths(repo, paths):
         with open(os.path.join(repo.root, path), "rb") as handle:
             data = handle.read()
-        manifest = Manifest.loads(data, path)
-        fetch_missing(repo, store, manifest.object_ids(), path, progress)
-        check_space(repo, path, manifest)
+        try:
+            manifest = Manifest.loads(data, path)
+            fetch_missing(repo, store, manifest.object_ids(), path, progress)
+            check_space(repo, path, manifest)
+        except ModelgitError as exc:
+            failed.append(FillResult(path, False, str(exc), failed=True))
+            continue
         pending[path] = data
-    return fill_all(repo, pending)
+    return failed + fill_all(repo, pending)

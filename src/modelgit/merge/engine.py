@@ -34,7 +34,8 @@ from .base import LazyInputs, MergeInputs, get_method
 from .lora import low_rank, save_adapter
 from .recipe import Recipe, layer_position, resolve_value
 from .sources import Source, lazy_tensor, open_source
-from .writer import DEFAULT_SHARD_BYTES, PlannedTensor, ShardedWriter
+from .._outputs import check_output
+from .writer import DEFAULT_SHARD_BYTES, MARKER, PlannedTensor, ShardedWriter
 
 __all__ = ["MergePlan", "plan_merge", "run_merge", "MergeResult"]
 
@@ -296,8 +297,14 @@ def _provenance(plan: MergePlan) -> dict:
                        for spec, source in zip(plan.specs, plan.sources)]}
 
 
+def _marker(provenance: dict, files: list[str]) -> bytes:
+    """``modelgit_merge.json``: the provenance and the files the output holds (a later merge
+    into the same directory with ``force`` replaces exactly those)."""
+    return (json.dumps({**provenance, "files": files}, indent=2, sort_keys=True) + "\n").encode()
+
+
 def _extra_files(plan: MergePlan, provenance: dict) -> dict[str, bytes]:
-    files = {"modelgit_merge.json": (json.dumps(provenance, indent=2, sort_keys=True) + "\n").encode()}
+    files = {MARKER: b""}  # filled in once the shard names are known
     if plan.recipe.text:
         files["merge_recipe.yaml"] = plan.recipe.text.encode()
     ref = plan.recipe.base_model or plan.specs[0]
@@ -318,15 +325,23 @@ def _extra_files(plan: MergePlan, provenance: dict) -> dict[str, bytes]:
 
 
 def run_merge(recipe: Recipe, out: str, dry_run: bool = False, progress: bool | None = None,
-              max_shard_bytes: int = DEFAULT_SHARD_BYTES, adapter_rank: int | None = None):
+              max_shard_bytes: int = DEFAULT_SHARD_BYTES, adapter_rank: int | None = None,
+              force: bool = False):
     """Merge per ``recipe`` into directory ``out``; returns MergeResult, or the plan when dry.
 
     With ``adapter_rank`` the output is a PEFT LoRA adapter of that rank (truncated SVD of each
     merged update relative to the base) instead of full weights.
 
+    Args:
+        force: write into ``out`` even when it is a non-empty directory: the files of the
+            output replace those of the same names, the weights and files of an earlier merge
+            there are removed, other files are kept (see :mod:`modelgit.merge.writer`).
     Raises:
-        UsageError: listing every problem found in the inputs (missing tensors, shapes...).
+        UsageError: listing every problem found in the inputs (missing tensors, shapes...); or
+            ``out`` exists and is not a directory, or is not empty and ``force`` is false.
     """
+    if not dry_run:
+        check_output(out, "directory", force)  # before the inputs are opened: fail fast
     plan = plan_merge(recipe)
     try:
         if plan.problems:
@@ -334,11 +349,13 @@ def run_merge(recipe: Recipe, out: str, dry_run: bool = False, progress: bool | 
         if dry_run:
             return plan
         if adapter_rank:
-            return _run_to_adapter(plan, out, adapter_rank, progress)
+            return _run_to_adapter(plan, out, adapter_rank, progress, force)
         provenance = _provenance(plan)
         planned = [PlannedTensor(o.name, o.dtype, o.shape) for o in plan.outputs]
         metadata = {"format": "pt", "modelgit_merge": json.dumps(provenance, sort_keys=True)}
-        writer = ShardedWriter(out, planned, metadata, max_shard_bytes, _extra_files(plan, provenance))
+        extra = _extra_files(plan, provenance)
+        writer = ShardedWriter(out, planned, metadata, max_shard_bytes, extra, force=force)
+        extra[MARKER] = _marker(provenance, writer.file_names())
         total = sum(p.nbytes for p in planned)
         try:
             with progress_bar(total, f"merge ({recipe.merge_method})", progress) as bar:
@@ -364,7 +381,7 @@ def _output_bytes(plan: MergePlan, out: OutputTensor, bar) -> Iterator:
         bar.update(len(data))
 
 
-def _run_to_adapter(plan: MergePlan, out: str, rank: int, progress) -> MergeResult:
+def _run_to_adapter(plan: MergePlan, out: str, rank: int, progress, force: bool) -> MergeResult:
     if not plan.recipe.base_model:
         raise UsageError("merging into a new adapter needs a base_model to take updates against")
     factors = {}
@@ -379,5 +396,5 @@ def _run_to_adapter(plan: MergePlan, out: str, rank: int, progress) -> MergeResu
     if not factors:
         raise UsageError("the merge changes no 2-D weight of the base: no adapter to write")
     save_adapter(out, factors, rank, float(rank), base=plan.recipe.base_model,
-                 extra={"modelgit_merge": _provenance(plan)})
+                 extra={"modelgit_merge": _provenance(plan)}, force=force)
     return MergeResult(out, len(factors) * 2, 0, list(plan.recipe.warnings))

@@ -95,12 +95,26 @@ def save_fisher(fisher: dict[str, torch.Tensor], path: str | os.PathLike) -> Non
 
     Args:
         fisher: parameter name -> Fisher tensor.
-        path: where to write; the file is replaced.
+        path: where to write; a regular file there is replaced (atomically: the file is written
+            beside it first).
+    Raises:
+        UsageError: ``path`` is a link, a device, a FIFO or a directory.
     """
     from safetensors.torch import save_file
 
+    from .._outputs import check_output, install_file, remove, remove_stale_temporaries, temporary_path
+
+    path = os.fspath(path)
+    check_output(path, "file", force=True)
     tensors = {k: v.detach().to(torch.float32).cpu().contiguous() for k, v in fisher.items()}
-    save_file(tensors, os.fspath(path), metadata={"format": "pt", "content": "diagonal empirical fisher"})
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
+    tmp = temporary_path(path)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", "content": "diagonal empirical fisher"})
+        install_file(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise
 
 
 def load_fisher(path: str | os.PathLike) -> dict[str, torch.Tensor]:

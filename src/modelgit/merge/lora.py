@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import blake3
 import torch
 
+from .._outputs import check_output, remove
 from ..errors import FormatError, UsageError
 from ..formats.safetensors_format import open_safetensors
 from ..tensor_math import to_torch
@@ -166,33 +167,53 @@ def low_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def save_adapter(path: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int,
-                 alpha: float, base: str = "", extra: dict | None = None) -> None:
-    """Write a PEFT adapter directory from {module: (B, A)} with ``B @ A`` the unscaled update."""
+                 alpha: float, base: str = "", extra: dict | None = None, force: bool = False) -> None:
+    """Write a PEFT adapter directory from {module: (B, A)} with ``B @ A`` the unscaled update.
+
+    The directory is written beside ``path`` and put in place when complete, with the rules of
+    a merge output (:mod:`modelgit.merge.writer`): a non-empty ``path`` needs ``force``, and
+    then only its adapter and weight files are replaced.
+
+    Raises:
+        UsageError: ``path`` is not a directory the adapter may go to.
+    """
     from safetensors.torch import save_file
 
-    os.makedirs(path, exist_ok=True)
+    from .writer import finish_output, prepare_output
+
     tensors = {}
     for module, (b, a) in sorted(factors.items()):
         tensors[f"{PREFIX}{module}.lora_A.weight"] = a.contiguous()
         tensors[f"{PREFIX}{module}.lora_B.weight"] = (b / (alpha / rank)).contiguous()
-    save_file(tensors, os.path.join(path, "adapter_model.safetensors"))
     config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "use_rslora": False,
               "target_modules": sorted({m.rsplit(".", 1)[-1] for m in factors}),
               "base_model_name_or_path": base, "bias": "none", "fan_in_fan_out": False,
               "task_type": None, **(extra or {})}
-    with open(os.path.join(path, "adapter_config.json"), "w") as handle:
-        json.dump(config, handle, indent=2, sort_keys=True)
+    tmp = prepare_output(path, force)
+    try:
+        save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"))
+        with open(os.path.join(tmp, "adapter_config.json"), "w") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+        finish_output(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise
 
 
 def extract_lora(base, tuned, rank: int, out: str, alpha: float | None = None,
-                 min_numel: int = 0) -> dict:
+                 min_numel: int = 0, force: bool = False) -> dict:
     """Write to ``out`` a LoRA of ``rank`` approximating ``tuned - base`` for every 2-D weight.
 
     Args:
         base, tuned: merge sources (see :mod:`modelgit.merge.sources`).
+        force: write into ``out`` even when it is a non-empty directory (see
+            :func:`save_adapter`).
     Returns:
         {module: relative Frobenius error of the approximation}.
+    Raises:
+        UsageError: ``out`` cannot take the adapter, or the checkpoints do not differ.
     """
+    check_output(out, "directory", force)  # before the SVDs: fail fast
     alpha = float(alpha if alpha is not None else rank)
     infos, factors, errors = base.tensors(), {}, {}
     for name, info in tuned.tensors().items():
@@ -207,5 +228,5 @@ def extract_lora(base, tuned, rank: int, out: str, alpha: float | None = None,
         errors[module] = float(torch.linalg.norm(b @ a - delta) / torch.linalg.norm(delta))
     if not factors:
         raise UsageError("the two checkpoints do not differ in any 2-D weight: nothing to extract")
-    save_adapter(out, factors, rank, alpha, base=getattr(base, "label", ""))
+    save_adapter(out, factors, rank, alpha, base=getattr(base, "label", ""), force=force)
     return errors

@@ -1,26 +1,70 @@
 """Streaming writer of (sharded) safetensors checkpoints in the Hugging Face layout.
 
 The header of each shard is known before any tensor is computed (names, dtypes and shapes come
-from the merge plan), so each shard is written front to back as tensors arrive, and the whole
-output directory appears atomically (written under a temporary name, fsynced, renamed). Headers
-are canonical (tensors in plan order, compact JSON, ``__metadata__`` first), so the same plan and
-the same tensor bytes give the same files.
+from the merge plan), so each shard is written front to back as tensors arrive. The output is
+written in a temporary directory next to it (named after this process, see
+:mod:`modelgit._outputs`: a merge killed midway leaves one that the next merge in that directory
+removes), fsynced and put in place: renamed over an absent or empty directory; written into a
+non-empty one only with ``force``, and then only the files of the output are replaced and those
+of an earlier merge removed (:func:`earlier_output`), other files are kept. Headers are canonical
+(tensors in plan order, compact JSON, ``__metadata__`` first), so the same plan and the same
+tensor bytes give the same files.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import struct
-import uuid
 from dataclasses import dataclass
 
+from .._outputs import check_output, install_directory, remove, remove_stale_temporaries, temporary_path
+from .._files import sync_path
 from ..dtypes import DTYPES
 
-__all__ = ["PlannedTensor", "ShardedWriter", "DEFAULT_SHARD_BYTES"]
+__all__ = ["PlannedTensor", "ShardedWriter", "DEFAULT_SHARD_BYTES", "MARKER", "earlier_output",
+           "prepare_output", "finish_output"]
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3  # the Hugging Face default ("5GB")
+MARKER = "modelgit_merge.json"  # a merge's provenance, with the list of files it wrote
+# the weights of a Hugging Face directory: with ``force`` an output replaces all of them, since a
+# stale model.safetensors beside a new sharded index would be loaded instead of it
+_WEIGHT_FILE = re.compile(r"^(model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|"
+                          r"adapter_model\.(safetensors|bin)|adapter_config\.json)$")
+
+
+def earlier_output(out_dir: str) -> set[str]:
+    """Names in ``out_dir`` that an earlier merge wrote (its marker and the files it lists)."""
+    try:
+        with open(os.path.join(out_dir, MARKER), encoding="utf-8") as handle:
+            files = json.load(handle).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    names = {name for name in files if isinstance(name, str) and "/" not in name
+             and name not in ("", ".", "..")}
+    return names | {MARKER}
+
+
+def prepare_output(out_dir: str, force: bool) -> str:
+    """Check ``out_dir`` (see :func:`modelgit._outputs.check_output`), clear what killed
+    merges left beside it, and return a fresh temporary directory to write the output in."""
+    check_output(out_dir, "directory", force)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_temporaries(parent, os.path.basename(os.path.abspath(out_dir)))
+    tmp = temporary_path(out_dir)
+    os.makedirs(tmp)
+    return tmp
+
+
+def finish_output(tmp: str, out_dir: str) -> None:
+    """Put the finished output ``tmp`` in place: it replaces the files of the same names and
+    the weights and files of an earlier merge; any other file in ``out_dir`` is kept."""
+    sync_path(tmp)
+    earlier = earlier_output(out_dir)
+    install_directory(tmp, out_dir, owned=lambda name: name in earlier or bool(_WEIGHT_FILE.match(name)))
+    sync_path(os.path.dirname(os.path.abspath(out_dir)))
 
 
 @dataclass(frozen=True)
@@ -53,12 +97,15 @@ class ShardedWriter:
     """Write ``tensors`` (in order) into ``out_dir`` as one or more safetensors shards."""
 
     def __init__(self, out_dir: str, tensors: list[PlannedTensor], metadata: dict[str, str],
-                 max_shard_bytes: int = DEFAULT_SHARD_BYTES, extra_files: dict[str, bytes] | None = None):
+                 max_shard_bytes: int = DEFAULT_SHARD_BYTES, extra_files: dict[str, bytes] | None = None,
+                 force: bool = False):
+        """
+        Raises:
+            UsageError: ``out_dir`` is not a directory the output may go to (see
+                :func:`prepare_output`; a non-empty one needs ``force``).
+        """
         self.out_dir = out_dir
-        parent = os.path.dirname(os.path.abspath(out_dir))
-        os.makedirs(parent, exist_ok=True)
-        self.tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.modelgit-tmp-{uuid.uuid4().hex[:8]}")
-        os.makedirs(self.tmp)
+        self.tmp = prepare_output(out_dir, force)
         self.metadata = dict(sorted(metadata.items()))
         self.shards = _shard_plan(tensors, max_shard_bytes)
         self.extra_files = extra_files or {}
@@ -136,16 +183,15 @@ class ShardedWriter:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-        if os.path.isdir(self.out_dir):
-            old = f"{self.tmp}.old"
-            os.rename(self.out_dir, old)
-            os.rename(self.tmp, self.out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(self.tmp, self.out_dir)
+        finish_output(self.tmp, self.out_dir)
         return self.out_dir
+
+    def file_names(self) -> list[str]:
+        """Every file the output will hold (shards, index, extra files), sorted."""
+        index = ["model.safetensors.index.json"] if len(self.shards) > 1 else []
+        return sorted({*self.names, *index, *self.extra_files})
 
     def abort(self) -> None:
         if self._handle is not None:
             self._handle.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove(self.tmp)

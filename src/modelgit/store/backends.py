@@ -35,6 +35,7 @@ class Backend(Protocol):
     def read(self, key: str) -> bytes: ...
     def write_atomic(self, key: str, data) -> None: ...
     def delete(self, key: str) -> None: ...
+    def move(self, key: str, new_key: str, replace: bool = True) -> None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def size(self, key: str) -> int: ...
     def mtime(self, key: str) -> float: ...
@@ -85,6 +86,10 @@ class LocalBackend:
         self._staged: list[tuple[str, str]] = []
         self._staged_bytes = 0
         self._stage_guard = threading.Lock()
+        # batches are renamed into place one after the other, in the order they were staged: a
+        # transfer stages a delta parent before its child, and a child must never be visible
+        # (nor survive a crash) without its parent
+        self._commit_guard = threading.Lock()
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
@@ -147,11 +152,15 @@ class LocalBackend:
             self.commit_staged()
 
     def commit_staged(self) -> None:
-        """Make staged objects durable (fdatasync each) and visible (rename each into place)."""
-        with self._stage_guard:
-            batch, self._staged, self._staged_bytes = self._staged, [], 0
-        if not batch:
-            return
+        """Make staged objects durable (fdatasync each) and visible (rename each into place, in
+        the order they were staged)."""
+        with self._commit_guard:
+            with self._stage_guard:
+                batch, self._staged, self._staged_bytes = self._staged, [], 0
+            if batch:
+                self._commit(batch)
+
+    def _commit(self, batch: list[tuple[str, str]]) -> None:
         try:
             for tmp, _ in batch:
                 sync_path(tmp, data_only=True)
@@ -201,6 +210,18 @@ class LocalBackend:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(key))
+
+    def move(self, key: str, new_key: str, replace: bool = True) -> None:
+        """Rename ``key`` to ``new_key`` (FileNotFoundError when ``key`` is absent); without
+        ``replace``, an existing ``new_key`` is kept and ``key`` is deleted."""
+        source, target = self._path(key), self._path(new_key)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if replace:
+            os.replace(source, target)
+            return
+        with contextlib.suppress(FileExistsError):
+            os.link(source, target)
+        os.unlink(source)
 
     def list(self, prefix: str) -> Iterator[str]:
         base = self._path(prefix.rstrip("/"))
@@ -280,6 +301,10 @@ class FsspecBackend:
     def read(self, key: str) -> bytes:
         return self.fs.cat_file(self._path(key))
 
+    def read_head(self, key: str, size: int) -> bytes:
+        """The first ``size`` bytes (fewer if the object is shorter): one ranged read."""
+        return self.fs.cat_file(self._path(key), start=0, end=size)
+
     def write_atomic(self, key: str, data) -> None:
         tmp = self._path(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
         try:
@@ -300,6 +325,17 @@ class FsspecBackend:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(key))
+
+    def move(self, key: str, new_key: str, replace: bool = True) -> None:
+        """Rename ``key`` to ``new_key`` (see LocalBackend.move; not atomic on object stores)."""
+        source, target = self._path(key), self._path(new_key)
+        if not self.fs.exists(source):
+            raise FileNotFoundError(source)
+        if not replace and self.fs.exists(target):
+            self.fs.rm_file(source)
+            return
+        self._ensure_parent(target)
+        self.fs.mv(source, target)
 
     def list(self, prefix: str) -> Iterator[str]:
         root = self._path(prefix.rstrip("/"))

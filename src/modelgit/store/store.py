@@ -33,12 +33,52 @@ from .encodings import DELTA, DELTA_ADVANTAGE, encode_delta, encode_standalone, 
 from .ids import is_object_id, object_id
 from .objectfile import ObjectHeader, pack_header, unpack_header
 
-__all__ = ["Store", "PutResult", "StoreStats", "GcResult", "MAX_DELTA_DEPTH"]
+__all__ = ["Store", "PutResult", "StoreStats", "GcResult", "MAX_DELTA_DEPTH", "QUARANTINE",
+           "decode_object"]
 
 STORE_FORMAT = 1
 CONFIG_KEY = "modelgit-store.json"
 MAX_DELTA_DEPTH = 8  # a checkout decodes at most this many ancestors of an object
 _STALE_TMP_SECONDS = 3600
+QUARANTINE = "quarantine"  # where damaged objects are moved: ``quarantine/<id>``
+
+
+def decode_object(oid: str, blob, parent_content=None) -> tuple[ObjectHeader, object]:
+    """(header, content) of the stored bytes ``blob`` of object ``oid``, checked against the id.
+
+    This is how an object in transit is verified before it is written anywhere.
+
+    Args:
+        parent_content: the decoded content of the object's delta parent (its header names
+            it), for a delta; ignored otherwise.
+    Raises:
+        ValueError: with the reason, when ``blob`` does not decode to content with id ``oid``.
+    """
+    head = _parse(blob)
+    if head.parent is not None and parent_content is None:
+        raise ValueError(f"delta against {head.parent}, whose content was not given")
+    raw = _decode_payload(head, blob, parent_content if head.parent is not None else None)
+    if object_id(head.dtype, head.shape, raw) != oid:
+        raise ValueError("content hash does not match its id")
+    return head, raw
+
+
+def _parse(blob) -> ObjectHeader:
+    """The header of ``blob``, checked for what the chain and the decoders rely on."""
+    head = unpack_header(blob)
+    if head.depth > MAX_DELTA_DEPTH:
+        raise ValueError(f"delta chain depth {head.depth}, deeper than allowed ({MAX_DELTA_DEPTH})")
+    if head.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {head.dtype!r}")
+    return head
+
+
+def _decode_payload(head: ObjectHeader, blob, parent_raw):
+    try:
+        return head.encoding.decode(memoryview(blob)[head.payload_offset:],
+                                    DTYPES[head.dtype].itemsize, head.raw_len, parent_raw)
+    except Exception as exc:  # any decoder failure on bad bytes is corruption
+        raise ValueError(f"{head.encoding.name} payload does not decode: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -65,27 +105,34 @@ class GcResult:
     freed_bytes: int
     removed_tmp: int
     kept_young: int = 0  # unreferenced, but younger than the grace period (and their ancestors)
+    removed_quarantined: int = 0  # damaged objects that had been moved aside
 
 
 class Store:
     """A tensor object store on a :class:`Backend`. Open one with :meth:`Store.open`."""
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, quarantine: bool = True):
         self.backend = backend
+        # move an object found damaged aside (``quarantine/<id>``), so that the next fetch or
+        # add writes a good copy: off for the stores of remotes, which a fetch only reads
+        self.quarantine = quarantine
         self._writers = 0
         self._lock_cm = None
         self._writers_guard = threading.Lock()
 
     # ---------------------------------------------------------------- opening
     @classmethod
-    def open(cls, location: str, create: bool = False) -> "Store":
+    def open(cls, location: str, create: bool = False, quarantine: bool = True) -> "Store":
         """Open the store at a path or fsspec URL.
 
+        Args:
+            quarantine: move objects found damaged on reading to ``quarantine/<id>`` (see
+                :meth:`get`); the stores of object remotes are opened without.
         Raises:
             StoreError: when there is no store there and ``create`` is false, or when the store
                 was made by a newer modelgit.
         """
-        store = cls(open_backend(location))
+        store = cls(open_backend(location), quarantine)
         if store.backend.exists(CONFIG_KEY):
             config = json.loads(store.backend.read(CONFIG_KEY))
             if config.get("format", 0) > STORE_FORMAT:
@@ -221,11 +268,15 @@ class Store:
         except FileNotFoundError:
             raise ObjectMissingError(
                 f"object {oid} is missing from the store at {self.url}; fetch it from the "
-                "remote that has it, or re-add the checkpoint that contained it"
+                "remote that has it, or re-add the checkpoint that contained it", oid
             ) from None
 
-    def header(self, oid: str) -> ObjectHeader:
-        """The parsed header of ``oid`` (read from the first bytes only when possible)."""
+    def header(self, oid: str, quarantine: bool = True) -> ObjectHeader:
+        """The parsed header of ``oid`` (read from the first bytes only when possible).
+
+        Args:
+            quarantine: move the object aside when its header is damaged (if the store does).
+        """
         read_head = getattr(self.backend, "read_head", None)
         if read_head is not None and is_object_id(oid):
             try:
@@ -238,14 +289,45 @@ class Store:
         try:
             return unpack_header(blob)
         except ValueError as exc:
-            raise self._corrupt(oid, str(exc)) from None
+            raise self._corrupt(oid, str(exc), blob if quarantine else None) from None
 
-    def _corrupt(self, oid: str, why: str) -> CorruptObjectError:
+    def _corrupt(self, oid: str, why: str, blob=None) -> CorruptObjectError:
+        """The error for a damaged ``oid``; moves it to quarantine when ``blob`` (the bytes
+        found damaged) is given and the store quarantines."""
+        moved = blob is not None and self.quarantine and self._quarantine(oid, blob)
+        if moved:
+            return CorruptObjectError(
+                f"object {oid} in the store at {self.url} is corrupt ({why}); it was moved to "
+                f"{QUARANTINE}/{oid} so that a good copy can take its place: fetch it again "
+                "(`modelgit fetch`, or `modelgit checkout` in a repository) or re-add the "
+                "checkpoint that contains it (`modelgit verify` lists every damaged object)",
+                oid, quarantined=True, reason=why)
         return CorruptObjectError(
             f"object {oid} in the store at {self.url} is corrupt ({why}); delete "
             f"{self._key(oid)} and re-add or re-fetch the checkpoint that contains it "
-            "(`modelgit verify` lists every damaged object)"
-        )
+            "(`modelgit verify` lists every damaged object)", oid, reason=why)
+
+    def _quarantine(self, oid: str, blob) -> bool:
+        """Move ``oid`` to ``quarantine/<id>`` if it still holds the damaged bytes ``blob``.
+
+        Objects are replaced only by rename, so a good copy written meanwhile (a concurrent
+        fetch) is a different file: when the file moved is not the one found damaged, it is
+        put back.
+        """
+        key, aside = self._key(oid), f"{QUARANTINE}/{oid}"
+        try:
+            self.backend.move(key, aside)
+        except (OSError, StoreError):
+            return False  # gone already (another reader moved it), or the store is read-only
+        try:
+            same = self.backend.read(aside) == bytes(blob)
+        except OSError:
+            return False
+        if not same:
+            with contextlib.suppress(OSError, StoreError):
+                self.backend.move(aside, key, replace=False)
+            return False
+        return True
 
     def get(self, oid: str) -> bytes:
         """Return the decoded content of ``oid``, verified against its id.
@@ -271,33 +353,30 @@ class Store:
         """(header, content) of ``oid``, verified; with ``with_size`` also the payload size.
 
         Delta ancestors are decoded without hashing each: the id check of ``oid`` itself covers
-        the result. Only when it fails is the chain checked link by link, to name the object
-        that is damaged.
+        the result. Only when it fails is the chain checked link by link, to name (and
+        quarantine) the object that is damaged rather than its descendant.
         """
         blob = self._read(oid)
         try:
-            head = unpack_header(blob)
+            head = _parse(blob)
         except ValueError as exc:
-            raise self._corrupt(oid, str(exc)) from None
+            raise self._corrupt(oid, str(exc), blob) from None
         parent_raw = None
         if head.parent is not None:
-            if _depth >= MAX_DELTA_DEPTH or head.depth > MAX_DELTA_DEPTH:
+            if _depth >= MAX_DELTA_DEPTH:  # some header of the chain lies about its depth
                 raise self._corrupt(oid, "delta chain deeper than allowed")
             if known and head.parent in known:
                 parent_raw = known[head.parent]
             else:
                 parent_raw = self._load(head.parent, _depth + 1, verify=False, known=known)[1]
-        if head.dtype not in DTYPES:
-            raise self._corrupt(oid, f"unknown dtype {head.dtype!r}")
         try:
-            raw = head.encoding.decode(memoryview(blob)[head.payload_offset:],
-                                       DTYPES[head.dtype].itemsize, head.raw_len, parent_raw)
-        except Exception as exc:  # any decoder failure on bad bytes is corruption
-            raise self._corrupt(oid, f"{head.encoding.name} payload does not decode: {exc}") from None
-        if verify and object_id(head.dtype, head.shape, raw) != oid:
-            if head.parent is not None:
+            raw = _decode_payload(head, blob, parent_raw)
+            if verify and object_id(head.dtype, head.shape, raw) != oid:
+                raise ValueError("content hash does not match its id")
+        except ValueError as exc:
+            if head.parent is not None and not (known and head.parent in known):
                 self._load(head.parent, _depth + 1)  # raises for a damaged ancestor
-            raise self._corrupt(oid, "content hash does not match its id")
+            raise self._corrupt(oid, str(exc), blob) from None
         if with_size:
             return head, raw, len(blob) - head.payload_offset
         return head, raw
@@ -341,7 +420,7 @@ class Store:
         for oid in self.iter_objects():
             size = self.stored_size(oid)
             try:
-                head = self.header(oid)
+                head = self.header(oid, quarantine=False)
                 name, raw_len = head.encoding.name, head.raw_len
             except CorruptObjectError:
                 name, raw_len = "corrupt", 0
@@ -356,19 +435,33 @@ class Store:
         return stats
 
     def verify(self, oids: Iterable[str] | None = None) -> list[str]:
-        """Decode and hash-check objects (all by default); return one message per problem."""
-        problems = []
+        """Decode and hash-check objects (all by default); return one message per problem.
+
+        A damaged object is moved to quarantine (when the store quarantines), so that fetching
+        or adding it again writes a good copy.
+        """
+        problems, reported = [], set()
         for oid in (self.iter_objects() if oids is None else oids):
             try:
                 self.get(oid)
             except (CorruptObjectError, ObjectMissingError) as exc:
                 problems.append(str(exc))
+                reported.add(exc.oid)
+        if oids is None:  # damaged objects moved aside earlier and not replaced since
+            for key in self.backend.list(QUARANTINE):
+                oid = key.rsplit("/", 1)[-1]
+                if is_object_id(oid) and oid not in reported and not self.has(oid):
+                    problems.append(
+                        f"object {oid} was found damaged in the store at {self.url} and is in "
+                        f"{QUARANTINE}/{oid}; fetch it again (`modelgit fetch`) or re-add the "
+                        "checkpoint that contains it (`modelgit gc` clears the quarantine)")
         return problems
 
     def gc(self, live: set[str] | Callable[[], set[str]], dry_run: bool = False,
            grace_seconds: float = 0.0) -> GcResult:
         """Delete every object not in ``live``, not younger than ``grace_seconds`` and not a
-        delta ancestor of one of those; clear stale temporary files.
+        delta ancestor of one of those; clear stale temporary files and quarantined (damaged)
+        objects.
 
         ``live`` is best a callable: it is then evaluated under the exclusive lock, after every
         running add has finished, so the roots it reads (refs, git history) include their
@@ -396,7 +489,7 @@ class Store:
                     continue
                 keep.add(oid)
                 with contextlib.suppress(CorruptObjectError, ObjectMissingError):
-                    parent = self.header(oid).parent
+                    parent = self.header(oid, quarantine=False).parent
                     if parent and parent in present:
                         todo.append(parent)
             removed = freed = 0
@@ -414,7 +507,12 @@ class Store:
                     removed_tmp += 1
                     if not dry_run:
                         self.backend.delete(key)
-            return GcResult(len(keep), removed, freed, removed_tmp, len(young - set(live)))
+            quarantined = list(self.backend.list(QUARANTINE))
+            if not dry_run:
+                for key in quarantined:
+                    self.backend.delete(key)
+            return GcResult(len(keep), removed, freed, removed_tmp, len(young - set(live)),
+                            len(quarantined))
 
 
 def _check_ref_name(name: str) -> None:

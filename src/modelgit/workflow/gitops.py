@@ -75,6 +75,7 @@ def export_dir(repo: GitRepo, rev: str, path: str, dest: str, progress: bool | N
     """
     from .. import checkpoint
     from ..git.history import fetch_rev
+    from ..git.transfer import retry_after_repair
 
     entries = list_tree(repo, rev, path)
     if not entries:
@@ -99,8 +100,11 @@ def export_dir(repo: GitRepo, rev: str, path: str, dest: str, progress: bool | N
             os.makedirs(os.path.dirname(target), exist_ok=True)
             data = repo.read_blob(oid)
             if is_manifest(data):
-                checkpoint.materialize(store, Manifest.loads(data, f"{rev}:{name}"), target,
-                                       progress=progress)
+                manifest = Manifest.loads(data, f"{rev}:{name}")
+                # a damaged local object (moved to quarantine when read) is fetched again
+                retry_after_repair(repo, store, manifest.object_ids(), f"{rev}:{name}",
+                                   lambda: checkpoint.materialize(store, manifest, target,
+                                                                  force=True, progress=progress))
             else:
                 write_new_file(target, data)
         os.replace(tmp, dest)
@@ -205,14 +209,20 @@ def require_clean(repo: GitRepo, paths: list[str], what: str) -> None:
 def scratch_dir(repo: GitRepo, prefix: str):
     """A temporary directory inside ``.git/modelgit`` (same file system as the store), removed
     afterwards."""
+    from .._outputs import TEMPORARY_MARK, remove_stale_temporaries, temporary_path
+
     base = os.path.join(repo.git_dir, "modelgit", "tmp")
     os.makedirs(base, exist_ok=True)
-    for name in os.listdir(base):  # left behind by a killed review or release
+    # left behind by a killed review, release or rebase (exported models: GBs): those of dead
+    # processes at once, those named before processes were recorded after a day
+    remove_stale_temporaries(base)
+    for name in os.listdir(base):
         old = os.path.join(base, name)
         with contextlib.suppress(OSError):
-            if time.time() - os.path.getmtime(old) > STALE_SCRATCH_SECONDS:
+            if TEMPORARY_MARK not in name and time.time() - os.path.getmtime(old) > STALE_SCRATCH_SECONDS:
                 shutil.rmtree(old, ignore_errors=True)
-    path = tempfile.mkdtemp(prefix=prefix, dir=base)
+    path = temporary_path(os.path.join(base, prefix.rstrip("-")))
+    os.makedirs(path, mode=0o700)
     try:
         yield path
     finally:

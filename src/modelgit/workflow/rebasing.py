@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from .._files import write_json
+from .._outputs import check_output, install_directory, remove, remove_stale_temporaries, temporary_path
 from ..errors import UsageError
 from ..fingerprint import fingerprint_rev
 from ..git.repo import GitRepo
@@ -71,8 +72,11 @@ def find_base_revision(repo: GitRepo, model_path: str, fingerprint: str) -> str 
 
 
 def _carry(adapter_dir: str, out: str, old_fp: str | None, new_fp: str, old_rev: str, new_rev: str) -> None:
-    tmp = f"{os.path.normpath(out)}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    out = os.path.normpath(out)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_temporaries(parent, os.path.basename(out))  # left by a killed rebase
+    tmp = temporary_path(out)
     os.makedirs(tmp)
     try:
         for name in (*ADAPTER_FILES, *METADATA_FILES):
@@ -84,11 +88,9 @@ def _carry(adapter_dir: str, out: str, old_fp: str | None, new_fp: str, old_rev:
         resolved["base_fingerprint"] = new_fp
         resolved["base_revision"] = new_rev
         write_json(os.path.join(tmp, "training_config.json"), config)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        install_directory(tmp, out)  # absent (checked by rebase), or emptied meanwhile
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
 
 
 def rebase(repo: GitRepo, adapter_dir: str, onto: str, output: str, suites=None,
@@ -110,7 +112,7 @@ def rebase(repo: GitRepo, adapter_dir: str, onto: str, output: str, suites=None,
     project = read_project(repo)
     if not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
         raise UsageError(f"{adapter_dir!r} is not a PEFT adapter directory (no adapter_config.json)")
-    if os.path.exists(output):
+    if check_output(output, "directory", flag=None) != "absent":  # refuses links, devices...
         raise UsageError(f"output {output!r} exists: choose a new directory")
     onto_commit = repo.rev_parse(onto)
     if onto_commit is None:

@@ -1,0 +1,253 @@
+"""Moving objects between two stores, each verified before it is written (see
+:mod:`modelgit.git.transfer`, which plans what moves: push and fetch).
+
+Objects move per delta tree, parents first, one task per tree: a child is decoded from its
+parent's content, so every object is decoded once; an object that fails is not written, nor are
+its descendants, and the failures are collected to be reported together at the end.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import CorruptObjectError, ObjectMissingError
+from ..store import Store
+from ..store.objectfile import ObjectHeader, unpack_header
+from ..store.store import QUARANTINE, decode_object
+
+__all__ = ["TransferResult", "Side", "Item", "Failures", "Mover", "Retry", "local_damage",
+           "content_of", "stored_size"]
+
+_LISTED_FAILURES = 10  # per-object lines in a failed transfer's message
+
+
+@dataclass
+class TransferResult:
+    objects: int
+    bytes: int
+    skipped: int  # already present (and trusted) on the other side
+    replaced: int = 0  # damaged copies on the destination that were overwritten (push)
+    failed: int = 0  # objects that could not be transferred (the command then fails)
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str  # "origin", or "local"
+    store: Store
+    label: str  # how messages name it
+
+    @classmethod
+    def remote(cls, name: str, store: Store) -> "Side":
+        # a view that never quarantines: a fetch only reads the remote, and a push overwrites
+        # a damaged remote copy in place
+        return cls(name, Store(store.backend, quarantine=False), f"remote {name} ({store.url})")
+
+    @classmethod
+    def local(cls, store: Store) -> "Side":
+        return cls("local", store, f"the local store at {store.url}")
+
+
+@dataclass
+class Item:
+    """An object to transfer: where it is read from, its header, its bytes if already read."""
+    oid: str
+    source: Side
+    header: ObjectHeader
+    blob: bytes | None = None
+
+
+class Failures:
+    """Objects that could not be transferred, with a message each (thread-safe)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.messages: dict[str, str] = {}
+        self.corrupt = False
+
+    def add(self, oid: str, message: str, corrupt: bool) -> None:
+        with self._lock:
+            self.messages.setdefault(oid, message)
+            self.corrupt = self.corrupt or corrupt
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def raise_for(self, result: TransferResult, verb: str, total: int, advice: str,
+                  context: str = "") -> None:
+        """Raise the error of a transfer that left ``len(self)`` objects out, if any."""
+        if not self.messages:
+            return
+        result.failed = len(self.messages)
+        lines = list(self.messages.values())
+        shown = lines[:_LISTED_FAILURES]
+        if len(lines) > len(shown):
+            shown.append(f"... and {len(lines) - len(shown)} more")
+        what = f" of {context}" if context else ""
+        message = (f"{len(lines)} of {total} objects{what} could not be {verb} ({result.objects} "
+                   f"were {verb}):\n  " + "\n  ".join(shown) + f"\n{advice}")
+        cls = CorruptObjectError if self.corrupt else ObjectMissingError
+        error = cls(message, next(iter(self.messages)))
+        error.result = result
+        raise error
+
+
+class Mover:
+    """Copies planned objects to ``dst``, each verified before it is written, delta trees
+    parents first (one task per tree, a child decoded from its parent's content, so every
+    object is decoded once)."""
+
+    def __init__(self, dst: Store, items: dict[str, Item],
+                 outside_parent: Callable[[str, bool], object],
+                 failures: Failures, verb: str, bar):
+        self.dst, self.items, self.failures, self.verb, self.bar = dst, items, failures, verb, bar
+        self.outside_parent = outside_parent  # (parent, verify) -> content, at the destination
+        self.children: dict[str, list[str]] = {}
+        self.roots = []
+        for oid, item in sorted(items.items()):
+            parent = item.header.parent
+            if parent in items:
+                self.children.setdefault(parent, []).append(oid)
+            else:
+                self.roots.append(oid)
+        self.sent: list[tuple[str, int]] = []
+        self.retry: set[str] = set()  # fetch: roots whose local parent was damaged or missing
+        self._lock = threading.Lock()
+
+    def run(self, pool: ThreadPoolExecutor) -> None:
+        """Move every tree; the first error that is not a damaged or missing object (a full
+        disk, a network failure) is raised once every task has stopped. Objects in a delta
+        cycle (damaged parent ids) belong to no tree and fail."""
+        futures = [pool.submit(self._tree, root) for root in self.roots]
+        error = None
+        for future in futures:
+            try:
+                future.result()
+            except Exception as exc:  # the others go on; the first error is raised below
+                error = error or exc
+                for other in futures:
+                    other.cancel()
+        wait(futures)
+        if error is not None:
+            raise error
+        done = {oid for oid, _ in self.sent} | set(self.failures.messages) | self.dropped()
+        for oid in sorted(set(self.items) - done):
+            self.failures.add(oid, f"object {oid} on {self.items[oid].source.label} is corrupt "
+                              "(its delta chain is a cycle); it was not " + self.verb, True)
+
+    def dropped(self) -> set[str]:
+        """Roots left for a retry, and their descendants (neither sent nor failed)."""
+        out, todo = set(), list(self.retry)
+        while todo:
+            oid = todo.pop()
+            out.add(oid)
+            todo += self.children.get(oid, ())
+        return out
+
+    def _tree(self, root: str) -> None:
+        parent = self.items[root].header.parent
+        parent_content = None
+        if parent is not None:
+            # decoded without hashing it: the root's own id check covers its parent's content;
+            # only when the root fails is the parent checked, to blame the right object
+            parent_content = self._outside_parent(root, parent, verify=False)
+            if parent_content is None:
+                return
+        stack = [(root, parent_content)]
+        while stack:
+            oid, parent_content = stack.pop()
+            item = self.items[oid]
+            try:
+                blob = item.blob if item.blob is not None else item.source.store._read(oid)
+                head = unpack_header(blob)
+                if head.parent != item.header.parent:
+                    raise ValueError("its header changed during the transfer; run it again")
+                try:
+                    _, content = decode_object(oid, blob, parent_content)
+                except ValueError:
+                    if oid != root or parent is None:
+                        raise
+                    parent_content = self._outside_parent(root, parent, verify=True)
+                    if parent_content is None:
+                        continue
+                    _, content = decode_object(oid, blob, parent_content)
+            except ObjectMissingError:
+                self._fail_tree(oid, f"object {oid} vanished from {item.source.label} during the "
+                                     f"transfer; it was not {self.verb}", corrupt=False)
+                continue
+            except ValueError as exc:
+                self._fail_tree(oid, self._damaged(item, str(exc), blob), corrupt=True)
+                continue
+            self._write(oid, blob)
+            stack += [(child, content) for child in self.children.get(oid, ())]
+
+    def _outside_parent(self, root: str, parent: str, verify: bool):
+        """The content of ``root``'s delta parent, which does not travel; None (the tree is
+        failed, or left for a retry) when it cannot be had."""
+        try:
+            return self.outside_parent(parent, verify)
+        except Retry:
+            with self._lock:
+                self.retry.add(root)
+        except (CorruptObjectError, ObjectMissingError) as exc:
+            self._fail_tree(root, f"object {root} was not {self.verb}: its delta parent "
+                                  f"{parent} could not be read ({exc})", corrupt=True)
+        return None
+
+    def _damaged(self, item: Item, why: str, blob) -> str:
+        if item.source.name == "local":  # moved aside, so that a fetch or add can replace it
+            store = item.source.store
+            return local_damage(store._corrupt(item.oid, why, blob), store, self.verb)
+        return f"object {item.oid} on {item.source.label} is corrupt ({why}); it was not {self.verb}"
+
+    def _fail_tree(self, oid: str, message: str, corrupt: bool) -> None:
+        self.failures.add(oid, message, corrupt)
+        todo = list(self.children.get(oid, ()))
+        while todo:
+            child = todo.pop()
+            self.failures.add(child, f"object {child} was not {self.verb}: its delta parent "
+                                     f"{self.items[child].header.parent} failed", corrupt)
+            todo += self.children.get(child, ())
+
+    def _write(self, oid: str, blob) -> None:
+        stage = getattr(self.dst.backend, "stage", None)
+        if stage is not None:  # durable in batches (writeback started early, fdatasync at commit)
+            stage(Store._key(oid), blob)
+        else:
+            self.dst.backend.write_atomic(Store._key(oid), blob)
+        with self._lock:
+            self.sent.append((oid, len(blob)))
+            self.bar.update(len(blob))
+
+
+def local_damage(error: CorruptObjectError, store: Store, verb: str) -> str:
+    """One line for an object found damaged in the local store during a transfer."""
+    where = (f"moved to {QUARANTINE}/{error.oid}" if error.quarantined
+             else f"delete {Store._key(error.oid)} there")
+    return (f"object {error.oid} is corrupt in the local store at {store.url} ({error.reason}): "
+            f"not {verb}, {where}")
+
+
+class Retry(Exception):
+    """A fetch's delta root needs a parent that the local store turned out not to have whole."""
+
+
+def stored_size(store: Store, oid: str) -> int | None:
+    try:
+        return store.stored_size(oid)
+    except FileNotFoundError:
+        return None
+
+
+def content_of(stores: list[Store], oid: str, verify: bool = True):
+    """The content of ``oid`` (``verify``: checked against its id) from the first of ``stores``
+    that gives it."""
+    error = None
+    for store in stores:
+        try:
+            return store._load(oid, verify=verify)[1]
+        except (CorruptObjectError, ObjectMissingError) as exc:
+            error = error or exc
+    raise error
