@@ -171,3 +171,52 @@ def test_fsspec_backend_on_local_filesystem(tmp_path):
     assert (tmp_path / "fs-store" / "objects" / oid[:2] / oid[2:]).is_file()
     assert list(store.iter_objects()) == [oid]
     assert not list(backend.list("tmp"))
+
+
+def _forge(store, oid: str, dtype: str, shape: tuple, raw_len: int, payload: bytes) -> None:
+    """Write an object file by hand, as someone with write access to a remote store can."""
+    from modelgit.store.encodings import BY_CODE
+    from modelgit.store.objectfile import pack_header
+
+    zstd = [e for e in BY_CODE.values() if e.name == "zstd"][0]
+    path = os.path.join(store.url, "objects", oid[:2], oid[2:])
+    if os.path.exists(path):
+        os.chmod(path, 0o644)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(pack_header(zstd, 0, dtype, shape, raw_len, None) + payload)
+
+
+def test_a_header_promising_more_than_any_object_holds_is_refused_before_decoding(store):
+    """A decompression bomb: 16 KiB of zstd whose header promises 512 MiB. Decoding it first
+    and hashing afterwards would hold the 512 MiB (8 GiB for a 256 KiB object)."""
+    import zstandard
+
+    from modelgit.store.store import MAX_OBJECT_BYTES, decode_object
+
+    raw_len = 2 * MAX_OBJECT_BYTES
+    compressor = zstandard.ZstdCompressor(level=1).compressobj(size=raw_len)
+    payload = b"".join(compressor.compress(bytes(1 << 24)) for _ in range(raw_len >> 24))
+    payload += compressor.flush()
+    assert len(payload) < 64 * 1024
+    oid = "cd" * 32
+    _forge(store, oid, "F32", (raw_len // 4,), raw_len, payload)
+    with pytest.raises(CorruptObjectError, match="refused before decoding"):
+        store.get(oid)
+    blob = open(os.path.join(store.url, "quarantine", oid), "rb").read()
+    with pytest.raises(ValueError, match="refused before decoding"):
+        decode_object(oid, blob)  # what every transfer runs before it writes an object
+
+
+def test_a_header_whose_size_contradicts_its_shape_is_refused(store):
+    import zstandard
+
+    oid = "ef" * 32
+    _forge(store, oid, "F32", (4,), 1 << 20, zstandard.ZstdCompressor().compress(bytes(1 << 20)))
+    with pytest.raises(CorruptObjectError, match=r"header says 1048576 bytes of content, but F32 \[4\] is 16"):
+        store.get(oid)
+
+
+def test_put_refuses_content_that_does_not_match_its_shape(store):
+    with pytest.raises(StoreError, match="does not match"):
+        store.put("F32", (5,), bytes(16))

@@ -205,6 +205,33 @@ def _missing_object(kit: Kit) -> str:
     return "\n".join(lines)
 
 
+def _bomb_manifest(kit: Kit) -> str:
+    """The last chunk named by an object that the contributor wrote straight into the hub's
+    store: 16 KiB of zstd whose header promises 512 MiB (a decompression bomb)."""
+    import zstandard
+
+    from modelgit.store.encodings import BY_CODE
+    from modelgit.store.objectfile import pack_header
+
+    raw_len = 512 * 1024 * 1024
+    zstd = [e for e in BY_CODE.values() if e.name == "zstd"][0]
+    compressor = zstandard.ZstdCompressor(level=1).compressobj(size=raw_len)
+    payload = b"".join(compressor.compress(bytes(1 << 24)) for _ in range(raw_len >> 24))
+    blob = pack_header(zstd, 0, "F32", (raw_len // 4,), raw_len, None) + payload + compressor.flush()
+    oid = "e" * 64
+    hub = subprocess.run(["git", "config", "remote.origin.url"], cwd=kit.plumber.root,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    target = os.path.join(hub, "modelgit", "store", "objects", oid[:2], oid[2:])
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "wb") as handle:
+        handle.write(blob)
+    lines = kit.manifest.split("\n")
+    last = max(i for i, line in enumerate(lines) if line.startswith("tensor "))
+    ids = lines[last].rsplit(" ", 1)[1]
+    lines[last] = lines[last][: -len(ids)] + oid
+    return "\n".join(lines)
+
+
 def _huge_manifest(kit: Kit) -> str:
     lines = kit.manifest.split("\n")
     first = min(i for i, line in enumerate(lines) if line.startswith("tensor "))
@@ -333,6 +360,8 @@ CASES = [
     Case("h-missing-object", _with(lambda k: {"adapter_model.safetensors":
                                               (FILE, k.blob(_missing_object(k)))}),
          "in neither the local store nor any object remote"),
+    Case("h-zstd-bomb", _with(lambda k: {"adapter_model.safetensors": (FILE, k.blob(_bomb_manifest(k)))}),
+         "refused before decoding"),
     Case("h-huge-manifest", _with(lambda k: {"adapter_model.safetensors": (FILE, k.blob(_huge_manifest(k)))}),
          "over the project's limit"),
     Case("h-huge-json", _with(lambda k: {"data_card.json": k.json_blob(

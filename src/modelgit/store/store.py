@@ -24,6 +24,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from math import prod
 from typing import Callable, Iterable, Iterator
 
 from ..dtypes import DTYPES, FLOAT_DTYPES
@@ -39,6 +40,10 @@ __all__ = ["Store", "PutResult", "StoreStats", "GcResult", "MAX_DELTA_DEPTH", "Q
 STORE_FORMAT = 1
 CONFIG_KEY = "modelgit-store.json"
 MAX_DELTA_DEPTH = 8  # a checkout decodes at most this many ancestors of an object
+#: no object modelgit writes is larger: a tensor's chunks are at most CHUNK_BYTES (4 MiB), blobs
+#: hold manifests and file headers (a safetensors header is at most 100 MB). A header promising
+#: more is refused before its payload is decoded: 256 KiB of zstd can claim 8 GiB of zeros.
+MAX_OBJECT_BYTES = 256 * 1024 * 1024
 _STALE_TMP_SECONDS = 3600
 QUARANTINE = "quarantine"  # where damaged objects are moved: ``quarantine/<id>``
 
@@ -66,10 +71,17 @@ def decode_object(oid: str, blob, parent_content=None) -> tuple[ObjectHeader, ob
 def _parse(blob) -> ObjectHeader:
     """The header of ``blob``, checked for what the chain and the decoders rely on."""
     head = unpack_header(blob)
-    if head.depth > MAX_DELTA_DEPTH:
-        raise ValueError(f"delta chain depth {head.depth}, deeper than allowed ({MAX_DELTA_DEPTH})")
     if head.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {head.dtype!r}")
+    expected = prod(head.shape) * DTYPES[head.dtype].itemsize
+    if head.raw_len != expected:
+        raise ValueError(f"header says {head.raw_len} bytes of content, but {head.dtype} "
+                         f"{list(head.shape)[:8]} is {expected} bytes")
+    if head.raw_len > MAX_OBJECT_BYTES:
+        raise ValueError(f"header promises {head.raw_len} bytes of content, more than any object "
+                         f"modelgit writes ({MAX_OBJECT_BYTES}); refused before decoding")
+    if head.depth > MAX_DELTA_DEPTH:
+        raise ValueError(f"delta chain depth {head.depth}, deeper than allowed ({MAX_DELTA_DEPTH})")
     return head
 
 
@@ -208,6 +220,11 @@ class Store:
                 previous version); a delta against it is stored when it pays.
             oid: the id, when the caller already computed it.
         """
+        nbytes = memoryview(data).nbytes
+        if nbytes != prod(shape) * DTYPES[dtype].itemsize or nbytes > MAX_OBJECT_BYTES:
+            raise StoreError(f"cannot store {nbytes} bytes as {dtype} {list(shape)}: the size does "
+                             f"not match, or is over {MAX_OBJECT_BYTES} bytes (a modelgit bug: "
+                             "objects are chunks of tensors)")
         oid = oid or object_id(dtype, shape, data)
         if self.freshen(oid):
             return PutResult(oid, False, 0, None)
