@@ -212,3 +212,24 @@ def test_a_second_version_replaces_the_first_with_exactly_what_was_validated(
     assert area(merge) == area(second.commit)
     assert not os.path.exists(os.path.join(repo.git_dir, "MERGE_HEAD"))
     assert repo.git("status", "--porcelain").strip() == b""
+
+
+def test_a_second_version_of_a_released_contribution_is_released_again(
+        hub, clone, adapter, suites, tmp_path, domain_data):
+    """Releases remember which reviewed commit they merged, not only the name: a new version,
+    trained on the release and accepted, goes into the next release."""
+    from modelgit.workflow import release
+
+    repo, _ = hub
+    contribute(clone, adapter, "twice", "first version", domain="animals")
+    review(repo, suites, remote="origin", policy=_ACCEPT_ALL)
+    first = release(repo, suites, push="origin")
+    clone.git("pull", "-q", "origin", "main")
+    again = train_adapter(model_dir(clone), domain_data["animals"]["train"], str(tmp_path / "v2"),
+                          steps=3, seed=7)
+    second = contribute(clone, again, "twice", "second version", domain="animals", replace=True)
+    report = review(repo, suites, remote="origin", policy=_ACCEPT_ALL)
+    assert [e.decision for e in report.entries] == ["accept"]
+    done = release(repo, suites)
+    assert done.tag != first.tag
+    assert [(c["name"], c["commit"]) for c in done.record["contributions"]] == [("twice", second.commit)]

@@ -72,11 +72,18 @@ def read_releases(repo: GitRepo, rev: str = "HEAD") -> list[dict]:
 
 
 def accepted_contributions(repo: GitRepo, project: Project) -> list[dict]:
-    """Review records of accepted contributions that no release has merged yet."""
-    released = {c["name"] for r in read_releases(repo) for c in r.get("contributions", [])}
+    """Review records of accepted contributions that no release has merged yet.
+
+    A release credits each contribution with the commit that was reviewed, so a second version
+    of a released contribution (contributed again with ``--replace``, trained on the release,
+    reviewed and accepted) is pending again; a release record without commits (none written by
+    this version) counts by name.
+    """
+    released = {(c["name"], c.get("commit")) for r in read_releases(repo)
+                for c in r.get("contributions", [])}
     out = []
     for name, review in sorted(read_reviews(repo).items()):
-        if review.get("decision") != "accept" or name in released:
+        if review.get("decision") != "accept" or {(name, review.get("commit")), (name, None)} & released:
             continue
         check_name(name)  # it becomes a path of the recipe
         problems = score_problems(review)
