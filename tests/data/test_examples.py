@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 
 import pytest
@@ -145,3 +146,15 @@ def test_jsonl_and_csv_round_trip_any_text(tmp_path_factory, records):
     expected = [Example(text, label) for text, label in records]
     assert load_examples(write_jsonl(folder / "d.jsonl", records)).take() == expected
     assert load_examples(write_csv(folder / "d.csv", records)).take() == expected
+
+
+def test_a_pipe_among_the_data_is_refused_never_opened(tmp_path):
+    """A FIFO nobody writes to would block `train --data DIR` forever (as it did `add`)."""
+    from modelgit.errors import UnsupportedFileError
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("one line\n")
+    os.mkfifo(tmp_path / "data" / "b.txt")
+    for path in (tmp_path / "data", tmp_path / "data" / "b.txt"):
+        with pytest.raises(UnsupportedFileError, match="named pipe"):
+            load_examples(path)

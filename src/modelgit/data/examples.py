@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
+from .._reading import check_regular
 from ..errors import UsageError
 from . import _readers
 
@@ -105,6 +106,7 @@ def _detect(path: str, format: str | None) -> tuple[str, list[str]]:
             raise UsageError(f"data directory {path!r} holds no {', '.join(sorted(set(FORMATS)))} "
                              "files and is not a saved `datasets` directory: point --data at the data")
         return "dir", files
+    _check_readable(path)
     ext = os.path.splitext(path)[1].lower()
     fmt = format or FORMATS.get(ext)
     if fmt is None:
@@ -113,12 +115,20 @@ def _detect(path: str, format: str | None) -> tuple[str, list[str]]:
     return fmt, [os.path.abspath(path)]
 
 
+def _check_readable(path: str) -> None:
+    """Data is read several times (a data card, then every epoch): a pipe, socket or device
+    would block or give its bytes once, so only regular files (or links to them) are read."""
+    check_regular(path, os.stat(path), ": write the data to a file and point --data at it")
+
+
 def _walk(root: str, keep) -> list[str]:
     out = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         out.extend(os.path.abspath(os.path.join(folder, n)) for n in names
                    if not n.startswith(".") and keep(n))
+    for path in out:
+        _check_readable(path)
     return sorted(out)
 
 
