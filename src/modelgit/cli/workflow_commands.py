@@ -81,21 +81,21 @@ def cmd_review(args) -> int:
     shown = not args.json
     report = review(repo, _suites(args.suites, args.suite, repo), remote=None if args.no_fetch else args.remote,
                     policy=policy, overrides=_overrides(args.override), dry_run=args.dry_run,
-                    progress=args.progress,
+                    progress=args.progress, push=args.remote if args.push else None,
                     on_blind=(lambda r: print(format_blind_report(r), flush=True)) if shown else None)
     if args.json:
         data = report.blind()
         if report.recorded:
             data["revealed"] = report.revealed()
             data["commits"] = report.commits
+            data["pushed_to"] = report.pushed_to
         print(json.dumps(data, indent=2, sort_keys=True))
     elif not report.entries:
         print("no pending contributions")
     elif report.recorded:
         print(format_revealed(report))
-        if args.push:
-            repo.git("push", args.remote, "HEAD")
-            print(f"pushed the reviews to {args.remote}")
+        if report.pushed_to:
+            print(f"pushed the reviews to {report.pushed_to}")
     else:
         print("dry run: nothing recorded; identities stay hidden")
     return 0

@@ -82,6 +82,7 @@ class ReviewReport:
     entries: list[ReviewEntry]
     recorded: bool = False
     commits: list[str] = field(default_factory=list)
+    pushed_to: str | None = None  # the remote the recorded reviews were pushed to
 
     def blind(self) -> dict:
         return {"base": self.base, "contributions": [e.blind() for e in self.entries]}
@@ -292,7 +293,7 @@ def _override(entry: ReviewEntry, decision: str) -> None:
 def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy | None = None,
            overrides: dict[str, str] | None = None, dry_run: bool = False,
            reviewer: str | None = None, progress: bool | None = False, on_blind=None,
-           fetch: bool = True) -> ReviewReport:
+           fetch: bool = True, push: str | None = None) -> ReviewReport:
     """Review every pending contribution against the suites (a list of SuiteConfig).
 
     Args:
@@ -303,6 +304,8 @@ def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy 
             refused before evaluation stays refused.
         dry_run: evaluate and decide, record nothing (identities stay hidden).
         on_blind: called with the blind report before anything is recorded or revealed.
+        push: push the branch to this remote once the decisions are recorded (nothing is
+            pushed by a dry run or when nothing was recorded).
     Returns:
         A :class:`ReviewReport`; its ``revealed()`` names contributors once recorded.
     Raises:
@@ -346,6 +349,9 @@ def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy 
     if not dry_run and entries:
         report.commits = record_reviews(repo, report, policy, head, reviewer, project.contributions)
         report.recorded = True
+        if push and report.commits:
+            repo.git("push", "-q", push, "HEAD")
+            report.pushed_to = push
     return report
 
 
