@@ -4,7 +4,6 @@ classifiers. Pure functions of a loaded model, a tokenizer and lists of examples
 from __future__ import annotations
 
 import math
-import sys
 from typing import Iterator
 
 from ..errors import UsageError
@@ -14,15 +13,14 @@ __all__ = ["perplexity", "classification_metrics", "predict_classes", "macro_f1"
 
 def _batches(tokenizer, texts: list[str], max_length: int, batch_size: int,
              progress: bool | None, desc: str) -> Iterator[dict]:
-    from tqdm import tqdm
-
-    from ..progress import _enabled
+    from ..progress import progress_bar
 
     starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not _enabled(progress),
-                      file=sys.stderr, leave=False):
-        yield tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length,
-                        padding=True, return_tensors="pt")
+    with progress_bar(len(starts), desc, progress, unit="batch") as bar:
+        for start in starts:
+            yield tokenizer(texts[start:start + batch_size], truncation=True,
+                            max_length=max_length, padding=True, return_tensors="pt")
+            bar.update(1)
 
 
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 256, batch_size: int = 8,

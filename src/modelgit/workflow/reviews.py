@@ -244,7 +244,7 @@ def _evaluate(ctx: _Context, entry: ReviewEntry, directory: str) -> None:
     if problems:
         raise ContributionError(item.name, problems)
     entry.contribution, entry.base = replace(item, record=received.record), received.base
-    summary = validate_adapter(directory, ctx.base_tensors, ctx.project.limits)
+    summary = validate_adapter(directory, ctx.base_tensors, ctx.project.limits, ctx.project.labels)
     for name in os.listdir(directory):  # only the adapter itself is evaluated, no metadata
         if name not in _EVALUATED:
             os.remove(os.path.join(directory, name))
