@@ -145,9 +145,12 @@ def _suites_from_args(args) -> list:
 
 
 def cmd_eval(args) -> int:
-    from ..eval import evaluate_suites, format_table
+    from ..eval import evaluate_suites, format_table, without_documents
 
-    results = evaluate_suites(args.base, args.adapter, _suites_from_args(args), progress=args.progress)
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"--confidence {args.confidence}: give a level between 0 and 1, e.g. 0.95")
+    results = without_documents(evaluate_suites(args.base, args.adapter, _suites_from_args(args),
+                                                progress=args.progress, confidence=args.confidence))
     print(json.dumps(results, indent=2, sort_keys=True) if args.json else format_table(results))
     return 0
 
@@ -186,4 +189,6 @@ def register(sub, command) -> None:
                    help="with --data: how .txt files become examples (default: line)")
     p.add_argument("--max-examples", type=int, help="with --data: only the first N examples")
     p.add_argument("--max-length", type=int, default=256, help="with --data (default: 256)")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap interval "
+                   "shown for each score, resampling the documents (default: 0.95)")
     p.add_argument("--json", action="store_true")

@@ -70,18 +70,23 @@ def _overrides(items: list[str] | None) -> dict[str, str]:
 
 
 def cmd_review(args) -> int:
-    from ..workflow import Policy, read_project, review
+    from ..workflow import read_project, review
     from ..workflow.reviews import format_blind_report, format_revealed
+
+    import dataclasses
 
     repo = _repo()
     policy = read_project(repo).policy
-    if args.min_gain is not None or args.max_regression is not None:
-        policy = Policy(args.min_gain if args.min_gain is not None else policy.min_gain,
-                        args.max_regression if args.max_regression is not None else policy.max_regression)
+    given = {k: getattr(args, k) for k in ("min_gain", "max_regression", "confidence",
+                                           "significant_regressions_only")
+             if getattr(args, k) is not None}
+    policy = dataclasses.replace(policy, **given) if given else policy
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: give at least 1 (1: one evaluation at a time)")
     shown = not args.json
     report = review(repo, _suites(args.suites, args.suite, repo), remote=None if args.no_fetch else args.remote,
                     policy=policy, overrides=_overrides(args.override), dry_run=args.dry_run,
-                    progress=args.progress, push=args.remote if args.push else None,
+                    progress=args.progress, push=args.remote if args.push else None, jobs=args.jobs,
                     on_blind=(lambda r: print(format_blind_report(r), flush=True)) if shown else None)
     if args.json:
         data = report.blind()
@@ -214,7 +219,8 @@ def register(sub, command) -> None:
                 "modelgit review --suites suites.yaml --dry-run          # decide nothing, show "
                 "the blind report\n"
                 "modelgit review --suites suites.yaml --override anon-1a2b3c4d=reject --push\n"
-                "modelgit review --suites suites.yaml --min-gain 0.05 --max-regression 0")
+                "modelgit review --suites suites.yaml --min-gain 0.05 --max-regression 0\n"
+                "modelgit review --suites suites.yaml --significant-regressions-only --jobs 2")
     p.add_argument("--suites", required=True, help="the maintainer's suites file (outside the repo)")
     p.add_argument("--suite", action="append", metavar="NAME", help="use only this suite (repeat)")
     p.add_argument("--remote", default="origin", help="fetch contrib/* branches from it "
@@ -224,6 +230,13 @@ def register(sub, command) -> None:
                    "(default: modelgit.yaml's, else 0.01)")
     p.add_argument("--max-regression", type=float, help="policy: relative loss allowed on the "
                    "other suites (default: modelgit.yaml's, else 0.02)")
+    p.add_argument("--confidence", type=float, help="policy: level of the bootstrap intervals "
+                   "of the scores (default: modelgit.yaml's, else 0.95)")
+    p.add_argument("--significant-regressions-only", action="store_true", default=None,
+                   help="policy: reject for a regression only when its whole interval is below "
+                   "-max-regression (default: modelgit.yaml's, else off)")
+    p.add_argument("--jobs", type=int, help="evaluate this many models at once in worker "
+                   "processes (default: as the work's size, idle cores and memory allow)")
     p.add_argument("--override", action="append", metavar="ANON=DECISION",
                    help="the maintainer's decision for an anonymous id: accept or reject")
     p.add_argument("--dry-run", action="store_true", help="evaluate and decide, record nothing")
