@@ -133,7 +133,6 @@ def test_fixed_labels_number_the_classes_whatever_the_data_holds(run, cls_base, 
     """Two adapters trained on different subsets of the classes get the same numbering, so
     their heads have one shape and can be merged."""
     from modelgit.adapters.loading import read_labels
-    from modelgit.merge.lora import load_adapter
 
     def data(name, labels):
         path = tmp_path / f"{name}.jsonl"
@@ -158,7 +157,6 @@ def test_fixed_labels_number_the_classes_whatever_the_data_holds(run, cls_base, 
     assert run("train", cls_base, "--data", data("d", ["negative"]), "-o", tmp_path / "d",
                "--labels", "negative,negative", "--steps", 2) == 2
     assert "labels repeats negative" in capsys.readouterr().err
-    del load_adapter
 
 
 def test_train_prints_progress_lines_when_stderr_is_not_a_terminal(lm_base, lm_data, tmp_path,
