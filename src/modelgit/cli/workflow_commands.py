@@ -106,6 +106,29 @@ def cmd_review(args) -> int:
     return 0
 
 
+def _pct_span(span) -> str:
+    return f" [{span[0]:+.1%}, {span[1]:+.1%}]" if span else ""
+
+
+def format_comparison(record: dict) -> str:
+    """The methods compared by a release: per suite the value and the relative gain over the
+    base (with its interval), the objective they were chosen on, and the pick."""
+    comparison = record["comparison"]
+    suites = [r["suite"] for r in record["results"]]
+    header = ["method", *suites, "objective"]
+    rows = []
+    for m in comparison["methods"]:
+        by_suite = {r["suite"]: r for r in m["results"]}
+        cells = [f"{by_suite[s]['value']:.4g} ({by_suite[s]['gain']:+.1%}"
+                 f"{_pct_span(by_suite[s].get('gain_interval'))})" for s in suites]
+        rows.append([m["method"] + (" *" if m["method"] == comparison["chosen"] else ""), *cells,
+                     f"{m['objective']:+.4f}"])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines + [f"* {comparison['chosen']}: the best {comparison['basis']}"])
+
+
 def cmd_release(args) -> int:
     from ..workflow import release
 
@@ -119,19 +142,27 @@ def cmd_release(args) -> int:
                    tag=args.tag, search=args.search, search_budget=args.search_budget,
                    push=args.remote if args.push else None, pretrain=args.pretrain,
                    pretrain_steps=args.pretrain_steps, pretrain_lr=args.pretrain_lr,
-                   progress=args.progress)
+                   progress=args.progress, dry_run=args.dry_run)
     r = done.record
     if args.json:
-        print(json.dumps(r, indent=2, sort_keys=True))
+        print(json.dumps({**r, "dry_run": done.dry_run}, indent=2, sort_keys=True))
         return 0
-    print(f"released {done.tag} ({done.commit[:12]}): {len(r['contributions'])} contribution(s) "
-          f"merged with {r['method']} {r['parameters']}")
+    if r.get("comparison"):
+        print(format_comparison(r))
+    verb = "would release" if done.dry_run else "released"
+    print(f"{verb} {done.tag}" + (f" ({done.commit[:12]})" if done.commit else "")
+          + f": {len(r['contributions'])} contribution(s) merged with {r['method']} {r['parameters']}")
     for res in r["results"]:
-        print(f"  {res['suite']}: {res['metric']} {res['base_value']:.4g} -> {res['value']:.4g}")
+        span = res.get("interval")
+        print(f"  {res['suite']}: {res['metric']} {res['base_value']:.4g} -> {res['value']:.4g}"
+              + (f" [{span[0]:.4g}, {span[1]:.4g}]" if span else "")
+              + f" ({res['gain']:+.1%}{_pct_span(res.get('gain_interval'))})")
     for c in r["contributions"]:
         kept = c["review"].get("kept_gain")
         if kept is not None:
             print(f"  {c['name']}: the release keeps {kept:.0%} of its gain on {c['review']['target_suite']}")
+    if done.dry_run:
+        print("dry run: nothing written, committed, tagged or pushed")
     if done.pushed_to:
         print(f"pushed {done.tag} to {done.pushed_to}")
     return 0
@@ -249,10 +280,15 @@ def register(sub, command) -> None:
                 "modelgit release --suites suites.yaml\n"
                 "modelgit release --suites suites.yaml --method task_arithmetic --scale 0.7 --tag v3\n"
                 "modelgit release --suites suites.yaml --search --search-budget 8 --push\n"
-                "modelgit release --suites suites.yaml --pretrain corpus/ --pretrain-steps 100")
+                "modelgit release --suites suites.yaml --pretrain corpus/ --pretrain-steps 100\n"
+                "modelgit release --suites suites.yaml --method ties,linear,task_arithmetic "
+                "--dry-run   # compare, change nothing")
     p.add_argument("--suites", required=True, help="the maintainer's suites file (outside the repo)")
-    p.add_argument("--method", default="ties", help="merge method (default: ties; see "
-                   "`modelgit merge --help`)")
+    p.add_argument("--method", default="ties", help="merge method, or several to compare "
+                   "(ties,linear,task_arithmetic): the best on the suites' validation data is "
+                   "released (default: ties; see `modelgit merge --help`)")
+    p.add_argument("--dry-run", action="store_true", help="merge and evaluate in a scratch "
+                   "directory and report; write, commit, tag and push nothing")
     p.add_argument("--density", type=float, help="fraction of each update kept (ties, dare, della)")
     p.add_argument("--scale", type=float, help="the recipe's lambda: scale of the merged update")
     p.add_argument("--search", action="store_true", help="search lambda and density on the "
