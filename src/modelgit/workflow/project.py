@@ -103,6 +103,11 @@ class Project:
         data = asdict(self)
         data["language"] = list(self.language) if self.language else None
         data["labels"] = list(self.labels) if self.labels else None
+        # settings added later are written only when set, so that an older modelgit can still
+        # read a new project's file (it refuses keys it does not know)
+        for key, default in (("confidence", 0.95), ("significant_regressions_only", False)):
+            if data["policy"][key] == default:
+                del data["policy"][key]
         return {k: v for k, v in data.items() if v is not None}
 
 
