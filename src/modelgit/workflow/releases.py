@@ -487,6 +487,9 @@ def release(repo: GitRepo, suites, method="ties", parameters: dict | None = None
                      selection, search, search_budget, work, progress)
         candidates = [_candidate(plan, m, i, len(methods)) for i, m in enumerate(methods, 1)]
         chosen = max(candidates, key=lambda c: c.objective)  # the first of equals: the order given
+        for other in candidates:  # each merge is a whole model: keep only the chosen one's
+            if other is not chosen:
+                shutil.rmtree(other.merged, ignore_errors=True)
         merged, results, pretraining = chosen.merged, chosen.results, None
         if pretrain:
             merged, pretraining = _continue_pretraining(merged, pretrain, pretrain_steps,
@@ -502,16 +505,24 @@ def release(repo: GitRepo, suites, method="ties", parameters: dict | None = None
         if dry_run:
             return ReleaseResult(tag, None, record, None, dry_run=True)
         _install_weights(merged, model_dir)
+    commit = _commit_release(repo, project, tag, record, card, names,
+                             message or f"Release {tag}: merge {len(names)} contribution(s) "
+                                        f"with {chosen.method}", push)
+    return ReleaseResult(tag, commit, record, push)
+
+
+def _commit_release(repo: GitRepo, project: Project, tag: str, record: dict, card: str,
+                    names: list[str], title: str, push: str | None) -> str:
+    """Write the card and the record beside the installed weights, commit, tag, push."""
+    model_dir = os.path.join(repo.root, project.model)
     write_atomic(os.path.join(model_dir, "README.md"), card)
     os.makedirs(os.path.join(repo.root, RELEASES_DIR), exist_ok=True)
     write_atomic(os.path.join(repo.root, RELEASES_DIR, f"{tag}.json"), dumps_json(record))
     repo.git("add", "-A", "--", project.model, RELEASES_DIR)
-    title = message or f"Release {tag}: merge {len(names)} contribution(s) with {chosen.method}"
     repo.git("commit", "-q", "-m", f"{title}\n\nContributions: {', '.join(names)}\n"
                                    f"Modelgit-Release: {tag}\n")
     repo.git("tag", "-a", tag, "-m", title)
-    commit = repo.rev_parse("HEAD")
     if push:
         branch = repo.git("symbolic-ref", "--short", "HEAD").decode().strip()
         repo.git("push", push, f"refs/heads/{branch}", f"refs/tags/{tag}")
-    return ReleaseResult(tag, commit, record, push)
+    return repo.rev_parse("HEAD")
