@@ -151,7 +151,7 @@ def bench_train(model: str, steps: int) -> list[dict]:
         figures = measure(["train", base, "--data", splits["python"]["train"], "-o", out,
                            "--overwrite", "--steps", str(steps), "--batch-size",
                            str(settings.batch_size), "--max-length", str(settings.max_length),
-                           "--json"], work)
+                           "--json", *extra], work)
         metrics = json.loads(figures.pop("stdout"))["metrics"]
         rows.append({"run": label, **figures, "threads": metrics["threads"],
                      "s_per_step": round(metrics["seconds"] / metrics["steps"], 2)})
