@@ -584,7 +584,7 @@ def materialize(store: Store, manifest: Manifest, dest: str, force: bool = False
                     os.makedirs(os.path.dirname(target), exist_ok=True)
                     _write_file(store, record, target, bar, os.path.join(dest, record.path), sync)
         if manifest.root == "file":
-            install_file(tmp, dest)
+            install_file(tmp, dest, user_modes=mode is None)
         else:  # --force replaces the whole directory, as it replaces a whole file
             install_directory(tmp, dest, owned=lambda name: True)
     except BaseException:

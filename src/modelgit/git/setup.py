@@ -144,7 +144,7 @@ def clone(url: str, target: str, branch: str | None = None, object_store: str | 
     tmp = temporary_path(target)
     try:
         _clone_into(url, tmp, branch, object_store)
-        install_directory(tmp, target)
+        install_directory(tmp, target, user_modes=False)  # git's read-only objects stay so
     except BaseException:
         remove(tmp)
         raise
