@@ -244,12 +244,10 @@ def cmd_log(args) -> int:
             print(f"    recipe: {e.recipe}")
         for d in e.diffs:
             counts = d.counts()
-            moved = [t for t in d.tensors if t.delta_norm is not None and t.old_norm]
-            old = sum(t.old_norm ** 2 for t in moved)
-            rel = (sum(t.delta_norm ** 2 for t in moved) / old) ** 0.5 if old else None
+            rel = d.rel_l2()  # the same file-wide figure as `modelgit diff` shows
             parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if k != "unchanged")
             print(f"    {d.path}: {parts or 'no tensor changed'}"
-                  + (f"; relative L2 of the change {rel:.3g}" if rel else ""))
+                  + (f"; file-wide rel.L2 {rel:.3g}" if rel else ""))
         print()
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Version model checkpoints: a content-addressed, delta-compressed tensor store.")
     parser.add_argument("--store", help="store path or fsspec URL (default: $MODELGIT_STORE or the "
                         "nearest .modelgit/store, created by `add` in the current directory)")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"modelgit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -382,6 +386,17 @@ def _setup_logging() -> None:
         logging.getLogger("modelgit").setLevel(logging.INFO)
 
 
+def _output_closed() -> int:
+    """Whoever read our output stopped (``modelgit ls M | head``): stop quietly, as git and cat
+    do. stdout is pointed at /dev/null so that the interpreter's last flush at exit does not
+    fail again; the exit code is the shell's for a process ended by SIGPIPE."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     if (sys.argv[1:] if argv is None else argv) == ["filter-process"]:
         # git starts the filter for every command that touches tracked files: it skips building
@@ -396,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     debug = args.debug or os.environ.get("MODELGIT_DEBUG") == "1"
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        return code
     except ModelgitError as exc:
         if debug:
             raise
@@ -405,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("modelgit: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _output_closed()
     except OSError as exc:
         if debug:
             raise

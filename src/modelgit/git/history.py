@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 
 from .. import checkpoint
@@ -171,11 +173,52 @@ class LogEntry:
     recipe: str | None
 
 
+# the workflow's release records (``releases/<tag>.json``, named by a ``Modelgit-Release: TAG``
+# trailer) are read as files, by this convention, never through the workflow's code
+_RELEASES_DIR = "releases"
+_PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _release_recipe(repo: GitRepo, commit: str, tag: str) -> str | None:
+    """How release ``tag`` was made, from its record in ``commit``: the merge method and its
+    parameters, or that it is the base model; None when there is no readable record."""
+    if not _PLAIN.match(tag):
+        return None
+    where = f"{_RELEASES_DIR}/{tag}.json"
+    data = repo.read_blob(f"{commit}:{where}")
+    try:
+        record = json.loads(data) if data is not None and len(data) < 4 * 2**20 else None
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    method, params = record.get("method"), record.get("parameters")
+    if not method:
+        return f"none: release {tag} is the base model ({where})"
+    if not isinstance(method, str) or not _PLAIN.match(method):
+        return None
+    shown = json.dumps(params, sort_keys=True)[:200] if isinstance(params, dict) and params else ""
+    count = len(record.get("contributions") or [])
+    return (f"{method}{' ' + shown if shown else ''} of {count} contribution(s) "
+            f"(release {tag}: {where})")
+
+
 def _recipe_of(repo: GitRepo, commit: str) -> str | None:
-    body = repo.git("log", "-1", "--format=%B", commit).decode()
+    """What made a commit's model: a ``Modelgit-Recipe: PATH`` trailer, a release's record (a
+    ``Modelgit-Release: TAG`` trailer), or a recipe file committed with it; None when nothing says."""
+    body = repo.git("log", "-1", "--format=%B", commit).decode(errors="replace")
+    release = None
     for line in body.splitlines():
-        if line.lower().startswith("modelgit-recipe:"):
-            return line.split(":", 1)[1].strip()
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key.strip().lower() == "modelgit-recipe" and value and value.lower() not in ("none", "null"):
+            return value
+        if key.strip().lower() == "modelgit-release" and value:
+            release = value
+    if release:
+        described = _release_recipe(repo, commit, release)
+        if described:
+            return described
     changed = repo.git("diff-tree", "--no-commit-id", "--name-only", "-r", "--root", commit).decode().split()
     recipes = [p for p in changed if p.endswith((".recipe.yaml", "recipe.yaml", "mergekit.yaml"))]
     return ", ".join(recipes) or None
