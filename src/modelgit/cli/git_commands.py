@@ -98,7 +98,9 @@ def cmd_fetch(args) -> int:
     from ..git import history
 
     repo = find_repo(".")
-    result = history.fetch_rev(repo, args.rev, args.remote, args.paths or None, progress=args.progress)
+    paths = [os.path.relpath(os.path.abspath(p), repo.root).replace(os.sep, "/") for p in args.paths]
+    result = history.fetch_rev(repo, args.rev, args.remote, paths or None, progress=args.progress,
+                               check_paths=True)
     print(f"fetched {result.objects} objects ({_human(result.bytes)}); {result.skipped} already here")
     return 0
 
@@ -128,13 +130,43 @@ def cmd_clone(args) -> int:
     return 0
 
 
-def _split_revs(repo, items: list[str]) -> tuple[list[str], list[str]]:
-    revs, paths = [], []
+def _known_path(repo, rel: str, revs: list[str]) -> bool:
+    """Whether the repository-relative ``rel`` is in the work tree or in one of ``revs``."""
+    if os.path.lexists(os.path.join(repo.root, rel)):
+        return True
+    return any(repo.git("ls-tree", "--name-only", repo.resolve(rev), "--", rel,
+                        check=False).strip() for rev in revs)
+
+
+def _split_revs(repo, items: list[str], max_revs: int = 2) -> tuple[list[str], list[str]]:
+    """(revisions, repository-relative paths) of ``[REV...] [PATH...]``, as git reads them:
+    each leading item that names a commit is a revision (at most ``max_revs``), the rest are
+    paths, which must exist in the work tree or in one of the revisions (HEAD when none).
+
+    Raises:
+        UnknownRevisionError: an item in a revision's place is neither a revision nor a path
+            (naming the closest branch or tag, or how far back ``REV~N`` can go).
+        UsageError: a path exists nowhere, or lies outside the repository.
+    """
+    from ..errors import UnknownRevisionError, UsageError
+    from ..git.repo import unknown_revision_message
+
+    revs: list[str] = []
+    paths: list[str] = []
     for item in items:
-        if not paths and len(revs) < 2 and repo.rev_parse(item):
+        if not paths and len(revs) < max_revs and repo.rev_parse(item):
             revs.append(item)
-        else:
-            paths.append(item)
+            continue
+        rel = os.path.relpath(os.path.abspath(item), repo.root).replace(os.sep, "/")
+        if rel == ".." or rel.startswith("../"):
+            raise UsageError(f"{item!r} is outside the repository at {repo.root}")
+        if not _known_path(repo, rel, revs or (["HEAD"] if repo.rev_parse("HEAD") else [])):
+            if not paths and len(revs) < max_revs:
+                raise UnknownRevisionError(unknown_revision_message(repo, item, "revision or path"),
+                                           item)
+            raise UsageError(f"{item!r}: no such path in the work tree or in "
+                             f"{', '.join(revs or ['HEAD'])}")
+        paths.append(rel)
     return revs, paths
 
 
@@ -199,7 +231,8 @@ def cmd_log(args) -> int:
     from ..git import history
 
     repo = find_repo(".")
-    entries = history.log_path(repo, args.paths or None, args.max_count)
+    revs, paths = _split_revs(repo, args.items, max_revs=1)
+    entries = history.log_path(repo, paths or None, args.max_count, rev=(revs or ["HEAD"])[0])
     if args.json:
         print(json.dumps([{"commit": e.commit, "author": e.author, "date": e.date, "subject": e.subject,
                            "recipe": e.recipe, "files": [d.as_dict() for d in e.diffs]} for e in entries],
@@ -211,12 +244,10 @@ def cmd_log(args) -> int:
             print(f"    recipe: {e.recipe}")
         for d in e.diffs:
             counts = d.counts()
-            moved = [t for t in d.tensors if t.delta_norm is not None and t.old_norm]
-            old = sum(t.old_norm ** 2 for t in moved)
-            rel = (sum(t.delta_norm ** 2 for t in moved) / old) ** 0.5 if old else None
+            rel = d.rel_l2()  # the same file-wide figure as `modelgit diff` shows
             parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if k != "unchanged")
             print(f"    {d.path}: {parts or 'no tensor changed'}"
-                  + (f"; relative L2 of the change {rel:.3g}" if rel else ""))
+                  + (f"; file-wide rel.L2 {rel:.3g}" if rel else ""))
         print()
     return 0
 
@@ -260,8 +291,9 @@ def register(sub, command) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--top", type=int, default=10, help="rows of layers and tensors to show")
     p = command(sub, "log", cmd_log, "History of model files: what changed per commit, with recipes.",
-                "modelgit log\nmodelgit log model.safetensors -n 5 --json")
-    p.add_argument("paths", nargs="*")
+                "modelgit log\nmodelgit log model.safetensors -n 5 --json\nmodelgit log v2 model/")
+    p.add_argument("items", nargs="*", metavar="REV|PATH",
+                   help="a revision whose history to list (default HEAD), then paths")
     p.add_argument("-n", "--max-count", type=int, default=20)
     p.add_argument("--json", action="store_true")
     # called by git, not by people

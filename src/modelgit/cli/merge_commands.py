@@ -81,7 +81,8 @@ def cmd_extract_lora(args) -> int:
 
     base, tuned = open_source(args.base), open_source(args.tuned)
     try:
-        errors = extract_lora(base, tuned, args.rank, args.output, alpha=args.alpha, force=args.force)
+        errors = extract_lora(base, tuned, args.rank, args.output, alpha=args.alpha, force=args.force,
+                              progress=args.progress)
     finally:
         base.close()
         tuned.close()

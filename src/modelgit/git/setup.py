@@ -7,14 +7,17 @@ are kept: an existing hook is moved aside and called first by a small wrapper.
 
 from __future__ import annotations
 
+import difflib
 import os
 import shlex
 import stat
+import subprocess
 import sys
 
-from .repo import FILTER_NAME, GitRepo
+from ..errors import UnknownRevisionError, UsageError
+from .repo import FILTER_NAME, GitError, GitRepo, find_repo
 
-__all__ = ["init_repo", "track", "modelgit_command", "ATTRIBUTES", "HOOKS"]
+__all__ = ["init_repo", "track", "clone", "adopt_remote_head", "modelgit_command", "ATTRIBUTES", "HOOKS"]
 
 ATTRIBUTES = f"filter={FILTER_NAME} diff={FILTER_NAME} merge={FILTER_NAME} -text"
 HOOK_MARKER = "# installed by modelgit"
@@ -113,37 +116,132 @@ def clone(url: str, target: str, branch: str | None = None, object_store: str | 
     """``git clone`` with modelgit set up before the first checkout, so tensors are fetched
     (only those of the checked-out revision) from the remote's object store.
 
+    The clone is made under a temporary name next to ``target`` and renamed into place once it
+    is checked out, so a clone that fails (or is interrupted, or killed: the next clone into that
+    directory removes what a dead process left) leaves nothing behind, and can simply be run
+    again. When the remote's HEAD names a branch that does not exist (``git init --bare`` names
+    it ``master``; a push may have created only ``main``), the clone follows the branch that
+    does: the only one, else ``main``, else ``master``.
+
     Args:
+        branch: the branch or tag to check out (default: the remote's HEAD).
         object_store: the remote's object store URL, when it is not the local remote's own
             (saved as ``modelgit.remote.origin.store``).
     Raises:
+        UsageError: ``target`` exists and is not an empty directory.
+        UnknownRevisionError: ``branch`` is no branch or tag of the remote (naming the closest),
+            or the remote's HEAD names no branch and several others exist.
         GitError: git clone or checkout failed.
     """
-    import subprocess
+    from .._outputs import install_directory, remove, remove_stale_temporaries, temporary_path
 
-    from .repo import GitError, find_repo
+    if os.path.lexists(target) and not (os.path.isdir(target) and not os.path.islink(target)
+                                        and not os.listdir(target)):
+        raise UsageError(f"destination {target!r} already exists and is not an empty directory: "
+                         "choose another, or remove it")
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(target)) or ".",
+                             os.path.basename(os.path.abspath(target)))
+    tmp = temporary_path(target)
+    try:
+        _clone_into(url, tmp, branch, object_store)
+        install_directory(tmp, target, user_modes=False)  # git's read-only objects stay so
+    except BaseException:
+        remove(tmp)
+        raise
+    return find_repo(target)
 
+
+def adopt_remote_head(url: str, branch: str) -> bool:
+    """After the first push of ``branch`` to a local bare repository at ``url`` whose HEAD names
+    a branch that does not exist (``git init --bare`` names it ``master``), point that HEAD at
+    ``branch``, as a hub does for the first branch pushed to it, so that ``git clone`` checks it
+    out. Returns whether HEAD was changed; remotes that are not local directories are left alone
+    (:func:`clone` follows the existing branch anyway).
+    """
+    path = url[len("file://"):] if url.startswith("file://") else url
+    if "://" in path or not os.path.isdir(path):
+        return False
+    head = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=path, capture_output=True, text=True)
+    exists = subprocess.run(["git", "rev-parse", "-q", "--verify", f"refs/heads/{branch}"], cwd=path,
+                            capture_output=True, text=True)
+    if head.returncode != 0 or exists.returncode != 0:
+        return False
+    current = head.stdout.strip()
+    if subprocess.run(["git", "rev-parse", "-q", "--verify", current], cwd=path,
+                      capture_output=True).returncode == 0:
+        return False  # HEAD names a branch that exists: the hub's choice, kept
+    subprocess.run(["git", "symbolic-ref", "HEAD", f"refs/heads/{branch}"], cwd=path,
+                   capture_output=True, check=True)
+    return True
+
+
+def _remote_refs(url: str) -> tuple[list[str], list[str]]:
+    """(branches, tags) of the repository at ``url`` (``git ls-remote``)."""
+    result = subprocess.run(["git", "ls-remote", "--heads", "--tags", url], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise GitError(f"git ls-remote {url} failed: {result.stderr.strip()}")
+    branches, tags = [], []
+    for line in result.stdout.splitlines():
+        ref = line.split("\t", 1)[-1]
+        if ref.startswith("refs/heads/"):
+            branches.append(ref[len("refs/heads/"):])
+        elif ref.startswith("refs/tags/") and not ref.endswith("^{}"):
+            tags.append(ref[len("refs/tags/"):])
+    return branches, tags
+
+
+def _check_branch(url: str, branch: str) -> None:
+    """Refuse a ``--branch`` that the remote lacks, naming the closest one it has."""
+    branches, tags = _remote_refs(url)
+    if branch in branches or branch in tags:
+        return
+    close = difflib.get_close_matches(branch, branches + tags, n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UnknownRevisionError(
+        f"unknown branch {branch!r} of {url}{hint}; its branches: "
+        f"{', '.join(sorted(branches)[:8]) or 'none'}; tags: {', '.join(sorted(tags)[:8]) or 'none'}",
+        branch)
+
+
+def _branch_to_follow(repo: GitRepo, url: str) -> str | None:
+    """The branch to check out when the remote's HEAD names none that exists: the only one,
+    else ``main``, else ``master``; None for a repository without branches (nothing to check out).
+
+    Raises:
+        UnknownRevisionError: several branches, none of them main or master.
+    """
+    heads = repo.git("for-each-ref", "--format=%(refname:lstrip=3)", "refs/remotes/origin").decode().split()
+    heads = [h for h in heads if h != "HEAD"]
+    if not heads:
+        return None
+    if len(heads) == 1:
+        return heads[0]
+    for name in ("main", "master"):
+        if name in heads:
+            return name
+    raise UnknownRevisionError(f"the HEAD of {url} names no existing branch, and it has several "
+                               f"({', '.join(sorted(heads)[:8])}): choose one with -b BRANCH")
+
+
+def _clone_into(url: str, path: str, branch: str | None, object_store: str | None) -> None:
+    if branch:
+        _check_branch(url, branch)
     result = subprocess.run(["git", "clone", "-q", "--no-checkout",
-                             *(["--branch", branch] if branch else []), url, target],
+                             *(["--branch", branch] if branch else []), "--", url, path],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise GitError(f"git clone {url} failed: {result.stderr.strip()}")
-    repo = find_repo(target)
+    repo = find_repo(path)
     if not branch and repo.rev_parse("HEAD") is None:
-        heads = repo.git("branch", "-r", "--format=%(refname:lstrip=3)").decode().split()
-        heads = [h for h in heads if h != "HEAD"]
-        if heads:
-            raise GitError(f"the remote's HEAD names no existing branch, so nothing would be "
-                           f"checked out: pass a branch ({', '.join(heads[:5])})")
+        branch = _branch_to_follow(repo, url)
     init_repo(repo)
     if object_store:
         repo.config_set("modelgit.remote.origin.store", object_store)
     result = subprocess.run(["git", "checkout", "-q", *([branch] if branch else [])],
-                            cwd=target, capture_output=True, text=True)
+                            cwd=path, capture_output=True, text=True)
     # an empty repository has nothing to check out
     if result.returncode != 0 and not any(s in result.stderr for s in ("did not match", "unborn",
                                                                        "yet to be born")):
-        raise GitError(f"git checkout in {target} failed: {result.stderr.strip()}\nThe repository "
-                       f"is cloned; once the cause is fixed, `git checkout -f HEAD` in {target} "
-                       "writes the work tree")
-    return repo
+        raise GitError(f"git checkout of {url} failed: {result.stderr.strip()}\nNothing was "
+                       "kept; once the cause is fixed, clone again")

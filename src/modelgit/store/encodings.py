@@ -20,6 +20,8 @@ Encodings:
 
 from __future__ import annotations
 
+import math
+
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -256,7 +258,20 @@ def sum_of_squares(raw, dtype: str) -> float | None:
         return None
     if values.size == 0:
         return 0.0
-    return float(np.dot(values, values))  # BLAS; float32 accumulation is precise enough here
+    with np.errstate(over="ignore", invalid="ignore"):
+        # BLAS in the values' own precision: float32 accumulation is precise enough for a norm
+        total = float(np.dot(values, values))
+        if not math.isfinite(total):
+            # squares of large values (|x| > ~1.8e19 in float32) overflow: again in float64,
+            # scaled by the largest magnitude so that float64 data cannot overflow either
+            wide = values.astype(np.float64)
+            scale = float(np.max(np.abs(wide)))
+            if not math.isfinite(scale):
+                return None  # inf or NaN in the data: no hint (a diff decodes and sees them)
+            wide /= scale
+            total = float(np.dot(wide, wide)) * scale * scale
+    # a sum beyond float64's range has no hint either; the diff computes it from the values
+    return total if math.isfinite(total) else None
 
 
 def encode_delta(raw, itemsize: int, parent) -> bytes | None:

@@ -3,7 +3,8 @@
 Objects are keyed by :func:`~modelgit.store.ids.object_id` of their decoded content and laid out
 as ``objects/<2 hex>/<62 hex>`` (the layout git and the Hugging Face cache use), each in the
 format of :mod:`~modelgit.store.objectfile`. Named refs (``refs/<name>``) point at manifest
-objects and are the roots of ``gc``.
+objects; they and every manifest their histories name (``logs/<name>/``, see
+:mod:`~modelgit.store.refs`) are the roots of ``gc``.
 
 Concurrency: writing an object is idempotent and atomic, so any number of processes may add at
 once. ``gc`` deletes, so it takes the store lock exclusively; writers hold it shared for the
@@ -33,6 +34,7 @@ from .backends import Backend, LocalBackend, open_backend
 from .encodings import DELTA, DELTA_ADVANTAGE, encode_delta, encode_standalone, sum_of_squares
 from .ids import is_object_id, object_id
 from .objectfile import ObjectHeader, pack_header, unpack_header
+from . import refs as refs_history
 
 __all__ = ["Store", "PutResult", "StoreStats", "GcResult", "MAX_DELTA_DEPTH", "QUARANTINE",
            "decode_object"]
@@ -408,9 +410,18 @@ class Store:
         return self.backend.size(self._key(oid))
 
     # ---------------------------------------------------------------- refs
-    def set_ref(self, name: str, oid: str) -> None:
+    def set_ref(self, name: str, oid: str, note: str = "") -> None:
+        """Point ref ``name`` at manifest ``oid``, recording the move in the ref's history
+        (see :mod:`modelgit.store.refs`: gc keeps every manifest a history names)."""
         _check_ref_name(name)
         self.flush()  # a ref must never point at objects that are not durable yet
+        try:
+            old = self.backend.read(f"refs/{name}").decode().strip()
+            old_since = self.backend.mtime(f"refs/{name}")
+        except FileNotFoundError:
+            old, old_since = None, None
+        refs_history.record(self.backend, name, old if is_object_id(old or "") else None, oid,
+                            note, old_since)
         self.backend.write_atomic(f"refs/{name}", (oid + "\n").encode())
 
     def get_ref(self, name: str) -> str:
@@ -421,15 +432,53 @@ class Store:
             raise UsageError(f"no ref {name!r} in the store at {self.url}; "
                              "`modelgit refs` lists them") from None
 
+    def has_ref(self, name: str) -> bool:
+        """Whether ``name`` is a valid ref name and a ref of that name exists."""
+        try:
+            _check_ref_name(name)
+        except UsageError:
+            return False
+        return self.backend.exists(f"refs/{name}")
+
     def delete_ref(self, name: str) -> None:
+        """Delete ref ``name`` and its history (what only it kept is then garbage for gc)."""
         _check_ref_name(name)
+        if not self.backend.exists(f"refs/{name}"):
+            raise UsageError(f"no ref {name!r} in the store at {self.url}; "
+                             "`modelgit refs` lists them")
         self.backend.delete(f"refs/{name}")
+        refs_history.delete_history(self.backend, name)
 
     def refs(self) -> dict[str, str]:
         out = {}
         for key in self.backend.list("refs"):
             out[key[len("refs/"):]] = self.backend.read(key).decode().strip()
         return dict(sorted(out.items()))
+
+    def ref_history(self, name: str) -> list[refs_history.RefEntry]:
+        """The manifests ref ``name`` has pointed at, newest (the current one) first."""
+        _check_ref_name(name)
+        return refs_history.history(self.backend, name)
+
+    def expire_ref_history(self, name: str, older_than_seconds: float) -> int:
+        """Forget the entries of ref ``name``'s history older than ``older_than_seconds`` (never
+        the current one); ``gc`` may then delete what only they kept. Returns how many."""
+        current = self.get_ref(name)
+        cutoff = time.time_ns() - int(older_than_seconds * 1e9)
+        return refs_history.expire(self.backend, name, current, cutoff)
+
+    def object_ids_with_prefix(self, prefix: str, limit: int = 20) -> list[str]:
+        """Ids of the objects present whose id starts with ``prefix`` (at least 2 hex digits)."""
+        prefix = prefix.lower()
+        found = []
+        for key in self.backend.list(f"objects/{prefix[:2]}"):
+            parts = key.split("/")
+            if len(parts) == 3 and (parts[1] + parts[2]).startswith(prefix) \
+                    and is_object_id(parts[1] + parts[2]):
+                found.append(parts[1] + parts[2])
+                if len(found) >= limit:
+                    break
+        return sorted(found)
 
     # ---------------------------------------------------------------- maintenance
     def stats(self) -> StoreStats:
