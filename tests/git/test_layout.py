@@ -283,3 +283,48 @@ def test_plan_prefers_the_longest_line_and_cuts_long_chains():
     assert ids[12] not in plan.newer and plan.below[ids[12]] == 0
     assert max(plan.depth.values()) <= MAX_DELTA_DEPTH
     assert sum(oid not in plan.newer for oid in ids[:12]) == 2  # the newest, and one cut
+
+
+# ---------------------------------------------------------------------------- through git
+def _store_bytes(store_dir):
+    return sum(f.stat().st_size for f in (store_dir / "objects").rglob("*") if f.is_file())
+
+
+def test_through_git_a_clone_receives_what_it_checks_out_and_a_pull_the_change(repo, tmp_path):
+    from safetensors.numpy import save_file
+
+    from gitutil import git, modelgit
+
+    rng = np.random.default_rng(0)
+    tensors = {f"layers.{i}.w": (rng.standard_normal((512, 256)) * 0.02).astype(np.float32)
+               for i in range(4)}
+    path = repo / "model.safetensors"
+    bare = tmp_path / "hub.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    git(repo, "remote", "add", "origin", str(bare))
+    for version in range(4):  # fine-tunes: every tensor moves a little
+        tensors = {k: v * (1 + np.float32(1e-3) * rng.standard_normal(v.shape).astype(np.float32))
+                   for k, v in tensors.items()}
+        save_file(tensors, str(path))
+        git(repo, "add", "model.safetensors")
+        git(repo, "commit", "-qm", f"v{version}")
+    git(repo, "push", "-q", "origin", "main")
+    clone = tmp_path / "clone"
+    modelgit(tmp_path, "clone", str(bare), str(clone))
+    size = path.stat().st_size
+    assert (clone / "model.safetensors").read_bytes() == path.read_bytes()
+    received = _store_bytes(clone / ".git" / "modelgit" / "store")
+    assert received <= 1.1 * size  # before issue 12: every ancestor of every delta too (2.3x)
+    local_bytes = _store_bytes(repo / ".git" / "modelgit" / "store")
+    assert _store_bytes(bare / "modelgit" / "store") <= 1.05 * local_bytes  # history as compact
+
+    tensors = {k: v * (1 + np.float32(1e-3) * rng.standard_normal(v.shape).astype(np.float32))
+               for k, v in tensors.items()}
+    save_file(tensors, str(path))
+    git(repo, "commit", "-qam", "v4")
+    git(repo, "push", "-q", "origin", "main")
+    before = _store_bytes(clone / ".git" / "modelgit" / "store")
+    git(clone, "pull", "-q", "origin", "main")
+    assert (clone / "model.safetensors").read_bytes() == path.read_bytes()
+    pulled = _store_bytes(clone / ".git" / "modelgit" / "store") - before
+    assert pulled < 0.8 * size  # deltas of what changed, not the new version whole

@@ -51,7 +51,8 @@ class Side:
     def remote(cls, name: str, store: Store) -> "Side":
         # a view that never quarantines: a fetch only reads the remote, and a push overwrites
         # a damaged remote copy in place
-        return cls(name, Store(store.backend, quarantine=False), f"remote {name} ({store.url})")
+        return cls(name, Store(store.backend, quarantine=False, config=store.config),
+                   f"remote {name} ({store.url})")
 
     @classmethod
     def local(cls, store: Store) -> "Side":

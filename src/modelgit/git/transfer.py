@@ -7,26 +7,34 @@ The object store of a git remote is, in order:
    (``<its git dir>/modelgit/store``), so pushing to a local bare repository just works.
 
 Transfers are per object, atomic and idempotent: an interrupted push or fetch resumes by sending
-only what the other side still lacks.
+only what the other side still lacks. A remote's store is kept newest whole (the newest version
+of each chunk standalone, older ones as deltas on newer ones: :mod:`._layout`), so a clone
+fetches the objects of what it checks out and nothing else; a fetch gets a newer version through
+the deltas on an older one it has when that is cheaper (:mod:`._thin`; the fetch itself is in
+:mod:`._fetch`). Between two local stores, objects stored the same way on both sides are
+hard-linked (or reflinked), not copied.
 
 **What is verified.** An object travels as its stored bytes (header and encoded payload, possibly
-a delta against a parent object). Before it is written at the destination it is decoded and its
-content hashed against its id, delta parents first: a parent that travels too is verified before
-its children, and a child's content is decoded from its parent's; a parent that does not travel
-is decoded from the local store (its own chain included; for a push whose local copy of it is
-damaged, from the remote's). An object that fails is not written, nor are its delta
-descendants; the message names the object and the side whose copy is damaged; the rest of the
-transfer goes on and the command then fails with the count. The moving itself is in
-:mod:`._mover`.
+a delta against a parent object), or, pushed, re-encoded from its verified content. Before it is
+written at the destination it is decoded and its content hashed against its id, delta parents
+first: a parent that travels too is verified before its children, and a child's content is
+decoded from its parent's; a parent that does not travel is decoded from the local store (its
+own chain included; for a push whose local copy of it is damaged, from the remote's). An object
+that fails is not written, nor are its delta descendants; the message names the object and the
+side whose copy is damaged; the rest of the transfer goes on and the command then fails with
+the count. The moving itself is in :mod:`._mover`.
 
 * push: the local copy is verified before it is uploaded; a damaged local copy is moved to the
   local store's quarantine and never uploaded. Copies the remote already has are trusted when
-  their stored size equals the local copy's; any other is downloaded and verified, and replaced
-  when it is damaged. ``verify_remote`` verifies every copy the remote already has (a download
-  of the whole push), which also finds damage that keeps the size.
-* fetch: the remote's copy is verified (in memory, as downloaded) before it is written to the
-  local store's temporary files and renamed into place; nothing is written to the remote. A damaged local copy met while reading (checkout, materialize, verify, a delta
-  parent during a fetch) is moved to quarantine, so the next fetch replaces it.
+  their stored size is the one expected (the local copy's, or the payload length their header
+  records); any other is downloaded and verified, and replaced when it is damaged.
+  ``verify_remote`` verifies every copy the remote already has (a download of the whole push),
+  which also finds damage that keeps the size.
+* fetch: the remote's copy is verified (in memory, as downloaded; a linked file as read through
+  the link) before it is written to the local store's temporary files and renamed into place;
+  nothing is written to the remote. A damaged local copy met while reading (checkout,
+  materialize, verify, a delta parent during a fetch) is moved to quarantine, so the next fetch
+  replaces it.
 """
 
 from __future__ import annotations
