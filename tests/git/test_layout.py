@@ -147,6 +147,20 @@ def test_a_lost_object_whose_successor_here_is_a_delta_on_it_is_fetched_without_
     assert local.get(ids[1]) == remote.get(ids[1])
 
 
+def test_a_delta_on_an_object_at_the_end_of_a_long_chain_here_is_stored_whole(tmp_path):
+    local, remote = _stores(tmp_path, "local", "remote")
+    ids = _versions(local, MAX_DELTA_DEPTH + 1)  # the newest is as deep as allowed here
+    assert _real_depth(local, ids[-1]) == MAX_DELTA_DEPTH
+    data = local.get(ids[-1])
+    remote.put("F32", (SIZE,), data)
+    other = np.frombuffer(data, np.float32) * np.float32(1.0001)
+    oid = remote.put("F32", (SIZE,), other.tobytes(), parent=ids[-1]).oid  # a delta on it there
+    assert remote.header(oid).parent == ids[-1]
+    fetch_objects(local, [("origin", remote)], {oid})
+    assert local.header(oid).parent is None and local.get(oid) == other.tobytes()
+    assert local.verify() == []
+
+
 def test_a_fetch_planned_before_a_push_re_encodes_its_object_plans_it_again(tmp_path, monkeypatch):
     local, remote, clone = _stores(tmp_path, "local", "remote", "clone")
     ids = _versions(local, 2)

@@ -21,11 +21,13 @@ from typing import Callable
 
 from ..errors import CorruptObjectError, ObjectMissingError
 from ..store import Store
+from ..dtypes import DTYPES, FLOAT_DTYPES
+from ..store.encodings import encode_standalone
 from ..store.objectfile import ObjectHeader, pack_header, unpack_header
-from ..store.store import QUARANTINE, decode_object
+from ..store.store import MAX_DELTA_DEPTH, QUARANTINE, decode_object
 
 __all__ = ["TransferResult", "Side", "Item", "Failures", "Mover", "Retry", "local_damage",
-           "content_of", "stored_size", "CopySink", "links_allowed"]
+           "content_of", "stored_size", "CopySink", "links_allowed", "chain_depth"]
 
 _LISTED_FAILURES = 10  # per-object lines in a failed transfer's message
 
@@ -245,6 +247,22 @@ class Mover:
             todo += self.children.get(child, ())
 
 
+def chain_depth(store: Store, oid: str) -> int:
+    """How many deltas ``oid``'s chain has in ``store``, from the headers' parent ids (not their
+    depth fields, which a remote's store kept newest whole may understate). A header that cannot
+    be read counts as the end of the chain: decoding the chain then fails on its own."""
+    depth = 0
+    while depth <= MAX_DELTA_DEPTH:
+        try:
+            oid = store.header(oid, quarantine=False).parent
+        except (CorruptObjectError, ObjectMissingError):
+            return depth
+        if oid is None:
+            return depth
+        depth += 1
+    return depth
+
+
 def links_allowed() -> bool:
     """Whether transfers between two local stores may hard-link (or reflink) object files:
     yes unless ``MODELGIT_LINKS=0`` (then every object is copied, as ``git clone
@@ -278,7 +296,8 @@ class CopySink:
     An object is linked from the source's file when both stores are local directories (see
     :meth:`~modelgit.store.backends.LocalBackend.link_temp`); its header is rewritten (and the
     object copied) only when the depth it states is not the depth of its chain here: a remote
-    kept newest whole understates depths, and this store's headers must tell the truth.
+    kept newest whole understates depths, and this store's headers must tell the truth. A delta
+    whose parent here is already at the end of a chain as long as allowed is stored whole.
     """
 
     def __init__(self, dst: Store):
@@ -317,14 +336,21 @@ class _CopyTree:
         depth = 0
         if head.parent is not None:
             depth = self.depth.get(head.parent)
-            if depth is None:  # the parent is in this store already: its header is true
-                try:
-                    depth = self.sink.dst.header(head.parent).depth
-                except (CorruptObjectError, ObjectMissingError):  # gone meanwhile: keep the
-                    depth = head.depth - 1  # remote's figure (put measures chains itself)
+            if depth is None:  # the parent is in this store already
+                depth = chain_depth(self.sink.dst, head.parent)
             depth += 1
-        self.depth[item.oid] = depth
         dst = self.sink.dst
+        if depth > MAX_DELTA_DEPTH:
+            # a delta on an object that is itself deep here: stored whole instead (its verified
+            # content is at hand), so that every chain here stays readable
+            self.discard(handle)
+            encoding, payload = encode_standalone(content, DTYPES[head.dtype].itemsize,
+                                                  head.dtype in FLOAT_DTYPES)
+            write_object(dst, item.oid, pack_header(encoding, 0, head.dtype, head.shape,
+                                                    head.raw_len, None, head.sumsq), payload)
+            self.depth[item.oid] = 0
+            return
+        self.depth[item.oid] = depth
         if depth != head.depth:
             self.discard(handle)
             new_head = pack_header(head.encoding, depth, head.dtype, head.shape, head.raw_len,
