@@ -66,7 +66,8 @@ def fetch_thin(local: Store, plan: ThinPlan) -> int | None:
     item, remote = plan.item, plan.item.source.store
     head = item.header
     try:
-        content = local._load(plan.olders[-1])[1]  # verified: it is the base of everything
+        base = local._load(plan.olders[-1], with_size=True)  # verified: the base of everything
+        content = base[1]
         moved = 0
         newer = [item.oid, *plan.olders[:-1]]
         for oid, successor in reversed(list(zip(plan.olders, newer))):
@@ -80,7 +81,8 @@ def fetch_thin(local: Store, plan: ThinPlan) -> int | None:
                                            DTYPES[head.dtype].itemsize, head.raw_len, content)
         if object_id(head.dtype, head.shape, content) != item.oid:
             raise ValueError("the rebuilt content does not match its id")
-        local.put(head.dtype, head.shape, content, parent=plan.olders[-1], oid=item.oid)
+        local.put(head.dtype, head.shape, content, parent=plan.olders[-1], oid=item.oid,
+                  parent_loaded=base)
     except (ValueError, CorruptObjectError, ObjectMissingError, OSError) as exc:
         # (a full disk, StoreFullError, is raised: fetching more would not help)
         log.info("fetch %s through older versions failed (%s); fetching it whole", item.oid, exc)

@@ -246,7 +246,7 @@ class Store:
         return self.backend.touch(self._key(oid))
 
     def put(self, dtype: str, shape: tuple[int, ...], data, parent: str | None = None,
-            oid: str | None = None) -> PutResult:
+            oid: str | None = None, parent_loaded: tuple | None = None) -> PutResult:
         """Store content ``data`` (raw little-endian bytes of ``dtype`` and ``shape``).
 
         ``data`` is hashed, then encoded: it must not change meanwhile (a buffer of this
@@ -256,6 +256,8 @@ class Store:
             parent: id of an object this content probably resembles (the same tensor in the
                 previous version); a delta against it is stored when it pays.
             oid: the id, when the caller already computed it.
+            parent_loaded: what ``_load(parent, with_size=True)`` returned, when the caller
+                has just loaded (and verified) the parent: it is not decoded again.
         """
         nbytes = memoryview(data).nbytes
         if nbytes != prod(shape) * DTYPES[dtype].itemsize or nbytes > MAX_OBJECT_BYTES:
@@ -268,7 +270,7 @@ class Store:
         itemsize = DTYPES[dtype].itemsize
         encoding, payload = None, None
         depth, delta_parent = 0, None
-        candidate = self._delta_candidate(parent, oid, dtype, len(data))
+        candidate = self._delta_candidate(parent, oid, dtype, len(data), parent_loaded)
         if candidate is not None:
             _parent_header, parent_raw, _, parent_depth = candidate
             delta = encode_delta(data, itemsize, parent_raw)
@@ -301,14 +303,14 @@ class Store:
         header, _raw, stored, _depth = candidate
         return header.parent is None and delta_len < DELTA_ADVANTAGE * stored
 
-    def _delta_candidate(self, parent, oid, dtype, raw_len):
+    def _delta_candidate(self, parent, oid, dtype, raw_len, loaded=None):
         """(header, content, payload size, chain depth) of ``parent`` when a delta against it is
         allowed. The depth is that of the chain as decoded, not the header's: the headers of a
         remote's store kept newest-whole understate it (an object re-encoded against a newer
         one adds a link under every delta that decodes through it)."""
         if not parent or parent == oid or not self.has(parent):
             return None
-        header, raw, stored, depth = self._load(parent, with_size=True)
+        header, raw, stored, depth = loaded or self._load(parent, with_size=True)
         if header.dtype != dtype or header.raw_len != raw_len or depth >= MAX_DELTA_DEPTH:
             return None
         return header, raw, stored, depth
