@@ -60,6 +60,19 @@ def test_a_clone_fetches_the_newest_version_alone(tmp_path):
     assert _stored(remote, ids) < 1.1 * _stored(local, ids)
 
 
+def test_copies_re_encoded_on_the_remote_cost_a_header_read_not_a_download(tmp_path, monkeypatch):
+    from modelgit.git import transfer
+
+    local, remote = _stores(tmp_path, "local", "remote")
+    ids = _versions(local, 3)
+    push_objects(local, remote, set(ids))
+    assert all(remote.stored_size(o) != local.stored_size(o) for o in ids[1:])  # re-encoded
+    monkeypatch.setattr(transfer, "_remote_copy_damaged",
+                        lambda *a: pytest.fail("a copy of the expected size was downloaded"))
+    again = push_objects(local, remote, set(ids))
+    assert (again.objects, again.skipped) == (0, 3)
+
+
 def test_a_lineage_pushed_version_by_version_is_as_compact_as_pushed_at_once(tmp_path):
     local, one_by_one, at_once = _stores(tmp_path, "local", "a", "b")
     ids = _versions(local, 5)
