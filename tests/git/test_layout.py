@@ -229,6 +229,7 @@ def test_hard_links_to_a_local_remote_and_back(tmp_path, monkeypatch):
     theirs = os.path.join(remote.url, "objects", oid[:2], oid[2:])
     assert result.linked == 1 and os.stat(mine).st_ino == os.stat(theirs).st_ino
     assert os.stat(theirs).st_mtime > 1e9  # gc's grace period counts from the link
+    assert remote.gc(set(), dry_run=True, grace_seconds=3600).removed == 0
     assert fetch_objects(clone, [("origin", remote)], {oid}).linked == 1
     monkeypatch.setenv("MODELGIT_LINKS", "0")
     assert fetch_objects(copied, [("origin", remote)], {oid}).linked == 0
