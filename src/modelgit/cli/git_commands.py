@@ -28,6 +28,38 @@ def cmd_init(args) -> int:
     return 0
 
 
+def cmd_install(args) -> int:
+    from ..git import install
+
+    repo = _repo_or_none()
+    scope = "local" if args.local else "global"
+    if args.uninstall:
+        report = install.uninstall(scope, repo)
+        for line in report.done + tuple(f"kept {k}" for k in report.kept):
+            print(line)
+        if not report.done:
+            print(f"nothing of modelgit's in the {scope} git config" +
+                  (" or this repository's hooks" if repo else ""))
+        return 0
+    report = install.install(scope, repo, force=args.force)
+    print("\n".join(report.done) if report.done else f"modelgit is already installed ({scope})")
+    if scope == "global" and report.done:
+        print("git clone, checkout, pull, diff and merge now use modelgit in every repository "
+              "that tracks files with it; the pre-push hook that uploads objects is installed "
+              "per repository" + (" (in this one now; " if repo else " (") +
+              "in others by the first checkout or add)")
+    return 0
+
+
+def _repo_or_none():
+    from ..errors import UsageError
+
+    try:
+        return find_repo(".")
+    except UsageError:
+        return None
+
+
 def cmd_track(args) -> int:
     repo = find_repo(".")
     added = setup.track(repo, args.patterns)
@@ -71,15 +103,24 @@ def cmd_pre_push(args) -> int:
     lines = sys.stdin.read().splitlines()
     result = history.pre_push(repo, args.remote, lines, progress=None)
     if result.objects:
-        print(f"modelgit: uploaded {result.objects} objects ({_human(result.bytes)}) to the object "
+        print(f"modelgit: uploaded {result.objects} objects ({_moved(result)}) to the object "
               f"store of {args.remote}; {result.skipped} were already there{_replaced(result)}",
               file=sys.stderr)
     return 0
 
 
+def _moved(result) -> str:
+    """``12.0 MiB``, and how many objects were hard-linked rather than copied."""
+    return _human(result.bytes) + (f", {result.linked} hard-linked" if result.linked else "")
+
+
 def _replaced(result) -> str:
-    return (f"; {result.replaced} damaged copies on the remote were replaced" if result.replaced
+    text = (f"; {result.replaced} damaged copies on the remote were replaced" if result.replaced
             else "")
+    if result.reencoded:
+        text += (f"; {result.reencoded} older versions there were re-encoded as deltas on the "
+                 "new ones")
+    return text
 
 
 def cmd_push(args) -> int:
@@ -89,7 +130,7 @@ def cmd_push(args) -> int:
     result = history.push_rev(repo, args.remote, args.rev, progress=args.progress,
                               verify_remote=args.verify_remote)
     checked = " (verified)" if args.verify_remote else ""
-    print(f"uploaded {result.objects} objects ({_human(result.bytes)}); {result.skipped} already "
+    print(f"uploaded {result.objects} objects ({_moved(result)}); {result.skipped} already "
           f"there{checked}{_replaced(result)}")
     return 0
 
@@ -101,7 +142,7 @@ def cmd_fetch(args) -> int:
     paths = [os.path.relpath(os.path.abspath(p), repo.root).replace(os.sep, "/") for p in args.paths]
     result = history.fetch_rev(repo, args.rev, args.remote, paths or None, progress=args.progress,
                                check_paths=True)
-    print(f"fetched {result.objects} objects ({_human(result.bytes)}); {result.skipped} already here")
+    print(f"fetched {result.objects} objects ({_moved(result)}); {result.skipped} already here")
     return 0
 
 
@@ -256,6 +297,17 @@ def register(sub, command) -> None:
     """Add the git verbs to the CLI's subparsers (``command`` makes one with help and examples)."""
     p = command(sub, "init", cmd_init, "Set up modelgit in this git repository (filter, diff and "
                 "merge drivers in .git/config; a pre-push hook).", "modelgit init")
+    p = command(sub, "install", cmd_install, "Set modelgit up for every repository of this user "
+                "(filter, diff and merge drivers in the global git config, like `git lfs "
+                "install`), so that plain git clone, pull and checkout write checkpoints. Opt-in; "
+                "--local for this repository only; --uninstall removes what it wrote.",
+                "modelgit install\nmodelgit install --local\nmodelgit install --uninstall")
+    p.add_argument("--local", action="store_true", help="this repository's config, not the "
+                   "global one")
+    p.add_argument("--uninstall", action="store_true", help="remove what modelgit wrote (keys "
+                   "still holding modelgit's values, and its pre-push hook here)")
+    p.add_argument("--force", action="store_true", help="replace filter/diff/merge settings of "
+                   "the same names that modelgit did not write")
     p = command(sub, "track", cmd_track, "Track files matching patterns with modelgit (.gitattributes).",
                 "modelgit track '*.safetensors'\nmodelgit track 'adapters/**/*.safetensors' '*.bin'")
     p.add_argument("patterns", nargs="+")

@@ -1,8 +1,9 @@
 """``modelgit init`` and ``modelgit track``: wire modelgit into one repository.
 
 Everything goes into the repository's own config (never the global one), so a repository that
-was not initialised is untouched, and CI machines need no global state. Hooks already present
-are kept: an existing hook is moved aside and called first by a small wrapper.
+was not initialised is untouched, and CI machines need no global state (``modelgit install``,
+in :mod:`.install`, is the opt-in for every repository of a user). Hooks already present are
+kept: an existing hook is moved aside and called first by a small wrapper.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import difflib
 import os
 import shlex
-import stat
 import subprocess
 import sys
 
 from ..errors import UnknownRevisionError, UsageError
 from .repo import FILTER_NAME, GitError, GitRepo, find_repo
 
-__all__ = ["init_repo", "track", "clone", "adopt_remote_head", "modelgit_command", "ATTRIBUTES", "HOOKS"]
+__all__ = ["init_repo", "track", "clone", "adopt_remote_head", "modelgit_command", "config_items",
+           "hooks_dir", "install_hook", "ATTRIBUTES", "HOOKS", "HOOK_MARKER"]
 
 ATTRIBUTES = f"filter={FILTER_NAME} diff={FILTER_NAME} merge={FILTER_NAME} -text"
 HOOK_MARKER = "# installed by modelgit"
@@ -30,7 +31,8 @@ def modelgit_command() -> str:
     return override or f"{shlex.quote(sys.executable)} -m modelgit"
 
 
-def _config_items() -> dict[str, str]:
+def config_items() -> dict[str, str]:
+    """The git config keys that wire modelgit into git, and their values."""
     cmd = modelgit_command()
     return {
         f"filter.{FILTER_NAME}.process": f"{cmd} filter-process",
@@ -44,19 +46,24 @@ def _config_items() -> dict[str, str]:
 def init_repo(repo: GitRepo) -> list[str]:
     """Configure filter, diff and merge drivers and hooks; return what was done (idempotent)."""
     done = []
-    for key, value in _config_items().items():
+    for key, value in config_items().items():
         if repo.config_get(key) != value:
             repo.config_set(key, value)
             done.append(f"set {key}")
     os.makedirs(repo.store_path, exist_ok=True)
     repo.store()
-    hooks_dir = repo.git("rev-parse", "--git-path", "hooks").decode().strip()
-    hooks_dir = hooks_dir if os.path.isabs(hooks_dir) else os.path.join(repo.root, hooks_dir)
+    directory = hooks_dir(repo)
     for name in HOOKS:
-        action = _install_hook(hooks_dir, name)
+        action = install_hook(directory, name)
         if action:
             done.append(action)
     return done
+
+
+def hooks_dir(repo: GitRepo) -> str:
+    """Where git looks for ``repo``'s hooks (``core.hooksPath``, else the git dir's hooks)."""
+    directory = repo.git("rev-parse", "--git-path", "hooks").decode().strip()
+    return directory if os.path.isabs(directory) else os.path.join(repo.root, directory)
 
 
 def _hook_script(name: str, chained: str | None) -> str:
@@ -72,9 +79,11 @@ def _hook_script(name: str, chained: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _install_hook(hooks_dir: str, name: str) -> str | None:
-    os.makedirs(hooks_dir, exist_ok=True)
-    path = os.path.join(hooks_dir, name)
+def install_hook(directory: str, name: str) -> str | None:
+    """Write modelgit's hook ``name`` into ``directory``; a hook of the user's already there is
+    moved to ``NAME.before-modelgit`` and run first. Returns what was done (None: nothing)."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
     chained = None
     if os.path.exists(path):
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -86,10 +95,13 @@ def _install_hook(hooks_dir: str, name: str) -> str | None:
                 return None
         else:
             chained = f"{name}.before-modelgit"
-            os.replace(path, os.path.join(hooks_dir, chained))
-    with open(path, "w", encoding="utf-8") as handle:
+            os.replace(path, os.path.join(directory, chained))
+    # whole or not at all (a filter process may install it while another git command runs)
+    tmp = f"{path}.modelgit-tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(_hook_script(name, chained))
-    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
     return f"installed hook {name}" + (f" (your previous hook runs first: {chained})" if chained else "")
 
 

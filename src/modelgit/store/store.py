@@ -37,9 +37,14 @@ from .objectfile import ObjectHeader, pack_header, unpack_header
 from . import refs as refs_history
 
 __all__ = ["Store", "PutResult", "StoreStats", "GcResult", "MAX_DELTA_DEPTH", "QUARANTINE",
-           "decode_object"]
+           "decode_object", "NEWEST_WHOLE_FORMAT"]
 
-STORE_FORMAT = 1
+STORE_FORMAT = 1  # a store whose headers tell the true depth of every delta chain
+#: a remote's store kept newest whole (:mod:`modelgit.git._layout`): an object re-encoded as a
+#: delta against a newer one deepens the chains through it, so headers may understate depths.
+#: A modelgit that trusts header depths (format 1 only) must not write to such a store.
+NEWEST_WHOLE_FORMAT = 2
+NEWEST_WHOLE = "newest-whole"
 CONFIG_KEY = "modelgit-store.json"
 MAX_DELTA_DEPTH = 8  # a checkout decodes at most this many ancestors of an object
 #: no object modelgit writes is larger: a tensor's chunks are at most CHUNK_BYTES (4 MiB), blobs
@@ -125,8 +130,9 @@ class GcResult:
 class Store:
     """A tensor object store on a :class:`Backend`. Open one with :meth:`Store.open`."""
 
-    def __init__(self, backend: Backend, quarantine: bool = True):
+    def __init__(self, backend: Backend, quarantine: bool = True, config: dict | None = None):
         self.backend = backend
+        self.config = dict(config or {"format": STORE_FORMAT})
         # move an object found damaged aside (``quarantine/<id>``), so that the next fetch or
         # add writes a good copy: off for the stores of remotes, which a fetch only reads
         self.quarantine = quarantine
@@ -136,32 +142,63 @@ class Store:
 
     # ---------------------------------------------------------------- opening
     @classmethod
-    def open(cls, location: str, create: bool = False, quarantine: bool = True) -> "Store":
+    def open(cls, location: str, create: bool = False, quarantine: bool = True,
+             newest_whole: bool = False) -> "Store":
         """Open the store at a path or fsspec URL.
 
         Args:
             quarantine: move objects found damaged on reading to ``quarantine/<id>`` (see
                 :meth:`get`); the stores of object remotes are opened without.
+            newest_whole: when the store is created here, create it as a remote's store kept
+                newest whole (see :meth:`use_newest_whole`).
         Raises:
             StoreError: when there is no store there and ``create`` is false, or when the store
                 was made by a newer modelgit.
         """
-        store = cls(open_backend(location), quarantine)
-        if store.backend.exists(CONFIG_KEY):
-            config = json.loads(store.backend.read(CONFIG_KEY))
-            if config.get("format", 0) > STORE_FORMAT:
+        backend = open_backend(location)
+        if backend.exists(CONFIG_KEY):
+            config = json.loads(backend.read(CONFIG_KEY))
+            if config.get("format", 0) > NEWEST_WHOLE_FORMAT:
                 raise StoreError(
                     f"the store at {location} has format {config['format']}, newer than this "
-                    f"modelgit understands ({STORE_FORMAT}); upgrade modelgit"
+                    f"modelgit understands ({NEWEST_WHOLE_FORMAT}); upgrade modelgit"
                 )
-        elif create:
-            store.backend.write_atomic(CONFIG_KEY, json.dumps({"format": STORE_FORMAT}).encode())
-        else:
-            raise StoreError(
-                f"no modelgit store at {location}; create one with `modelgit add` "
-                "(which creates the default store) or pass --store to point at an existing one"
-            )
-        return store
+            return cls(backend, quarantine, config)
+        if create:
+            config = ({"format": NEWEST_WHOLE_FORMAT, "layout": NEWEST_WHOLE} if newest_whole
+                      else {"format": STORE_FORMAT})
+            backend.write_atomic(CONFIG_KEY, json.dumps(config).encode())
+            return cls(backend, quarantine, config)
+        raise StoreError(
+            f"no modelgit store at {location}; create one with `modelgit add` "
+            "(which creates the default store) or pass --store to point at an existing one")
+
+    @property
+    def newest_whole(self) -> bool:
+        """Whether this store is kept newest whole (a remote's, written by push)."""
+        return self.config.get("layout") == NEWEST_WHOLE
+
+    @property
+    def legacy_heads(self) -> bool:
+        """Whether the store held objects before it was kept newest whole: a standalone object
+        without a ``below`` hint may then have deltas against it that no header counts."""
+        return bool(self.config.get("legacy_heads"))
+
+    def use_newest_whole(self) -> None:
+        """Mark the store as kept newest whole (format 2), before the first object is
+        re-encoded against a newer one; a no-op when it already is.
+
+        A modelgit that only knows format 1 then refuses the store ("upgrade modelgit"): it
+        would trust header depths, which re-encoding makes stale.
+        """
+        if self.newest_whole:
+            return
+        legacy = next(iter(self.backend.list("objects")), None) is not None
+        config = dict(self.config, format=NEWEST_WHOLE_FORMAT, layout=NEWEST_WHOLE)
+        if legacy:
+            config["legacy_heads"] = True
+        self.backend.write_atomic(CONFIG_KEY, json.dumps(config).encode())
+        self.config = config
 
     @property
     def url(self) -> str:
@@ -211,7 +248,7 @@ class Store:
         return self.backend.touch(self._key(oid))
 
     def put(self, dtype: str, shape: tuple[int, ...], data, parent: str | None = None,
-            oid: str | None = None) -> PutResult:
+            oid: str | None = None, parent_loaded: tuple | None = None) -> PutResult:
         """Store content ``data`` (raw little-endian bytes of ``dtype`` and ``shape``).
 
         ``data`` is hashed, then encoded: it must not change meanwhile (a buffer of this
@@ -221,6 +258,8 @@ class Store:
             parent: id of an object this content probably resembles (the same tensor in the
                 previous version); a delta against it is stored when it pays.
             oid: the id, when the caller already computed it.
+            parent_loaded: what ``_load(parent, with_size=True)`` returned, when the caller
+                has just loaded (and verified) the parent: it is not decoded again.
         """
         nbytes = memoryview(data).nbytes
         if nbytes != prod(shape) * DTYPES[dtype].itemsize or nbytes > MAX_OBJECT_BYTES:
@@ -233,13 +272,13 @@ class Store:
         itemsize = DTYPES[dtype].itemsize
         encoding, payload = None, None
         depth, delta_parent = 0, None
-        candidate = self._delta_candidate(parent, oid, dtype, len(data))
+        candidate = self._delta_candidate(parent, oid, dtype, len(data), parent_loaded)
         if candidate is not None:
-            parent_header, parent_raw, _ = candidate
+            _parent_header, parent_raw, _, parent_depth = candidate
             delta = encode_delta(data, itemsize, parent_raw)
             if delta is not None:
                 encoding, payload = DELTA, delta
-                depth, delta_parent = parent_header.depth + 1, parent
+                depth, delta_parent = parent_depth + 1, parent
         if payload is None or not self._delta_clearly_pays(len(payload), len(data), candidate):
             standalone, standalone_payload = encode_standalone(data, itemsize, dtype in FLOAT_DTYPES)
             if payload is None or len(payload) >= DELTA_ADVANTAGE * len(standalone_payload):
@@ -263,17 +302,20 @@ class Store:
         """
         if delta_len <= raw_len // 2:
             return True
-        header, _raw, stored = candidate
+        header, _raw, stored, _depth = candidate
         return header.parent is None and delta_len < DELTA_ADVANTAGE * stored
 
-    def _delta_candidate(self, parent, oid, dtype, raw_len):
-        """(header, content, payload size) of ``parent`` when a delta against it is allowed."""
+    def _delta_candidate(self, parent, oid, dtype, raw_len, loaded=None):
+        """(header, content, payload size, chain depth) of ``parent`` when a delta against it is
+        allowed. The depth is that of the chain as decoded, not the header's: the headers of a
+        remote's store kept newest-whole understate it (an object re-encoded against a newer
+        one adds a link under every delta that decodes through it)."""
         if not parent or parent == oid or not self.has(parent):
             return None
-        header, raw, stored = self._load(parent, with_size=True)
-        if header.dtype != dtype or header.raw_len != raw_len or header.depth >= MAX_DELTA_DEPTH:
+        header, raw, stored, depth = loaded or self._load(parent, with_size=True)
+        if header.dtype != dtype or header.raw_len != raw_len or depth >= MAX_DELTA_DEPTH:
             return None
-        return header, raw, stored
+        return header, raw, stored, depth
 
     def put_blob(self, data: bytes) -> str:
         """Store a small byte string (a manifest, a file header) and return its id."""
@@ -369,7 +411,8 @@ class Store:
 
     def _load(self, oid: str, _depth: int = 0, with_size: bool = False, verify: bool = True,
               known: dict | None = None):
-        """(header, content) of ``oid``, verified; with ``with_size`` also the payload size.
+        """(header, content) of ``oid``, verified; with ``with_size`` also the payload size and
+        the depth of its delta chain as decoded here.
 
         Delta ancestors are decoded without hashing each: the id check of ``oid`` itself covers
         the result. Only when it fails is the chain checked link by link, to name (and
@@ -380,14 +423,15 @@ class Store:
             head = _parse(blob)
         except ValueError as exc:
             raise self._corrupt(oid, str(exc), blob) from None
-        parent_raw = None
+        parent_raw, depth = None, 0
         if head.parent is not None:
             if _depth >= MAX_DELTA_DEPTH:  # some header of the chain lies about its depth
                 raise self._corrupt(oid, "delta chain deeper than allowed")
             if known and head.parent in known:
-                parent_raw = known[head.parent]
+                parent_raw, depth = known[head.parent], head.depth
             else:
-                parent_raw = self._load(head.parent, _depth + 1, verify=False, known=known)[1]
+                loaded = self._load(head.parent, _depth + 1, True, verify=False, known=known)
+                parent_raw, depth = loaded[1], loaded[3] + 1
         try:
             raw = _decode_payload(head, blob, parent_raw)
             if verify and object_id(head.dtype, head.shape, raw) != oid:
@@ -397,7 +441,7 @@ class Store:
                 self._load(head.parent, _depth + 1)  # raises for a damaged ancestor
             raise self._corrupt(oid, str(exc), blob) from None
         if with_size:
-            return head, raw, len(blob) - head.payload_offset
+            return head, raw, len(blob) - head.payload_offset, depth
         return head, raw
 
     def iter_objects(self) -> Iterator[str]:
