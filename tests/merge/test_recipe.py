@@ -251,3 +251,16 @@ def test_warnings_go_to_stderr_and_into_the_json_summary(tmp_path):
     assert summary["inputs"] == [str(tmp_path / "base"), str(tmp_path / "a")]
     assert any("merged as one more model" in w for w in summary["warnings"])
     assert "modelgit: warning:" in done.stderr
+
+
+def test_the_output_dtype_leaves_integer_buffers_alone(tmp_path):
+    for i, name in enumerate(("a", "b")):
+        tensors = _tiny(tmp_path / name, i)
+        tensors["embeddings.position_ids"] = torch.arange(300).reshape(1, 300)  # 257 is not a bf16 value
+        save_file(tensors, tmp_path / name / "model.safetensors")
+    data = {"merge_method": "linear", "dtype": "bfloat16", "models": [str(tmp_path / "a"), str(tmp_path / "b")]}
+    run_merge(parse_recipe(data), str(tmp_path / "out"), progress=False)
+    out = load_file(tmp_path / "out" / "model.safetensors")
+    assert out["lm_head.weight"].dtype == torch.bfloat16
+    assert out["embeddings.position_ids"].dtype == torch.int64
+    assert torch.equal(out["embeddings.position_ids"], torch.arange(300).reshape(1, 300))

@@ -131,7 +131,7 @@ def plan_merge(recipe: Recipe) -> MergePlan:
         for name, info in infos[reference].items():
             base = (base_index, name) if base_index is not None else None
             models = [(i, name, (e.parameters,)) for i, e in zip(model_indices, entries)]
-            plan.outputs.append(OutputTensor(name, recipe.dtype or info.dtype, info.shape, base, models,
+            plan.outputs.append(OutputTensor(name, _out_dtype(recipe, info.dtype), info.shape, base, models,
                                              info.dtype not in FLOAT_DTYPES,
                                              layer_position(name, plan.num_layers)))
         for i, e in zip(model_indices, entries):
@@ -150,6 +150,12 @@ def plan_merge(recipe: Recipe) -> MergePlan:
     if method.needs_base and base_index is None and not recipe.slices:
         plan.problems.append(f"{method.name} needs a base_model")
     return plan
+
+
+def _out_dtype(recipe: Recipe, dtype: str) -> str:
+    """The recipe's output dtype for a float tensor; integer buffers (position ids, step
+    counters) keep theirs: 257 in bfloat16 would be 256."""
+    return recipe.dtype if recipe.dtype and dtype in FLOAT_DTYPES else dtype
 
 
 def _slice_inputs(plan: MergePlan, s) -> tuple:
@@ -187,7 +193,7 @@ def _plan_slices(plan: MergePlan, infos) -> None:
             plan.problems.append(f"{source.model} has no tensor {in_name(source)}")
             return
         plan.outputs.append(OutputTensor(
-            out_name, plan.recipe.dtype or info.dtype, info.shape,
+            out_name, _out_dtype(plan.recipe, info.dtype), info.shape,
             (base[0], in_name(base[1])) if base else None,
             [(i, in_name(src), (src.parameters,)) for i, src in models], info.dtype not in FLOAT_DTYPES,
             position, (s.parameters,)))
