@@ -148,7 +148,8 @@ def _entry(where: str, item, method: MergeMethod | None, problems: list[str], in
         if not (isinstance(layer_range, list) and len(layer_range) == 2
                 and all(isinstance(i, int) and not isinstance(i, bool) for i in layer_range)
                 and 0 <= layer_range[0] < layer_range[1]):
-            problems.append(f"{where}.layer_range: expected [start, end] with 0 <= start < end, got {layer_range!r}")
+            problems.append(f"{where}.layer_range: expected [start, end] with 0 <= start < end, "
+                            f"got {layer_range!r}")
             layer_range = None
     params = item.get("parameters") if isinstance(item.get("parameters"), dict) else {}
     return ModelEntry(item["model"], dict(params), tuple(layer_range) if in_slice and layer_range else None)
@@ -163,7 +164,8 @@ def _slices(data: dict, method: MergeMethod | None, problems: list[str]) -> list
             continue
         _unknown(f"{where}: ", item, _SLICE_KEYS, problems,
                  {"residual_weight": "mergekit reads it but never uses it; remove it"})
-        sources = [_entry(f"{where}.sources[{j}]", s, method, problems, True) for j, s in enumerate(item["sources"])]
+        sources = [_entry(f"{where}.sources[{j}]", s, method, problems, True)
+                   for j, s in enumerate(item["sources"])]
         check_parameters(f"{where}.parameters", item.get("parameters"), method, "slice", problems)
         lengths = {s.layer_range[1] - s.layer_range[0] for s in sources if s and s.layer_range}
         if len(lengths) > 1:
@@ -205,7 +207,8 @@ def _tokenizer_source(data: dict, problems: list[str]) -> str | None:
         return None
     refused = {"tokens": "per-token embedding sources need mergekit's vocabulary surgery",
                "pad_to_multiple_of": "modelgit does not resize the vocabulary"}
-    _unknown("tokenizer: ", [k for k in config if config[k] or k not in refused], _TOKENIZER_KEYS, problems, refused)
+    set_keys = [k for k in config if config[k] or k not in refused]  # an empty tokens: or null is the default
+    _unknown("tokenizer: ", set_keys, _TOKENIZER_KEYS, problems, refused)
     source = config.get("source", "union")  # mergekit's default
     if not isinstance(source, str):
         problems.append(f"tokenizer.source: expected base, union or a model, got {source!r}")
@@ -218,7 +221,8 @@ def _dtype(data: dict, problems: list[str]) -> str | None:
     for key in ("dtype", "out_dtype"):
         value = data.get(key)
         if value is not None and str(value).lower() not in DTYPE_NAMES:
-            problems.append(f"{key} {value!r} is not one of {sorted(DTYPE_NAMES)}{closest(str(value).lower(), DTYPE_NAMES)}")
+            problems.append(f"{key} {value!r} is not one of {sorted(DTYPE_NAMES)}"
+                            f"{closest(str(value).lower(), DTYPE_NAMES)}")
     return DTYPE_NAMES.get(str(name).lower()) if name is not None else None
 
 
@@ -232,9 +236,12 @@ def _check_inputs(method: MergeMethod, base: str | None, models: list[ModelEntry
         merged = model_inputs(method, base, tuple(models))
         count = len(merged) + (1 if base and not method.base_is_input else 0)
         if not low <= count <= (high or count):
-            problems.append(f"{method.name} takes {want} inputs counting the base, got {count}: "
-                            f"{[e.model for e in merged]}" + (f" and the base {base}" if base else "")
-                            + (" (a base_model is one of its inputs, as in mergekit)" if base and method.base_is_input else ""))
+            listing = [e.model for e in merged]
+            if base and not method.base_is_input:
+                why = f" and the base {base}"
+            else:
+                why = " (a base_model is one of its inputs, as in mergekit)" if base else ""
+            problems.append(f"{method.name} takes {want} inputs counting the base, got {count}: {listing}{why}")
         for entry in models:
             if base and same_model(entry.model, base) and not method.base_is_input and entry.parameters:
                 warnings.append(f"{entry.model} is the base_model of {method.name}: its parameters "
@@ -273,7 +280,8 @@ def parse_recipe(data: dict, text: str = "") -> Recipe:
     warnings: list[str] = []
     _unknown("", data, _TOP_KEYS, problems, _REFUSED_TOP)
     method = _method(data, problems)
-    models = [_entry(f"models[{i}]", item, method, problems, False) for i, item in enumerate(data.get("models") or [])]
+    models = [_entry(f"models[{i}]", item, method, problems, False)
+              for i, item in enumerate(data.get("models") or [])]
     models = [m for m in models if m]
     slices = _slices(data, method, problems)
     if not models and not slices and not data.get("models") and not data.get("slices"):

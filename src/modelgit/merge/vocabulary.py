@@ -101,8 +101,9 @@ def tokenizer_problems(source: str, base: str | None, specs: list[str]) -> list[
             problems.append(f"tokenizer_source {source}: {exc}")
             continue
         if prints[spec] is None:
-            problems.append(f"tokenizer_source {source}: {spec} has no tokenizer files ({', '.join(TOKENIZER_FILES[:5])}"
-                            "...), so modelgit cannot check that its vocabulary is the others'")
+            problems.append(f"tokenizer_source {source}: {spec} has no tokenizer files "
+                            f"({', '.join(TOKENIZER_FILES[:5])}...), so modelgit cannot check that its "
+                            "vocabulary is the others'")
     groups: dict[str, list[str]] = {}
     for spec, fingerprint in prints.items():
         if fingerprint is not None:
