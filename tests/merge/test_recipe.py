@@ -91,8 +91,11 @@ def test_empty_tokenizer_options_and_mergekit_defaults_are_accepted():
 
 
 def test_values_are_checked_by_type_and_yaml_strings_are_numbers():
-    text = _problems({**TIES, "parameters": {"density": "high", "normalize": 0.5, "lambda": [1, [2]]}})
-    assert "parameters.density: expected a number, got 'high'" in text
+    text = _problems({**TIES, "parameters": {"density": "high", "normalize": 0.5, "lambda": [1, [2]],
+                                             "weight": float("nan")}, "models": "a"})
+    assert "parameters.density: expected a finite number, got 'high'" in text
+    assert "parameters.weight: expected a finite number, got nan" in text
+    assert "models: expected a list, got 'a'" in text
     assert "parameters.normalize: expected true or false" in text
     assert "parameters.lambda: expected a list of values" in text
     recipe = parse_recipe({**TIES, "parameters": {"density": "1e-1"}})  # YAML 1.1 reads 1e-1 as a string
@@ -264,3 +267,36 @@ def test_the_output_dtype_leaves_integer_buffers_alone(tmp_path):
     assert out["lm_head.weight"].dtype == torch.bfloat16
     assert out["embeddings.position_ids"].dtype == torch.int64
     assert torch.equal(out["embeddings.position_ids"], torch.arange(300).reshape(1, 300))
+
+
+# -- any YAML-shaped input: a Recipe or a UsageError, never another exception ---------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_KEYS = st.sampled_from(["merge_method", "base_model", "models", "slices", "parameters", "dtype", "sources",
+                         "model", "layer_range", "filter", "value", "weight", "density", "t", "seed", "name",
+                         "tokenizer", "tokenizer_source", "source", "tokens", "lambda", "normalize", "x"])
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 50), st.floats(allow_nan=True),
+                     st.sampled_from(["ties", "slerp", "linear", "passthrough", "a", "1e-3", "bfloat16", "*"]))
+_YAML = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                       st.dictionaries(_KEYS, inner, max_size=5)), max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_KEYS, _YAML, max_size=7))
+def test_any_mapping_parses_or_is_a_usage_error(data):
+    try:
+        recipe = parse_recipe(data)
+    except UsageError:
+        return
+    assert recipe.merge_method in METHODS
+
+
+@settings(max_examples=300, deadline=None)
+@given(_YAML, st.floats(0, 1), st.sampled_from([None, "float", "bool", "int", "path"]))
+def test_evaluating_any_setting_never_crashes(setting, t, kind):
+    try:
+        evaluate(setting, "model.layers.1.mlp.up_proj.weight", t, kind)
+    except (ValueError, OverflowError):
+        assert kind in ("float", "int")  # unchecked junk converted to a number; recipes check first

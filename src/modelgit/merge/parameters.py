@@ -25,6 +25,7 @@ LM head), as in mergekit 0.1.5.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -100,8 +101,8 @@ def _check_leaf(where: str, value: Any, kind: str, problems: list[str]) -> None:
         number = float(value) if isinstance(value, (int, float, str)) else None
     except ValueError:
         number = None
-    if number is None:
-        problems.append(f"{where}: expected a number, got {value!r}")
+    if number is None or not math.isfinite(number):
+        problems.append(f"{where}: expected a finite number, got {value!r}")
     elif kind == "int" and number != int(number):
         problems.append(f"{where}: expected an integer, got {value!r}")
 
@@ -217,7 +218,7 @@ def evaluate(setting: Any, tensor_name: str, t: float, kind: str | None = None) 
         if not isinstance(item, dict):
             return None
         pattern = item.get("filter")
-        if pattern is None or pattern == "*" or (tensor_name and pattern in tensor_name):
+        if pattern is None or pattern == "*" or (isinstance(pattern, str) and tensor_name and pattern in tensor_name):
             return evaluate(item.get("value"), tensor_name, t, kind)
     return None
 

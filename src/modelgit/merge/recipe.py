@@ -157,9 +157,9 @@ def _entry(where: str, item, method: MergeMethod | None, problems: list[str], in
 
 def _slices(data: dict, method: MergeMethod | None, problems: list[str]) -> list[Slice]:
     slices = []
-    for i, item in enumerate(data.get("slices") or []):
+    for i, item in enumerate(_list(data, "slices", problems)):
         where = f"slices[{i}]"
-        if not isinstance(item, dict) or not item.get("sources"):
+        if not isinstance(item, dict) or not isinstance(item.get("sources"), list) or not item["sources"]:
             problems.append(f"{where}: each slice needs `sources:`, a list of {{model, layer_range}}")
             continue
         _unknown(f"{where}: ", item, _SLICE_KEYS, problems,
@@ -172,20 +172,36 @@ def _slices(data: dict, method: MergeMethod | None, problems: list[str]) -> list
             problems.append(f"{where}: every source needs the same number of layers, got "
                             f"{[list(s.layer_range) for s in sources if s and s.layer_range]}")
         base = item.get("base_model")
+        if base is not None and not isinstance(base, str):
+            problems.append(f"{where}.base_model: expected a path, got {base!r}")
+            base = None
         params = item.get("parameters") if isinstance(item.get("parameters"), dict) else {}
-        slices.append(Slice(tuple(s for s in sources if s), dict(params), str(base) if base else None))
+        slices.append(Slice(tuple(s for s in sources if s), dict(params), base or None))
     return slices
+
+
+def _list(data: dict, key: str, problems: list[str]) -> list:
+    """``data[key]`` when it is a list (or absent: empty); a problem otherwise."""
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(f"{key}: expected a list, got {value!r}")
+        return []
+    return value
 
 
 def _method(data: dict, problems: list[str]) -> MergeMethod | None:
     from .methods import METHODS  # registers every method
 
     name = data.get("merge_method")
-    if name in METHODS:
+    if isinstance(name, str) and name in METHODS:
         return METHODS[name]
     known = ", ".join(sorted(METHODS))
     if name is None:
         problems.append(f"the recipe needs `merge_method:`, one of: {known}")
+    elif not isinstance(name, str):
+        problems.append(f"merge_method: expected a method name, got {name!r}; known: {known}")
     elif name in _MERGEKIT_ONLY:
         problems.append(f"merge_method `{name}` is a mergekit method that modelgit does not implement; "
                         f"modelgit's methods: {known}")
@@ -281,7 +297,7 @@ def parse_recipe(data: dict, text: str = "") -> Recipe:
     _unknown("", data, _TOP_KEYS, problems, _REFUSED_TOP)
     method = _method(data, problems)
     models = [_entry(f"models[{i}]", item, method, problems, False)
-              for i, item in enumerate(data.get("models") or [])]
+              for i, item in enumerate(_list(data, "models", problems))]
     models = [m for m in models if m]
     slices = _slices(data, method, problems)
     if not models and not slices and not data.get("models") and not data.get("slices"):
