@@ -141,7 +141,9 @@ def build_recipe(project: Project, names: list[str], method: str, parameters: di
     models = [{"model": f"{project.model}+{project.contributions}/{n}",
                "parameters": {"weight": parameters.get(f"weight:{n}", parameters.get("weight", 1.0)),
                               **per_model}} for n in names]
-    recipe = {"merge_method": method, "base_model": project.model, "models": models}
+    recipe = {"merge_method": method, "models": models}
+    if not METHODS[method].base_is_input:  # linear would merge the base as one more model (mergekit's rule)
+        recipe["base_model"] = project.model
     if global_params:
         recipe["parameters"] = global_params
     return recipe
