@@ -122,17 +122,19 @@ def next_tag(repo: GitRepo) -> str:
     return f"v{max(numbers, default=1) + 1}"
 
 
-def build_recipe(project: Project, names: list[str], method: str, parameters: dict) -> dict:
+def build_recipe(project: Project, names: list[str], method: str, parameters: dict,
+                 strict: bool = True) -> dict:
     """A mergekit-schema recipe merging ``names``' adapters into the base (repo-relative paths).
 
     ``parameters``: the method's options (``lambda``, ``normalize``...), per-model defaults
     (``weight``, ``density``, ``gamma``, ``epsilon``) and per-contribution weights
-    (``weight:<name>``); those the method does not take (``density`` for ``linear``...) are
-    left out, so that one set of settings can serve several methods being compared.
+    (``weight:<name>``). With ``strict`` (one method) they all go into the recipe, whose parser
+    refuses one the method does not take; without it (several methods being compared with one
+    set of settings) those the method does not take (``density`` for ``linear``...) are left out.
     """
     from ..merge.methods import METHODS
 
-    known = METHODS[method] if method in METHODS else None
+    known = METHODS[method] if method in METHODS and not strict else None
     per_model = {k: v for k, v in parameters.items() if k in ("density", "gamma", "epsilon")
                  and (known is None or k in known.model_params)}
     global_params = {k: v for k, v in parameters.items()
@@ -202,7 +204,8 @@ def search_recipe(repo: GitRepo, project: Project, names: list[str], method: str
         key = tuple(sorted(candidate.items()))
         if key not in trials:
             out = os.path.join(work, f"trial-{len(trials)}")
-            _merge(repo, build_recipe(project, names, method, {**parameters, **candidate}), out, progress)
+            _merge(repo, build_recipe(project, names, method, {**parameters, **candidate}, strict=False),
+                   out, progress)
             trials[key] = _objective(base, evaluate_suites(out, None, valid, progress))
             shutil.rmtree(out, ignore_errors=True)
         return trials[key]
@@ -367,6 +370,20 @@ def _methods(method) -> list[str]:
     return names
 
 
+def _check_taken(parameters: dict, methods: list[str]) -> None:
+    """Several methods share one set of settings, each taking those it knows; a setting that none
+    of them takes is a mistake (a misspelling, or a method missing from the list)."""
+    from ..merge.methods import METHODS
+
+    for key in parameters:
+        if key == "weight" or key.startswith("weight:"):
+            continue
+        takers = [m for m in methods if key in METHODS[m].model_params or key in METHODS[m].options]
+        if not takers:
+            raise UsageError(f"no method of {', '.join(methods)} takes the setting {key!r}: "
+                             "remove it or add a method that uses it")
+
+
 @dataclass(frozen=True)
 class _Plan:
     """What every candidate merge of one release is built and judged with."""
@@ -382,6 +399,7 @@ class _Plan:
     search_budget: int
     work: str
     progress: object
+    strict: bool = True  # one method: a setting it does not take is an error (see build_recipe)
 
 
 def _selection(repo, project, suites, base_results, progress) -> tuple:
@@ -406,7 +424,7 @@ def _candidate(plan: _Plan, method: str, index: int, count: int) -> _Candidate:
         search_record = search_recipe(plan.repo, plan.project, plan.names, method, params,
                                       plan.suites, plan.search_budget, plan.work, plan.progress)
         params.update(search_record["best"]["params"])
-    recipe = build_recipe(plan.project, plan.names, method, params)
+    recipe = build_recipe(plan.project, plan.names, method, params, strict=plan.strict)
     merged = os.path.join(plan.work, f"merged-{method}")
     note(f"release: merging with {method} ({index} of {count})", plan.progress)
     _merge(plan.repo, recipe, merged, plan.progress)
@@ -479,6 +497,7 @@ def release(repo: GitRepo, suites, method="ties", parameters: dict | None = None
     if repo.rev_parse(f"refs/tags/{tag}"):
         raise UsageError(f"tag {tag} exists: choose another --tag")
     names = [r["contribution"] for r in accepted]
+    _check_taken(parameters or {}, methods)  # before any merge: a misspelled setting costs nothing
     model_dir = os.path.join(repo.root, project.model)
     with scratch_dir(repo, "release-") as work:
         base_results = evaluate_base(repo, model_dir, fingerprint_rev(repo, "HEAD", project.model),
@@ -486,7 +505,7 @@ def release(repo: GitRepo, suites, method="ties", parameters: dict | None = None
         selection = _selection(repo, project, suites, base_results, progress) \
             if len(methods) > 1 else (None, base_results)
         plan = _Plan(repo, project, names, dict(parameters or {}), suites, base_results,
-                     selection, search, search_budget, work, progress)
+                     selection, search, search_budget, work, progress, strict=len(methods) == 1)
         candidates = [_candidate(plan, m, i, len(methods)) for i, m in enumerate(methods, 1)]
         chosen = max(candidates, key=lambda c: c.objective)  # the first of equals: the order given
         for other in candidates:  # each merge is a whole model: keep only the chosen one's
