@@ -132,7 +132,7 @@ def _contribute(work: str, remote: str, base_name: str, splits: dict, settings: 
                       domain=domain, remote="origin")
     m = result.metrics
     _say(f"  {who}: trained a rank-{settings.rank} LoRA on {domain} ({m['steps']} steps, loss "
-         f"{m['first_loss']:.2f} -> {m['last_loss']:.2f}), pushed {done.branch} "
+         f"{m['start_loss']:.2f} -> {m['final_loss']:.2f}), pushed {done.branch} "
          f"({time.perf_counter() - start:.0f} s)")
 
 
@@ -199,7 +199,7 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
             _contribute(work, remote, base, splits, settings, who, author, domain, progress)
         _say(f"3. maintainer: blind review on held-out data (kept outside the repository) "
              f"[{time.perf_counter() - started:.0f} s]")
-        report = review(repo, suites, remote="origin", progress=False,
+        report = review(repo, suites, remote="origin", progress=progress,
                         on_blind=lambda r: _say(format_blind_report(r)))
         _say(format_revealed(report))
         repo.git("push", "-q", "origin", "main")
@@ -209,7 +209,8 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
         _say(f"4. maintainer: release v2 (TIES{', weights searched on validation data' if settings.search_budget else ''}) "
              f"[{time.perf_counter() - started:.0f} s]")
         done = release(repo, suites, method="ties", search=bool(settings.search_budget),
-                       search_budget=max(settings.search_budget, 1), push="origin")
+                       search_budget=max(settings.search_budget, 1), push="origin",
+                       progress=progress)
         pulled = _pull_release(work)
         consumer = setup.clone(remote, os.path.join(work, "consumer"), branch="v2")
         card = os.path.join(consumer.root, "model", "README.md")

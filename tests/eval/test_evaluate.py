@@ -37,7 +37,8 @@ def test_classification_suite_with_string_labels(cls_base, cls_data, tmp_path):
     assert [r["value"] for r in results] == [1.0, 1.0]
     assert results[1]["examples"] == 6 and results[1]["metrics"]["n"] == 6
     table = format_table(results)
-    assert table.splitlines()[0].split() == ["suite", "task", "metric", "value", "examples", "other"]
+    assert table.splitlines()[0].split() == ["suite", "task", "metric", "value", "95%", "interval",
+                                             "examples", "other"]
     assert "macro_f1 ↑" in table and "1.0000" in table
 
 
@@ -53,3 +54,16 @@ def test_an_adapter_for_another_base_is_refused(cls_base, lm_adapter, lm_data):
     suite = SuiteConfig(name="x", data=lm_data, task="causal_lm", metric="perplexity")
     with pytest.raises(UsageError):
         evaluate_suite(cls_base, lm_adapter, suite)
+
+
+def test_results_carry_a_bootstrap_interval_over_the_documents(lm_base, lm_adapter, lm_data):
+    suite = SuiteConfig(name="t", data=lm_data, task="causal_lm", metric="perplexity")
+    first = evaluate_suite(lm_base, lm_adapter, suite)
+    low, high = first["interval"]
+    assert low < first["value"] < high and first["confidence"] == 0.95
+    assert len(first["documents"]["nll"]) == len(first["documents"]["tokens"]) == 24
+    assert sum(first["documents"]["tokens"]) == first["metrics"]["tokens"]
+    again = evaluate_suite(lm_base, lm_adapter, suite)  # seeded: the same interval every time
+    assert again["interval"] == first["interval"]
+    wider = evaluate_suite(lm_base, lm_adapter, suite, confidence=0.99)["interval"]
+    assert wider[0] <= low and wider[1] >= high

@@ -72,3 +72,28 @@ def test_demo_quick(tmp_path):
         domain = name.removesuffix("-lora")
         assert scores[domain] < figures["base"][domain]
     assert sum(figures["release"][d] / figures["base"][d] for d in figures["base"]) < 3
+
+
+def _suites_file(tmp_path, suites) -> str:
+    import yaml
+
+    path = tmp_path / "private-suites.yaml"
+    path.write_text(yaml.safe_dump({"suites": [
+        {"name": s.name, "data": s.data, "validation": s.validation, "metric": "perplexity"}
+        for s in suites]}))
+    return str(path)
+
+
+def test_review_json_push_pushes(hub, contributor, domain_data, suites, tmp_path):
+    """`review --json --push` pushes the recorded reviews, as the plain `review --push` does."""
+    repo, remote = hub
+    clone = contributor("alice")
+    adapter = train_adapter(os.path.join(clone.root, "model"), domain_data["cooking"]["train"],
+                            str(tmp_path / "adapter"))
+    modelgit(clone.root, "contribute", adapter, "--name", "cooking-lora", "-m", "cooking",
+             "--domain", "cooking")
+    out = json.loads(modelgit(repo.root, "review", "--suites", _suites_file(tmp_path, suites),
+                              "--json", "--push").stdout)
+    assert out["pushed_to"] == "origin" and out["commits"]
+    remote_main = git(tmp_path, "--git-dir", remote, "rev-parse", "refs/heads/main").stdout.strip()
+    assert remote_main == out["commits"][-1] == repo.rev_parse("HEAD")

@@ -437,7 +437,10 @@ def hostile(tmp_path_factory, tiny_base, domain_data):
         after_dry = {"hooks": _snapshot(os.path.join(repo.git_dir, "hooks")),
                      "status": repo.git("status", "--porcelain", "--ignored").decode(),
                      "head": repo.rev_parse("HEAD"), "pwned": _payloads(repo.root)}
-        real = _run(repo.root, "review", "--suites", str(suites), "--json", *accept_all)
+        # the dry run evaluates one model after another in this process; the real one in two
+        # worker processes: each path must refuse every hostile branch on its own
+        real = _run(repo.root, "review", "--suites", str(suites), "--json", "--jobs", "2",
+                    *accept_all)
         again = _run(repo.root, "review", "--suites", str(suites), "--json", *accept_all)
         yield {"repo": repo, "before": before, "dry": dry, "after_dry": after_dry, "real": real,
                "again": again, "root": root, "good": good.commit}

@@ -22,3 +22,21 @@ def test_release_recipes_parse_and_name_the_base_only_where_it_is_the_reference(
 def test_a_release_parameter_the_method_lacks_is_an_error():
     with pytest.raises(UsageError, match="unknown parameter `lambda` for linear"):
         parse_recipe(build_recipe(Project(), ["a"], "linear", {"lambda": 0.5}))
+
+
+def test_several_methods_share_settings_each_taking_its_own():
+    from modelgit.workflow.releases import _check_taken
+
+    _check_taken({"lambda": 0.5, "density": 0.3}, ["ties", "linear"])  # ties takes both
+    recipe = parse_recipe(build_recipe(Project(), ["a"], "linear", {"lambda": 0.5, "density": 0.3},
+                                       strict=False))
+    assert recipe is not None
+
+
+def test_a_setting_no_compared_method_takes_is_refused_before_any_merge():
+    from modelgit.workflow.releases import _check_taken
+
+    with pytest.raises(UsageError, match="no method of linear takes the setting 'lambda'"):
+        _check_taken({"lambda": 0.5}, ["linear"])
+    with pytest.raises(UsageError, match="'densty'"):
+        _check_taken({"densty": 0.5}, ["ties", "linear"])

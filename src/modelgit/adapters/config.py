@@ -62,15 +62,24 @@ class TrainConfig:
     text_unit: Literal["line", "paragraph", "file"] = _opt(
         "line", "how .txt files become examples: line, paragraph or file")
     num_labels: int | None = _opt(None, "number of classes (default: from the data's labels)")
+    labels: tuple[str, ...] | None = _opt(
+        None, "the class names in head order, e.g. negative,neutral,positive: fixes the numbering "
+        "so that adapters trained on different subsets of the classes share one head layout "
+        "(default: the project's `labels:` in modelgit.yaml when the base is in a modelgit "
+        "repository, else numbered from the data)")
+    validation: str | None = _opt(
+        None, "held-out data (same format and fields as --data): its loss before and after "
+        "training is reported")
     max_examples: int | None = _opt(None, "use only the first N examples of the data")
     overwrite: bool = _opt(False, "replace OUTPUT if it exists")
 
     def __post_init__(self):
-        if isinstance(self.target_modules, str):  # "q_proj,v_proj" from YAML or a caller
-            object.__setattr__(self, "target_modules",
-                               tuple(t.strip() for t in self.target_modules.split(",") if t.strip()))
-        elif self.target_modules is not None:
-            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        for name in ("target_modules", "labels"):  # "q_proj,v_proj" from YAML or a caller
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, tuple(t.strip() for t in value.split(",") if t.strip()))
+            elif value is not None:
+                object.__setattr__(self, name, tuple(str(v) for v in value))
 
     def problems(self) -> list[str]:
         """Every invalid setting, each as "what is wrong: what to do"."""
@@ -107,12 +116,32 @@ class TrainConfig:
                 os.path.join(self.init_adapter, "adapter_config.json")):
             out.append(f"init_adapter {self.init_adapter!r} is not a PEFT adapter directory "
                        "(no adapter_config.json)")
+        out.extend(self._labels_problems())
+        if self.validation is not None and not os.path.exists(self.validation):
+            out.append(f"validation {self.validation!r} does not exist: give a data file or "
+                       "directory, or leave it unset")
         if not os.path.isdir(self.base):
             out.append(f"base {self.base!r} is not a directory: give a local transformers model "
                        "directory (config.json + weights + tokenizer)")
         if os.path.abspath(self.output) in (os.path.abspath(self.base), os.path.abspath(self.data),
                                             os.path.abspath(self.init_adapter or self.base)):
             out.append(f"output {self.output!r} is the base or data path: choose a new directory")
+        return out
+
+    def _labels_problems(self) -> list[str]:
+        if self.labels is None:
+            return []
+        out = []
+        if len(self.labels) < 2:
+            out.append(f"labels is {list(self.labels)}: a classifier needs at least 2 classes")
+        repeated = sorted({name for name in self.labels if self.labels.count(name) > 1})
+        if repeated:
+            out.append(f"labels repeats {', '.join(repeated)}: name each class once")
+        if self.num_labels is not None and self.num_labels != len(self.labels):
+            out.append(f"num_labels is {self.num_labels} but labels names {len(self.labels)} "
+                       "classes: drop --num-labels")
+        if self.task == "causal_lm":
+            out.append("labels was given with task causal_lm: labels are for classification")
         return out
 
     def validate(self) -> None:
@@ -124,4 +153,5 @@ class TrainConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["target_modules"] = list(self.target_modules) if self.target_modules else None
+        data["labels"] = list(self.labels) if self.labels else None
         return data

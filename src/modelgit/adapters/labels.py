@@ -3,7 +3,9 @@ evaluation.
 
 Integer labels (``0``, ``"1"`` in a CSV) are head indices themselves. String labels are numbered
 in sorted order, unless the base already is a classifier that names them all, whose numbering is
-then kept.
+then kept. A fixed list of class names (``train --labels``, or the project's ``labels:`` in
+modelgit.yaml) overrides both: every adapter of a project then numbers its classes the same
+way, whichever of them its data holds, so their heads can be merged.
 """
 
 from __future__ import annotations
@@ -17,18 +19,37 @@ __all__ = ["label_mapping", "label_ids"]
 _DEFAULT_NAME = re.compile(r"^LABEL_\d+$")
 
 
+def _fixed_mapping(labels: list, fixed: tuple[str, ...] | list[str]) -> dict[int, str]:
+    """``id2label`` of a fixed list of class names; every label of the data must be one of them
+    (an integer label is an index into the list)."""
+    mapping = dict(enumerate(fixed))
+    unknown = sorted({str(label) for label in labels
+                      if (label not in mapping if isinstance(label, int) else label not in fixed)})
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise UsageError(f"{len(unknown)} label(s) of the data are not in the fixed list of "
+                         f"{len(fixed)} classes ({', '.join(fixed[:20])}): {shown}; add them to "
+                         "--labels (or the project's `labels:` in modelgit.yaml) or fix the data")
+    return mapping
+
+
 def label_mapping(labels: list, num_labels: int | None = None,
-                  base_id2label: dict[int, str] | None = None) -> dict[int, str]:
+                  base_id2label: dict[int, str] | None = None,
+                  fixed: tuple[str, ...] | list[str] | None = None) -> dict[int, str]:
     """``id2label`` for a classifier trained on ``labels`` (normalized: ints or strs, no None).
 
+    Args:
+        fixed: class names in head order: the numbering, whatever classes the data holds.
     Raises:
-        UsageError: unlabeled records, a mix of integer and string labels, negative labels, or
-            more classes than ``num_labels``.
+        UsageError: unlabeled records, a mix of integer and string labels, negative labels,
+            more classes than ``num_labels``, or a label that is not in ``fixed``.
     """
     missing = sum(1 for label in labels if label is None)
     if missing:
         raise UsageError(f"{missing} of {len(labels)} examples have no label: classification data "
                          "needs a label on every record (see --label-field), or use --task causal_lm")
+    if fixed:
+        return _fixed_mapping(labels, fixed)
     kinds = {type(label) for label in labels}
     if len(kinds) > 1:
         raise UsageError("the labels mix numbers and names: use class indices (0, 1, ...) or "

@@ -16,7 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from ..errors import FormatError, UsageError  # noqa: E402
 from ..untrusted import load_json_file, text_problem  # noqa: E402
 
-__all__ = ["LABELS_FILE", "labels_problems", "architecture_task", "load_tokenizer", "load_model",
+__all__ = ["LABELS_FILE", "labels_problems", "architecture_task", "check_task", "supported_tasks",
+           "load_tokenizer", "load_model",
            "quiet_transformers",
            "read_labels", "write_labels"]
 
@@ -67,6 +68,49 @@ def architecture_task(model_dir: str) -> str | None:
     if any(n.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for n in names):
         return "causal_lm"
     return None
+
+
+def supported_tasks(model_dir: str) -> tuple[str, ...]:
+    """The tasks the model in ``model_dir`` can be trained or evaluated for.
+
+    ``causal_lm`` needs a trained next-token head: an architecture named ``*ForCausalLM``,
+    ``*LMHeadModel`` or ``*ForConditionalGeneration``, or a bare decoder whose head transformers
+    ties to its embeddings (a model type with a causal-LM class and no masked-LM one, e.g. a
+    ``GPT2Model``). An encoder (``BertModel``, ``*ForMaskedLM``) or a sequence classifier has
+    none: its "causal LM" would be a random head over a model that sees the future tokens.
+    ``classification`` needs only a model type transformers has a sequence classifier for.
+    """
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+
+    config = _read_config(model_dir)
+    names, kind = config.get("architectures") or [], config.get("model_type", "")
+    tasks = []
+    headed = any(n.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for n in names)
+    bare_decoder = (not any(n.endswith(("ForSequenceClassification", "ForMaskedLM")) for n in names)
+                    and kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+                    and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    if headed or bare_decoder:
+        tasks.append("causal_lm")
+    if kind in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES or any(
+            n.endswith("ForSequenceClassification") for n in names):
+        tasks.append("classification")
+    return tuple(tasks)
+
+
+def check_task(model_dir: str, task: str) -> None:
+    """Raise a UsageError when the model in ``model_dir`` cannot do ``task``, naming the tasks
+    it can (see :func:`supported_tasks`)."""
+    tasks = supported_tasks(model_dir)
+    if task in tasks:
+        return
+    arch = ", ".join(_read_config(model_dir).get("architectures") or []) or \
+        repr(_read_config(model_dir).get("model_type", "?"))
+    can = (f"it can do: {', '.join(tasks)}" if tasks else
+           "it can do neither causal_lm nor classification")
+    raise UsageError(f"{model_dir!r} ({arch}) cannot do task {task!r}: {can}"
+                     + (f" (use --task {tasks[0]})" if len(tasks) == 1 else ""))
 
 
 def model_type(model_dir: str) -> str:
@@ -156,7 +200,7 @@ def load_model(model_dir: str, task: str, id2label: dict[int, str] | None = None
         auto = AutoModelForCausalLM
     else:
         raise UsageError(f"unknown task {task!r}: use causal_lm or classification")
-    _read_config(model_dir)
+    check_task(model_dir, task)
     try:
         with quiet_transformers():
             model = auto.from_pretrained(model_dir, **kwargs)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -23,7 +23,8 @@ from .._outputs import check_output
 from ._output import write_output
 from .config import TrainConfig
 from .labels import label_ids, label_mapping
-from .loading import architecture_task, load_model, load_tokenizer, model_type, quiet_transformers
+from .loading import (architecture_task, check_task, load_model, load_tokenizer, model_type,
+                      quiet_transformers, supported_tasks)
 from .targets import resolve_targets
 
 __all__ = ["TrainResult", "train"]
@@ -47,6 +48,8 @@ def _pick_task(config: TrainConfig, labels: list) -> str:
     if config.task:
         return config.task
     if architecture_task(config.base) == "classification" or all(l is not None for l in labels):
+        return "classification"
+    if "causal_lm" not in supported_tasks(config.base):  # an encoder: it can only classify
         return "classification"
     return "causal_lm"
 
@@ -117,19 +120,23 @@ def _resume_lora(model, config: TrainConfig):
     return model, tuple(sorted(targets)) if not isinstance(targets, str) else targets
 
 
+def _window(steps: int) -> int:
+    """Steps averaged into a smoothed loss: a tenth of the run, between 1 and 50."""
+    return max(1, min(50, -(-steps // 10)))
+
+
 def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress) -> dict:
     import torch
-    from tqdm import tqdm
 
-    from ..progress import _enabled
+    from ..progress import progress_bar
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     model.train()
     losses, tokens, seen = [], 0, 0
     start = time.perf_counter()
-    with tqdm(total=len(plan), desc="train", unit="step", disable=not _enabled(progress),
-              file=sys.stderr, leave=False) as bar:
+    window = _window(len(plan))
+    with progress_bar(len(plan), "train", progress, unit="step") as bar:
         for step, batch in enumerate(_batches.iterate(plan, ids, pad_id, labels), 1):
             loss = model(**batch).loss
             if not torch.isfinite(loss):
@@ -143,19 +150,54 @@ def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress) 
             losses.append(loss.item())
             tokens += int(batch["attention_mask"].sum())
             seen += len(batch["input_ids"])
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            recent = losses[-window:]
+            bar.update(1, loss=sum(recent) / len(recent))
     seconds = time.perf_counter() - start
     buckets = min(20, len(losses))
     curve = [sum(part) / len(part) for part in
              (losses[i * len(losses) // buckets:(i + 1) * len(losses) // buckets] for i in range(buckets))]
     return {"steps": len(losses), "examples_seen": seen, "tokens_seen": tokens,
+            # one batch's loss is noise: the smoothed figures average `loss_window` steps
+            "start_loss": sum(losses[:window]) / len(losses[:window]),
+            "final_loss": sum(losses[-window:]) / len(losses[-window:]), "loss_window": window,
             "first_loss": losses[0], "last_loss": losses[-1], "mean_loss": sum(losses) / len(losses),
             "min_loss": min(losses), "loss_curve": curve, "seconds": round(seconds, 3),
             "steps_per_second": len(losses) / seconds if seconds else None,
             "tokens_per_second": tokens / seconds if seconds else None,
             "trainable_parameters": sum(p.numel() for p in params),
             "total_parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _validation_loss(model, ids, labels, pad_id: int, batch_size: int) -> dict:
+    """Mean loss on held-out examples (token-weighted for a causal LM, per example for a
+    classifier, with its accuracy), in eval mode: no dropout, no randomness consumed."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, count, correct = 0.0, 0, 0
+    plan = [list(range(i, min(i + batch_size, len(ids)))) for i in range(0, len(ids), batch_size)]
+    with torch.no_grad():
+        for batch in _batches.iterate(plan, ids, pad_id, labels):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            if labels is None:  # predict token t+1 from tokens <= t; padding is -100
+                logits, target = logits[:, :-1].float(), batch["labels"][:, 1:]  # (b, t-1, v), (b, t-1)
+                nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                        target.reshape(-1), ignore_index=-100,
+                                                        reduction="sum")
+                total, count = total + float(nll), count + int((target != -100).sum())
+            else:
+                logits = logits.float()  # (b, classes)
+                total += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+                count += len(batch["labels"])
+                correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    model.train(was_training)
+    out = {"loss": total / count, "examples": len(ids)}
+    if labels is None:
+        out.update(perplexity=math.exp(out["loss"]), tokens=count)
+    else:
+        out["accuracy"] = correct / count
+    return out
 
 
 def _base_id2label(base: str) -> dict[int, str] | None:
@@ -166,6 +208,41 @@ def _base_id2label(base: str) -> dict[int, str] | None:
     return {int(k): v for k, v in names.items()} or None
 
 
+def _step_threads(model, config: TrainConfig, ids: list[list[int]]) -> int:
+    """Threads for one training step: ``--threads`` when given, else chosen from the step's
+    work (about 6 multiply-adds per weight per token: forward and backward) and the machine."""
+    from .._threads import choose_threads
+
+    if config.threads:
+        return config.threads
+    mean_tokens = sum(len(seq) for seq in ids) / max(1, len(ids))
+    weights = sum(p.numel() for p in model.parameters())
+    return choose_threads(6 * weights * mean_tokens * min(config.batch_size, len(ids)))
+
+
+def _labelled(config: TrainConfig, records, ids) -> tuple[dict | None, list | None]:
+    """(id2label, class indices) of a classification run: the numbering of ``config.labels``
+    when given, else per the data (see :mod:`.labels`)."""
+    id2label = label_mapping([r.label for r in records], config.num_labels,
+                             _base_id2label(config.base), config.labels)
+    return id2label, label_ids([r.label for r in records], id2label)
+
+
+def _validation_set(config: TrainConfig, tokenizer, task: str, id2label) -> tuple[list, list | None]:
+    """Token ids (and class indices) of ``config.validation``, prepared as the training data."""
+    records = load_examples(config.validation, config.text_field, config.label_field,
+                            config.text_unit).take(config.max_examples)
+    ids = _batches.encode(tokenizer, [r.text for r in records], config.max_length)
+    if task == "classification":
+        return ids, label_ids([r.label for r in records], id2label,
+                              where=f"validation data {config.validation!r}")
+    ids = [seq for seq in ids if len(seq) >= 2]
+    if not ids:
+        raise UsageError(f"every example of the validation data {config.validation!r} is shorter "
+                         "than 2 tokens: a causal LM's loss needs longer texts")
+    return ids, None
+
+
 def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     """Train per ``config`` and write ``config.output`` (replaced only when all succeeded).
 
@@ -173,13 +250,23 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     plus ``labels.json`` for classifiers) or, with ``full``, a whole transformers model with its
     tokenizer; and ``data_card.json``, ``metrics.json`` and ``training_config.json``.
 
+    The metrics report the training loss smoothed over ``loss_window`` steps at the start
+    (``start_loss``) and the end (``final_loss``) of the run, and, with ``config.validation``,
+    the loss on that held-out data before and after training (``validation``).
+
+    Without ``config.threads`` the thread count is chosen from the step's size and the
+    machine's load (:func:`modelgit._threads.choose_threads`): the same seed then gives the same
+    bytes when the same count is chosen; pass ``threads`` for bit-identical reruns anywhere.
+
     Args:
-        progress: show a progress bar with the loss (None: when stderr is a terminal).
+        progress: True: a bar; False: nothing; None: a bar on a terminal, else periodic lines
+            (step, rate, ETA, smoothed loss); see :mod:`modelgit.progress`.
     Returns:
         A :class:`TrainResult`.
     Raises:
         UsageError: invalid settings, unreadable or unsuitable data, a base that cannot be
-            loaded, an unknown target module, an existing output, or a diverging loss.
+            loaded or cannot do the task, an unknown target module, an existing output, or a
+            diverging loss.
     """
     config.validate()
     _check_output(config)
@@ -187,20 +274,24 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
                             config.text_unit).take(config.max_examples)
     card = data_card(config.data, config.text_field, config.label_field, config.text_unit)
     task = _pick_task(config, [r.label for r in records])
+    check_task(config.base, task)
     tokenizer = load_tokenizer(config.base)
     ids = _batches.encode(tokenizer, [r.text for r in records], config.max_length)
     labels = id2label = None
     if task == "classification":
-        id2label = label_mapping([r.label for r in records], config.num_labels,
-                                 _base_id2label(config.base))
-        labels = label_ids([r.label for r in records], id2label)
+        id2label, labels = _labelled(config, records, ids)
     else:  # a causal LM learns nothing from a single token
         ids = [seq for seq in ids if len(seq) >= 2]
         if not ids:
             raise UsageError(f"every example of {config.data!r} is shorter than 2 tokens: "
                              "a causal LM needs longer texts (or try --text-unit paragraph)")
+    valid = _validation_set(config, tokenizer, task, id2label) if config.validation else None
     with _seeded(config.seed, config.threads), quiet_transformers():
+        import torch
+
         model = load_model(config.base, task, id2label, pad_token_id=tokenizer.pad_token_id)
+        threads = _step_threads(model, config, ids)
+        torch.set_num_threads(threads)
         targets = None
         if config.full:
             model.requires_grad_(True)
@@ -210,9 +301,17 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
             model, targets = _wrap_lora(model, config, task)
         plan = _batches.batch_plan(len(ids), config.batch_size, config.seed, config.steps,
                                    config.epochs)
+        before = _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size) \
+            if valid else None
         metrics = _loop(model, plan, ids, labels, tokenizer.pad_token_id, config, progress)
+        if valid:
+            after = _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size)
+            metrics["validation"] = {**after, "loss_before": before["loss"],
+                                     **({"perplexity_before": before["perplexity"]}
+                                        if "perplexity" in before else
+                                        {"accuracy_before": before["accuracy"]})}
     metrics.update(task=task, mode="full" if config.full else "lora", examples=len(ids),
-                   skipped_examples=len(records) - len(ids))
+                   skipped_examples=len(records) - len(ids), threads=threads)
     resolved = {"task": task, "target_modules": list(targets) if isinstance(targets, tuple) else targets,
                 "num_labels": len(id2label) if id2label else None,
                 "base_fingerprint": fingerprint_dir(config.base)}

@@ -75,10 +75,30 @@ def config_from_args(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
+def _project_labels(base: str) -> tuple[str, ...] | None:
+    """The ``labels:`` of the modelgit project whose repository holds ``base``, if any."""
+    from ..errors import ModelgitError
+    from ..git.repo import find_repo
+    from ..workflow.project import read_project
+
+    try:
+        repo = find_repo(base)
+    except ModelgitError:
+        return None
+    if not os.path.isfile(os.path.join(repo.root, "modelgit.yaml")):
+        return None
+    return read_project(repo).labels
+
+
 def cmd_train(args) -> int:
     from ..adapters import TrainConfig, train
 
-    result = train(config_from_args(TrainConfig, args), progress=args.progress)
+    config = config_from_args(TrainConfig, args)
+    if config.labels is None and config.task != "causal_lm" and os.path.isdir(config.base):
+        labels = _project_labels(config.base)
+        if labels:  # the project fixes the numbering of its classes for every contributor
+            config = dataclasses.replace(config, labels=labels)
+    result = train(config, progress=args.progress)
     m = result.metrics
     if args.json:
         print(json.dumps({"output": result.output, "task": result.task, "metrics": m,
@@ -86,10 +106,20 @@ def cmd_train(args) -> int:
         return 0
     what = "the whole model" if result.full else \
         f"a rank-{args.rank} LoRA of {','.join(result.target_modules) if isinstance(result.target_modules, tuple) else result.target_modules}"
-    print(f"trained {what} ({result.task}) for {m['steps']} steps on {m['examples']} examples: "
-          f"loss {m['first_loss']:.4f} -> {m['last_loss']:.4f} (mean {m['mean_loss']:.4f}), "
-          f"{m['steps_per_second']:.2f} steps/s, {m['tokens_per_second']:.0f} tokens/s\n"
-          f"wrote {result.output}/ (data card: {result.data_card['records']} records, "
+    print(f"trained {what} ({result.task}) for {m['steps']} steps on {m['examples']} examples "
+          f"with {m['threads']} thread(s): training loss {m['start_loss']:.4f} -> "
+          f"{m['final_loss']:.4f} (each the mean of {m['loss_window']} steps), "
+          f"{m['steps_per_second']:.2f} steps/s, {m['tokens_per_second']:.0f} tokens/s")
+    valid = m.get("validation")
+    if valid:
+        extra = (f", perplexity {valid['perplexity_before']:.4g} -> {valid['perplexity']:.4g}"
+                 if "perplexity" in valid else
+                 f", accuracy {valid['accuracy_before']:.3f} -> {valid['accuracy']:.3f}")
+        print(f"validation ({valid['examples']} examples): loss {valid['loss_before']:.4f} -> "
+              f"{valid['loss']:.4f}{extra}")
+    if result.task == "classification" and config.labels:
+        print(f"classes: {', '.join(config.labels)}")
+    print(f"wrote {result.output}/ (data card: {result.data_card['records']} records, "
           f"sha256 {result.data_card['sha256'][:16]}...)")
     return 0
 
@@ -115,9 +145,12 @@ def _suites_from_args(args) -> list:
 
 
 def cmd_eval(args) -> int:
-    from ..eval import evaluate_suites, format_table
+    from ..eval import evaluate_suites, format_table, without_documents
 
-    results = evaluate_suites(args.base, args.adapter, _suites_from_args(args), progress=args.progress)
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"--confidence {args.confidence}: give a level between 0 and 1, e.g. 0.95")
+    results = without_documents(evaluate_suites(args.base, args.adapter, _suites_from_args(args),
+                                                progress=args.progress, confidence=args.confidence))
     print(json.dumps(results, indent=2, sort_keys=True) if args.json else format_table(results))
     return 0
 
@@ -156,4 +189,6 @@ def register(sub, command) -> None:
                    help="with --data: how .txt files become examples (default: line)")
     p.add_argument("--max-examples", type=int, help="with --data: only the first N examples")
     p.add_argument("--max-length", type=int, default=256, help="with --data (default: 256)")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap interval "
+                   "shown for each score, resampling the documents (default: 0.95)")
     p.add_argument("--json", action="store_true")

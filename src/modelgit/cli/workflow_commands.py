@@ -97,35 +97,63 @@ def _nothing_to_review(repo, remote: str | None) -> str:
 
 
 def cmd_review(args) -> int:
-    from ..workflow import Policy, read_project, review
+    from ..workflow import read_project, review
     from ..workflow.reviews import format_blind_report, format_revealed
+
+    import dataclasses
 
     repo = _repo()
     policy = read_project(repo).policy
-    if args.min_gain is not None or args.max_regression is not None:
-        policy = Policy(args.min_gain if args.min_gain is not None else policy.min_gain,
-                        args.max_regression if args.max_regression is not None else policy.max_regression)
+    given = {k: getattr(args, k) for k in ("min_gain", "max_regression", "confidence",
+                                           "significant_regressions_only")
+             if getattr(args, k) is not None}
+    policy = dataclasses.replace(policy, **given) if given else policy
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: give at least 1 (1: one evaluation at a time)")
     shown = not args.json
     report = review(repo, _suites(args.suites, args.suite, repo), remote=None if args.no_fetch else args.remote,
                     policy=policy, overrides=_overrides(args.override), dry_run=args.dry_run,
-                    progress=args.progress,
+                    progress=args.progress, push=args.remote if args.push else None, jobs=args.jobs,
                     on_blind=(lambda r: _show_blind(r, format_blind_report)) if shown else None)
     if args.json:
         data = report.blind()
         if report.recorded:
             data["revealed"] = report.revealed()
             data["commits"] = report.commits
+            data["pushed_to"] = report.pushed_to
         print(json.dumps(data, indent=2, sort_keys=True))
     elif not report.entries:
         print(_nothing_to_review(repo, None if args.no_fetch else args.remote))
     elif report.recorded:
         print(format_revealed(report))
-        if args.push:
-            repo.git("push", args.remote, "HEAD")
-            print(f"pushed the reviews to {args.remote}")
+        if report.pushed_to:
+            print(f"pushed the reviews to {report.pushed_to}")
     else:
         print("dry run: nothing recorded; identities stay hidden")
     return 0
+
+
+def _pct_span(span) -> str:
+    return f" [{span[0]:+.1%}, {span[1]:+.1%}]" if span else ""
+
+
+def format_comparison(record: dict) -> str:
+    """The methods compared by a release: per suite the value and the relative gain over the
+    base (with its interval), the objective they were chosen on, and the pick."""
+    comparison = record["comparison"]
+    suites = [r["suite"] for r in record["results"]]
+    header = ["method", *suites, "objective"]
+    rows = []
+    for m in comparison["methods"]:
+        by_suite = {r["suite"]: r for r in m["results"]}
+        cells = [f"{by_suite[s]['value']:.4g} ({by_suite[s]['gain']:+.1%}"
+                 f"{_pct_span(by_suite[s].get('gain_interval'))})" for s in suites]
+        rows.append([m["method"] + (" *" if m["method"] == comparison["chosen"] else ""), *cells,
+                     f"{m['objective']:+.4f}"])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines + [f"* {comparison['chosen']}: the best {comparison['basis']}"])
 
 
 def cmd_release(args) -> int:
@@ -141,19 +169,27 @@ def cmd_release(args) -> int:
                    tag=args.tag, search=args.search, search_budget=args.search_budget,
                    push=args.remote if args.push else None, pretrain=args.pretrain,
                    pretrain_steps=args.pretrain_steps, pretrain_lr=args.pretrain_lr,
-                   progress=args.progress)
+                   progress=args.progress, dry_run=args.dry_run)
     r = done.record
     if args.json:
-        print(json.dumps(r, indent=2, sort_keys=True))
+        print(json.dumps({**r, "dry_run": done.dry_run}, indent=2, sort_keys=True))
         return 0
-    print(f"released {done.tag} ({done.commit[:12]}): {len(r['contributions'])} contribution(s) "
-          f"merged with {r['method']} {r['parameters']}")
+    if r.get("comparison"):
+        print(format_comparison(r))
+    verb = "would release" if done.dry_run else "released"
+    print(f"{verb} {done.tag}" + (f" ({done.commit[:12]})" if done.commit else "")
+          + f": {len(r['contributions'])} contribution(s) merged with {r['method']} {r['parameters']}")
     for res in r["results"]:
-        print(f"  {res['suite']}: {res['metric']} {res['base_value']:.4g} -> {res['value']:.4g}")
+        span = res.get("interval")
+        print(f"  {res['suite']}: {res['metric']} {res['base_value']:.4g} -> {res['value']:.4g}"
+              + (f" [{span[0]:.4g}, {span[1]:.4g}]" if span else "")
+              + f" ({res['gain']:+.1%}{_pct_span(res.get('gain_interval'))})")
     for c in r["contributions"]:
         kept = c["review"].get("kept_gain")
         if kept is not None:
             print(f"  {c['name']}: the release keeps {kept:.0%} of its gain on {c['review']['target_suite']}")
+    if done.dry_run:
+        print("dry run: nothing written, committed, tagged or pushed")
     if done.pushed_to:
         print(f"pushed {done.tag} to {done.pushed_to}")
     return 0
@@ -241,7 +277,8 @@ def register(sub, command) -> None:
                 "modelgit review --suites suites.yaml --dry-run          # decide nothing, show "
                 "the blind report\n"
                 "modelgit review --suites suites.yaml --override anon-1a2b3c4d=reject --push\n"
-                "modelgit review --suites suites.yaml --min-gain 0.05 --max-regression 0")
+                "modelgit review --suites suites.yaml --min-gain 0.05 --max-regression 0\n"
+                "modelgit review --suites suites.yaml --significant-regressions-only --jobs 2")
     p.add_argument("--suites", required=True, help="the maintainer's suites file (outside the repo)")
     p.add_argument("--suite", action="append", metavar="NAME", help="use only this suite (repeat)")
     p.add_argument("--remote", default="origin", help="fetch contrib/* branches from it "
@@ -251,6 +288,13 @@ def register(sub, command) -> None:
                    "(default: modelgit.yaml's, else 0.01)")
     p.add_argument("--max-regression", type=float, help="policy: relative loss allowed on the "
                    "other suites (default: modelgit.yaml's, else 0.02)")
+    p.add_argument("--confidence", type=float, help="policy: level of the bootstrap intervals "
+                   "of the scores (default: modelgit.yaml's, else 0.95)")
+    p.add_argument("--significant-regressions-only", action="store_true", default=None,
+                   help="policy: reject for a regression only when its whole interval is below "
+                   "-max-regression (default: modelgit.yaml's, else off)")
+    p.add_argument("--jobs", type=int, help="evaluate this many models at once in worker "
+                   "processes (default: as the work's size, idle cores and memory allow)")
     p.add_argument("--override", action="append", metavar="ANON=DECISION",
                    help="the maintainer's decision for an anonymous id: accept or reject")
     p.add_argument("--dry-run", action="store_true", help="evaluate and decide, record nothing")
@@ -263,10 +307,15 @@ def register(sub, command) -> None:
                 "modelgit release --suites suites.yaml\n"
                 "modelgit release --suites suites.yaml --method task_arithmetic --scale 0.7 --tag v3\n"
                 "modelgit release --suites suites.yaml --search --search-budget 8 --push\n"
-                "modelgit release --suites suites.yaml --pretrain corpus/ --pretrain-steps 100")
+                "modelgit release --suites suites.yaml --pretrain corpus/ --pretrain-steps 100\n"
+                "modelgit release --suites suites.yaml --method ties,linear,task_arithmetic "
+                "--dry-run   # compare, change nothing")
     p.add_argument("--suites", required=True, help="the maintainer's suites file (outside the repo)")
-    p.add_argument("--method", default="ties", help="merge method (default: ties; see "
-                   "`modelgit merge --help`)")
+    p.add_argument("--method", default="ties", help="merge method, or several to compare "
+                   "(ties,linear,task_arithmetic): the best on the suites' validation data is "
+                   "released (default: ties; see `modelgit merge --help`)")
+    p.add_argument("--dry-run", action="store_true", help="merge and evaluate in a scratch "
+                   "directory and report; write, commit, tag and push nothing")
     p.add_argument("--density", type=float, help="fraction of each update kept (ties, dare, della)")
     p.add_argument("--scale", type=float, help="the recipe's lambda: scale of the merged update")
     p.add_argument("--search", action="store_true", help="search lambda and density on the "

@@ -4,25 +4,63 @@ classifiers. Pure functions of a loaded model, a tokenizer and lists of examples
 from __future__ import annotations
 
 import math
-import sys
 from typing import Iterator
 
 from ..errors import UsageError
 
-__all__ = ["perplexity", "classification_metrics", "predict_classes", "macro_f1", "accuracy"]
+__all__ = ["perplexity", "perplexity_of", "nll_per_document", "classification_metrics",
+           "predict_classes", "macro_f1", "accuracy"]
 
 
 def _batches(tokenizer, texts: list[str], max_length: int, batch_size: int,
              progress: bool | None, desc: str) -> Iterator[dict]:
-    from tqdm import tqdm
-
-    from ..progress import _enabled
+    from ..progress import progress_bar
 
     starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not _enabled(progress),
-                      file=sys.stderr, leave=False):
-        yield tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length,
-                        padding=True, return_tensors="pt")
+    with progress_bar(len(starts), desc, progress, unit="batch") as bar:
+        for start in starts:
+            yield tokenizer(texts[start:start + batch_size], truncation=True,
+                            max_length=max_length, padding=True, return_tensors="pt")
+            bar.update(1)
+
+
+def nll_per_document(model, tokenizer, texts: list[str], max_length: int = 256,
+                     batch_size: int = 8, progress: bool | None = False,
+                     desc: str = "perplexity") -> tuple[list[float], list[int]]:
+    """Each text's summed negative log-likelihood of its next tokens (nats) and the number of
+    tokens predicted (padding excluded, texts truncated to ``max_length``): the per-document
+    parts of :func:`perplexity`, which the bootstrap resamples."""
+    import torch
+
+    nll_out: list[float] = []
+    tokens_out: list[int] = []
+    model.eval()
+    with torch.no_grad():
+        for batch in _batches(tokenizer, texts, max_length, batch_size, progress, desc):
+            batch.pop("token_type_ids", None)
+            logits = model(**batch).logits.float()  # (b, t, vocab)
+            targets = batch["input_ids"][:, 1:]  # (b, t-1)
+            mask = batch["attention_mask"][:, 1:].bool()  # (b, t-1): the target is a real token
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                reduction="none").reshape(targets.shape)  # (b, t-1)
+            nll_out.extend(float(v) for v in (nll.double() * mask).sum(1))
+            tokens_out.extend(int(v) for v in mask.sum(1))
+    return nll_out, tokens_out
+
+
+def perplexity_of(nll: list[float], tokens: list[int]) -> dict:
+    """``{"perplexity", "loss", "tokens"}`` from per-document parts (see :func:`perplexity`).
+
+    Raises:
+        UsageError: no text has two tokens (nothing to predict).
+    """
+    count = sum(tokens)
+    if count == 0:
+        raise UsageError("no evaluation text is longer than one token: perplexity needs texts "
+                         "with at least two tokens")
+    loss = math.fsum(nll) / count
+    return {"perplexity": math.exp(loss), "loss": loss, "tokens": count}
 
 
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 256, batch_size: int = 8,
@@ -36,36 +74,18 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 256, batch_
     Raises:
         UsageError: no text has two tokens (nothing to predict).
     """
-    import torch
-
-    total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for batch in _batches(tokenizer, texts, max_length, batch_size, progress, "perplexity"):
-            batch.pop("token_type_ids", None)
-            logits = model(**batch).logits.float()  # (b, t, vocab)
-            targets = batch["input_ids"][:, 1:]  # (b, t-1)
-            mask = batch["attention_mask"][:, 1:].bool()  # (b, t-1): the target is a real token
-            nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-            total += float(nll[mask.reshape(-1)].double().sum())
-            count += int(mask.sum())
-    if count == 0:
-        raise UsageError("no evaluation text is longer than one token: perplexity needs texts "
-                         "with at least two tokens")
-    loss = total / count
-    return {"perplexity": math.exp(loss), "loss": loss, "tokens": count}
+    return perplexity_of(*nll_per_document(model, tokenizer, texts, max_length, batch_size, progress))
 
 
 def predict_classes(model, tokenizer, texts: list[str], max_length: int = 256, batch_size: int = 16,
-                    progress: bool | None = False) -> list[int]:
+                    progress: bool | None = False, desc: str = "classify") -> list[int]:
     """The arg-max class index of a sequence classifier for each text."""
     import torch
 
     out: list[int] = []
     model.eval()
     with torch.no_grad():
-        for batch in _batches(tokenizer, texts, max_length, batch_size, progress, "classify"):
+        for batch in _batches(tokenizer, texts, max_length, batch_size, progress, desc):
             logits = model(**batch).logits  # (b, num_labels)
             out.extend(int(i) for i in logits.argmax(-1))
     return out

@@ -435,7 +435,7 @@ def _run_to_adapter(plan: MergePlan, out: str, rank: int, progress, force: bool)
         raise UsageError("merging into a new adapter needs a base_model to take updates against")
     factors = {}
     candidates = [o for o in plan.outputs if o.base and len(o.shape) == 2 and not o.copy_only]
-    with progress_bar(len(candidates), "merge to adapter", progress) as bar:
+    with progress_bar(len(candidates), "merge to adapter", progress, unit="tensor") as bar:
         for o in candidates:
             base = plan.sources[o.base[0]].load(o.base[1]).float()
             delta = _compute(plan, o).float() - base  # (out, in)

@@ -265,6 +265,24 @@ def _change(result: dict) -> str:
     return f"{sign}{_num(float(delta))}{relative} {verdict}"
 
 
+def _span(value, percent: bool = False) -> str:
+    """`` [low, high]`` of a recorded interval (a pair of finite numbers), else ""."""
+    value = _plain(value)
+    if not (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in value)):
+        return ""
+    if percent:
+        return f" [{100 * value[0]:+.2f}%, {100 * value[1]:+.2f}%]"
+    return f" [{_num(float(value[0]))}, {_num(float(value[1]))}]"
+
+
+def _level(rows) -> str:
+    levels = {_plain(r.get("confidence")) for r in rows if _span(r.get("interval"))}
+    level = next(iter(levels)) if len(levels) == 1 else None
+    return f"{level:.0%}" if isinstance(level, float) and 0 < level < 1 else "95%"
+
+
 def _results_section(release: dict) -> str:
     results = _list(release, "results")
     if not results:
@@ -276,10 +294,35 @@ def _results_section(release: dict) -> str:
             higher = r.get("metric") not in _LOWER_IS_BETTER
         arrow = "↑" if higher else "↓"
         rows.append([_cell(r.get("suite")), f"{_cell(r.get('metric'))} {arrow}",
-                     _num(r.get("base_value")), _num(r.get("value")), _change(r)])
+                     _num(r.get("base_value")), _num(r.get("value")) + _span(r.get("interval")),
+                     _change(r) + _span(r.get("gain_interval"), percent=True)])
     table = _table(["suite", "metric", "base", "release", "change"], rows, "llrrr")
+    shown = any(_span(r.get("interval")) for r in results)
+    note = (f" Brackets: {_level(results)} bootstrap intervals over the suite's documents (of "
+            "the release's score, and of its relative gain over the base, both resampled on "
+            "the same documents)." if shown else "")
     return ("## Evaluation\n\nHeld-out suites kept by the maintainers (never seen by "
-            "contributors); ↑ higher is better, ↓ lower is better.\n\n" + table)
+            f"contributors); ↑ higher is better, ↓ lower is better.{note}\n\n" + table
+            + _comparison_section(release))
+
+
+def _comparison_section(release: dict) -> str:
+    comparison = release.get("comparison")
+    if not isinstance(comparison, dict) or not isinstance(comparison.get("methods"), list):
+        return ""
+    rows = []
+    for m in comparison["methods"]:
+        if not isinstance(m, dict):
+            continue
+        gains = ", ".join(f"{_cell(r.get('suite'))} {100 * r['gain']:+.2f}%"
+                          for r in m.get("results") or [] if isinstance(r, dict)
+                          and isinstance(_plain(r.get("gain")), (int, float))
+                          and math.isfinite(_plain(r["gain"])))
+        chosen = " (released)" if m.get("method") == comparison.get("chosen") else ""
+        rows.append([_cell(m.get("method")) + chosen, _num(m.get("objective")), gains or "—"])
+    return ("\n\n### Methods compared\n\nEach method merged the same contributions; the one "
+            f"with the best {_cell(comparison.get('basis'))} was released.\n\n"
+            + _table(["method", "objective", "gain per suite"], rows, "lrl"))
 
 
 def _review_score(contribution: dict) -> str:
@@ -287,7 +330,8 @@ def _review_score(contribution: dict) -> str:
     score = (review.get("scores") or {}).get(review.get("target_suite")) or {}
     if not score:
         return "—"
-    return f"{_num(score.get('base'))} → {_num(score.get('adapter'))}"
+    return (f"{_num(score.get('base'))} → {_num(score.get('adapter'))}"
+            + _span(score.get("gain_interval"), percent=True))
 
 
 def _contributions_section(release: dict) -> str:
@@ -357,8 +401,11 @@ def _pretraining_section(release: dict) -> str:
     return ("## Continued pretraining\n\nAfter the merge, every weight was trained further on the "
             f"maintainers' data ({_num(card.get('records'))} records, {_size(card.get('bytes'))}, "
             f"sha256 {_code(card.get('sha256'), short=True)}): {pre.get('steps')} steps at learning "
-            f"rate {format(lr, 'g') if isinstance(lr, (int, float)) else _cell(lr)}, loss {_num(pre.get('first_loss'))} → "
-            f"{_num(pre.get('last_loss'))}.")
+            f"rate {format(lr, 'g') if isinstance(lr, (int, float)) else _cell(lr)}, training loss "
+            f"{_num(pre.get('start_loss', pre.get('first_loss')))} → "
+            f"{_num(pre.get('final_loss', pre.get('last_loss')))}"
+            + (f" (each the mean of {_num(pre.get('loss_window'))} steps)." if pre.get("loss_window")
+               else "."))
 
 
 def _lineage_section(release: dict) -> str:

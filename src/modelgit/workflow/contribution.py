@@ -135,7 +135,7 @@ def contribute(repo: GitRepo, adapter_dir: str, name: str, message: str, author:
     problems = training_base_problems(adapter_dir, fingerprint, base_rev)
     try:
         summary = validate_adapter(adapter_dir, tensor_infos_rev(repo, base_commit, project.model),
-                                   project.limits)
+                                   project.limits, project.labels)
     except ContributionError as exc:
         problems.extend(exc.problems)
     if problems:

@@ -15,15 +15,27 @@ def relative_gain(base: float, value: float, higher_is_better: bool) -> float:
     return ((value - base) if higher_is_better else (base - value)) / scale
 
 
+def _span(score: dict) -> str:
+    """`` (95% interval [-4.10%, -0.80%])`` when the score carries its gain's interval."""
+    span = score.get("gain_interval")
+    if not span:
+        return ""
+    return f" ({score.get('confidence', 0.95):.0%} interval [{span[0]:+.2%}, {span[1]:+.2%}])"
+
+
 def decide(scores: dict[str, dict], policy, domain: str | None) -> tuple[str, str, list[str]]:
     """(decision, target suite, reasons) for one contribution.
 
     Args:
-        scores: {suite: {"base", "adapter", "higher_is_better", ...}}.
-        policy: a :class:`~.project.Policy` (min_gain, max_regression).
+        scores: {suite: {"base", "adapter", "higher_is_better", "gain_interval"?, ...}}.
+        policy: a :class:`~.project.Policy` (min_gain, max_regression, confidence,
+            significant_regressions_only).
         domain: the suite the contributor said they target; otherwise the suite with the largest
             gain is the target.
-    A score or gain that is not a finite number is a rejection with that reason.
+    A score or gain that is not a finite number is a rejection with that reason. With
+    ``policy.significant_regressions_only``, a suite that regresses by more than
+    ``max_regression`` rejects only when the upper end of its gain's interval is below
+    ``-max_regression`` too (a suite without an interval is judged on its point estimate).
     """
     gains = {s: relative_gain(v["base"], v["adapter"], v["higher_is_better"]) for s, v in scores.items()}
     broken = sorted(s for s, g in gains.items() if not math.isfinite(g))
@@ -31,15 +43,26 @@ def decide(scores: dict[str, dict], policy, domain: str | None) -> tuple[str, st
         return "reject", None, [f"{s}: the score is not a finite number ({scores[s]['base']!r} -> "
                                 f"{scores[s]['adapter']!r})" for s in broken] or ["no scores"]
     target = domain if domain in gains else max(sorted(gains), key=lambda s: gains[s])
-    reasons = []
+    reasons, notes = [], []
     if gains[target] < policy.min_gain:
-        reasons.append(f"{target}: gain {gains[target]:+.2%} is below the required {policy.min_gain:.2%}")
+        reasons.append(f"{target}: gain {gains[target]:+.2%}{_span(scores[target])} is below the "
+                       f"required {policy.min_gain:.2%}")
+    only_significant = getattr(policy, "significant_regressions_only", False)
     for suite, gain in sorted(gains.items()):
-        if suite != target and gain < -policy.max_regression:
-            reasons.append(f"{suite}: regresses by {-gain:.2%}, more than the allowed "
-                           f"{policy.max_regression:.2%}")
+        if suite == target or gain >= -policy.max_regression:
+            continue
+        span = scores[suite].get("gain_interval")
+        if only_significant and span and span[1] >= -policy.max_regression:
+            notes.append(f"{suite}: regresses by {-gain:.2%}{_span(scores[suite])}, not "
+                         f"significantly more than the allowed {policy.max_regression:.2%}")
+            continue
+        reasons.append(f"{suite}: regresses by {-gain:.2%}{_span(scores[suite])}, more than the "
+                       f"allowed {policy.max_regression:.2%}"
+                       + (" (significantly)" if only_significant and span else ""))
     if not reasons:
-        reasons.append(f"{target}: gain {gains[target]:+.2%} >= {policy.min_gain:.2%}; no suite "
-                       f"regresses by more than {policy.max_regression:.2%}")
-        return "accept", target, reasons
-    return "reject", target, reasons
+        reasons.append(f"{target}: gain {gains[target]:+.2%}{_span(scores[target])} >= "
+                       f"{policy.min_gain:.2%}; no suite regresses by "
+                       + ("significantly " if only_significant else "")
+                       + f"more than {policy.max_regression:.2%}")
+        return "accept", target, reasons + notes
+    return "reject", target, reasons + notes

@@ -8,10 +8,16 @@ apply (the held-out data and its suites file stay local to the maintainers)::
     model: model                            # the base model's directory in this repository
     contributions: contributions            # where contributions live: contributions/<name>/
     task: causal_lm                         # or classification
+    labels: [negative, neutral, positive]   # classification: the class names in head order
     limits: {max_rank: 64, max_adapter_mb: 100}
-    policy: {min_gain: 0.01, max_regression: 0.02}
+    policy: {min_gain: 0.01, max_regression: 0.02, confidence: 0.95,
+             significant_regressions_only: false}
 
-Every key is optional; the defaults are those above (``name``: the repository's directory).
+Every key is optional; the defaults are those above (``name``: the repository's directory;
+``labels``: none, each adapter numbers the classes of its own data). With ``labels``, every
+classification adapter must carry exactly that numbering (``train`` in the repository uses it;
+``contribute`` and ``review`` refuse an adapter whose ``labels.json`` differs), so that adapters
+trained on different subsets of the classes have compatible heads.
 """
 
 from __future__ import annotations
@@ -54,13 +60,30 @@ class Limits:
 @dataclass(frozen=True)
 class Policy:
     """When a contribution is accepted: its target suite improves by at least ``min_gain`` and
-    no other suite worsens by more than ``max_regression`` (both relative: 0.01 is 1 %)."""
+    no other suite worsens by more than ``max_regression`` (both relative: 0.01 is 1 %).
+
+    Every score comes with a ``confidence`` interval (0.95: 95 %), bootstrapped over the suite's
+    documents. With ``significant_regressions_only``, a regression rejects only when it is
+    significant: the whole interval of the suite's relative gain lies below
+    ``-max_regression`` (a few documents' noise no longer rejects an adapter)."""
 
     min_gain: float = 0.01
     max_regression: float = 0.02
+    confidence: float = 0.95
+    significant_regressions_only: bool = False
 
     def __post_init__(self):  # a NaN threshold would let every contribution through
-        _check_numbers(self, "policy", -1e6, 1e6)
+        problems = [p for name in ("min_gain", "max_regression")
+                    for p in [number_problem(getattr(self, name), f"policy.{name}", -1e6, 1e6)] if p]
+        problem = number_problem(self.confidence, "policy.confidence", 0, 1, above_minimum=True,
+                                 below_maximum=True)
+        if problem:
+            problems.append(problem + " (e.g. 0.95)")
+        if not isinstance(self.significant_regressions_only, bool):
+            problems.append(f"policy.significant_regressions_only is "
+                            f"{self.significant_regressions_only!r}, not true or false")
+        if problems:
+            raise UsageError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -72,12 +95,19 @@ class Project:
     task: str = "causal_lm"
     license: str | None = None
     language: tuple[str, ...] | None = None
+    labels: tuple[str, ...] | None = None
     limits: Limits = field(default_factory=Limits)
     policy: Policy = field(default_factory=Policy)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["language"] = list(self.language) if self.language else None
+        data["labels"] = list(self.labels) if self.labels else None
+        # settings added later are written only when set, so that an older modelgit can still
+        # read a new project's file (it refuses keys it does not know)
+        for key, default in (("confidence", 0.95), ("significant_regressions_only", False)):
+            if data["policy"][key] == default:
+                del data["policy"][key]
         return {k: v for k, v in data.items() if v is not None}
 
 
@@ -91,12 +121,52 @@ def _sub(cls, raw, where: str, problems: list[str]):
     values = {}
     for key, value in raw.items():
         if key not in known:
-            problems.append(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+            problems.append(f"{where}: unknown key {key!r}{_closest(key, known)} "
+                            f"(known: {', '.join(sorted(known))})")
+        elif isinstance(known[key].default, bool):
+            if isinstance(value, bool):
+                values[key] = value
+            else:
+                problems.append(f"{where}.{key}: {value!r} is not true or false")
         elif number_problem(value, key, 0, 1e9) is not None:
             problems.append(f"{where}.{key}: {value!r} is not a finite non-negative number")
         else:
             values[key] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except UsageError as exc:
+        problems.append(str(exc))
+        return cls()
+
+
+def _closest(key, known) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(str(key), list(known), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+#: the project's class names: at most this many, each a short plain name
+MAX_PROJECT_LABELS = 10_000
+
+
+def _labels(value, problems: list[str]) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() and len(v) <= 200
+                                              and v.isprintable() for v in value):
+        problems.append(f"labels: {str(value)[:200]!r} is not a list of class names")
+        return None
+    if not 2 <= len(value) <= MAX_PROJECT_LABELS:
+        problems.append(f"labels: {len(value)} class(es): give between 2 and {MAX_PROJECT_LABELS}")
+        return None
+    repeated = sorted({v for v in value if value.count(v) > 1})
+    if repeated:
+        problems.append(f"labels: {', '.join(repeated[:10])} appear more than once")
+        return None
+    return tuple(value)
 
 
 def _rel_dir(value, key: str, problems: list[str]) -> str | None:
@@ -120,7 +190,8 @@ def parse_project(data, source: str = PROJECT_FILE, default_name: str = "model")
     known = {f.name for f in fields(Project)}
     for key in data:
         if key not in known:
-            problems.append(f"unknown key {key!r} (known: {', '.join(sorted(known))})")
+            problems.append(f"unknown key {key!r}{_closest(key, known)} "
+                            f"(known: {', '.join(sorted(known))})")
     project = Project(name=str(data.get("name") or default_name))
     if data.get("base_model") is not None:
         project = replace(project, base_model=str(data["base_model"]))
@@ -138,8 +209,12 @@ def parse_project(data, source: str = PROJECT_FILE, default_name: str = "model")
     project = replace(project, task=task if task in ("causal_lm", "classification") else "causal_lm",
                       license=data.get("license"),
                       language=tuple(language) if language else None,
+                      labels=_labels(data.get("labels"), problems),
                       limits=_sub(Limits, data.get("limits"), "limits", problems),
                       policy=_sub(Policy, data.get("policy"), "policy", problems))
+    if project.labels and project.task != "classification":
+        problems.append(f"labels: given for task {project.task!r}: class names are for "
+                        "task: classification")
     if project.model == project.contributions:
         problems.append("model and contributions must be different directories")
     if problems:

@@ -107,7 +107,10 @@ def rebase(repo: GitRepo, adapter_dir: str, onto: str, output: str, suites=None,
     Raises:
         UsageError: unknown revisions, an adapter without a known base, an existing output.
     """
-    from ..eval import evaluate_suites
+    from ..eval import evaluate_suites as _evaluate, without_documents
+
+    def evaluate_suites(*args):
+        return without_documents(_evaluate(*args))
 
     project = read_project(repo)
     if not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):

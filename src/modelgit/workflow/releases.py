@@ -51,10 +51,27 @@ WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0)
 
 @dataclass
 class ReleaseResult:
+    """A release (``commit`` None for a dry run, which changed nothing); ``record`` as
+    ``releases/<tag>.json`` holds it, with ``comparison`` when several methods were compared."""
+
     tag: str
-    commit: str
+    commit: str | None
     record: dict
     pushed_to: str | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One method's merge of the accepted contributions, evaluated."""
+
+    method: str
+    params: dict
+    recipe: dict
+    search: dict | None
+    merged: str  # its directory in the scratch space
+    results: list  # on the suites
+    objective: float  # mean relative gain on the selection data (validation, else the suites)
 
 
 def read_releases(repo: GitRepo, rev: str = "HEAD") -> list[dict]:
@@ -105,18 +122,24 @@ def next_tag(repo: GitRepo) -> str:
     return f"v{max(numbers, default=1) + 1}"
 
 
-def build_recipe(project: Project, names: list[str], method: str, parameters: dict) -> dict:
+def build_recipe(project: Project, names: list[str], method: str, parameters: dict,
+                 strict: bool = True) -> dict:
     """A mergekit-schema recipe merging ``names``' adapters into the base (repo-relative paths).
 
     ``parameters``: the method's options (``lambda``, ``normalize``...), per-model defaults
     (``weight``, ``density``, ``gamma``, ``epsilon``) and per-contribution weights
-    (``weight:<name>``).
+    (``weight:<name>``). With ``strict`` (one method) they all go into the recipe, whose parser
+    refuses one the method does not take; without it (several methods being compared with one
+    set of settings) those the method does not take (``density`` for ``linear``...) are left out.
     """
     from ..merge.methods import METHODS
 
-    per_model = {k: v for k, v in parameters.items() if k in ("density", "gamma", "epsilon")}
+    known = METHODS[method] if method in METHODS and not strict else None
+    per_model = {k: v for k, v in parameters.items() if k in ("density", "gamma", "epsilon")
+                 and (known is None or k in known.model_params)}
     global_params = {k: v for k, v in parameters.items()
-                     if k not in per_model and k != "weight" and not k.startswith("weight:")}
+                     if k not in ("density", "gamma", "epsilon", "weight")
+                     and not k.startswith("weight:") and (known is None or k in known.options)}
     models = [{"model": f"{project.model}+{project.contributions}/{n}",
                "parameters": {"weight": parameters.get(f"weight:{n}", parameters.get("weight", 1.0)),
                               **per_model}} for n in names]
@@ -165,7 +188,7 @@ def search_recipe(repo: GitRepo, project: Project, names: list[str], method: str
     from ..merge.methods import METHODS
 
     axes = {"lambda": list(LAMBDAS)} if "lambda" in METHODS[method].options else {}
-    if "density" in parameters:
+    if "density" in parameters and "density" in METHODS[method].model_params:
         axes["density"] = list(DENSITIES)
     if len(names) > 1:  # one model's weight only scales what lambda scales
         axes.update({f"weight:{n}": list(WEIGHTS) for n in names})
@@ -181,7 +204,8 @@ def search_recipe(repo: GitRepo, project: Project, names: list[str], method: str
         key = tuple(sorted(candidate.items()))
         if key not in trials:
             out = os.path.join(work, f"trial-{len(trials)}")
-            _merge(repo, build_recipe(project, names, method, {**parameters, **candidate}), out, progress)
+            _merge(repo, build_recipe(project, names, method, {**parameters, **candidate}, strict=False),
+                   out, progress)
             trials[key] = _objective(base, evaluate_suites(out, None, valid, progress))
             shutil.rmtree(out, ignore_errors=True)
         return trials[key]
@@ -228,7 +252,9 @@ def _contribution_entry(review: dict, record: dict) -> dict:
             "adapter_id": adapter.get("content_id"), "rank": adapter.get("rank"),
             "alpha": adapter.get("alpha"), "target_modules": adapter.get("target_modules"),
             "review": {"decision": review["decision"], "target_suite": review.get("target_suite"),
-                       "scores": {s: {"base": v["base"], "adapter": v["adapter"]}
+                       "scores": {s: {"base": v["base"], "adapter": v["adapter"],
+                                      **({"gain_interval": v["gain_interval"]}
+                                         if v.get("gain_interval") else {})}
                                   for s, v in (review.get("scores") or {}).items()}}}
 
 
@@ -266,13 +292,32 @@ def _continue_pretraining(merged: str, data: str, steps: int, lr: float, work: s
     done = train(TrainConfig(base=merged, data=data, output=out, full=True, steps=steps, lr=lr,
                              seed=0), progress=progress)
     m, card = done.metrics, done.data_card
-    return out, {"steps": m["steps"], "lr": lr, "first_loss": m["first_loss"],
-                 "last_loss": m["last_loss"],
+    return out, {"steps": m["steps"], "lr": lr, "start_loss": m["start_loss"],
+                 "final_loss": m["final_loss"], "loss_window": m["loss_window"],
                  "data_card": {k: card[k] for k in ("records", "bytes", "sha256")}}
 
 
-def _release_record(repo, project, tag, accepted, method, params, recipe, search_record,
-                    base_results, results) -> dict:
+def _result_entry(result: dict, base: dict, confidence: float = 0.95) -> dict:
+    """What the record and card say of one suite: the release's and the base's values, the
+    relative gain, and their bootstrap intervals over the suite's documents."""
+    from ..eval import gain_interval, interval
+
+    docs_r, docs_b = result.get("documents"), base.get("documents")
+    entry = {"suite": result["suite"], "task": result["task"], "metric": result["metric"],
+             "value": result["value"], "base_value": base["value"],
+             "higher_is_better": result["higher_is_better"], "examples": result["examples"],
+             "data_sha256": result["data"]["sha256"],
+             "gain": relative_gain(base["value"], result["value"], result["higher_is_better"]),
+             "confidence": confidence}
+    entry["interval"] = interval(docs_r, result["metric"], confidence) if docs_r else None
+    entry["gain_interval"] = gain_interval(docs_b, docs_r, result["metric"],
+                                           result["higher_is_better"], confidence) \
+        if docs_r and docs_b else None
+    return entry
+
+
+def _release_record(repo, project, tag, accepted, chosen: _Candidate, base_results,
+                    results) -> dict:
     """The release record: ``releases/<tag>.json`` and the model card's input."""
     contributions = [_contribution_entry(r, _contribution_record(repo, project, r["contribution"]))
                      for r in accepted]
@@ -282,13 +327,10 @@ def _release_record(repo, project, tag, accepted, method, params, recipe, search
             "commit": repo.rev_parse("HEAD"), "base_model": project.base_model,
             "task": project.task, "license": project.license,
             "language": list(project.language) if project.language else None,
-            "method": method, "parameters": params,
-            "recipe": yaml.safe_dump(recipe, sort_keys=False), "search": search_record,
+            "method": chosen.method, "parameters": chosen.params,
+            "recipe": yaml.safe_dump(chosen.recipe, sort_keys=False), "search": chosen.search,
             "contributions": contributions,
-            "results": [{"suite": r["suite"], "task": r["task"], "metric": r["metric"],
-                         "value": r["value"], "base_value": b["value"],
-                         "higher_is_better": r["higher_is_better"], "examples": r["examples"],
-                         "data_sha256": r["data"]["sha256"]} for r, b in zip(results, base_results)],
+            "results": [_result_entry(r, b) for r, b in zip(results, base_results)],
             "lineage": [{"tag": p.get("tag"), "date": p.get("date"), "commit": p.get("commit"),
                          "method": p.get("method"),
                          "contributions": [c["name"] for c in p.get("contributions", [])]}
@@ -307,29 +349,145 @@ def _check_finite(results: list[dict], base_results: list[dict]) -> None:
                          "smaller --scale, or check the suites' data")
 
 
-def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None = None,
+def _methods(method) -> list[str]:
+    """The methods to compare: one name, a comma-separated list, or a list."""
+    from ..merge.methods import METHODS
+
+    names = [m.strip() for m in (method.split(",") if isinstance(method, str) else method)
+             if m and m.strip()]
+    if not names:
+        raise UsageError("no merge method given: use e.g. --method ties or --method ties,linear")
+    for name in names:
+        if name not in METHODS:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(METHODS), n=1)
+            raise UsageError(f"unknown merge method {name!r}"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f": use one of {', '.join(sorted(METHODS))}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--method names a method twice: {', '.join(names)}")
+    return names
+
+
+def _check_taken(parameters: dict, methods: list[str]) -> None:
+    """Several methods share one set of settings, each taking those it knows; a setting that none
+    of them takes is a mistake (a misspelling, or a method missing from the list)."""
+    from ..merge.methods import METHODS
+
+    for key in parameters:
+        if key == "weight" or key.startswith("weight:"):
+            continue
+        takers = [m for m in methods if key in METHODS[m].model_params or key in METHODS[m].options]
+        if not takers:
+            raise UsageError(f"no method of {', '.join(methods)} takes the setting {key!r}: "
+                             "remove it or add a method that uses it")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every candidate merge of one release is built and judged with."""
+
+    repo: GitRepo
+    project: Project
+    names: list
+    parameters: dict
+    suites: list
+    base_results: list
+    selection: tuple  # (suites, their base results) the candidates are compared on
+    search: bool
+    search_budget: int
+    work: str
+    progress: object
+    strict: bool = True  # one method: a setting it does not take is an error (see build_recipe)
+
+
+def _selection(repo, project, suites, base_results, progress) -> tuple:
+    """The suites' validation data when every suite has some (choosing on the held-out data
+    would make its figures optimistic), else the held-out suites themselves."""
+    if all(getattr(s, "validation", None) for s in suites):
+        valid = _validation_suites(suites)
+        base_dir = os.path.join(repo.root, project.model)
+        fp = fingerprint_rev(repo, "HEAD", project.model)
+        return valid, evaluate_base(repo, base_dir, fp, valid, progress)
+    return None, base_results
+
+
+def _candidate(plan: _Plan, method: str, index: int, count: int) -> _Candidate:
+    from ..eval import evaluate_suites
+    from ..progress import note
+
+    params = {**DEFAULT_PARAMETERS.get(method, {}), **plan.parameters}
+    search_record = None
+    if plan.search:
+        note(f"release: searching {method}'s settings ({index} of {count})", plan.progress)
+        search_record = search_recipe(plan.repo, plan.project, plan.names, method, params,
+                                      plan.suites, plan.search_budget, plan.work, plan.progress)
+        params.update(search_record["best"]["params"])
+    recipe = build_recipe(plan.project, plan.names, method, params, strict=plan.strict)
+    merged = os.path.join(plan.work, f"merged-{method}")
+    note(f"release: merging with {method} ({index} of {count})", plan.progress)
+    _merge(plan.repo, recipe, merged, plan.progress)
+    results = evaluate_suites(merged, None, plan.suites, plan.progress)
+    valid, valid_base = plan.selection
+    judged = evaluate_suites(merged, None, valid, plan.progress) if valid else results
+    finite = all(isinstance(r["value"], (int, float)) and math.isfinite(r["value"]) for r in judged)
+    objective = _objective(valid_base, judged) if finite else float("-inf")
+    return _Candidate(method, _taken(method, params), recipe, search_record, merged, results,
+                      objective)
+
+
+def _taken(method: str, params: dict) -> dict:
+    """The settings of ``params`` that ``method`` takes (weights always)."""
+    from ..merge.methods import METHODS
+
+    known = METHODS[method]
+    return {k: v for k, v in params.items() if k == "weight" or k.startswith("weight:")
+            or k in known.model_params or k in known.options}
+
+
+def _comparison(candidates: list[_Candidate], chosen: _Candidate, base_results: list,
+                on_validation: bool) -> dict:
+    return {"basis": "mean relative gain on the suites' validation data" if on_validation else
+            "mean relative gain on the held-out suites (no validation data: the chosen "
+            "method's figures are then optimistic)",
+            "chosen": chosen.method,
+            "methods": [{"method": c.method, "parameters": c.params, "objective": c.objective,
+                         "results": [_result_entry(r, b) for r, b in zip(c.results, base_results)]}
+                        for c in candidates]}
+
+
+def release(repo: GitRepo, suites, method="ties", parameters: dict | None = None,
             tag: str | None = None, search: bool = False, search_budget: int = 8,
             message: str | None = None, push: str | None = None,
             pretrain: str | None = None, pretrain_steps: int = 50, pretrain_lr: float = 1e-5,
-            progress: bool | None = False) -> ReleaseResult:
+            progress: bool | None = False, dry_run: bool = False) -> ReleaseResult:
     """Merge the accepted contributions into the base, evaluate on ``suites``, commit the new
     base with its model card and release record, and tag it (see the module docstring).
 
-    With ``pretrain`` (a data path) the merged model is trained further, every weight, for
-    ``pretrain_steps`` steps at ``pretrain_lr`` (continued pretraining) before it is evaluated.
-
+    Args:
+        method: a merge method, or several (``"ties,linear"`` or a list): each merges the same
+            contributions and is evaluated; the one with the best mean relative gain on the
+            suites' validation data (on the held-out suites when a suite has none) is released,
+            and the record's ``comparison`` holds them all.
+        parameters: the recipe's settings (``density``, ``lambda``...); each method takes those
+            it knows.
+        pretrain: a data path: the merged model is trained further, every weight, for
+            ``pretrain_steps`` steps at ``pretrain_lr`` (continued pretraining) before it is
+            evaluated.
+        dry_run: merge and evaluate in a scratch directory and return the record, changing
+            nothing: no weights, card, record, commit, tag or push.
     Raises:
         UsageError: nothing accepted to release, a dirty work tree, an existing tag, held-out
-            files inside the repository, a search without validation data.
+            files inside the repository, a search without validation data, an unknown method.
     """
     from ..eval import evaluate_suites
-    from ..merge.methods import METHODS
     from .card import render_model_card
 
     project = read_project(repo)
-    if method not in METHODS:
-        raise UsageError(f"unknown merge method {method!r}: use one of {', '.join(sorted(METHODS))}")
-    require_clean(repo, [], "modelgit release")
+    methods = _methods(method)
+    if not dry_run:
+        require_clean(repo, [], "modelgit release")
     check_heldout_private(repo, suites)
     accepted = accepted_contributions(repo, project)
     if not accepted:
@@ -339,40 +497,53 @@ def release(repo: GitRepo, suites, method: str = "ties", parameters: dict | None
     if repo.rev_parse(f"refs/tags/{tag}"):
         raise UsageError(f"tag {tag} exists: choose another --tag")
     names = [r["contribution"] for r in accepted]
-    params = {**DEFAULT_PARAMETERS.get(method, {}), **(parameters or {})}
+    _check_taken(parameters or {}, methods)  # before any merge: a misspelled setting costs nothing
     model_dir = os.path.join(repo.root, project.model)
     with scratch_dir(repo, "release-") as work:
-        search_record = None
-        if search:
-            search_record = search_recipe(repo, project, names, method, params, suites,
-                                          search_budget, work, progress)
-            params.update(search_record["best"]["params"])
-        recipe = build_recipe(project, names, method, params)
-        merged = os.path.join(work, "merged")
-        _merge(repo, recipe, merged, progress)
-        pretraining = None
+        base_results = evaluate_base(repo, model_dir, fingerprint_rev(repo, "HEAD", project.model),
+                                     suites, progress)
+        selection = _selection(repo, project, suites, base_results, progress) \
+            if len(methods) > 1 else (None, base_results)
+        plan = _Plan(repo, project, names, dict(parameters or {}), suites, base_results,
+                     selection, search, search_budget, work, progress, strict=len(methods) == 1)
+        candidates = [_candidate(plan, m, i, len(methods)) for i, m in enumerate(methods, 1)]
+        chosen = max(candidates, key=lambda c: c.objective)  # the first of equals: the order given
+        for other in candidates:  # each merge is a whole model: keep only the chosen one's
+            if other is not chosen:
+                shutil.rmtree(other.merged, ignore_errors=True)
+        merged, results, pretraining = chosen.merged, chosen.results, None
         if pretrain:
             merged, pretraining = _continue_pretraining(merged, pretrain, pretrain_steps,
                                                         pretrain_lr, work, progress)
-        base_results = evaluate_base(repo, model_dir, fingerprint_rev(repo, "HEAD", project.model),
-                                     suites, progress)
-        results = evaluate_suites(merged, None, suites, progress)
+            results = evaluate_suites(merged, None, suites, progress)
         _check_finite(results, base_results)
-        record = _release_record(repo, project, tag, accepted, method, params, recipe,
-                                 search_record, base_results, results)
+        record = _release_record(repo, project, tag, accepted, chosen, base_results, results)
         record["pretraining"] = pretraining
+        if len(candidates) > 1:
+            record["comparison"] = _comparison(candidates, chosen, base_results,
+                                               selection[0] is not None)
         card = render_model_card(record)  # before the work tree changes: it may refuse the record
+        if dry_run:
+            return ReleaseResult(tag, None, record, None, dry_run=True)
         _install_weights(merged, model_dir)
+    commit = _commit_release(repo, project, tag, record, card, names,
+                             message or f"Release {tag}: merge {len(names)} contribution(s) "
+                                        f"with {chosen.method}", push)
+    return ReleaseResult(tag, commit, record, push)
+
+
+def _commit_release(repo: GitRepo, project: Project, tag: str, record: dict, card: str,
+                    names: list[str], title: str, push: str | None) -> str:
+    """Write the card and the record beside the installed weights, commit, tag, push."""
+    model_dir = os.path.join(repo.root, project.model)
     write_atomic(os.path.join(model_dir, "README.md"), card)
     os.makedirs(os.path.join(repo.root, RELEASES_DIR), exist_ok=True)
     write_atomic(os.path.join(repo.root, RELEASES_DIR, f"{tag}.json"), dumps_json(record))
     repo.git("add", "-A", "--", project.model, RELEASES_DIR)
-    title = message or f"Release {tag}: merge {len(names)} contribution(s) with {method}"
     repo.git("commit", "-q", "-m", f"{title}\n\nContributions: {', '.join(names)}\n"
                                    f"Modelgit-Release: {tag}\n")
     repo.git("tag", "-a", tag, "-m", title)
-    commit = repo.rev_parse("HEAD")
     if push:
         branch = repo.git("symbolic-ref", "--short", "HEAD").decode().strip()
         repo.git("push", push, f"refs/heads/{branch}", f"refs/tags/{tag}")
-    return ReleaseResult(tag, commit, record, push)
+    return repo.rev_parse("HEAD")

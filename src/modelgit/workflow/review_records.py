@@ -72,7 +72,10 @@ def _record(entry, policy, head: str, who: str, suite_info: dict) -> dict:
             "decided_by": entry.decided_by, "reasons": entry.reasons,
             "target_suite": entry.target_suite, "scores": entry.scores,
             "suites": suite_info, "policy": {"min_gain": policy.min_gain,
-                                             "max_regression": policy.max_regression},
+                                             "max_regression": policy.max_regression,
+                                             "confidence": policy.confidence,
+                                             "significant_regressions_only":
+                                                 policy.significant_regressions_only},
             "adapter": entry.adapter, "reviewer": who,  # the summary review computed, not a claim
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field, replace
 from ..errors import ModelgitError, UsageError
 from ..fingerprint import fingerprint_rev, tensor_infos_rev
 from ..git.repo import GitRepo
-from .basecache import evaluate_base
 from .contribution import BRANCH_PREFIX, check_name, training_base_problems
 from .gitops import require_clean, scratch_dir
 from .intake import receive
@@ -82,6 +81,7 @@ class ReviewReport:
     entries: list[ReviewEntry]
     recorded: bool = False
     commits: list[str] = field(default_factory=list)
+    pushed_to: str | None = None  # the remote the recorded reviews were pushed to
 
     def blind(self) -> dict:
         return {"base": self.base, "contributions": [e.blind() for e in self.entries]}
@@ -181,13 +181,16 @@ class _Context:
     base_tensors: dict
     base_dir: str
     suites: list
-    base_results: list
     progress: bool | None
     work: str
 
 
-def _scores(base: list[dict], adapter: list[dict]) -> tuple[dict, list[str]]:
-    """({suite: scores}, problems): a score that is not a finite number is a problem."""
+def _scores(base: list[dict], adapter: list[dict], confidence: float) -> tuple[dict, list[str]]:
+    """({suite: scores}, problems): a score that is not a finite number is a problem. Each
+    suite's scores carry their ``confidence`` bootstrap intervals over the suite's documents,
+    and the interval of the gain (base and adapter resampled on the same documents)."""
+    from ..eval import gain_interval, interval
+
     out, problems = {}, []
     for b, a in zip(base, adapter):
         value = a["value"]
@@ -195,9 +198,16 @@ def _scores(base: list[dict], adapter: list[dict]) -> tuple[dict, list[str]]:
             problems.append(f"{b['suite']}: the adapter's {b['metric']} is {value!r}, not a finite "
                             "number: the adapter breaks the model")
             continue
+        docs_b, docs_a = b.get("documents"), a.get("documents")
         out[b["suite"]] = {"metric": b["metric"], "base": b["value"], "adapter": value,
                            "higher_is_better": b["higher_is_better"],
-                           "gain": relative_gain(b["value"], value, b["higher_is_better"])}
+                           "gain": relative_gain(b["value"], value, b["higher_is_better"]),
+                           "confidence": confidence,
+                           "base_interval": interval(docs_b, b["metric"], confidence) if docs_b else None,
+                           "adapter_interval": interval(docs_a, b["metric"], confidence) if docs_a else None,
+                           "gain_interval": gain_interval(docs_b, docs_a, b["metric"],
+                                                          b["higher_is_better"], confidence)
+                           if docs_b and docs_a else None}
     return out, problems
 
 
@@ -230,12 +240,11 @@ def _claims_problems(ctx: _Context, name: str, received) -> list[str]:
     return training_base_problems(received.directory, base_fp, received.base[:12])
 
 
-def _evaluate(ctx: _Context, entry: ReviewEntry, directory: str) -> None:
-    """Read, check, validate and evaluate ``entry``'s contribution, filling ``entry`` in as
-    facts are established (its checked record, its base; the validated tree only once it has
-    been evaluated). A refusal raises ContributionError."""
-    from ..eval import evaluate_suites
-
+def _prepare(ctx: _Context, entry: ReviewEntry, directory: str) -> tuple[str, dict]:
+    """Read, check and validate ``entry``'s contribution into ``directory``, leaving only the
+    adapter itself there (no metadata: evaluation must not see who sent it), and fill ``entry``
+    in as facts are established (its checked record and base; the validated tree is kept aside
+    until it has been evaluated). A refusal raises ContributionError."""
     item = entry.contribution
     parts = [*ctx.project.contributions.split("/"), item.name]
     received = receive(ctx.repo, parts, item.commit, ctx.head, directory, ctx.project.limits)
@@ -243,42 +252,98 @@ def _evaluate(ctx: _Context, entry: ReviewEntry, directory: str) -> None:
     if problems:
         raise ContributionError(item.name, problems)
     entry.contribution, entry.base = replace(item, record=received.record), received.base
-    summary = validate_adapter(directory, ctx.base_tensors, ctx.project.limits)
+    summary = validate_adapter(directory, ctx.base_tensors, ctx.project.limits, ctx.project.labels)
     for name in os.listdir(directory):  # only the adapter itself is evaluated, no metadata
         if name not in _EVALUATED:
             os.remove(os.path.join(directory, name))
-    results = evaluate_suites(ctx.base_dir, directory, ctx.suites, ctx.progress)
-    scores, problems = _scores(ctx.base_results, results)
-    if problems:
-        raise ContributionError(item.name, problems)
-    decision, target, why = decide(scores, ctx.policy, received.record.get("domain"))
-    entry.decision, entry.reasons, entry.target_suite, entry.scores = decision, why, target, scores
-    entry.tree, entry.adapter = received.tree, summary
+    return received.tree, summary
 
 
-def _review_one(ctx: _Context, anon: str, item: PendingContribution) -> ReviewEntry:
-    """The review of one contribution: whatever fails is its rejection, with the reason."""
+def _reject(entry: ReviewEntry, reasons: list[str]) -> ReviewEntry:
+    entry.decision, entry.reasons, entry.target_suite, entry.scores = "reject", reasons, None, {}
+    entry.tree = entry.adapter = None  # nothing of it may be merged
+    return entry
+
+
+def _failure_reasons(exc: BaseException) -> list[str]:
+    if isinstance(exc, ContributionError):
+        return exc.problems
+    if isinstance(exc, (ModelgitError, OSError)):
+        return [f"could not be read or evaluated: {exc}"]
+    return [f"review failed unexpectedly on it ({type(exc).__name__}: {str(exc)[:300]}): "
+            "refused to be safe; please report this as a modelgit bug"]
+
+
+def _prepare_one(ctx: _Context, anon: str, item: PendingContribution):
+    """(entry, directory, validated tree, summary) of one contribution, or (rejected entry,
+    None, None, None): whatever fails before evaluation is its rejection, with the reason."""
     entry = ReviewEntry(anon, "reject", [], contribution=item)
     problem = _name_problem(item.name)
     if problem:
         entry.reasons, entry.recordable = [problem], False
-        return entry
+        return entry, None, None, None
     directory = tempfile.mkdtemp(prefix=f"{anon}-", dir=ctx.work)
     try:
-        _evaluate(ctx, entry, directory)
-        return entry
-    except ContributionError as exc:
-        reasons = exc.problems
-    except (ModelgitError, OSError) as exc:
-        reasons = [f"could not be read or evaluated: {exc}"]
-    except Exception as exc:  # noqa: BLE001  a stranger's file must not stop the other reviews
-        reasons = [f"review failed unexpectedly on it ({type(exc).__name__}: {str(exc)[:300]}): "
-                   "refused to be safe; please report this as a modelgit bug"]
-    finally:
+        tree, summary = _prepare(ctx, entry, directory)
+        return entry, directory, tree, summary
+    except BaseException as exc:  # noqa: BLE001  a stranger's file must not stop the other reviews
         shutil.rmtree(directory, ignore_errors=True)
-    entry.decision, entry.reasons, entry.target_suite, entry.scores = "reject", reasons, None, {}
-    entry.tree = entry.adapter = None  # nothing of it may be merged
+        if not isinstance(exc, Exception):
+            raise
+        return _reject(entry, _failure_reasons(exc)), None, None, None
+
+
+def _decide(ctx: _Context, entry: ReviewEntry, base_results: list[dict], outcome, tree,
+            summary) -> ReviewEntry:
+    """The decision on one evaluated contribution (``outcome``: its results or failure)."""
+    from ..eval.parallel import EvalFailure
+
+    if isinstance(outcome, EvalFailure):
+        return _reject(entry, [f"could not be read or evaluated: {outcome.message}"] if outcome.expected
+                       else [f"review failed unexpectedly on it ({outcome.type_name}: "
+                             f"{outcome.message}): refused to be safe; please report this as a "
+                             "modelgit bug"])
+    try:
+        scores, problems = _scores(base_results, outcome, ctx.policy.confidence)
+        if problems:
+            raise ContributionError(entry.contribution.name, problems)
+        decision, target, why = decide(scores, ctx.policy, entry.contribution.record.get("domain"))
+    except Exception as exc:  # noqa: BLE001
+        return _reject(entry, _failure_reasons(exc))
+    entry.decision, entry.reasons, entry.target_suite, entry.scores = decision, why, target, scores
+    entry.tree, entry.adapter = tree, summary
     return entry
+
+
+def _evaluate_all(ctx: _Context, named, jobs: int | None) -> tuple[list[dict], list[ReviewEntry]]:
+    """(base results, entries): every contribution prepared one by one (git and validation),
+    then the base (unless cached) and every valid adapter evaluated together (see
+    :mod:`modelgit.eval.parallel`), then each decided."""
+    from ..eval.parallel import EvalJob, evaluate_jobs
+    from .basecache import cached_base, remember_base
+
+    prepared = [_prepare_one(ctx, anon, item) for anon, item in named]
+    base_results, missing = cached_base(ctx.repo, ctx.head_fp, ctx.suites)
+    todo = [EvalJob(ctx.base_dir, None, tuple(ctx.suites[i] for i in missing))] if missing else []
+    todo += [EvalJob(ctx.base_dir, directory, tuple(ctx.suites))
+             for _, directory, _, _ in prepared if directory]
+    names = {directory: entry.anon_id for entry, directory, _, _ in prepared if directory}
+    outcomes = evaluate_jobs(todo, ctx.progress, ctx.policy.confidence, jobs,
+                             label=lambda job: names.get(job.adapter_dir, "the base"))
+    if missing:
+        fresh = outcomes.pop(0)
+        if not isinstance(fresh, list):
+            raise UsageError(f"the base model could not be evaluated: {fresh.message}")
+        remember_base(ctx.repo, ctx.head_fp, ctx.suites, missing, fresh, base_results)
+    _check_base_results(base_results)
+    outcomes = iter(outcomes)
+    entries = []
+    for entry, directory, tree, summary in prepared:
+        if directory:
+            entry = _decide(ctx, entry, base_results, next(outcomes), tree, summary)
+            shutil.rmtree(directory, ignore_errors=True)
+        entries.append(entry)
+    return base_results, entries
 
 
 def _override(entry: ReviewEntry, decision: str) -> None:
@@ -292,7 +357,7 @@ def _override(entry: ReviewEntry, decision: str) -> None:
 def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy | None = None,
            overrides: dict[str, str] | None = None, dry_run: bool = False,
            reviewer: str | None = None, progress: bool | None = False, on_blind=None,
-           fetch: bool = True) -> ReviewReport:
+           fetch: bool = True, push: str | None = None, jobs: int | None = None) -> ReviewReport:
     """Review every pending contribution against the suites (a list of SuiteConfig).
 
     Args:
@@ -303,6 +368,10 @@ def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy 
             refused before evaluation stays refused.
         dry_run: evaluate and decide, record nothing (identities stay hidden).
         on_blind: called with the blind report before anything is recorded or revealed.
+        push: push the branch to this remote once the decisions are recorded (nothing is
+            pushed by a dry run or when nothing was recorded).
+        jobs: evaluate this many models at once in worker processes (None: as many as the
+            work's size, the idle cores and the memory allow; 1: one after another).
     Returns:
         A :class:`ReviewReport`; its ``revealed()`` names contributors once recorded.
     Raises:
@@ -330,22 +399,23 @@ def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy 
     base_results: list[dict] = []
     with scratch_dir(repo, "review-") as work:
         if named:
-            base_results = evaluate_base(repo, base_dir, head_fp, suites, progress)
-            _check_base_results(base_results)
             ctx = _Context(repo, project, policy, head, head_fp,
                            tensor_infos_rev(repo, head, project.model), base_dir, suites,
-                           base_results, progress, work)
-        for anon, item in named:
-            entry = _review_one(ctx, anon, item)
-            if overrides and anon in overrides:
-                _override(entry, overrides[anon])
-            entries.append(entry)
-    report = ReviewReport({r["suite"]: r for r in base_results}, entries)
+                           progress, work)
+            base_results, entries = _evaluate_all(ctx, named, jobs)
+        for entry in entries:
+            if overrides and entry.anon_id in overrides:
+                _override(entry, overrides[entry.anon_id])
+    report = ReviewReport({r["suite"]: {k: v for k, v in r.items() if k != "documents"}
+                           for r in base_results}, entries)
     if on_blind:
         on_blind(report)
     if not dry_run and entries:
         report.commits = record_reviews(repo, report, policy, head, reviewer, project.contributions)
         report.recorded = True
+        if push and report.commits:
+            repo.git("push", "-q", push, "HEAD")
+            report.pushed_to = push
     return report
 
 
@@ -362,14 +432,24 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _pct(span) -> str:
+    return f" [{span[0] * 100:+.1f}, {span[1] * 100:+.1f}]" if span else ""
+
+
 def format_blind_report(report: ReviewReport) -> str:
-    """The table shown before any identity is revealed: anonymous ids, scores, decisions."""
+    """The table shown before any identity is revealed: anonymous ids, scores (with the gain
+    and its interval, in percent), decisions."""
     suites = list(report.base)
+    level = next((s.get("confidence") for e in report.entries for s in e.scores.values()), None)
     lines = ["blind review (anonymous ids; identities are revealed once the decisions are recorded)"]
+    if level:
+        lines.append(f"each score: value (relative gain % [{level:.0%} bootstrap interval over "
+                     "the documents])")
     header = ["contribution", *[f"{s} ({report.base[s]['metric']})" for s in suites], "decision"]
     rows = [["base", *[_fmt(report.base[s]["value"]) for s in suites], ""]]
     for e in report.entries:
-        cells = [f"{_fmt(e.scores[s]['adapter'])} ({e.scores[s]['gain']:+.1%})" if s in e.scores else "-"
+        cells = [f"{_fmt(e.scores[s]['adapter'])} ({e.scores[s]['gain']:+.1%}"
+                 f"{_pct(e.scores[s].get('gain_interval'))})" if s in e.scores else "-"
                  for s in suites]
         rows.append([e.anon_id, *cells, e.decision + (" (maintainer)" if e.decided_by != "policy" else "")])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]

@@ -188,9 +188,37 @@ def _plain_file(adapter_dir: str, name: str) -> bool:
     return os.path.isfile(path) and not os.path.islink(path)
 
 
-def validate_adapter(adapter_dir: str, base: dict, limits) -> dict:
+def labels_problems_of(adapter_dir: str, config: dict | None, labels, max_bytes: int) -> list[str]:
+    """A classifier adapter against the project's class names ``labels`` (modelgit.yaml's
+    ``labels:``): its ``labels.json`` must number exactly those classes in that order, or its
+    head cannot be merged with the others'."""
+    path = os.path.join(adapter_dir, "labels.json")
+    classifier = isinstance(config, dict) and config.get("task_type") == "SEQ_CLS"
+    if not labels or not (classifier or _plain_file(adapter_dir, "labels.json")):
+        return []
+    expected = {str(i): name for i, name in enumerate(labels)}
+    shown = ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "")
+    if not _plain_file(adapter_dir, "labels.json"):
+        return [f"the adapter has no labels.json, but the project numbers its {len(labels)} classes "
+                f"({shown}): train it with `modelgit train ... --labels {','.join(labels[:20])}` "
+                "(or inside the project's repository)"]
+    found: list[str] = []
+    data = _read_json(path, found, max_bytes)
+    if found or not isinstance(data, dict) or not isinstance(data.get("id2label"), dict):
+        return found or ["labels.json is not {\"id2label\": {...}}"]
+    if data["id2label"] != expected:
+        got = [str(v)[:40] for _, v in sorted(data["id2label"].items(),
+                                             key=lambda kv: (len(str(kv[0])), str(kv[0])))]
+        return [f"its classes are numbered {', '.join(got[:20])}, but the project's labels (in "
+                f"modelgit.yaml) are {shown}: train it again with `--labels "
+                f"{','.join(labels[:20])}` so that its head matches the others'"]
+    return []
+
+
+def validate_adapter(adapter_dir: str, base: dict, limits, labels=None) -> dict:
     """Validate the adapter in ``adapter_dir`` against the base tensors ``base``
-    (``{name: (dtype, shape)}``) and the project's ``limits``.
+    (``{name: (dtype, shape)}``), the project's ``limits`` and, for a classifier, the project's
+    class names ``labels`` (see :func:`labels_problems_of`).
 
     Returns:
         A summary (see :func:`adapter_summary`).
@@ -220,6 +248,7 @@ def validate_adapter(adapter_dir: str, base: dict, limits) -> dict:
             problems.extend(found)
             if not found:
                 problems.extend(_targets_problems(config, modules))
+    problems.extend(labels_problems_of(adapter_dir, config, labels, max_bytes))
     if problems:
         raise ContributionError(f"the adapter {adapter_dir}", problems)
     return adapter_summary(adapter_dir, config, sorted(modules))
