@@ -1,0 +1,61 @@
+"""Output bytes pinned: every method writes exactly the bytes the engine wrote before issue 12.
+
+``output_digests.json`` was made by ``make_output_digests.py`` with the engine of 6aac9f8 run on
+one thread (``OMP_NUM_THREADS=1``; that engine's reductions — the L1 rescale, DELLA, model stock —
+gave other bits with more threads, see ``make_output_digests.py``). Each recipe is merged here
+sequentially and with the thread pool, with several intra-op thread counts: the bytes may depend
+on neither.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+EXPECTED = json.loads((HERE / "output_digests.json").read_text())["digests"]
+
+
+def _make():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_output_digests", HERE / "make_output_digests.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make = _make()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pinned")
+    return root, make.build_inputs(root / "inputs")
+
+
+def test_every_method_is_pinned():
+    from modelgit.merge.base import METHODS
+
+    pinned = {make.recipes({k: Path(k) for k in _labels()})[name]["merge_method"] for name in EXPECTED}
+    assert set(METHODS) <= pinned, f"no pinned output for {sorted(set(METHODS) - pinned)}"
+
+
+def _labels():
+    return ["base", "ft1", "ft2", "ft3", "base-bf16", "ft1-bf16", "ft2-bf16", "ft3-bf16", "adapter",
+            "fisher-ft1", "fisher-ft2", "fisher-ft3"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_output_bytes_unchanged(inputs, name):
+    from modelgit.merge.engine import run_merge
+    from modelgit.merge.recipe import parse_recipe
+
+    root, paths = inputs
+    data = make.recipes(paths)[name]
+    out = root / f"out-{name}"
+    run_merge(parse_recipe(data, json.dumps(data)), str(out), progress=False, max_shard_bytes=200_000,
+              force=True)
+    assert make.output_digests(out) == EXPECTED[name]
