@@ -48,14 +48,46 @@ def _labels():
             "fisher-ft1", "fisher-ft2", "fisher-ft3"]
 
 
+@pytest.mark.parametrize("workers,torch_threads", [("1", 1), ("3", 2)], ids=["sequential", "pool"])
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_output_bytes_unchanged(inputs, name):
+def test_output_bytes_unchanged(inputs, name, workers, torch_threads, monkeypatch):
+    """Sequential (one worker) and on the pool (three workers, with the caller's torch set to
+    two intra-op threads): the pinned bytes both times, and the caller's setting left as it was."""
+    import torch
+
     from modelgit.merge.engine import run_merge
     from modelgit.merge.recipe import parse_recipe
 
     root, paths = inputs
     data = make.recipes(paths)[name]
-    out = root / f"out-{name}"
-    run_merge(parse_recipe(data, json.dumps(data)), str(out), progress=False, max_shard_bytes=200_000,
-              force=True)
+    out = root / f"out-{name}-{workers}"
+    monkeypatch.setenv("MODELGIT_THREADS", workers)
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        run_merge(parse_recipe(data, json.dumps(data)), str(out), progress=False, max_shard_bytes=200_000)
+        assert torch.get_num_threads() == torch_threads
+    finally:
+        torch.set_num_threads(before)
     assert make.output_digests(out) == EXPECTED[name]
+    _check_provenance(out)
+
+
+def _check_provenance(out: Path) -> None:
+    """The content ids recorded (hashed as the merge read the inputs) are those a fresh read
+    of each input gives, in the marker and in every shard's metadata alike."""
+    from safetensors import safe_open
+
+    from modelgit.merge.sources import open_source
+
+    marker = json.loads((out / "modelgit_merge.json").read_text())
+    for entry in marker["inputs"]:
+        source = open_source(entry["spec"])
+        try:
+            assert entry["content_id"] == source.identity(), entry["spec"]
+        finally:
+            source.close()
+    provenance = {k: v for k, v in marker.items() if k != "files"}
+    for shard in sorted(out.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as handle:
+            assert json.loads(handle.metadata()["modelgit_merge"]) == provenance
