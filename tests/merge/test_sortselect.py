@@ -120,3 +120,13 @@ def test_depth_limit_gives_up(monkeypatch):
     monkeypatch.setattr(_sortselect, "_depth_limit", lambda n: 2)
     assert first_k_mask(values.copy(), 3) is None
     assert first_k_mask(values[:17].copy(), 5) is not None  # one partition, then the insertion sort
+
+
+def test_pairs_found_a_chunk_at_a_time(monkeypatch):
+    """The swaps are applied a chunk of pairs at a time: chunks of 5 give the same sets."""
+    monkeypatch.setattr(_sortselect, "_PAIR_CHUNK", 5)
+    rng = np.random.default_rng(11)
+    for n, levels in ((100, 3), (1000, 40), (20_000, 7)):
+        values = rng.integers(0, levels, n).astype(np.float32)
+        for k in (1, n // 3, n // 2, n - 1):
+            np.testing.assert_array_equal(first_k_mask(values.copy(), k), _sorted_first(values, k))

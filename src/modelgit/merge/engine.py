@@ -438,8 +438,8 @@ def _write_tensor(plan: MergePlan, out: OutputTensor, writer: ShardedWriter, bar
 
 def _task_memory(plan: MergePlan, out: OutputTensor) -> int:
     """About the most memory computing ``out`` holds at once, in bytes: a few blocks for the
-    streamed methods, their whole-tensor passes (TIES' selection: ~5 float32 copies of the
-    tensor) and every input whole for the others."""
+    streamed methods, their whole-tensor pass (the task vector and TIES' selection: ~3 float32
+    copies of the tensor; 6 with DELLA's ranks) and every input whole for the others."""
     numel = math.prod(out.shape)
     work = 8 if out.dtype == "F64" else 4
     if out.copy_only:
@@ -450,7 +450,7 @@ def _task_memory(plan: MergePlan, out: OutputTensor) -> int:
         return (inputs + 3) * numel * work
     blocks = (inputs + 4) * min(numel, BLOCK) * work
     if method.needs_base:  # the task-arithmetic family: one whole task vector at a time
-        return 5 * numel * work + blocks
+        return 6 * numel * work + blocks
     return blocks
 
 

@@ -42,6 +42,7 @@ fall back to ``torch.sort``.
 from __future__ import annotations
 
 import functools
+from typing import Iterator
 
 import numpy as np
 
@@ -71,15 +72,15 @@ def _split(right_count: int, equal: np.ndarray, size: int) -> int:
     Every element is a left stop (``< p``), a right stop (``> p``) or both (``== p``), so the
     stops of both kinds before x number ``x + #(equal < x)``, and the condition at x is that
     these are at most all the right stops.
+
+    With j equal elements before x, x lies in ``(equal[j-1], equal[j]]`` and at most
+    ``right_count - j``: the best x for each j, then the largest that is in its interval.
     """
-    lo, hi = 0, size
-    while lo < hi:  # the count grows with x: binary search
-        mid = (lo + hi + 1) // 2
-        if mid + int(np.searchsorted(equal, mid, side="left")) <= right_count:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    j = np.arange(equal.size + 1)  # (q + 1,) equal elements before x
+    upper = np.minimum(np.append(equal, size), right_count - j)  # (q + 1,) largest x for each j
+    lower = np.concatenate(([-1], equal))  # x must exceed the j-th equal element's position
+    fits = upper > lower
+    return int(upper[fits].max()) if fits.any() else 0
 
 
 def _depth_limit(n: int) -> int:
@@ -120,19 +121,46 @@ def _partition(vals: np.ndarray, idx: np.ndarray, k: int) -> int | None:
     if not ends:
         return None
     cut = 1 + min(ends)  # the scans crossed here: the partition's return value, in vals positions
-    # the swaps: the j-th left stop from the left trades with the j-th right stop from the right;
-    # integer positions, since numpy's boolean indexing is several times slower
-    left_pos = np.flatnonzero(left[:x])  # (pairs,) increasing: every left stop before x is swapped
-    right_pos = x + np.flatnonzero(right_tail)[::-1]  # (pairs,) decreasing
-    del left, right, right_tail, after
-    right_ids = body_idx[right_pos]
-    if k >= cut:
-        body_idx[right_pos] = body_idx[left_pos]
-        body[right_pos] = body[left_pos]
-    body_idx[left_pos] = right_ids
-    if k < cut:
-        body[left_pos] = body[right_pos]
+    # the swaps: the j-th left stop from the left trades with the j-th right stop from the right
+    for left_pos, right_pos in _pairs(left[:x], right_tail, x):
+        right_ids = body_idx[right_pos]
+        if k >= cut:
+            body_idx[right_pos] = body_idx[left_pos]
+            body[right_pos] = body[left_pos]
+        body_idx[left_pos] = right_ids
+        if k < cut:
+            body[left_pos] = body[right_pos]
     return cut
+
+
+_PAIR_CHUNK = 1 << 20  # positions found at a time: the swaps need no index array of the segment's size
+
+
+def _pairs(left_head: np.ndarray, right_tail: np.ndarray, offset: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The swapped pairs, a chunk at a time: ``(left positions increasing, right positions
+    decreasing)`` of equal lengths, in pair order. Every left stop of ``left_head`` and every
+    right stop of ``right_tail`` (which starts at ``offset``) is paired; they are as many.
+    Integer positions, since numpy's boolean indexing is several times slower."""
+    lefts, rights = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    next_left, right_end = 0, right_tail.size
+    while True:
+        while lefts.size < _PAIR_CHUNK and next_left < left_head.size:
+            stop = min(next_left + _PAIR_CHUNK, left_head.size)
+            found = np.flatnonzero(left_head[next_left:stop])
+            found += next_left
+            lefts = np.concatenate((lefts, found)) if lefts.size else found
+            next_left = stop
+        while rights.size < _PAIR_CHUNK and right_end > 0:
+            start = max(right_end - _PAIR_CHUNK, 0)
+            found = np.flatnonzero(right_tail[start:right_end])[::-1]
+            found += offset + start
+            rights = np.concatenate((rights, found)) if rights.size else found
+            right_end = start
+        count = min(lefts.size, rights.size)
+        if count == 0:
+            return
+        yield lefts[:count], rights[:count]
+        lefts, rights = lefts[count:], rights[count:]
 
 
 def first_k_mask(values: np.ndarray, k: int) -> np.ndarray | None:
