@@ -1,19 +1,24 @@
-"""The streaming merge engine: one output tensor at a time, written as it goes.
+"""The streaming merge engine: output tensors computed side by side, each written as it goes.
 
 For each output tensor the engine resolves the recipe's parameters for it (gradients, filters)
 and runs the method. Methods with a streaming form (linear, the task-arithmetic family) read
 their inputs in blocks (read straight from the files, or from the tensor store) and the
-result is cast to the output dtype and appended to the output shard block by block; the others
-get every input tensor whole. Peak memory is a multiple of the largest tensor E, never the
-model size: linear holds a few blocks; TIES and its family 5E while sorting one task vector
-(see task_arithmetic); the whole-tensor methods (inputs + a few) x E. Output bytes depend only
-on the recipe and the input bytes: random methods are seeded per tensor.
+result is cast to the output dtype and written to its place in the output shard block by
+block; the others get every input tensor whole. Each tensor is a task on a worker thread with
+one torch intra-op thread (see :mod:`._schedule` and :func:`_write_all`): as many at once as
+there are free cores, within a memory budget. Peak memory is a multiple of the largest tensor
+E, never the model size: linear holds a few blocks; TIES and its family ~3E while selecting one
+task vector's entries (see task_arithmetic); the whole-tensor methods (inputs + a few) x E.
+Output bytes depend only on the recipe and the input bytes, not on the thread counts: random
+methods are seeded per tensor, and no operation is split across threads.
 
 Every input spec is opened once, and ``BASE+ADAPTER`` specs share their base: it is read and
 hashed once, and the tensors an adapter leaves alone are known to be the base's.
 
 Every output records its provenance: the recipe text and a content id per input, in the
-safetensors ``__metadata__`` and in ``modelgit_merge.json`` next to the weights.
+safetensors ``__metadata__`` and in ``modelgit_merge.json`` next to the weights. The inputs are
+hashed as the merge reads them; the headers, written first with placeholder ids of the same
+length, get the real ones at the end.
 """
 
 from __future__ import annotations

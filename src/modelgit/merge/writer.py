@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 
 from .._outputs import check_output, install_directory, remove, remove_stale_temporaries, temporary_path
-from .._files import WRITE_PIECE, reserve_space, sync_path, write_all
+from .._files import reserve_space, sync_path, write_all
 from ..dtypes import DTYPES
 
 __all__ = ["PlannedTensor", "ShardedWriter", "DEFAULT_SHARD_BYTES", "MARKER", "earlier_output",
@@ -201,7 +201,7 @@ class ShardedWriter:
             if written + size > planned.nbytes:
                 written += size
                 break
-            write_all(fd, data, offset + written, WRITE_PIECE)
+            write_all(fd, data, offset + written)
             written += size
         if written != planned.nbytes:
             raise ValueError(f"writer expected {planned.nbytes} bytes of {planned.name}, got "

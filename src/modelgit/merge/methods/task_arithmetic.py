@@ -28,14 +28,14 @@ mergekit), ``gamma`` (0.01, breadcrumbs), ``epsilon`` (0.15, DELLA). Options: ``
 seeded by ``(seed, tensor name)``, so a recipe is reproducible and each tensor gets its own masks.
 
 **Memory.** The merge streams in two passes. First, one model at a time, the whole task vector
-is built and sparsified into a mask (the only step that needs a whole tensor: top-k by a full
-sort, or the generator's draws); only the mask, bit-packed, is kept. Then every entry's result
-depends on that entry alone, so the base and the models are re-read in blocks and weighted,
-voted on, averaged and yielded block by block. The peak is the first pass's sort: the task
-vector (sorted in place), its int64 indices and the int64 ``arange`` torch fills them from,
-5x the tensor in float32 (E), plus E/32 per model for the masks; 6E when the L1 rescale needs
-the magnitudes kept. Every elementwise operation is the one the whole-tensor form did, so the
-bits are the same.
+is built and sparsified into a mask (the only step that needs a whole tensor: the top-k set
+torch's sort would give, or the generator's draws); only the mask, bit-packed, is kept. Then
+every entry's result depends on that entry alone, so the base and the models are re-read in
+blocks and weighted, voted on, averaged and yielded block by block. The peak is the first
+pass's selection (see _sortselect): the task vector (worked on in place), an int32 index and
+three byte masks of its size, about 2.75x the tensor in float32 (E), plus E/32 per model for
+the packed masks; E more when the L1 rescale needs the magnitudes kept. Every elementwise
+operation is the one the whole-tensor form did, so the bits are the same.
 
 A model whose tensor is the base's own (the same bytes of the same open file, e.g. the base
 under an adapter that does not touch this tensor) has a task vector of exact zeros: it changes
