@@ -12,9 +12,12 @@ checkpoint of about ``--size-mb`` MiB (default 1024) written with the safetensor
    sha256), then the first ``git status`` after it;
 6. ``git diff <v1> <v2>`` and ``git diff <v3> <v4>`` with the tool's diff driver (git-lfs has none:
    git diffs its pointer files);
-7. ``git push`` to a local bare repository and a clone from it (checked against v4 by sha256).
+7. ``git push`` to a local bare repository and a clone from it (checked against v4 by sha256);
+   ``du -sb`` of the clone's ``.git`` (what it received: git's objects and the tool's store; a
+   hard link to the remote's file counts whole, as it would travel over a network) against the
+   size of the file it checked out.
 
-For every timed command: wall time, and the peak over time of the summed ``VmRSS`` of the command
+For every timed command: wall time, CPU time of the command and all its descendants, and the peak over time of the summed ``VmRSS`` of the command
 and all its descendants (git, filter processes, hooks, diff drivers), sampled from ``/proc``
 every 50 ms (``RssAnon`` is summed too: it leaves out the page cache a process has mapped).
 ``sync`` runs before each timed command. The machine may be shared: before each step the script
@@ -634,6 +637,11 @@ def run_sequence(tool: Tool, versions: list[str], shas: list[str], args) -> dict
         res["stored"]["bare_remote"] = du(tool.bare)
         step("clone", tool.clone_cmd(), cwd=tool.root, redo=lambda: shutil.rmtree(tool.clone_dir))
         check("clone == v4", os.path.join(tool.clone_dir, FILE), shas[-1])
+        # what the clone had to receive (git's objects and the tool's store: what a clone over a
+        # network moves, whether or not a local clone shares files with the remote by hard links)
+        # against what it checked out
+        res["stored"]["clone_git_dir"] = du(os.path.join(tool.clone_dir, ".git"))
+        res["stored"]["clone_checkout"] = os.path.getsize(os.path.join(tool.clone_dir, FILE))
     except StepFailed as exc:
         res["errors"].append(f"stopped: {exc}")
         say(f"  {tool.name}: stopped: {exc}")
@@ -645,6 +653,10 @@ ADD_ROWS = [f"{kind} v{i}" for i in range(1, 5) for kind in ("add", "commit", "a
 TIME_ROWS = ADD_ROWS + ["checkout v1", "checkout main", "status after checkout", "diff v1 v2",
                         "diff v3 v4",
                         "modelgit diff v1 v2", "modelgit diff v3 v4", "push", "clone"]
+# CPU seconds of the command's whole process tree: the figure that holds on a loaded machine
+CPU_ROWS = [f"add v{i}" for i in range(1, 5)] + ["checkout v1", "checkout main", "diff v1 v2",
+                                                "diff v3 v4", "push", "clone"]
+TARGET_CLONE_RATIO = 1.1  # bytes a clone receives / bytes it checks out
 SPEEDUP_TARGET_ROWS = {f"{kind} v{i}" for i in range(1, 5) for kind in ("add", "add+commit")} | \
     {"checkout v1", "checkout main", "diff v1 v2", "diff v3 v4"}
 
@@ -721,6 +733,14 @@ def build_rows(results: dict) -> list[dict]:
         rows.append({"step": f"time {key} (s)", "modelgit": fmt(m, vals["modelgit"][1]) + cell["modelgit"],
                      "git-lfs": fmt(l, lt) + cell["git-lfs"], "git-theta": fmt(g, gt) + cell["git-theta"],
                      "theta/mg": rt, "lfs/mg": rl, "target": target, "result": verdict})
+    for key in CPU_ROWS:
+        vals = {t: step_value(results.get(t), key, "cpu_seconds") for t in TOOLS}
+        if all(v[0] is None for v in vals.values()):
+            continue
+        m, l, g = (vals[t][0] for t in TOOLS)
+        rows.append({"step": f"cpu {key} (CPU-s)", "modelgit": fmt(m), "git-lfs": fmt(l),
+                     "git-theta": fmt(g), "theta/mg": ratio(g, False, m)[0],
+                     "lfs/mg": ratio(l, False, m)[0], "target": "", "result": ""})
     # peak memory
     peak_keys = [k for k in TIME_ROWS if not k.startswith("add+commit")]
     max_peak = {}
@@ -770,6 +790,21 @@ def build_rows(results: dict) -> list[dict]:
         rows.append({"step": label, "modelgit": fmt(m, unit="MB"), "git-lfs": fmt(l, unit="MB"),
                      "git-theta": fmt(g, unit="MB"), "theta/mg": ratio(g, False, m)[0],
                      "lfs/mg": ratio(l, False, m)[0], "target": target, "result": verdict})
+    clone = {}
+    for t in TOOLS:
+        stored = (results.get(t) or {}).get("stored", {})
+        if stored.get("clone_git_dir") is not None and stored.get("clone_checkout"):
+            clone[t] = (stored["clone_git_dir"], stored["clone_checkout"])
+    if clone:
+        cells = {t: (fmt(clone[t][0] / MB, unit="MB") if t in clone else "n/a") for t in TOOLS}
+        rows.append({"step": "clone: bytes received, its .git (MB)", **cells,
+                     "theta/mg": "", "lfs/mg": "", "target": "(information)", "result": ""})
+        ratios = {t: clone[t][0] / clone[t][1] for t in clone}
+        m = ratios.get("modelgit")
+        rows.append({"step": "clone: received / checked-out bytes (x)",
+                     **{t: (f"{ratios[t]:.3f}" if t in ratios else "n/a") for t in TOOLS},
+                     "theta/mg": "", "lfs/mg": "", "target": f"mg <= {TARGET_CLONE_RATIO:g}",
+                     "result": "n/a" if m is None else ("PASS" if m <= TARGET_CLONE_RATIO else "FAIL")})
     # correctness
     names = ("checkout v1 == v1", "checkout main == v4", "clone == v4")
     cells = {}

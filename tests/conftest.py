@@ -6,12 +6,20 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 from modelgit.store import Store
 
 from helpers import float_weights, write_safetensors
 
 os.environ.setdefault("MODELGIT_PROGRESS", "0")
+
+# No test may depend on wall time: this machine (and CI's) is shared and loaded, so an example
+# that takes 202 ms is not a failure. Every hypothesis test runs without a deadline and without
+# the "too slow" health check (which times data generation); a test's own @settings inherit it.
+settings.register_profile("modelgit", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("modelgit")
 
 
 @pytest.fixture

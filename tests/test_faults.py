@@ -57,7 +57,7 @@ def cli_env() -> dict:
 def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
     """``python3 -m modelgit ARGS`` in a fresh interpreter."""
     return subprocess.run([sys.executable, "-m", "modelgit", *map(str, args)], cwd=cwd,
-                          env=cli_env(), capture_output=True, text=True, timeout=120)
+                          env=cli_env(), capture_output=True, text=True, timeout=600)  # a hang guard, not a speed bound
 
 
 def tmp_files(store_dir) -> list[str]:

@@ -33,7 +33,8 @@ from typing import Callable
 from .errors import UsageError
 
 __all__ = ["check_output", "temporary_path", "remove_stale_temporaries", "install_directory",
-           "install_file", "remove", "scratch_directory", "TEMPORARY_MARK"]
+           "install_file", "normal_modes", "current_umask", "remove", "scratch_directory",
+           "TEMPORARY_MARK"]
 
 TEMPORARY_MARK = ".modelgit-tmp-"
 # names left by versions that did not record the process: removed once untouched this long
@@ -168,16 +169,66 @@ def remove(path: str) -> None:
             os.unlink(path)
 
 
-def install_file(tmp: str, dest: str) -> None:
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only be read by setting
+    it, which would give files that other threads create meanwhile the wrong mode)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc (macOS): the only way to read it
+    os.umask(mask)
+    return mask
+
+
+def normal_modes(path: str) -> None:
+    """Give ``path`` (a file, or a directory and everything in it) the modes a file or
+    directory the user created would have: ``0666 & ~umask`` for files (``0777`` when one was
+    executable), ``0777 & ~umask`` for directories. Libraries write through private temporaries
+    (safetensors and PEFT leave ``0600`` files, ``mkdtemp`` ``0700`` directories), and what
+    modelgit writes for the user must not differ from the files beside it. Links are left alone.
+    """
+    umask = current_umask()
+
+    def fix(target: str, st: os.stat_result) -> None:
+        if stat.S_ISDIR(st.st_mode):
+            wanted = 0o777 & ~umask
+        elif stat.S_ISREG(st.st_mode):
+            wanted = (0o777 if st.st_mode & 0o111 else 0o666) & ~umask
+        else:
+            return
+        if stat.S_IMODE(st.st_mode) != wanted:
+            os.chmod(target, wanted)
+
+    fix(path, os.lstat(path))
+    if os.path.isdir(path) and not os.path.islink(path):
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                target = os.path.join(root, name)
+                fix(target, os.lstat(target))
+
+
+def install_file(tmp: str, dest: str, user_modes: bool = True) -> None:
     """Rename the finished file ``tmp`` over ``dest``, checked again (a link, a device or a
-    directory may have appeared there while it was written)."""
+    directory may have appeared there while it was written).
+
+    Args:
+        user_modes: give it the umask's mode first (see :func:`normal_modes`); False keeps the
+            mode the writer set on purpose.
+    """
     dest = os.path.normpath(dest)
     check_output(dest, "file", force=True)
+    if user_modes:
+        normal_modes(tmp)
     os.replace(tmp, dest)
 
 
-def install_directory(tmp: str, dest: str, owned: Callable[[str], bool] = lambda name: False) -> None:
-    """Put the finished directory ``tmp`` in place as ``dest``.
+def install_directory(tmp: str, dest: str, owned: Callable[[str], bool] = lambda name: False,
+                      user_modes: bool = True) -> None:
+    """Put the finished directory ``tmp`` in place as ``dest``, its files and directories
+    with the umask's modes (see :func:`normal_modes`) unless ``user_modes`` is False (a git
+    clone, whose object files git makes read-only on purpose).
 
     An absent or empty ``dest`` is replaced by a rename. A non-empty one (its command's
     ``--force``) keeps every entry that the output does not replace: an entry of ``dest`` with
@@ -193,6 +244,8 @@ def install_directory(tmp: str, dest: str, owned: Callable[[str], bool] = lambda
     """
     dest = os.path.normpath(dest)
     try:
+        if user_modes:
+            normal_modes(tmp)
         state = check_output(dest, "directory", force=True)
         if state in ("absent", "empty"):
             try:

@@ -298,7 +298,7 @@ def add(store: Store, path: str, parent: Manifest | None = None, ref: str | None
         manifest = Manifest(tuple(records), "dir" if is_dir else "file")
         manifest_id = store.put_blob(manifest.dumps())
         if ref:
-            store.set_ref(ref, manifest_id)
+            store.set_ref(ref, manifest_id, note=f"add {os.path.abspath(path)}")
     return manifest
 
 
@@ -398,15 +398,15 @@ def _spooled_format(name: str):
 
 # ---------------------------------------------------------------------------- materialising
 def load_manifest(store: Store | None, spec: str) -> Manifest:
-    """A manifest from a file path, a ref name or a manifest object id."""
-    if os.path.isfile(spec):
-        with open(spec, "rb") as handle:
-            return Manifest.loads(handle.read(), spec)
-    if store is None:
-        raise UsageError(f"{spec}: no such manifest file")
-    if len(spec) == 64 and store.has(spec):
-        return Manifest.loads(store.get(spec), spec)
-    return Manifest.loads(store.get(store.get_ref(spec)), f"ref {spec}")
+    """A manifest from a manifest file, ``REF@{N}``, a ref name, a manifest id or a unique id
+    prefix (at least 8 hex digits), tried in that order: see :mod:`modelgit.specs`.
+
+    Raises:
+        UsageError: nothing matches (a checkpoint file is named as such), or a prefix is ambiguous.
+    """
+    from .specs import load_manifest as load
+
+    return load(store, spec)
 
 
 def _write_order(record: FileRecord, meta: dict[str, bytes]) -> list[TensorEntry]:
@@ -584,7 +584,7 @@ def materialize(store: Store, manifest: Manifest, dest: str, force: bool = False
                     os.makedirs(os.path.dirname(target), exist_ok=True)
                     _write_file(store, record, target, bar, os.path.join(dest, record.path), sync)
         if manifest.root == "file":
-            install_file(tmp, dest)
+            install_file(tmp, dest, user_modes=mode is None)
         else:  # --force replaces the whole directory, as it replaces a whole file
             install_directory(tmp, dest, owned=lambda name: True)
     except BaseException:

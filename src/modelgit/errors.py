@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ModelgitError",
     "UsageError",
+    "UnknownRevisionError",
     "FormatError",
     "UnsafeInputError",
     "UnsupportedFileError",
@@ -34,6 +35,14 @@ class UsageError(ModelgitError):
     """The command or call was given arguments that cannot work."""
 
     exit_code = 2
+
+
+class UnknownRevisionError(UsageError):
+    """A revision (branch, tag, commit, ``REV~N``...) names no commit of the repository."""
+
+    def __init__(self, message: str, rev: str | None = None):
+        super().__init__(message)
+        self.rev = rev
 
 
 class FormatError(ModelgitError):

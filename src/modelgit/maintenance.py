@@ -101,8 +101,28 @@ def verify(store: Store, manifests: list[Manifest] | dict[str, Manifest] | None 
                             f"{name}`) or add its checkpoint again")
         except (CorruptObjectError, ManifestError) as exc:
             problems.append(f"ref {name}: its manifest {oid} cannot be read ({exc})")
+    for name, label, oid in _history_roots(store):
+        try:
+            wanted[label] = Manifest.loads(store.get(oid), label)
+        except ObjectMissingError:
+            problems.append(f"{label} (a version kept by the ref's history) is manifest {oid}, "
+                            f"which is missing from the store at {store.url}; forget it with "
+                            f"`modelgit refs --expire AGE {name}`")
+        except (CorruptObjectError, ManifestError) as exc:
+            problems.append(f"{label}: its manifest {oid} cannot be read ({exc})")
     wanted.update(named or {})
     return problems + _missing_problems(store, wanted)
+
+
+def _history_roots(store: Store) -> list[tuple[str, str, str]]:
+    """(ref name, label, manifest id) of every earlier version a ref's history keeps (the
+    current one, ``NAME@{0}``, is the ref itself)."""
+    out = []
+    for name, current in store.refs().items():
+        for index, entry in enumerate(store.ref_history(name)):
+            if entry.manifest != current or index > 0:
+                out.append((name, f"ref {name}@{{{index}}}", entry.manifest))
+    return out
 
 
 # unreferenced objects younger than this are kept by gc: a git command may still commit them
@@ -111,7 +131,8 @@ GC_GRACE_SECONDS = 3600
 
 def collect_garbage(store: Store, keep: list[Manifest] = (), dry_run: bool = False,
                     extra_roots=None, grace_seconds: float = GC_GRACE_SECONDS):
-    """Remove objects that no ref (and no manifest in ``keep``) reaches. Returns a GcResult.
+    """Remove objects that no ref, no ref's history (every earlier version of a ref is kept
+    until ``refs --expire`` forgets it) and no manifest in ``keep`` reaches. Returns a GcResult.
 
     ``extra_roots`` (a callable returning manifests, e.g. those of a git history) is called under
     the store's exclusive lock, like the refs are read, so an add finishing meanwhile is kept.
@@ -129,6 +150,12 @@ def collect_garbage(store: Store, keep: list[Manifest] = (), dry_run: bool = Fal
                                  f"store at {store.url}, so gc cannot tell which objects it needs; "
                                  f"add its checkpoint again or delete the ref (`modelgit refs "
                                  f"--delete {name}`), then run gc") from None
+        for name, label, oid in _history_roots(store):
+            ids.add(oid)
+            try:
+                ids |= Manifest.loads(store.get(oid), label).object_ids()
+            except ObjectMissingError:  # the version is gone already: nothing of it to keep
+                continue
         for manifest in [*keep, *(extra_roots() if extra_roots else [])]:
             ids |= manifest.object_ids()
         return ids

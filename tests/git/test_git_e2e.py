@@ -221,19 +221,22 @@ def test_interrupted_push_resumes(committed, tmp_path, monkeypatch):
     local = find_repo(str(repo)).store()
     remote = Store.open(str(tmp_path / "remote-store"), create=True)
     oids = Manifest.loads(git(repo, "show", "HEAD:model.safetensors").stdout.encode()).object_ids()
-    original = remote.backend.stage  # how transfers write: batched, committed even on failure
+    # how a push writes: temporary files (or links), published in batches, committed even on
+    # failure; here no link (as to another filesystem) and the third write fails
+    original = remote.backend.write_temp
     calls = {"n": 0}
 
-    def flaky(key, data):
+    def flaky(*parts):
         calls["n"] += 1
         if calls["n"] > 2:
             raise OSError("connection reset")
-        original(key, data)
+        return original(*parts)
 
-    monkeypatch.setattr(remote.backend, "stage", flaky)
+    monkeypatch.setattr(remote.backend, "write_temp", flaky)
+    monkeypatch.setattr(remote.backend, "link_temp", lambda source: None)
     with pytest.raises(Exception):
         push_objects(local, remote, oids)
-    monkeypatch.setattr(remote.backend, "stage", original)
+    monkeypatch.setattr(remote.backend, "write_temp", original)
     sent_before = len(list(remote.iter_objects()))
     assert 0 < sent_before < len(oids)
     result = push_objects(local, remote, oids)

@@ -62,9 +62,9 @@ def test_push_sends_only_what_the_remote_lacks(tmp_path):
     ids = _chain(local)
     remote = Store.open(str(tmp_path / "remote"), create=True)
     first = push_objects(local, remote, {ids[0]})
-    second = push_objects(local, remote, {ids[-1]})
+    second = push_objects(local, remote, set(ids))
     assert (first.objects, second.objects, second.skipped) == (1, 2, 1)
-    assert remote.get(ids[-1]) == local.get(ids[-1])
+    assert all(remote.get(oid) == local.get(oid) for oid in ids)
 
 
 # ---------------------------------------------------------------------------- verification
@@ -184,30 +184,35 @@ def test_push_does_not_upload_descendants_of_a_damaged_delta_parent(tmp_path):
     _damage(local, ids[1])
     remote = Store.open(str(tmp_path / "remote"), create=True)
     with pytest.raises(CorruptObjectError, match="2 of 3"):
-        push_objects(local, remote, {ids[-1]})
+        push_objects(local, remote, set(ids))
     assert [remote.has(oid) for oid in ids] == [True, False, False]
+    # it was to be a delta on ids[1]: whole instead
+    assert remote.header(ids[0]).parent is None and remote.verify() == []
 
 
 def test_a_later_push_replaces_a_damaged_remote_copy(tmp_path):
     local = Store.open(str(tmp_path / "local"), create=True)
     ids = _chain(local)
     remote = Store.open(str(tmp_path / "remote"), create=True)
-    push_objects(local, remote, {ids[-1]})
+    push_objects(local, remote, set(ids))
     good = remote.backend.read(Store._key(ids[1]))
+    assert remote.header(ids[1]).hint("plen")  # re-encoded: its size is in its header
     _damage(remote, ids[1], new=good[:-100])  # truncated: the size shows it
-    result = push_objects(local, remote, {ids[-1]})
-    assert remote.backend.read(Store._key(ids[1])) == good and remote.verify() == []
+    result = push_objects(local, remote, set(ids))
+    assert remote.verify() == [] and remote.get(ids[1]) == local.get(ids[1])
     assert (result.objects, result.replaced, result.skipped) == (1, 1, 2)
+    # whole, with "an unknown number of deltas under it": never re-encoded on a newer one
+    assert remote.header(ids[1]).parent is None and remote.header(ids[1]).hint("below") == "8"
 
 
 def test_damage_that_keeps_the_size_is_found_by_verify_remote(tmp_path):
     local = Store.open(str(tmp_path / "local"), create=True)
     ids = _chain(local)
     remote = Store.open(str(tmp_path / "remote"), create=True)
-    push_objects(local, remote, {ids[-1]})
+    push_objects(local, remote, set(ids))
     _damage(remote, ids[0])
-    assert push_objects(local, remote, {ids[-1]}).objects == 0  # ordinary: sizes are trusted
-    result = push_objects(local, remote, {ids[-1]}, verify_remote=True)
+    assert push_objects(local, remote, set(ids)).objects == 0  # ordinary: sizes are trusted
+    result = push_objects(local, remote, set(ids), verify_remote=True)
     assert (result.objects, result.replaced) == (1, 1)
     assert remote.verify() == []
 
@@ -234,14 +239,14 @@ def test_fsspec_remotes_verify_both_ways(tmp_path, url):
     good, bad = _standalone(local, (4, 5))
     _damage(local, bad)
     with pytest.raises(CorruptObjectError, match=bad):
-        push_objects(local, remote, {ids[-1], good, bad})
+        push_objects(local, remote, {*ids, good, bad})
     assert all(remote.has(oid) for oid in [*ids, good]) and not remote.has(bad)
-    _damage(remote, ids[0])
+    _damage(remote, ids[-1])  # the newest, whole: every older version decodes through it
     _damage(remote, good, new=remote.backend.read(Store._key(good))[:-1])
     other = Store.open(str(tmp_path / "other"), create=True)
     with pytest.raises(CorruptObjectError) as info:
-        fetch_objects(other, [("hub", remote)], {ids[-1], good})
+        fetch_objects(other, [("hub", remote)], {ids[0], good})
     assert not any(other.has(o) for o in [*ids, good]) and "4 of 4" in str(info.value)
-    assert push_objects(local, remote, {ids[-1], good}, verify_remote=True).replaced == 2
-    assert fetch_objects(other, [("hub", remote)], {ids[-1], good}).objects == 4
+    assert push_objects(local, remote, {*ids, good}, verify_remote=True).replaced == 2
+    assert fetch_objects(other, [("hub", remote)], {ids[0], good}).objects == 4
     assert other.verify() == []

@@ -187,3 +187,25 @@ def test_stream_gives_the_bits_of_fn_in_any_block_size(name, shape, monkeypatch)
     streamed = torch.cat(pieces)
     assert streamed.dtype == whole.dtype and streamed.numel() == whole.numel()
     assert torch.equal(streamed.view(torch.uint8), whole.reshape(-1).view(torch.uint8))  # same bits
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_registered_parameter_is_accepted_by_a_recipe_at_its_level(name):
+    """What a method registers is what a recipe may set: per-model parameters on a model,
+    options at the top level; the inputs contract admits the method's own minimum."""
+    from modelgit.merge.parameters import method_params
+    from modelgit.merge.recipe import parse_recipe
+
+    method = METHODS[name]
+    specs = method_params(method)
+    assert set(specs) >= set(method.model_params) | set(method.model_files)
+    per_model = {k: ("f.safetensors" if s.kind == "path" else s.default) for k, s in specs.items()
+                 if s.scope == "model"}
+    top = {k: s.default for k, s in specs.items() if s.scope == "global"}
+    # a base where the method takes one as its reference, and the fewest models it merges
+    base = {} if method.base_is_input else {"base_model": "base"}
+    count = max(1, method.inputs[0] - (1 if base else 0))
+    models = [{"model": f"m{i}", "parameters": per_model} for i in range(count)]
+    recipe = parse_recipe({"merge_method": name, **base, "models": models, "parameters": top})
+    assert recipe.merge_method == name
+    assert method.inputs[0] >= 1 and (method.inputs[1] is None or method.inputs[1] >= method.inputs[0])

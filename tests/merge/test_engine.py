@@ -37,9 +37,13 @@ def three(tmp_path):
 
 
 def _recipe(tmp, method, **extra):
+    from modelgit.merge.methods import METHODS
+
+    takes = METHODS[method].model_params  # (linear takes no density; it merges the base as a model)
     data = {"merge_method": method, "base_model": str(tmp / "base"),
-            "models": [{"model": str(tmp / "a"), "parameters": {"weight": 0.7, "density": 0.5}},
-                       {"model": str(tmp / "b"), "parameters": {"weight": 0.3, "density": 0.5}}],
+            "models": [{"model": str(tmp / m), "parameters": {k: v for k, v in (("weight", w), ("density", 0.5))
+                                                               if k in takes}}
+                       for m, w in (("a", 0.7), ("b", 0.3))],
             "dtype": "float32", **extra}
     return parse_recipe(data, json.dumps(data))
 
@@ -111,9 +115,11 @@ def test_recipe_validation_lists_all_problems():
         assert part in text
 
 
-def test_unsupported_mergekit_keys_warn():
+def test_mergekit_keys_are_supported_or_refused_never_ignored():
     recipe = parse_recipe({"merge_method": "linear", "models": ["a"], "tokenizer_source": "union"})
-    assert any("tokenizer_source" in w for w in recipe.warnings)
+    assert recipe.tokenizer_source == "union" and not recipe.warnings  # checked when the inputs are open
+    with pytest.raises(UsageError, match="`chat_template` is not supported"):
+        parse_recipe({"merge_method": "linear", "models": ["a"], "chat_template": "auto"})
 
 
 def test_gradients_and_filters():
@@ -243,6 +249,10 @@ def test_adapter_inputs_share_the_base_and_merge_like_separate_inputs(three, met
     data = {"merge_method": method, "base_model": base, "dtype": "float32",
             "models": [{"model": f"{base}+{ad}", "parameters": {"weight": w, "density": 0.5}}
                        for ad, w in zip(adapters, (0.6, -0.3, 0.5))]}
+    if method == "linear":  # it would merge a base_model as one more model, and takes no density
+        del data["base_model"]
+        for m in data["models"]:
+            del m["parameters"]["density"]
     recipe = parse_recipe(data, json.dumps(data))
     hashed = []
     original = CheckpointSource._hash

@@ -2,7 +2,11 @@
 
 ``output_digests.json`` was made by ``make_output_digests.py`` with the engine of 6aac9f8 run on
 one thread (``OMP_NUM_THREADS=1``; that engine's reductions — the L1 rescale, DELLA, model stock —
-gave other bits with more threads, see ``make_output_digests.py``). Each recipe is merged here
+gave other bits with more threads, see ``make_output_digests.py``), and re-made with main's engine
+of 33c6952 (one thread), whose mergekit parity changed two things on purpose: ``dtype:`` converts
+float tensors only (the int64 ``model.step`` stays int64), and a recipe's top-level ``seed:``
+reaches DARE (6aac9f8 ignored it; with seed 0 both give the same bits). Every float tensor of
+every other recipe is the same as 6aac9f8's, bit for bit. Each recipe is merged here
 sequentially and with the thread pool, with several intra-op thread counts: the bytes may depend
 on neither.
 """

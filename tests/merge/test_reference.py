@@ -55,8 +55,6 @@ def test_defaults_match_mergekit(name):
     method = METHODS[name]
     ours = {**method.model_params, **method.options}
     for key, value in REFERENCE["defaults"][name].items():
-        if name == "task_arithmetic" and key == "density":
-            continue  # mergekit lists density on task_arithmetic but never uses it; we do not list it
         assert ours[key] == value, f"{name}.{key}: ours {ours.get(key)!r}, mergekit {value!r}"
 
 

@@ -58,12 +58,16 @@ def _save(model, tokenizer, config: TrainConfig, folder: str, id2label) -> None:
 
 def _canonical_adapter_config(path: str) -> None:
     """Rewrite PEFT's config with sorted keys and lists (it writes sets in hash order), so equal
-    settings give equal bytes in every process."""
+    settings give equal bytes in every process; a local base is recorded by its absolute path
+    (PEFT records the path as given, which names nothing from another directory)."""
     with open(path, encoding="utf-8") as handle:
         config = json.load(handle)
     for key in ("target_modules", "modules_to_save"):
         if isinstance(config.get(key), list):
             config[key] = sorted(config[key])
+    base = config.get("base_model_name_or_path")
+    if isinstance(base, str) and base and os.path.exists(base):
+        config["base_model_name_or_path"] = os.path.abspath(base)
     _json(path, config)
 
 

@@ -28,6 +28,38 @@ def cmd_init(args) -> int:
     return 0
 
 
+def cmd_install(args) -> int:
+    from ..git import install
+
+    repo = _repo_or_none()
+    scope = "local" if args.local else "global"
+    if args.uninstall:
+        report = install.uninstall(scope, repo)
+        for line in report.done + tuple(f"kept {k}" for k in report.kept):
+            print(line)
+        if not report.done:
+            print(f"nothing of modelgit's in the {scope} git config" +
+                  (" or this repository's hooks" if repo else ""))
+        return 0
+    report = install.install(scope, repo, force=args.force)
+    print("\n".join(report.done) if report.done else f"modelgit is already installed ({scope})")
+    if scope == "global" and report.done:
+        print("git clone, checkout, pull, diff and merge now use modelgit in every repository "
+              "that tracks files with it; the pre-push hook that uploads objects is installed "
+              "per repository" + (" (in this one now; " if repo else " (") +
+              "in others by the first checkout or add)")
+    return 0
+
+
+def _repo_or_none():
+    from ..errors import UsageError
+
+    try:
+        return find_repo(".")
+    except UsageError:
+        return None
+
+
 def cmd_track(args) -> int:
     repo = find_repo(".")
     added = setup.track(repo, args.patterns)
@@ -71,15 +103,24 @@ def cmd_pre_push(args) -> int:
     lines = sys.stdin.read().splitlines()
     result = history.pre_push(repo, args.remote, lines, progress=None)
     if result.objects:
-        print(f"modelgit: uploaded {result.objects} objects ({_human(result.bytes)}) to the object "
+        print(f"modelgit: uploaded {result.objects} objects ({_moved(result)}) to the object "
               f"store of {args.remote}; {result.skipped} were already there{_replaced(result)}",
               file=sys.stderr)
     return 0
 
 
+def _moved(result) -> str:
+    """``12.0 MiB``, and how many objects were hard-linked rather than copied."""
+    return _human(result.bytes) + (f", {result.linked} hard-linked" if result.linked else "")
+
+
 def _replaced(result) -> str:
-    return (f"; {result.replaced} damaged copies on the remote were replaced" if result.replaced
+    text = (f"; {result.replaced} damaged copies on the remote were replaced" if result.replaced
             else "")
+    if result.reencoded:
+        text += (f"; {result.reencoded} older versions there were re-encoded as deltas on the "
+                 "new ones")
+    return text
 
 
 def cmd_push(args) -> int:
@@ -89,7 +130,7 @@ def cmd_push(args) -> int:
     result = history.push_rev(repo, args.remote, args.rev, progress=args.progress,
                               verify_remote=args.verify_remote)
     checked = " (verified)" if args.verify_remote else ""
-    print(f"uploaded {result.objects} objects ({_human(result.bytes)}); {result.skipped} already "
+    print(f"uploaded {result.objects} objects ({_moved(result)}); {result.skipped} already "
           f"there{checked}{_replaced(result)}")
     return 0
 
@@ -98,8 +139,10 @@ def cmd_fetch(args) -> int:
     from ..git import history
 
     repo = find_repo(".")
-    result = history.fetch_rev(repo, args.rev, args.remote, args.paths or None, progress=args.progress)
-    print(f"fetched {result.objects} objects ({_human(result.bytes)}); {result.skipped} already here")
+    paths = [os.path.relpath(os.path.abspath(p), repo.root).replace(os.sep, "/") for p in args.paths]
+    result = history.fetch_rev(repo, args.rev, args.remote, paths or None, progress=args.progress,
+                               check_paths=True)
+    print(f"fetched {result.objects} objects ({_moved(result)}); {result.skipped} already here")
     return 0
 
 
@@ -128,13 +171,43 @@ def cmd_clone(args) -> int:
     return 0
 
 
-def _split_revs(repo, items: list[str]) -> tuple[list[str], list[str]]:
-    revs, paths = [], []
+def _known_path(repo, rel: str, revs: list[str]) -> bool:
+    """Whether the repository-relative ``rel`` is in the work tree or in one of ``revs``."""
+    if os.path.lexists(os.path.join(repo.root, rel)):
+        return True
+    return any(repo.git("ls-tree", "--name-only", repo.resolve(rev), "--", rel,
+                        check=False).strip() for rev in revs)
+
+
+def _split_revs(repo, items: list[str], max_revs: int = 2) -> tuple[list[str], list[str]]:
+    """(revisions, repository-relative paths) of ``[REV...] [PATH...]``, as git reads them:
+    each leading item that names a commit is a revision (at most ``max_revs``), the rest are
+    paths, which must exist in the work tree or in one of the revisions (HEAD when none).
+
+    Raises:
+        UnknownRevisionError: an item in a revision's place is neither a revision nor a path
+            (naming the closest branch or tag, or how far back ``REV~N`` can go).
+        UsageError: a path exists nowhere, or lies outside the repository.
+    """
+    from ..errors import UnknownRevisionError, UsageError
+    from ..git.repo import unknown_revision_message
+
+    revs: list[str] = []
+    paths: list[str] = []
     for item in items:
-        if not paths and len(revs) < 2 and repo.rev_parse(item):
+        if not paths and len(revs) < max_revs and repo.rev_parse(item):
             revs.append(item)
-        else:
-            paths.append(item)
+            continue
+        rel = os.path.relpath(os.path.abspath(item), repo.root).replace(os.sep, "/")
+        if rel == ".." or rel.startswith("../"):
+            raise UsageError(f"{item!r} is outside the repository at {repo.root}")
+        if not _known_path(repo, rel, revs or (["HEAD"] if repo.rev_parse("HEAD") else [])):
+            if not paths and len(revs) < max_revs:
+                raise UnknownRevisionError(unknown_revision_message(repo, item, "revision or path"),
+                                           item)
+            raise UsageError(f"{item!r}: no such path in the work tree or in "
+                             f"{', '.join(revs or ['HEAD'])}")
+        paths.append(rel)
     return revs, paths
 
 
@@ -199,7 +272,8 @@ def cmd_log(args) -> int:
     from ..git import history
 
     repo = find_repo(".")
-    entries = history.log_path(repo, args.paths or None, args.max_count)
+    revs, paths = _split_revs(repo, args.items, max_revs=1)
+    entries = history.log_path(repo, paths or None, args.max_count, rev=(revs or ["HEAD"])[0])
     if args.json:
         print(json.dumps([{"commit": e.commit, "author": e.author, "date": e.date, "subject": e.subject,
                            "recipe": e.recipe, "files": [d.as_dict() for d in e.diffs]} for e in entries],
@@ -211,12 +285,10 @@ def cmd_log(args) -> int:
             print(f"    recipe: {e.recipe}")
         for d in e.diffs:
             counts = d.counts()
-            moved = [t for t in d.tensors if t.delta_norm is not None and t.old_norm]
-            old = sum(t.old_norm ** 2 for t in moved)
-            rel = (sum(t.delta_norm ** 2 for t in moved) / old) ** 0.5 if old else None
+            rel = d.rel_l2()  # the same file-wide figure as `modelgit diff` shows
             parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if k != "unchanged")
             print(f"    {d.path}: {parts or 'no tensor changed'}"
-                  + (f"; relative L2 of the change {rel:.3g}" if rel else ""))
+                  + (f"; file-wide rel.L2 {rel:.3g}" if rel else ""))
         print()
     return 0
 
@@ -225,6 +297,17 @@ def register(sub, command) -> None:
     """Add the git verbs to the CLI's subparsers (``command`` makes one with help and examples)."""
     p = command(sub, "init", cmd_init, "Set up modelgit in this git repository (filter, diff and "
                 "merge drivers in .git/config; a pre-push hook).", "modelgit init")
+    p = command(sub, "install", cmd_install, "Set modelgit up for every repository of this user "
+                "(filter, diff and merge drivers in the global git config, like `git lfs "
+                "install`), so that plain git clone, pull and checkout write checkpoints. Opt-in; "
+                "--local for this repository only; --uninstall removes what it wrote.",
+                "modelgit install\nmodelgit install --local\nmodelgit install --uninstall")
+    p.add_argument("--local", action="store_true", help="this repository's config, not the "
+                   "global one")
+    p.add_argument("--uninstall", action="store_true", help="remove what modelgit wrote (keys "
+                   "still holding modelgit's values, and its pre-push hook here)")
+    p.add_argument("--force", action="store_true", help="replace filter/diff/merge settings of "
+                   "the same names that modelgit did not write")
     p = command(sub, "track", cmd_track, "Track files matching patterns with modelgit (.gitattributes).",
                 "modelgit track '*.safetensors'\nmodelgit track 'adapters/**/*.safetensors' '*.bin'")
     p.add_argument("patterns", nargs="+")
@@ -260,8 +343,9 @@ def register(sub, command) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--top", type=int, default=10, help="rows of layers and tensors to show")
     p = command(sub, "log", cmd_log, "History of model files: what changed per commit, with recipes.",
-                "modelgit log\nmodelgit log model.safetensors -n 5 --json")
-    p.add_argument("paths", nargs="*")
+                "modelgit log\nmodelgit log model.safetensors -n 5 --json\nmodelgit log v2 model/")
+    p.add_argument("items", nargs="*", metavar="REV|PATH",
+                   help="a revision whose history to list (default HEAD), then paths")
     p.add_argument("-n", "--max-count", type=int, default=20)
     p.add_argument("--json", action="store_true")
     # called by git, not by people

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -75,10 +76,14 @@ def cmd_add(args) -> int:
         sys.stdout.buffer.write(data)
         return 0
     _atomic_write(target, data)
-    _emit(args, {"manifest": target, "ref": ref, "tensors": manifest.tensor_count,
+    history = store.ref_history(ref)
+    kept = (f"; its earlier version is kept as {ref}@{{1}} (`modelgit refs --history {ref}`)"
+            if len(history) > 1 and history[0].manifest != history[1].manifest else "")
+    _emit(args, {"manifest": target, "ref": ref, "id": history[0].manifest,
+                 "versions": len(history), "tensors": manifest.tensor_count,
                  "bytes": manifest.logical_bytes},
           f"added {args.path}: {manifest.tensor_count} tensors, {_human(manifest.logical_bytes)}"
-          f" -> {target} (ref {ref!r} in {store.url})")
+          f" -> {target} (manifest {history[0].manifest[:12]}, ref {ref!r} in {store.url}){kept}")
     return 0
 
 
@@ -98,7 +103,7 @@ def cmd_materialize(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    store = open_store(args) if not os.path.isfile(args.manifest) else None
+    store = None if _is_manifest_file(args.manifest) else _store_if_any(args)
     manifest = checkpoint.load_manifest(store, args.manifest)
     rows = [{"file": f.path, "format": f.format, "name": t.name, "dtype": t.dtype,
              "shape": list(t.shape), "bytes": t.nbytes, "chunks": len(t.chunks)}
@@ -111,6 +116,21 @@ def cmd_ls(args) -> int:
         print(f"{row['file']}\t{label}\t{row['dtype']}\t{row['shape']}\t{_human(row['bytes'])}"
               f"\t{row['chunks']} chunk(s)")
     return 0
+
+
+def _is_manifest_file(path: str) -> bool:
+    from ..manifest import is_manifest
+
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as handle:
+        return is_manifest(handle.read(32))
+
+
+def _store_if_any(args) -> Store | None:
+    """The store, or None when there is none yet (a spec then names only manifest files)."""
+    location, found = find_store_location(args.store)
+    return Store.open(location) if found or "://" in location else None
 
 
 def cmd_stats(args) -> int:
@@ -204,24 +224,55 @@ def cmd_gc(args) -> int:
     result = checkpoint.collect_garbage(store, keep, dry_run=args.dry_run,
                                         extra_roots=_git_roots(store), grace_seconds=grace)
     verb = "would remove" if args.dry_run else "removed"
+    earlier = sum(max(len(store.ref_history(name)) - 1, 0) for name in store.refs())
+    history = (f"; the refs' histories keep {earlier} earlier version(s) (`modelgit refs --history` "
+               "lists them, `refs --expire AGE` forgets them)") if earlier else ""
     young = (f" ({result.kept_young} unreferenced but younger than the grace period: "
              "`gc --prune=now` removes them)") if result.kept_young else ""
     _emit(args, result.__dict__,
           f"{verb} {result.removed} objects ({_human(result.freed_bytes)}) and "
           f"{result.removed_tmp} temporary files; kept {result.kept}{young}"
           + (f"; {verb} {result.removed_quarantined} damaged objects from quarantine"
-             if result.removed_quarantined else ""))
+             if result.removed_quarantined else "") + history)
     return 0
 
 
 def cmd_refs(args) -> int:
+    import datetime
+
     store = open_store(args)
     if args.delete:
+        versions = len(store.ref_history(args.delete))
         store.delete_ref(args.delete)
-        print(f"deleted ref {args.delete!r}")
+        print(f"deleted ref {args.delete!r} and its history ({versions} version(s)); `modelgit gc` "
+              "removes what only they kept")
         return 0
-    refs = store.refs()
-    _emit(args, refs, "\n".join(f"{oid}  {name}" for name, oid in refs.items()) or "(no refs)")
+    if args.expire is not None:
+        seconds = parse_age(args.expire)
+        names = args.names or list(store.refs())
+        removed = {name: store.expire_ref_history(name, seconds) for name in names}
+        _emit(args, removed, f"forgot {sum(removed.values())} earlier version(s) older than "
+              f"{args.expire} of {len(names)} ref(s); `modelgit gc` removes what only they kept")
+        return 0
+    if args.history:
+        rows = []
+        for name in args.names or list(store.refs()):
+            for index, entry in enumerate(store.ref_history(name)):
+                when = datetime.datetime.fromtimestamp(entry.time_ns / 1e9).isoformat(timespec="seconds")
+                rows.append({"ref": f"{name}@{{{index}}}", "manifest": entry.manifest, "since": when})
+        _emit(args, rows, "\n".join(f"{r['manifest']}  {r['since']}  {r['ref']}" for r in rows)
+              or "(no refs)")
+        return 0
+    refs = {name: oid for name, oid in store.refs().items() if not args.names or name in args.names}
+    for name in args.names:
+        store.get_ref(name)  # an unknown name is an error that says so
+    counts = {name: len(store.ref_history(name)) for name in refs}
+    if args.json:  # {name: manifest id}, as always: `refs --history --json` has the versions
+        print(json.dumps(refs, indent=2, sort_keys=True))
+        return 0
+    print("\n".join(f"{oid}  {name}" + (f"  ({counts[name]} versions: `refs --history {name}`)"
+                                         if counts[name] > 1 else "")
+                    for name, oid in refs.items()) or "(no refs)")
     return 0
 
 
@@ -240,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Version model checkpoints: a content-addressed, delta-compressed tensor store.")
     parser.add_argument("--store", help="store path or fsspec URL (default: $MODELGIT_STORE or the "
                         "nearest .modelgit/store, created by `add` in the current directory)")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"modelgit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -263,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "materialize", cmd_materialize, "Rebuild a checkpoint from its manifest.",
                  "modelgit materialize model.safetensors.manifest -o restored.safetensors\n"
                  "modelgit materialize my-hf-model -o ./checkout   # by ref name")
-    p.add_argument("manifest", help="manifest file, ref name or manifest object id")
+    p.add_argument("manifest", help="manifest file, REF@{N}, ref name, manifest id or a unique "
+                   "id prefix (>= 8 hex digits), tried in that order")
     p.add_argument("-o", "--output", required=True, help="file or directory to create")
     p.add_argument("-f", "--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--json", action="store_true")
@@ -293,9 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--dry-run", action="store_true", help="only report")
     p.add_argument("--json", action="store_true")
 
-    p = _command(sub, "refs", cmd_refs, "List (or delete) the store's refs.",
-                 "modelgit refs\nmodelgit refs --delete old-model")
-    p.add_argument("--delete", metavar="NAME")
+    p = _command(sub, "refs", cmd_refs, "List the store's refs and their histories (every manifest "
+                 "a ref pointed at, kept by gc), forget old versions, or delete a ref.",
+                 "modelgit refs\nmodelgit refs --history model.safetensors-3f0a9c51e2d4\n"
+                 "modelgit materialize model.safetensors-3f0a9c51e2d4@{1} -o previous.safetensors\n"
+                 "modelgit refs --expire 30d     # forget versions older than 30 days, then gc\n"
+                 "modelgit refs --delete old-model")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these refs")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--history", action="store_true",
+                        help="list every version (NAME@{N}, newest first)")
+    action.add_argument("--expire", metavar="AGE", help="forget the versions older than AGE "
+                        "('now', 30m, 2h, 7d...), never the current one")
+    action.add_argument("--delete", metavar="NAME", help="delete a ref and its history")
     p.add_argument("--json", action="store_true")
 
     from . import merge_commands, train_commands, workflow_commands  # (see main: not for git's filter)
@@ -321,6 +386,17 @@ def _setup_logging() -> None:
         logging.getLogger("modelgit").setLevel(logging.INFO)
 
 
+def _output_closed() -> int:
+    """Whoever read our output stopped (``modelgit ls M | head``): stop quietly, as git and cat
+    do. stdout is pointed at /dev/null so that the interpreter's last flush at exit does not
+    fail again; the exit code is the shell's for a process ended by SIGPIPE."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     if (sys.argv[1:] if argv is None else argv) == ["filter-process"]:
         # git starts the filter for every command that touches tracked files: it skips building
@@ -335,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     debug = args.debug or os.environ.get("MODELGIT_DEBUG") == "1"
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        return code
     except ModelgitError as exc:
         if debug:
             raise
@@ -344,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("modelgit: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _output_closed()
     except OSError as exc:
         if debug:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import yaml
 
@@ -58,8 +59,8 @@ def cmd_merge(args) -> int:
     else:
         data = _recipe_from_flags(args)
         recipe = parse_recipe(data, yaml.safe_dump(data, sort_keys=False))
-    for warning in recipe.warnings:
-        print(f"modelgit: warning: {warning}")
+    for warning in recipe.warnings:  # on stderr: stdout may be --json
+        print(f"modelgit: warning: {warning}", file=sys.stderr)
     if not args.dry_run and not args.output:
         raise UsageError("give -o OUT (or --dry-run)")
     result = run_merge(recipe, args.output, dry_run=args.dry_run, progress=args.progress,
@@ -68,7 +69,7 @@ def cmd_merge(args) -> int:
     if args.dry_run:
         plan = result
         summary = {"ok": True, "method": recipe.merge_method, "inputs": plan.specs,
-                   "tensors": len(plan.outputs), "layers": plan.num_layers}
+                   "tensors": len(plan.outputs), "layers": plan.num_layers, "warnings": list(recipe.warnings)}
         print(json.dumps(summary, indent=2) if args.json else
               f"ok: {len(plan.outputs)} tensors from {len(plan.specs)} inputs would be merged with "
               f"{recipe.merge_method}")
@@ -84,7 +85,8 @@ def cmd_extract_lora(args) -> int:
 
     base, tuned = open_source(args.base), open_source(args.tuned)
     try:
-        errors = extract_lora(base, tuned, args.rank, args.output, alpha=args.alpha, force=args.force)
+        errors = extract_lora(base, tuned, args.rank, args.output, alpha=args.alpha, force=args.force,
+                              progress=args.progress)
     finally:
         base.close()
         tuned.close()

@@ -69,6 +69,33 @@ def _overrides(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _show_blind(report, format_blind_report) -> None:
+    if report.entries:  # an empty table says nothing: the summary after the review does
+        print(format_blind_report(report), flush=True)
+
+
+def _nothing_to_review(repo, remote: str | None) -> str:
+    """"nothing to review", and why each contribution branch was skipped (briefly)."""
+    from ..workflow.contribution import BRANCH_PREFIX
+    from ..workflow.review_records import read_reviews
+
+    patterns = [f"refs/heads/{BRANCH_PREFIX}"] + ([f"refs/remotes/{remote}/{BRANCH_PREFIX}"] if remote else [])
+    listed = repo.git("for-each-ref", "--format=%(refname:short) %(objectname)", *patterns).decode()
+    reviews = read_reviews(repo)
+    skipped = []
+    for line in listed.splitlines()[:50]:
+        branch, commit = line.rsplit(" ", 1)
+        record = reviews.get(branch.split(BRANCH_PREFIX, 1)[1], {})
+        if record.get("commit") == commit:
+            skipped.append(f"  {branch}: already reviewed at {commit[:12]} "
+                           f"({record.get('decision', 'decided')})")
+    where = f"local or {remote}'s" if remote else "local"
+    if not listed.strip():
+        return f"nothing to review: no {where} {BRANCH_PREFIX}* branches"
+    return "\n".join([f"nothing to review: every {where} {BRANCH_PREFIX}* branch is reviewed at its "
+                      "current commit (a new push to one is reviewed again)", *skipped])
+
+
 def cmd_review(args) -> int:
     from ..workflow import Policy, read_project, review
     from ..workflow.reviews import format_blind_report, format_revealed
@@ -82,7 +109,7 @@ def cmd_review(args) -> int:
     report = review(repo, _suites(args.suites, args.suite, repo), remote=None if args.no_fetch else args.remote,
                     policy=policy, overrides=_overrides(args.override), dry_run=args.dry_run,
                     progress=args.progress,
-                    on_blind=(lambda r: print(format_blind_report(r), flush=True)) if shown else None)
+                    on_blind=(lambda r: _show_blind(r, format_blind_report)) if shown else None)
     if args.json:
         data = report.blind()
         if report.recorded:
@@ -90,7 +117,7 @@ def cmd_review(args) -> int:
             data["commits"] = report.commits
         print(json.dumps(data, indent=2, sort_keys=True))
     elif not report.entries:
-        print("no pending contributions")
+        print(_nothing_to_review(repo, None if args.no_fetch else args.remote))
     elif report.recorded:
         print(format_revealed(report))
         if args.push:

@@ -4,10 +4,16 @@
 Objects move per delta tree, parents first, one task per tree: a child is decoded from its
 parent's content, so every object is decoded once; an object that fails is not written, nor are
 its descendants, and the failures are collected to be reported together at the end.
+
+What is written for a verified object is the sink's choice: a fetch writes the object as it
+came (:class:`CopySink`: hard-linked from a local remote's file when it can), a push writes the
+remote's layout (:class:`~modelgit.git._layout.LayoutSink`). A linked file is linked before it is
+read and verified, and published only once verified, so the bytes checked are the bytes kept.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -15,11 +21,13 @@ from typing import Callable
 
 from ..errors import CorruptObjectError, ObjectMissingError
 from ..store import Store
-from ..store.objectfile import ObjectHeader, unpack_header
-from ..store.store import QUARANTINE, decode_object
+from ..dtypes import DTYPES, FLOAT_DTYPES
+from ..store.encodings import encode_standalone
+from ..store.objectfile import ObjectHeader, pack_header, unpack_header
+from ..store.store import MAX_DELTA_DEPTH, QUARANTINE, decode_object
 
 __all__ = ["TransferResult", "Side", "Item", "Failures", "Mover", "Retry", "local_damage",
-           "content_of", "stored_size"]
+           "content_of", "stored_size", "CopySink", "links_allowed", "chain_depth"]
 
 _LISTED_FAILURES = 10  # per-object lines in a failed transfer's message
 
@@ -31,6 +39,8 @@ class TransferResult:
     skipped: int  # already present (and trusted) on the other side
     replaced: int = 0  # damaged copies on the destination that were overwritten (push)
     failed: int = 0  # objects that could not be transferred (the command then fails)
+    linked: int = 0  # of ``objects``, how many were hard-linked (or reflinked), not copied
+    reencoded: int = 0  # push: objects the remote had, re-encoded as deltas on newer ones
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,8 @@ class Side:
     def remote(cls, name: str, store: Store) -> "Side":
         # a view that never quarantines: a fetch only reads the remote, and a push overwrites
         # a damaged remote copy in place
-        return cls(name, Store(store.backend, quarantine=False), f"remote {name} ({store.url})")
+        return cls(name, Store(store.backend, quarantine=False, config=store.config),
+                   f"remote {name} ({store.url})")
 
     @classmethod
     def local(cls, store: Store) -> "Side":
@@ -101,8 +112,9 @@ class Mover:
 
     def __init__(self, dst: Store, items: dict[str, Item],
                  outside_parent: Callable[[str, bool], object],
-                 failures: Failures, verb: str, bar):
+                 failures: Failures, verb: str, bar, sink=None):
         self.dst, self.items, self.failures, self.verb, self.bar = dst, items, failures, verb, bar
+        self.sink = sink if sink is not None else CopySink(dst)
         self.outside_parent = outside_parent  # (parent, verify) -> content, at the destination
         self.children: dict[str, list[str]] = {}
         self.roots = []
@@ -155,15 +167,30 @@ class Mover:
             parent_content = self._outside_parent(root, parent, verify=False)
             if parent_content is None:
                 return
+        tree = self.sink.tree(root)
+        try:
+            self._walk(root, parent, parent_content, tree)
+        except BaseException:
+            tree.abort()  # nothing of a tree cut short is published: a delta could lack its parent
+            raise
+        tree.done()
+
+    def _walk(self, root: str, parent: str | None, parent_content, tree) -> None:
         stack = [(root, parent_content)]
         while stack:
             oid, parent_content = stack.pop()
             item = self.items[oid]
+            handle = blob = None
             try:
-                blob = item.blob if item.blob is not None else item.source.store._read(oid)
+                blob, handle = tree.read(item)
                 head = unpack_header(blob)
                 if head.parent != item.header.parent:
-                    raise ValueError("its header changed during the transfer; run it again")
+                    # re-encoded meanwhile (a push keeps its remote newest whole): planned again
+                    tree.discard(handle)
+                    with self._lock:
+                        self.retry.add(oid)
+                    tree.failed(oid, parent_content)
+                    continue
                 try:
                     _, content = decode_object(oid, blob, parent_content)
                 except ValueError:
@@ -171,16 +198,24 @@ class Mover:
                         raise
                     parent_content = self._outside_parent(root, parent, verify=True)
                     if parent_content is None:
+                        tree.discard(handle)
                         continue
                     _, content = decode_object(oid, blob, parent_content)
             except ObjectMissingError:
+                tree.discard(handle)
                 self._fail_tree(oid, f"object {oid} vanished from {item.source.label} during the "
                                      f"transfer; it was not {self.verb}", corrupt=False)
+                tree.failed(oid, parent_content)
                 continue
             except ValueError as exc:
+                tree.discard(handle)
                 self._fail_tree(oid, self._damaged(item, str(exc), blob), corrupt=True)
+                tree.failed(oid, parent_content)
                 continue
-            self._write(oid, blob)
+            tree.accept(item, blob, handle, content, parent_content)
+            with self._lock:
+                self.sent.append((oid, len(blob)))
+                self.bar.update(len(blob))
             stack += [(child, content) for child in self.children.get(oid, ())]
 
     def _outside_parent(self, root: str, parent: str, verify: bool):
@@ -211,15 +246,128 @@ class Mover:
                                      f"{self.items[child].header.parent} failed", corrupt)
             todo += self.children.get(child, ())
 
-    def _write(self, oid: str, blob) -> None:
-        stage = getattr(self.dst.backend, "stage", None)
-        if stage is not None:  # durable in batches (writeback started early, fdatasync at commit)
-            stage(Store._key(oid), blob)
+
+def chain_depth(store: Store, oid: str) -> int:
+    """How many deltas ``oid``'s chain has in ``store``, from the headers' parent ids (not their
+    depth fields, which a remote's store kept newest whole may understate). A header that cannot
+    be read counts as the end of the chain: decoding the chain then fails on its own."""
+    depth = 0
+    while depth <= MAX_DELTA_DEPTH:
+        try:
+            oid = store.header(oid, quarantine=False).parent
+        except (CorruptObjectError, ObjectMissingError):
+            return depth
+        if oid is None:
+            return depth
+        depth += 1
+    return depth
+
+
+def links_allowed() -> bool:
+    """Whether transfers between two local stores may hard-link (or reflink) object files:
+    yes unless ``MODELGIT_LINKS=0`` (then every object is copied, as ``git clone
+    --no-hardlinks`` does: a damaged file then damages one store only)."""
+    return os.environ.get("MODELGIT_LINKS", "1") != "0"
+
+
+def link_source(src: Store, dst: Store, oid: str):
+    """A temporary file in ``dst`` linked to ``src``'s copy of ``oid`` (None: copy instead)."""
+    path_of = getattr(src.backend, "path_of", None)
+    if path_of is None or not links_allowed():
+        return None
+    return dst.backend.link_temp(path_of(Store._key(oid)))
+
+
+def write_object(dst: Store, oid: str, head: bytes, payload) -> None:
+    """Write an object durable in batches where the backend stages (writeback started early,
+    fdatasync at commit), else atomically at once."""
+    stage = getattr(dst.backend, "stage", None)
+    if stage is not None:
+        stage(Store._key(oid), head, payload)
+    elif head:
+        dst.backend.write_atomic(Store._key(oid), bytes(head) + bytes(payload))
+    else:
+        dst.backend.write_atomic(Store._key(oid), payload)
+
+
+class CopySink:
+    """What a fetch writes: each object as it came, parents first (staged in order).
+
+    An object is linked from the source's file when both stores are local directories (see
+    :meth:`~modelgit.store.backends.LocalBackend.link_temp`); its header is rewritten (and the
+    object copied) only when the depth it states is not the depth of its chain here: a remote
+    kept newest whole understates depths, and this store's headers must tell the truth. A delta
+    whose parent here is already at the end of a chain as long as allowed is stored whole.
+    """
+
+    def __init__(self, dst: Store):
+        self.dst = dst
+        self.linked = 0
+        self._lock = threading.Lock()
+
+    def tree(self, root: str) -> "_CopyTree":
+        return _CopyTree(self)
+
+
+class _CopyTree:
+    def __init__(self, sink: CopySink):
+        self.sink, self.depth = sink, {}
+
+    def read(self, item: Item):
+        if item.blob is not None:
+            return item.blob, None
+        handle = link_source(item.source.store, self.sink.dst, item.oid)
+        if handle is not None:
+            try:
+                return self.sink.dst.backend.read_temp(handle), handle
+            except OSError:
+                self.discard(handle)
+        return item.source.store._read(item.oid), None
+
+    def discard(self, handle) -> None:
+        if handle is not None:
+            self.sink.dst.backend.discard_temp(handle)
+
+    def failed(self, oid: str, parent_content) -> None:
+        pass
+
+    def accept(self, item: Item, blob, handle, content, parent_content) -> None:
+        head = unpack_header(blob)
+        depth = 0
+        if head.parent is not None:
+            depth = self.depth.get(head.parent)
+            if depth is None:  # the parent is in this store already
+                depth = chain_depth(self.sink.dst, head.parent)
+            depth += 1
+        dst = self.sink.dst
+        if depth > MAX_DELTA_DEPTH:
+            # a delta on an object that is itself deep here: stored whole instead (its verified
+            # content is at hand), so that every chain here stays readable
+            self.discard(handle)
+            encoding, payload = encode_standalone(content, DTYPES[head.dtype].itemsize,
+                                                  head.dtype in FLOAT_DTYPES)
+            write_object(dst, item.oid, pack_header(encoding, 0, head.dtype, head.shape,
+                                                    head.raw_len, None, head.sumsq), payload)
+            self.depth[item.oid] = 0
+            return
+        self.depth[item.oid] = depth
+        if depth != head.depth:
+            self.discard(handle)
+            new_head = pack_header(head.encoding, depth, head.dtype, head.shape, head.raw_len,
+                                   head.parent, head.sumsq, head.hints)
+            write_object(dst, item.oid, new_head, memoryview(blob)[head.payload_offset:])
+        elif handle is not None:
+            dst.backend.publish([(handle, Store._key(item.oid))])
+            with self.sink._lock:
+                self.sink.linked += 1
         else:
-            self.dst.backend.write_atomic(Store._key(oid), blob)
-        with self._lock:
-            self.sent.append((oid, len(blob)))
-            self.bar.update(len(blob))
+            write_object(dst, item.oid, b"", blob)
+
+    def abort(self) -> None:
+        pass
+
+    def done(self) -> None:
+        pass
 
 
 def local_damage(error: CorruptObjectError, store: Store, verb: str) -> str:

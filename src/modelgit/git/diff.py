@@ -3,6 +3,17 @@
 Chunks with equal ids are equal, so only changed chunks are decoded; the squared norm of an
 unchanged chunk (needed for relative norms and cosines) is computed once per object and cached
 in the store under ``stats/``. Nothing is written to disk as a checkpoint.
+
+**Relative L2**, one definition at every scale: for a set S of tensors present in both versions
+with the same dtype and shape (added, removed, reshaped and retyped tensors are not in it),
+
+    rel_l2(S) = sqrt(sum over t in S of ||new_t - old_t||^2) / sqrt(sum over t in S of ||old_t||^2)
+
+*tensor* rel.L2 takes S = {the tensor}; *layer* rel.L2 the tensors of one layer
+(``model.layers.3``); *file* rel.L2 every tensor of the file (for a single-file checkpoint, the
+whole model). Unchanged tensors count in the denominator: a layer where one small tensor moved
+a lot has a small layer-wide figure. ``modelgit diff``, ``git diff`` and ``modelgit log`` show
+these same figures, each labelled with its scale.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ def as_float64(raw, dtype: str) -> np.ndarray:
     itemsize = info.itemsize
     return to_torch(raw, dtype, (len(raw) // itemsize,)).double().numpy()
 
-__all__ = ["TensorChange", "FileDiff", "diff_manifests", "diff_records", "format_diff"]
+__all__ = ["TensorChange", "FileDiff", "diff_manifests", "diff_records", "format_diff", "relative_l2"]
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _NUMERIC = {d for d in DTYPES if d != "C64"}
@@ -67,8 +78,12 @@ class FileDiff:
             out[t.status] += 1
         return dict(out)
 
+    def rel_l2(self) -> float | None:
+        """File-wide relative L2 of the change (see the module docstring)."""
+        return relative_l2(self.tensors)
+
     def layers(self) -> list[dict]:
-        """Per-layer summary of changed tensors: count and relative norm of the change."""
+        """Per-layer summary of changed tensors: count and layer-wide relative L2."""
         groups: dict[str, list[TensorChange]] = defaultdict(list)
         for t in self.tensors:
             groups[layer_of(t.name)].append(t)
@@ -77,15 +92,23 @@ class FileDiff:
             changed = [t for t in items if t.status != "unchanged"]
             if not changed:
                 continue
-            old = sum((t.old_norm or 0.0) ** 2 for t in items)
-            delta = sum((t.delta_norm or 0.0) ** 2 for t in changed)
             rows.append({"layer": layer, "changed": len(changed), "tensors": len(items),
-                         "rel_l2": math.sqrt(delta / old) if old > 0 else None})
+                         "rel_l2": relative_l2(items)})
         return sorted(rows, key=lambda r: -(r["rel_l2"] or 0.0))
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "counts": self.counts(), "layers": self.layers(),
+        """``rel_l2`` is file-wide, each layer's layer-wide, each tensor's its own."""
+        return {"path": self.path, "counts": self.counts(), "rel_l2": self.rel_l2(),
+                "layers": self.layers(),
                 "tensors": [asdict(t) for t in self.tensors if t.status != "unchanged"]}
+
+
+def relative_l2(tensors: list[TensorChange]) -> float | None:
+    """sqrt(sum ||new - old||^2) / sqrt(sum ||old||^2) over the tensors compared value by value
+    (same dtype and shape in both versions); None when there are none, or all were zero."""
+    compared = [t for t in tensors if t.old_norm is not None and t.delta_norm is not None]
+    old = sum(t.old_norm ** 2 for t in compared)
+    return math.sqrt(sum(t.delta_norm ** 2 for t in compared) / old) if old > 0 else None
 
 
 _LAYER_RE = re.compile(r"^(.*?\.\d+)\.")
@@ -205,23 +228,26 @@ def format_diff(diff: FileDiff, top: int = 10) -> str:
     total_bytes = sum(t.bytes for t in diff.tensors)
     parts = [f"{counts.get(k, 0)} {k}" for k in ("changed", "added", "removed", "reshaped", "retyped")
              if counts.get(k)]
+    whole = diff.rel_l2()
     lines = [f"{diff.path}: {', '.join(parts) or 'no tensor changed'}; "
              f"{counts.get('unchanged', 0)} unchanged "
-             f"({changed_bytes / 2**20:.1f} of {total_bytes / 2**20:.1f} MiB in changed tensors)"]
+             f"({changed_bytes / 2**20:.1f} of {total_bytes / 2**20:.1f} MiB in changed tensors)"
+             + (f"; file-wide rel.L2 {_fmt(whole)}" if whole else "")]
     layers = diff.layers()
     if layers:
-        lines.append(f"  {'layer':<40} {'changed':>9} {'rel.L2':>9}")
+        lines.append(f"  {'layer':<40} {'changed':>9} {'layer rel.L2':>12}")
         for row in layers[:top]:
-            lines.append(f"  {row['layer']:<40} {row['changed']:>4}/{row['tensors']:<4} {_fmt(row['rel_l2']):>9}")
+            lines.append(f"  {row['layer']:<40} {row['changed']:>4}/{row['tensors']:<4} {_fmt(row['rel_l2']):>12}")
         if len(layers) > top:
             lines.append(f"  ... {len(layers) - top} more layers")
     moved = sorted((t for t in diff.tensors if t.status == "changed"), key=lambda t: -(t.rel_l2 or 0))
     if moved:
-        lines.append(f"  {'most changed tensors':<40} {'shape':>16} {'rel.L2':>9} {'cosine':>9} {'elements':>9}")
+        lines.append(f"  {'most changed tensors':<40} {'shape':>16} {'tensor rel.L2':>13} {'cosine':>9} "
+                     f"{'elements':>9}")
         for t in moved[:top]:
             shape = "x".join(map(str, t.shape[1])) or "scalar"
             frac = "-" if t.frac_changed is None else f"{100 * t.frac_changed:.1f}%"
-            lines.append(f"  {t.name:<40} {shape:>16} {_fmt(t.rel_l2):>9} {_fmt(t.cosine, '.6f'):>9} {frac:>9}")
+            lines.append(f"  {t.name:<40} {shape:>16} {_fmt(t.rel_l2):>13} {_fmt(t.cosine, '.6f'):>9} {frac:>9}")
     for t in diff.tensors:
         if t.status in ("added", "removed"):
             lines.append(f"  {t.status}: {t.name} {t.dtype[0] or t.dtype[1]} {t.shape[0] or t.shape[1]}")

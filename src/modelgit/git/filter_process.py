@@ -113,7 +113,8 @@ def prepare_smudge(repo: GitRepo, path: str, data: bytes):
     store = repo.store()
     result = fetch_missing(repo, store, manifest.object_ids(), path)
     if result is not None:
-        log.info("smudge %s: fetched %d objects (%d bytes)", path, result.objects, result.bytes)
+        log.info("smudge %s: fetched %d objects (%d bytes, %d hard-linked)", path, result.objects,
+                 result.bytes, result.linked)
     return store, manifest
 
 
@@ -202,11 +203,26 @@ class _StoreHold:
 
 def serve(repo: GitRepo, stdin: BinaryIO, stdout: BinaryIO) -> int:
     """Run the filter protocol until git closes the pipe (then fill in deferred checkouts)."""
+    _ensure_hooks(repo)
     hold = _StoreHold(repo)
     try:
         return _serve(repo, stdin, stdout, hold)
     finally:
         hold.release()
+
+
+def _ensure_hooks(repo: GitRepo) -> None:
+    """With modelgit installed globally (``modelgit install``), the first filter run in a
+    repository (the checkout of a clone, a first ``git add``) installs the pre-push hook that
+    uploads objects, as git-lfs does; see :func:`~modelgit.git.install.ensure_hooks`."""
+    from .install import ensure_hooks
+
+    try:
+        for action in ensure_hooks(repo):
+            print(f"modelgit: {action} in {repo.git_dir} (git push uploads the objects)",
+                  file=sys.stderr)
+    except Exception as exc:  # a hook is never a reason to fail a checkout or an add
+        log.info("could not install hooks: %s", exc)
 
 
 def _serve(repo: GitRepo, stdin: BinaryIO, stdout: BinaryIO, hold: _StoreHold) -> int:

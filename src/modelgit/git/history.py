@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 
 from .. import checkpoint
+from ..errors import UsageError
 from ..manifest import Manifest
 from .diff import FileDiff, diff_manifests
 from .repo import GitRepo
@@ -72,19 +75,39 @@ def push_rev(repo: GitRepo, remote: str, rev: str = "HEAD", progress: bool | Non
     Args:
         verify_remote: verify every copy the remote already has and replace damaged ones.
     """
-    manifests = repo.tracked_manifests(rev)
+    manifests = repo.tracked_manifests(repo.resolve(rev))
     oids = set().union(*(m.object_ids() for m in manifests.values())) if manifests else set()
     return push_objects(repo.store(), open_remote_store(repo, remote), oids, progress,
                         verify_remote=verify_remote, name=remote)
 
 
 def fetch_rev(repo: GitRepo, rev: str = "HEAD", remote: str | None = None,
-              paths: list[str] | None = None, progress: bool | None = None) -> TransferResult:
-    """Download the objects the manifests of ``rev`` need (``modelgit fetch``)."""
-    manifests = repo.tracked_manifests(rev, paths)
+              paths: list[str] | None = None, progress: bool | None = None,
+              check_paths: bool = False) -> TransferResult:
+    """Download the objects the manifests of ``rev`` need (``modelgit fetch``).
+
+    Args:
+        check_paths: refuse a path below which ``rev`` tracks no checkpoint (a typo), instead
+            of fetching nothing for it.
+    Raises:
+        UnknownRevisionError: ``rev`` names no commit.
+        UsageError: with ``check_paths``, a path holds no modelgit-tracked file in ``rev``.
+    """
+    commit = repo.resolve(rev)
+    manifests = repo.tracked_manifests(commit, paths)
+    for path in paths if check_paths and paths else []:
+        if not any(_below(found, path) for found in manifests):
+            raise UsageError(f"{path!r}: no modelgit-tracked file there in revision {rev} "
+                             f"(tracked: {', '.join(sorted(repo.tracked_manifests(commit))[:5]) or 'none'})")
     store = repo.store()
     oids = set().union(*(m.object_ids() for m in manifests.values())) if manifests else set()
     return fetch_objects(store, remotes_for_fetch(repo, remote), oids, progress, context=rev)
+
+
+def _below(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or inside the directory ``prefix`` (both repository-relative)."""
+    prefix = prefix.rstrip("/")
+    return prefix in ("", ".") or path == prefix or path.startswith(prefix + "/")
 
 
 def tracked_paths(repo: GitRepo) -> list[str]:
@@ -103,7 +126,7 @@ def worktree_manifests(repo: GitRepo, paths: list[str] | None = None) -> dict[st
     store = repo.store()
     out = {}
     for path in tracked_paths(repo):
-        if paths and not any(path == p or path.startswith(p.rstrip("/") + "/") for p in paths):
+        if paths and not any(_below(path, p) for p in paths):
             continue
         full = os.path.join(repo.root, path)
         if os.path.isfile(full):
@@ -118,9 +141,15 @@ def worktree_manifests(repo: GitRepo, paths: list[str] | None = None) -> dict[st
 
 def diff_revs(repo: GitRepo, old_rev: str | None, new_rev: str | None,
               paths: list[str] | None = None) -> list[FileDiff]:
-    """Tensor diffs between two revisions (``None`` as ``new_rev`` means the work tree)."""
-    old = repo.tracked_manifests(old_rev, paths) if old_rev else {}
-    new = repo.tracked_manifests(new_rev, paths) if new_rev else worktree_manifests(repo, paths)
+    """Tensor diffs between two revisions (``None`` as ``new_rev`` means the work tree).
+
+    Raises:
+        UnknownRevisionError: a revision names no commit (naming the closest branch or tag).
+    """
+    old_commit = repo.resolve(old_rev) if old_rev else None
+    new_commit = repo.resolve(new_rev) if new_rev else None
+    old = repo.tracked_manifests(old_commit, paths) if old_commit else {}
+    new = repo.tracked_manifests(new_commit, paths) if new_commit else worktree_manifests(repo, paths)
     store = repo.store()
     needed = set()
     for manifest in [*old.values(), *new.values()]:
@@ -144,20 +173,69 @@ class LogEntry:
     recipe: str | None
 
 
+# the workflow's release records (``releases/<tag>.json``, named by a ``Modelgit-Release: TAG``
+# trailer) are read as files, by this convention, never through the workflow's code
+_RELEASES_DIR = "releases"
+_PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _release_recipe(repo: GitRepo, commit: str, tag: str) -> str | None:
+    """How release ``tag`` was made, from its record in ``commit``: the merge method and its
+    parameters, or that it is the base model; None when there is no readable record."""
+    if not _PLAIN.match(tag):
+        return None
+    where = f"{_RELEASES_DIR}/{tag}.json"
+    data = repo.read_blob(f"{commit}:{where}")
+    try:
+        record = json.loads(data) if data is not None and len(data) < 4 * 2**20 else None
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    method, params = record.get("method"), record.get("parameters")
+    if not method:
+        return f"none: release {tag} is the base model ({where})"
+    if not isinstance(method, str) or not _PLAIN.match(method):
+        return None
+    shown = json.dumps(params, sort_keys=True)[:200] if isinstance(params, dict) and params else ""
+    count = len(record.get("contributions") or [])
+    return (f"{method}{' ' + shown if shown else ''} of {count} contribution(s) "
+            f"(release {tag}: {where})")
+
+
 def _recipe_of(repo: GitRepo, commit: str) -> str | None:
-    body = repo.git("log", "-1", "--format=%B", commit).decode()
+    """What made a commit's model: a ``Modelgit-Recipe: PATH`` trailer, a release's record (a
+    ``Modelgit-Release: TAG`` trailer), or a recipe file committed with it; None when nothing says."""
+    body = repo.git("log", "-1", "--format=%B", commit).decode(errors="replace")
+    release = None
     for line in body.splitlines():
-        if line.lower().startswith("modelgit-recipe:"):
-            return line.split(":", 1)[1].strip()
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key.strip().lower() == "modelgit-recipe" and value and value.lower() not in ("none", "null"):
+            return value
+        if key.strip().lower() == "modelgit-release" and value:
+            release = value
+    if release:
+        described = _release_recipe(repo, commit, release)
+        if described:
+            return described
     changed = repo.git("diff-tree", "--no-commit-id", "--name-only", "-r", "--root", commit).decode().split()
     recipes = [p for p in changed if p.endswith((".recipe.yaml", "recipe.yaml", "mergekit.yaml"))]
     return ", ".join(recipes) or None
 
 
-def log_path(repo: GitRepo, paths: list[str] | None = None, max_count: int = 20) -> list[LogEntry]:
-    """Per commit that touched a tracked model file: what changed and the recipe, if any."""
+def log_path(repo: GitRepo, paths: list[str] | None = None, max_count: int = 20,
+             rev: str = "HEAD") -> list[LogEntry]:
+    """Per commit that touched a tracked model file: what changed and the recipe, if any.
+
+    Args:
+        rev: the commit whose history is listed.
+    Raises:
+        UnknownRevisionError: ``rev`` names no commit.
+    """
     out = repo.git("log", f"--max-count={max_count}", "--format=%H%x00%an%x00%ad%x00%s",
-                   "--date=short", "--", *(paths or ["."])).decode()
+                   "--date=short", repo.resolve(rev), "--",
+                   *(paths or ["."])).decode()
     entries = []
     for line in out.splitlines():
         commit, author, date, subject = line.split("\0")

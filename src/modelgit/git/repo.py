@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 
-from ..errors import ModelgitError, UsageError
+from ..errors import ModelgitError, UnknownRevisionError, UsageError
 from ..manifest import Manifest, is_manifest
 from ..store import Store
 
-__all__ = ["GitRepo", "GitError", "FILTER_NAME", "find_repo", "repo_of_store"]
+__all__ = ["GitRepo", "GitError", "FILTER_NAME", "find_repo", "repo_of_store",
+           "unknown_revision_message"]
 
 FILTER_NAME = "modelgit"
 # manifests are small; a blob larger than this is a plain file, not a manifest
@@ -53,8 +56,39 @@ class GitRepo:
         return Store.open(self.store_path, create=True)
 
     def rev_parse(self, rev: str) -> str | None:
-        out = _git(["rev-parse", "--verify", "-q", rev + "^{commit}"], self.root, check=False)
+        """The commit id ``rev`` names, or None. ``--end-of-options`` keeps a revision that
+        starts with ``-`` from ever being read as an option of git's."""
+        if not rev or "\0" in rev:
+            return None
+        out = _git(["rev-parse", "--verify", "-q", "--end-of-options", rev + "^{commit}"],
+                   self.root, check=False)
         return out.decode().strip() or None
+
+    def resolve(self, rev: str, what: str = "revision") -> str:
+        """The commit id ``rev`` names.
+
+        Args:
+            what: how the revision was given, for the message (``"--onto"``, ``"revision"``).
+        Raises:
+            UnknownRevisionError: ``rev`` names no commit; the message names the closest branch
+                or tag, or how far back the history goes for ``REV~N``.
+        """
+        commit = self.rev_parse(rev)
+        if commit is None:
+            raise UnknownRevisionError(unknown_revision_message(self, rev, what), rev)
+        return commit
+
+    def ref_names(self) -> dict[str, list[str]]:
+        """Short names of the branches, remote branches and tags, for suggestions."""
+        out = _git(["for-each-ref", "--format=%(refname)", "refs/heads", "refs/remotes", "refs/tags"],
+                   self.root, check=False).decode().split()
+        names: dict[str, list[str]] = {"branches": [], "tags": []}
+        for ref in out:
+            for prefix, kind in (("refs/heads/", "branches"), ("refs/remotes/", "branches"),
+                                 ("refs/tags/", "tags")):
+                if ref.startswith(prefix) and not ref.endswith("/HEAD"):
+                    names[kind].append(ref[len(prefix):])
+        return names
 
     def read_blob(self, spec: str) -> bytes | None:
         """Contents of ``REV:PATH`` (or a blob id), or None when it does not exist."""
@@ -70,6 +104,8 @@ class GitRepo:
 
     def tracked_manifests(self, rev: str, paths: list[str] | None = None) -> dict[str, Manifest]:
         """Every modelgit manifest in the tree of ``rev`` (optionally below ``paths``)."""
+        if rev.startswith("-"):  # never an option of git's (``--end-of-options`` would take ``--`` as a path)
+            raise UnknownRevisionError(f"unknown revision {rev!r}", rev)
         out = self.git("ls-tree", "-r", "-z", "--long", rev, "--", *(paths or []))
         candidates = []
         for entry in out.split(b"\0"):
@@ -97,6 +133,37 @@ class GitRepo:
             if is_manifest(data):
                 manifests[path] = Manifest.loads(data, path)
         return manifests
+
+
+# REV~N, REV^, REV^N, REV@{...}: the part before the first of these is the name
+_SUFFIX = re.compile(r"^(?P<base>[^~^@]+)(?P<suffix>(?:[~^]\d*|@\{[^}]*\})+)$")
+
+
+def unknown_revision_message(repo: GitRepo, rev: str, what: str = "revision") -> str:
+    """Why ``rev`` names nothing, and what does exist: the closest branch or tag, or, for
+    ``HEAD~99``, how far back the history goes."""
+    head = f"unknown {what} {rev!r}"
+    if repo.rev_parse("HEAD") is None and not any(repo.ref_names().values()):
+        return f"{head}: the repository has no commits yet"
+    match = _SUFFIX.match(rev)
+    if match and repo.rev_parse(match["base"]):
+        base, suffix = match["base"], match["suffix"]
+        if suffix.startswith("@{"):
+            return f"{head}: {base} has no such reflog entry (`git reflog {base}` lists them)"
+        count = int(_git(["rev-list", "--first-parent", "--count", repo.rev_parse(base)],
+                         repo.root).decode().strip() or 0)
+        depth = (f"{base} is a root commit (no parent)" if count <= 1 else
+                 f"{base} has {count} commits on its first-parent line, so the oldest is "
+                 f"{base}~{count - 1}")
+        return f"{head}: {depth}" + ("" if suffix.startswith("~") else
+                                     "; REV^N also needs a merge commit with N parents")
+    names = repo.ref_names()
+    every = names["branches"] + names["tags"]
+    close = difflib.get_close_matches(match["base"] if match else rev, every, n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    listed = "; ".join(f"{kind}: {', '.join(sorted(items)[:8])}{', ...' if len(items) > 8 else ''}"
+                       for kind, items in names.items() if items)
+    return f"{head}{hint}; {listed or 'no branches or tags'} (or a commit id)"
 
 
 def find_repo(path: str = ".") -> GitRepo:

@@ -7,26 +7,34 @@ The object store of a git remote is, in order:
    (``<its git dir>/modelgit/store``), so pushing to a local bare repository just works.
 
 Transfers are per object, atomic and idempotent: an interrupted push or fetch resumes by sending
-only what the other side still lacks.
+only what the other side still lacks. A remote's store is kept newest whole (the newest version
+of each chunk standalone, older ones as deltas on newer ones: :mod:`._layout`), so a clone
+fetches the objects of what it checks out and nothing else; a fetch gets a newer version through
+the deltas on an older one it has when that is cheaper (:mod:`._thin`; the fetch itself is in
+:mod:`._fetch`). Between two local stores, objects stored the same way on both sides are
+hard-linked (or reflinked), not copied.
 
 **What is verified.** An object travels as its stored bytes (header and encoded payload, possibly
-a delta against a parent object). Before it is written at the destination it is decoded and its
-content hashed against its id, delta parents first: a parent that travels too is verified before
-its children, and a child's content is decoded from its parent's; a parent that does not travel
-is decoded from the local store (its own chain included; for a push whose local copy of it is
-damaged, from the remote's). An object that fails is not written, nor are its delta
-descendants; the message names the object and the side whose copy is damaged; the rest of the
-transfer goes on and the command then fails with the count. The moving itself is in
-:mod:`._mover`.
+a delta against a parent object), or, pushed, re-encoded from its verified content. Before it is
+written at the destination it is decoded and its content hashed against its id, delta parents
+first: a parent that travels too is verified before its children, and a child's content is
+decoded from its parent's; a parent that does not travel is decoded from the local store (its
+own chain included; for a push whose local copy of it is damaged, from the remote's). An object
+that fails is not written, nor are its delta descendants; the message names the object and the
+side whose copy is damaged; the rest of the transfer goes on and the command then fails with
+the count. The moving itself is in :mod:`._mover`.
 
 * push: the local copy is verified before it is uploaded; a damaged local copy is moved to the
   local store's quarantine and never uploaded. Copies the remote already has are trusted when
-  their stored size equals the local copy's; any other is downloaded and verified, and replaced
-  when it is damaged. ``verify_remote`` verifies every copy the remote already has (a download
-  of the whole push), which also finds damage that keeps the size.
-* fetch: the remote's copy is verified (in memory, as downloaded) before it is written to the
-  local store's temporary files and renamed into place; nothing is written to the remote. A damaged local copy met while reading (checkout, materialize, verify, a delta
-  parent during a fetch) is moved to quarantine, so the next fetch replaces it.
+  their stored size is the one expected (the local copy's, or the payload length their header
+  records); any other is downloaded and verified, and replaced when it is damaged.
+  ``verify_remote`` verifies every copy the remote already has (a download of the whole push),
+  which also finds damage that keeps the size.
+* fetch: the remote's copy is verified (in memory, as downloaded; a linked file as read through
+  the link) before it is written to the local store's temporary files and renamed into place;
+  nothing is written to the remote. A damaged local copy met while reading (checkout,
+  materialize, verify, a delta parent during a fetch) is moved to quarantine, so the next fetch
+  replaces it.
 """
 
 from __future__ import annotations
@@ -39,16 +47,16 @@ from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageEr
 from ..progress import progress_bar
 from ..store import Store
 from ..store.objectfile import ObjectHeader, unpack_header
-from ..store.store import MAX_DELTA_DEPTH, decode_object
-from ._mover import (Failures, Item, Mover, Retry, Side, TransferResult, content_of, local_damage,
+from ..store.store import decode_object
+from ._fetch import HEAD_BYTES, TRANSFER_THREADS, fetch_objects
+from ._layout import LayoutSink, plan_layout
+from ._mover import (Failures, Item, Mover, Side, TransferResult, content_of, local_damage,
                      stored_size)
 from .repo import GitRepo
 
 __all__ = ["remote_store_url", "open_remote_store", "push_objects", "fetch_objects", "fetch_missing",
            "repair_objects", "retry_after_repair", "remotes_for_fetch", "TransferResult"]
 
-TRANSFER_THREADS = 8  # I/O bound: more than the cores
-HEAD_BYTES = 4096  # one read gets an object's header (and all of a small object)
 
 
 def _local_git_dir(url: str) -> str | None:
@@ -89,42 +97,37 @@ def remote_store_url(repo: GitRepo, remote: str) -> str:
 
 def open_remote_store(repo: GitRepo, remote: str) -> Store:
     """The object store of git remote ``remote``; reading it never moves anything aside."""
-    return Store.open(remote_store_url(repo, remote), create=True, quarantine=False)
+    return Store.open(remote_store_url(repo, remote), create=True, quarantine=False,
+                      newest_whole=True)
 
 
 # ---------------------------------------------------------------------------- push
-def _local_closure(local: Store, oids: set[str], failures: Failures) -> dict[str, ObjectHeader]:
-    """Headers of ``oids`` and of their delta ancestors in the local store; objects that are
-    missing or whose header is damaged (moved to quarantine) are failures."""
+def _local_headers(local: Store, oids: set[str], failures: Failures) -> dict[str, ObjectHeader]:
+    """Headers of ``oids`` in the local store; objects that are missing or whose header is
+    damaged (moved to quarantine) are failures. Their delta ancestors are not needed: the
+    remote stores each object standalone or as a delta on a newer one (see :mod:`._layout`)."""
     out: dict[str, ObjectHeader] = {}
-    todo, seen = list(oids), set()
-    while todo:
-        oid = todo.pop()
-        if oid in seen:
-            continue
-        seen.add(oid)
+    for oid in sorted(oids):
         try:
             out[oid] = local.header(oid)
         except ObjectMissingError:
             failures.add(oid, f"object {oid} is not in the local store at {local.url}", False)
-            continue
         except CorruptObjectError as exc:
             failures.add(oid, local_damage(exc, local, "uploaded"), True)
-            continue
-        if out[oid].parent:
-            todo.append(out[oid].parent)
     return out
 
 
 def push_objects(local: Store, remote: Store, oids: set[str], progress: bool | None = None,
                  verify_remote: bool = False, name: str = "remote") -> TransferResult:
-    """Upload the objects (and their delta ancestors) that ``remote`` lacks, or has damaged.
+    """Upload the objects that ``remote`` lacks, or has damaged, in the remote's layout: the
+    newest version of each chunk standalone, older ones as deltas on newer ones (see
+    :mod:`._layout`); an object stored the same way here is hard-linked into a local remote.
 
     Every object is verified before it is uploaded (see the module docstring).
 
     Args:
         verify_remote: verify every copy the remote already has, not only those whose size
-            differs from the local copy's, and replace the damaged ones.
+            is not the one expected, and replace the damaged ones.
         name: the remote's name, for messages.
     Raises:
         ObjectMissingError: an object to push is not in the local store either.
@@ -134,30 +137,77 @@ def push_objects(local: Store, remote: Store, oids: set[str], progress: bool | N
     failures = Failures()
     me, there = Side.local(local), Side.remote(name, remote)
     with ThreadPoolExecutor(TRANSFER_THREADS) as pool, remote.writing():
-        headers = _local_closure(local, set(oids), failures)
+        headers = _local_headers(local, set(oids), failures)
         order = sorted(headers)
         remote_sizes = dict(zip(order, pool.map(lambda o: stored_size(there.store, o), order)))
         send = [oid for oid in order if remote_sizes[oid] is None]
         present = [oid for oid in order if remote_sizes[oid] is not None]
-        if not verify_remote:  # trusted when it has the local copy's size (same bytes, mostly)
-            present = [oid for oid in present if remote_sizes[oid] != local.stored_size(oid)]
+        if not verify_remote:  # trusted when it has the size its copy should have
+            present = [oid for oid, ok in zip(present, pool.map(
+                lambda o: _expected_size(local, there.store, o, remote_sizes[o]), present))
+                if not ok]
         damaged = [oid for oid, bad in zip(present, pool.map(
             lambda o: _remote_copy_damaged(local, there.store, o), present)) if bad]
         send += damaged
+        if send:
+            remote.use_newest_whole()
+        plan = plan_layout({oid: headers[oid] for oid in send},
+                           _remote_predecessors(pool, there.store, headers, send),
+                           remote.legacy_heads, set(damaged))
         items = {oid: Item(oid, me, headers[oid]) for oid in send}
+        sink = LayoutSink(local, there.store, plan, headers)
         with progress_bar(sum(local.stored_size(o) for o in send), "push objects", progress) as bar:
             mover = Mover(there.store, items, lambda p, v: content_of([local, there.store], p, v),
-                           failures, "uploaded", bar)
+                           failures, "uploaded", bar, sink)
             mover.run(pool)
-    sent = dict(mover.sent)
-    result = TransferResult(len(sent), sum(sent.values()), len(order) - len(send),
-                            len(set(damaged) & set(sent)))
+    for oid in sorted(mover.dropped()):
+        failures.add(oid, f"object {oid} changed in the local store during the push (fetched "
+                          "again meanwhile); it was not uploaded: push again", False)
+    sent = {oid for oid, _ in mover.sent} - mover.dropped()
+    result = TransferResult(len(sent), sink.bytes, len(order) - len(send),
+                            len(set(damaged) & sent), linked=sink.linked,
+                            reencoded=sink.reencoded)
     failures.raise_for(result, "uploaded", len(set(headers) | set(failures.messages)),
                        "Nothing damaged was uploaded. A damaged local object was moved to the "
                        "store's quarantine: fetch it again from a remote with a good copy "
                        "(`modelgit fetch --remote NAME REV`) or re-add the file that contains it "
                        "(`git add --renormalize PATH`, or `modelgit add`), then push again.")
     return result
+
+
+def _expected_size(local: Store, remote: Store, oid: str, size: int) -> bool:
+    """Whether the remote's copy of ``oid`` has the size it should: the local copy's when it
+    was uploaded as it is here, else the size its header's ``plen`` hint says (a truncated or
+    extended copy shows; damage that keeps the size needs ``verify_remote``)."""
+    if size == local.stored_size(oid):
+        return True
+    try:
+        head = unpack_header(_read_head(remote, oid))
+    except (ValueError, OSError, StoreError):
+        return False
+    plen = head.hint("plen")
+    return plen is not None and plen.isdigit() and size == head.payload_offset + int(plen)
+
+
+def _read_head(store: Store, oid: str) -> bytes:
+    read_head = getattr(store.backend, "read_head", None)
+    key = Store._key(oid)
+    return read_head(key, HEAD_BYTES) if read_head else store.backend.read(key)
+
+
+def _remote_predecessors(pool, remote: Store, headers: dict[str, ObjectHeader],
+                         send: list[str]) -> dict[str, ObjectHeader]:
+    """The remote's headers of the local delta parents of uploaded objects that the remote has
+    (and that are not uploaded themselves): the objects a push may graft."""
+    wanted = sorted({headers[oid].parent for oid in send} - set(send) - {None})
+
+    def head(oid: str):
+        try:
+            return unpack_header(_read_head(remote, oid))
+        except (FileNotFoundError, ValueError, OSError, StoreError):
+            return None
+
+    return {oid: h for oid, h in zip(wanted, pool.map(head, wanted)) if h is not None}
 
 
 def _remote_copy_damaged(local: Store, remote: Store, oid: str) -> bool:
@@ -171,165 +221,6 @@ def _remote_copy_damaged(local: Store, remote: Store, oid: str) -> bool:
     except (ValueError, CorruptObjectError, ObjectMissingError):
         return True
     return False
-
-
-# ---------------------------------------------------------------------------- fetch
-def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str],
-                  progress: bool | None = None, context: str = "") -> TransferResult:
-    """Download the objects ``local`` lacks (with delta ancestors), each verified before it is
-    written (see the module docstring).
-
-    Objects already here whose delta ancestors are not are completed too.
-
-    Args:
-        remotes: (name, store) pairs; each object comes from the first that has it.
-        context: what needs the objects (a path), for error messages.
-
-    Raises:
-        ObjectMissingError: no remote has an object; names the object, the path and the remotes.
-        CorruptObjectError: a remote's copy of an object does not decode to its id (it is not
-            kept). Both are raised once everything else was fetched; ``error.result`` has counts.
-    """
-    sides = [Side.remote(name, store) for name, store in remotes]
-    failures = Failures()
-    sent: dict[str, int] = {}
-    wanted = set(oids)
-    with ThreadPoolExecutor(TRANSFER_THREADS) as pool, local.writing(), \
-            progress_bar(0, "fetch objects", progress) as bar:
-        missing = {oid for oid in wanted if not local.has(oid)}
-        skipped = len(wanted) - len(missing)
-        for oid in sorted(wanted - missing):
-            missing |= _missing_ancestors(local, oid)
-        retry: set[str] = set()
-        for _attempt in range(MAX_DELTA_DEPTH + 2):  # a pass per damaged local parent found
-            items = _plan_fetch(pool, local, sides, missing, failures, context)
-            mover = Mover(local, items, lambda p, v: _local_parent(local, p, v), failures,
-                           "fetched", bar)
-            mover.run(pool)
-            local.flush()  # what was fetched is visible to the next pass
-            sent.update(mover.sent)
-            if not mover.retry or mover.retry == retry:  # done, or no progress
-                break
-            retry = mover.retry
-            missing = mover.dropped()  # planned again: now from the damaged parent down
-        for oid in sorted(mover.dropped()):
-            failures.add(oid, f"object {oid} was not fetched: a delta ancestor of it is damaged "
-                              f"or missing in the local store at {local.url} and could not be "
-                              "fetched again", True)
-    result = TransferResult(len(sent), sum(sent.values()), skipped)
-    failures.raise_for(result, "fetched", len(sent) + len(failures), _fetch_advice(failures),
-                       context)
-    return result
-
-
-def _fetch_advice(failures: Failures) -> str:
-    advice = "What was fetched is kept; run the command again once the remote is repaired."
-    if failures.corrupt:
-        advice += (" To repair a remote, push from a clone that has good copies with "
-                   "`modelgit push --verify-remote REMOTE` (it replaces damaged ones), or fetch "
-                   "from another remote with `modelgit fetch --remote NAME`.")
-    else:
-        advice += (" Push the objects from a clone that has them (`git push` uploads objects), or "
-                   "point `git config modelgit.remote.<name>.store` at the store holding them.")
-    return advice
-
-
-def _missing_ancestors(local: Store, oid: str) -> set[str]:
-    """Delta ancestors of ``oid`` (present) that the local store lacks; a damaged header met
-    on the way is moved to quarantine and counts as missing."""
-    out, depth = set(), 0
-    while depth <= MAX_DELTA_DEPTH:
-        try:
-            parent = local.header(oid).parent
-        except CorruptObjectError:
-            out.add(oid)
-            return out
-        except ObjectMissingError:
-            return out
-        if not parent:
-            return out
-        if not local.has(parent):
-            out.add(parent)
-            return out
-        oid, depth = parent, depth + 1
-    return out
-
-
-def _local_parent(local: Store, parent: str, verify: bool):
-    """The content of a fetched root's delta parent, from the local store; Retry when it is
-    damaged (then moved to quarantine) or its chain is incomplete: it is fetched next pass."""
-    try:
-        return local._load(parent, verify=verify)[1]
-    except CorruptObjectError as exc:
-        if exc.quarantined:
-            raise Retry() from None
-        raise
-    except ObjectMissingError:
-        raise Retry() from None
-
-
-def _plan_fetch(pool, local: Store, sides: list[Side], missing: set[str], failures: Failures,
-                context: str) -> dict[str, Item]:
-    """Find each missing object and the delta ancestors it needs on the remotes (a header read
-    each), rounds going from children to parents until every chain reaches the local store."""
-    items: dict[str, Item] = {}
-    todo = sorted(missing)
-    while todo:
-        found = list(pool.map(lambda o: _locate(sides, o, context), todo))
-        following: set[str] = set()
-        for oid, (item, problem) in zip(todo, found):
-            if item is None:
-                failures.add(oid, problem[0], problem[1])
-                continue
-            items[oid] = item
-            parent = item.header.parent
-            if parent and parent not in items:
-                if local.has(parent):
-                    following |= _missing_ancestors(local, parent)
-                else:
-                    following.add(parent)
-        todo = sorted(following - set(items) - set(failures.messages))
-    failed = True
-    while failed:  # a delta whose parent is on no remote (or damaged there) cannot be verified
-        failed = False
-        for oid, item in sorted(items.items()):
-            parent = item.header.parent
-            if parent in failures.messages:
-                failures.add(oid, f"object {oid} was not fetched: its delta parent {parent} "
-                                  "could not be fetched", failures.corrupt)
-                del items[oid]
-                failed = True
-    return items
-
-
-def _locate(sides: list[Side], oid: str, context: str) -> tuple[Item | None, tuple[str, bool] | None]:
-    """(item, None) from the first remote with a readable header for ``oid``, else
-    (None, (message, corrupt))."""
-    damaged = []
-    for side in sides:
-        key = Store._key(oid)
-        read_head = getattr(side.store.backend, "read_head", None)
-        try:
-            head = read_head(key, HEAD_BYTES) if read_head else side.store.backend.read(key)
-            try:
-                header = unpack_header(head)
-            except ValueError:
-                if len(head) < HEAD_BYTES:
-                    raise
-                head = side.store.backend.read(key)  # a header longer than HEAD_BYTES
-                header = unpack_header(head)
-        except FileNotFoundError:
-            continue
-        except ValueError as exc:
-            damaged.append(f"object {oid} on {side.label} is corrupt ({exc}); it was not fetched")
-            continue
-        whole = head if len(head) < HEAD_BYTES or not read_head else None
-        return Item(oid, side, header, whole), None
-    if damaged:
-        return None, ("; ".join(damaged), True)
-    names = ", ".join(side.label for side in sides) or "(no remotes)"
-    return None, (f"object {oid}{' of ' + context if context else ''} is in neither the local store "
-                  f"nor any object remote: {names}", False)
 
 
 def fetch_missing(repo: GitRepo, store: Store, oids, context: str,

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 
 from .. import checkpoint
-from ..errors import ModelgitError, StoreFullError
+from ..errors import ModelgitError, StoreFullError, UsageError
 from ..manifest import Manifest, is_manifest
 from . import index_stat
 from .repo import FILTER_NAME, MAX_MANIFEST_BYTES, GitRepo
@@ -250,9 +250,18 @@ def checkout_pointers(repo: GitRepo, paths: list[str] | None = None,
         One result per file; one that could not be written (its objects are on no remote, or
         damaged there; it does not fit on the disk) has ``failed`` set, the others are written
         all the same.
+    Raises:
+        UsageError: a path is not tracked in the work tree (a typo, or a revision given in the
+            place of a path).
     """
     from .transfer import fetch_missing
 
+    for path in paths or []:
+        if not repo.git("ls-files", "-z", "--", path).strip(b"\0"):
+            hint = (f"; to switch the work tree to revision {path!r}, run `git checkout {path}`"
+                    if repo.rev_parse(path) else "")
+            raise UsageError(f"{path!r} is no file or directory tracked in this repository's "
+                             f"work tree (`git ls-files` lists them){hint}")
     store = repo.store()
     pending, failed = {}, []
     for path in pointer_paths(repo, paths):

@@ -71,6 +71,12 @@ class LazyInputs:
 
 @dataclass(frozen=True)
 class MergeMethod:
+    """A registered method. ``base_is_input`` and ``inputs`` say how a recipe's ``base_model``
+    and model list map onto the method's inputs, as mergekit's input contract does: a method that
+    takes the base as its reference (``base_is_input`` false) gets a base listed among the models
+    as ``base`` only; one that has no use for a base (linear, passthrough) merges it as one more
+    model. ``inputs`` bounds the number of inputs counting that base."""
+
     name: str
     fn: Callable[[MergeInputs], torch.Tensor]
     needs_base: bool
@@ -78,6 +84,9 @@ class MergeMethod:
     model_params: dict[str, float]  # per-model parameters and their defaults
     options: dict[str, Any]  # global options and their defaults
     stream: Callable[[LazyInputs], Iterator[torch.Tensor]] | None = None  # see the module docstring
+    base_is_input: bool = False
+    inputs: tuple[int, int | None] = (1, None)  # (min, max) inputs, the base included
+    model_files: tuple[str, ...] = ()  # per-model parameters that name a file (not numbers)
 
 
 METHODS: dict[str, MergeMethod] = {}
@@ -85,8 +94,11 @@ METHODS: dict[str, MergeMethod] = {}
 
 def register(name: str, *, needs_base: bool, paper: str, model_params: dict[str, float] | None = None,
              options: dict[str, Any] | None = None,
-             stream: Callable[[LazyInputs], Iterator[torch.Tensor]] | None = None):
-    """Decorator: register ``fn`` (and its streaming form, if any) as merge method ``name``.
+             stream: Callable[[LazyInputs], Iterator[torch.Tensor]] | None = None,
+             base_is_input: bool = False, inputs: tuple[int, int | None] = (1, None),
+             model_files: tuple[str, ...] = ()):
+    """Decorator: register ``fn`` (and its streaming form, if any) as merge method ``name``
+    (the keyword arguments are the fields of :class:`MergeMethod`).
 
     Raises:
         ValueError: ``name`` is already registered.
@@ -95,7 +107,8 @@ def register(name: str, *, needs_base: bool, paper: str, model_params: dict[str,
         if name in METHODS:
             raise ValueError(f"merge method {name!r} is already registered")
         METHODS[name] = MergeMethod(name, fn, needs_base, paper, dict(model_params or {}),
-                                    dict(options or {}), stream)
+                                    dict(options or {}), stream, base_is_input, tuple(inputs),
+                                    tuple(model_files))
         return fn
     return wrap
 

@@ -29,7 +29,7 @@ import math
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -44,9 +44,11 @@ from ._schedule import Task, run_tasks
 from .base import LazyInputs, MergeInputs, get_method
 from .methods._common import BLOCK, collect
 from .lora import low_rank, save_adapter
-from .recipe import Recipe, layer_position, resolve_value
+from .parameters import layer_index, layer_position, method_params, resolve
+from .recipe import Recipe, model_inputs, same_model
 from .sources import Source, lazy_tensor, open_source
 from .._outputs import check_output
+from .vocabulary import TOKENIZER_FILES, local_directory, tokenizer_problems, tokenizer_spec
 from .writer import DEFAULT_SHARD_BYTES, MARKER, PlannedTensor, ShardedWriter
 
 __all__ = ["MergePlan", "plan_merge", "run_merge", "MergeResult"]
@@ -63,8 +65,11 @@ class OutputTensor:
     dtype: str
     shape: tuple[int, ...]
     base: tuple[int, str] | None  # (source index, input tensor name)
-    models: list[tuple[int, str, dict]]  # (source index, input name, per-model recipe params)
+    # (source index, input name, the model's parameter mappings, most specific first)
+    models: list[tuple[int, str, tuple[dict, ...]]]
     copy_only: bool = False  # non-float tensors are copied from the first input
+    position: float = 0.0  # depth t of the tensor, for gradients (modelgit.merge.parameters)
+    levels: tuple[dict, ...] = ()  # parameter mappings between the models' and the top level (a slice's)
 
 
 @dataclass
@@ -101,11 +106,6 @@ def _renumber(name: str, index: int) -> str:
     return _LAYER_RE.sub(lambda m: f"{m.group(1)}{index}{m.group(3)}", name, count=1)
 
 
-def _layer_of(name: str) -> int | None:
-    match = _LAYER_RE.search(name)
-    return int(match.group(2)) if match else None
-
-
 def plan_merge(recipe: Recipe) -> MergePlan:
     """Open every input and work out every output tensor; collect all problems (no raise)."""
     method = get_method(recipe.merge_method)
@@ -117,11 +117,13 @@ def plan_merge(recipe: Recipe) -> MergePlan:
         return specs.index(spec)
 
     base_index = index_of(recipe.base_model) if recipe.base_model else None
-    entries = list(recipe.models)
-    if method.needs_base:  # as in mergekit, the base listed among models is not a task vector
-        entries = [e for e in entries if e.model != recipe.base_model]
+    # as in mergekit: a base listed among the models is the base of a method that takes one as its
+    # reference, and one more model of a method that has no use for it (recipe.model_inputs)
+    entries = model_inputs(method, recipe.base_model, recipe.models)
     model_indices = [index_of(e.model) for e in entries]
     for s in recipe.slices:
+        if s.base_model:
+            index_of(s.base_model)
         for source in s.sources:
             index_of(source.model)
     plan = MergePlan(recipe, [], specs)
@@ -135,15 +137,16 @@ def plan_merge(recipe: Recipe) -> MergePlan:
         return plan
     infos = [s.tensors() for s in plan.sources]
     if recipe.slices:
-        _plan_slices(plan, infos, base_index)
+        _plan_slices(plan, infos)
     else:
         reference = base_index if base_index is not None else model_indices[0]
         plan.num_layers = _layer_count(infos[reference])
         for name, info in infos[reference].items():
             base = (base_index, name) if base_index is not None else None
-            models = [(i, name, e.parameters) for i, e in zip(model_indices, entries)]
-            plan.outputs.append(OutputTensor(name, recipe.dtype or info.dtype, info.shape, base, models,
-                                             info.dtype not in FLOAT_DTYPES))
+            models = [(i, name, (e.parameters,)) for i, e in zip(model_indices, entries)]
+            plan.outputs.append(OutputTensor(name, _out_dtype(recipe, info.dtype), info.shape, base, models,
+                                             info.dtype not in FLOAT_DTYPES,
+                                             layer_position(name, plan.num_layers)))
         for i, e in zip(model_indices, entries):
             missing = sorted(set(infos[reference]) - set(infos[i]))
             extra = sorted(set(infos[i]) - set(infos[reference]))
@@ -155,48 +158,90 @@ def plan_merge(recipe: Recipe) -> MergePlan:
                                      f"{extra[:3]}; they are not in the output")
     _check_shapes(plan, infos)
     _check_architectures(plan)
-    if method.needs_base and base_index is None:
+    if recipe.tokenizer_source is not None:
+        plan.problems.extend(tokenizer_problems(recipe.tokenizer_source, recipe.base_model, plan.specs))
+    if method.needs_base and base_index is None and not recipe.slices:
         plan.problems.append(f"{method.name} needs a base_model")
     return plan
 
 
-def _plan_slices(plan: MergePlan, infos, base_index) -> None:
-    """Layer slicing/stacking: output layers are the slices' layer ranges, renumbered."""
-    first = plan.specs.index(plan.recipe.slices[0].sources[0].model)
+def _out_dtype(recipe: Recipe, dtype: str) -> str:
+    """The recipe's output dtype for a float tensor; integer buffers (position ids, step
+    counters) keep theirs: 257 in bfloat16 would be 256."""
+    return recipe.dtype if recipe.dtype and dtype in FLOAT_DTYPES else dtype
+
+
+def _slice_inputs(plan: MergePlan, s) -> tuple:
+    """``(base, models)`` of one slice: the base source (index, source) or None, and the
+    (index, source) of each model, as :func:`plan_merge` maps a base among the models."""
+    method = get_method(plan.recipe.merge_method)
+    base_spec = s.base_model or plan.recipe.base_model
+    base, models = None, []
+    for source in s.sources:
+        item = (plan.specs.index(source.model), source)
+        is_base = bool(base_spec) and same_model(source.model, base_spec)
+        if is_base and base is None:
+            base = item
+        if not is_base or method.base_is_input:
+            models.append(item)
+    return base, models
+
+
+def _plan_slices(plan: MergePlan, infos) -> None:
+    """Layer slicing and stacking, as mergekit plans it: each slice's layers merged from its
+    sources (renumbered into the output, gradients spanning the slice); the tensors outside the
+    layers merged from the first slice's sources (embeddings) or the last one's (final norm, head)."""
+    slices = plan.recipe.slices
+    planned = [_slice_inputs(plan, s) for s in slices]
+
+    def lead(inputs) -> tuple:  # (index, source) that lists a slice's tensors: its first model
+        base, models = inputs
+        return models[0] if models else base
+
+    def add(out_name: str, in_name, s, inputs, position: float) -> None:
+        base, models = inputs
+        index, source = lead(inputs)
+        info = infos[index].get(in_name(source))
+        if info is None:
+            plan.problems.append(f"{source.model} has no tensor {in_name(source)}")
+            return
+        plan.outputs.append(OutputTensor(
+            out_name, _out_dtype(plan.recipe, info.dtype), info.shape,
+            (base[0], in_name(base[1])) if base else None,
+            [(i, in_name(src), (src.parameters,)) for i, src in models], info.dtype not in FLOAT_DTYPES,
+            position, (s.parameters,)))
+
+    outside = [n for n in infos[lead(planned[0])[0]] if layer_index(n) is None]
+    for name in outside:  # before the layers (embeddings): from the first slice, at t = 0
+        if _before_layers(name):
+            add(name, lambda src, name=name: name, slices[0], planned[0], 0.0)
     out_layer = 0
-    layered = {n for n in infos[first] if _layer_of(n) is not None}
-    for name, info in infos[first].items():  # embeddings, final norm, head: from the first source
-        if name not in layered:
-            plan.outputs.append(OutputTensor(name, plan.recipe.dtype or info.dtype, info.shape, None,
-                                             [(first, name, {})], info.dtype not in FLOAT_DTYPES))
-    for s in plan.recipe.slices:
-        ranges = [src.layer_range for src in s.sources]
-        if any(r is None for r in ranges) or len({r[1] - r[0] for r in ranges}) != 1:
-            plan.problems.append(f"slice {ranges}: every source needs a layer_range of equal length")
-            continue
-        for offset in range(ranges[0][1] - ranges[0][0]):
-            lead = s.sources[0]
-            lead_index = plan.specs.index(lead.model)
-            for name, info in infos[lead_index].items():
-                if _layer_of(name) != lead.layer_range[0] + offset:
-                    continue
-                models, base = [], None
-                for src in s.sources:
-                    i = plan.specs.index(src.model)
-                    in_name = _renumber(name, src.layer_range[0] + offset)
-                    if i == base_index:
-                        base = (i, in_name)
-                    if i != base_index or not get_method(plan.recipe.merge_method).needs_base:
-                        models.append((i, in_name, src.parameters))
-                plan.outputs.append(OutputTensor(_renumber(name, out_layer), plan.recipe.dtype or info.dtype,
-                                                 info.shape, base, models, info.dtype not in FLOAT_DTYPES))
+    for s, inputs in zip(slices, planned):
+        index, source = lead(inputs)
+        start, stop = source.layer_range
+        for offset in range(stop - start):
+            position = offset / (stop - start - 1) if stop - start > 1 else 1.0  # mergekit's t
+            names = [name for name in infos[index] if layer_index(name) == start + offset]
+            if not names:
+                plan.problems.append(f"{source.model} has no layer {start + offset} (layer_range {[start, stop]})")
+            for name in names:
+                add(_renumber(name, out_layer),
+                    lambda src, name=name, offset=offset: _renumber(name, src.layer_range[0] + offset),
+                    s, inputs, position)
             out_layer += 1
     plan.num_layers = out_layer
+    for name in outside:  # after the layers (final norm, head): from the last slice, at t = 0
+        if not _before_layers(name):
+            add(name, lambda src, name=name: name, slices[-1], planned[-1], 0.0)
+
+
+def _before_layers(name: str) -> bool:
+    """Whether a tensor outside the layers comes before them (embeddings) or after (norm, head)."""
+    return any(part in name for part in ("embed", "wte", "wpe"))
 
 
 def _architecture(spec: str) -> str | None:
-    path = spec.split("+", 1)[0].rsplit("@", 1)[0]
-    config = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
+    config = os.path.join(local_directory(spec), "config.json")
     from ..errors import FormatError
     from ..untrusted import load_json_file
 
@@ -235,20 +280,20 @@ def _check_shapes(plan: MergePlan, infos) -> None:
 
 
 def _params_for(plan: MergePlan, out: OutputTensor) -> tuple[list[dict], dict]:
+    """Per-model parameters and options for ``out``, by mergekit's precedence: a model's own, its
+    slice's, the recipe's top level, the default (see modelgit.merge.parameters). Per-model
+    filters match the input tensor's name, the options' the output's."""
     method = get_method(plan.recipe.merge_method)
-    position = layer_position(out.name, plan.num_layers)
-    per_model = []
-    for _i, _name, params in out.models:
-        resolved = {}
-        for key, default in method.model_params.items():
-            value = params.get(key, plan.recipe.parameters.get(key, default))
-            value = resolve_value(value, out.name, position)
-            resolved[key] = default if value is None else float(value)
-        per_model.append(resolved)
+    specs = method_params(method)
+    top = plan.recipe.parameters
+    per_model = [{key: resolve(specs[key], (*levels, *out.levels, top), in_name, out.position)
+                  for key in method.model_params} for _i, in_name, levels in out.models]
     options = {}
     for key, default in method.options.items():
-        value = resolve_value(plan.recipe.parameters.get(key, default), out.name, position)
-        options[key] = default if value is None else value
+        spec = specs.get(key)
+        if key == "seed":  # the recipe's `seed:`, unless its parameters set one
+            spec = replace(spec, default=plan.recipe.seed)
+        options[key] = default if spec is None else resolve(spec, (*out.levels, top), out.name, out.position)
     if "seed" not in method.options:
         options["seed"] = plan.recipe.seed
     return per_model, options
@@ -257,9 +302,12 @@ def _params_for(plan: MergePlan, out: OutputTensor) -> tuple[list[dict], dict]:
 _FISHER_LOCK = threading.Lock()
 
 
-def _fisher_tensor(plan: MergePlan, params: dict, name: str) -> torch.Tensor:
-    """The diagonal Fisher of one model for tensor ``name``, from its ``fisher:`` file."""
-    path = params.get("fisher")
+def _fisher_tensor(plan: MergePlan, model: tuple, out: OutputTensor) -> torch.Tensor:
+    """The diagonal Fisher of one model for tensor ``out``, from its ``fisher:`` file."""
+    _index, in_name, levels = model
+    spec = method_params(get_method(plan.recipe.merge_method))["fisher"]
+    path = resolve(spec, (*levels, *out.levels), in_name, out.position)
+    name = out.name
     if not path:
         raise UsageError("merge_method fisher needs `fisher: FILE` in every model's parameters "
                          "(a safetensors file from `modelgit fisher`)")
@@ -292,7 +340,7 @@ def _merged_pieces(plan: MergePlan, out: OutputTensor) -> Iterator[torch.Tensor]
         models = [plan.sources[i].load(name) for i, name, _ in out.models]
         base = plan.sources[out.base[0]].load(out.base[1]) if out.base else None
         if method.name == "fisher":
-            options["fisher"] = [_fisher_tensor(plan, params, out.name) for _i, _n, params in out.models]
+            options["fisher"] = [_fisher_tensor(plan, model, out) for model in out.models]
         pieces = [method.fn(MergeInputs(base, models, per_model, options, out.name)).reshape(-1)]
         del models, base
     for piece in pieces:
@@ -346,10 +394,11 @@ def _extra_files(plan: MergePlan) -> dict[str, bytes]:
     files = {MARKER: b""}  # filled in once the shard names are known
     if plan.recipe.text:
         files["merge_recipe.yaml"] = plan.recipe.text.encode()
-    ref = plan.recipe.base_model or plan.specs[0]
-    ref_dir = ref if os.path.isdir(ref) else os.path.dirname(ref)
+    ref_dir = local_directory(plan.recipe.base_model or plan.specs[0])
+    tokenizer_dir = local_directory(tokenizer_spec(plan.recipe.tokenizer_source, plan.recipe.base_model)
+                                    or plan.recipe.base_model or plan.specs[0])
     for name in _COPIED_FILES:
-        path = os.path.join(ref_dir, name)
+        path = os.path.join(tokenizer_dir if name in TOKENIZER_FILES else ref_dir, name)
         if ref_dir and os.path.isfile(path):
             with open(path, "rb") as handle:
                 data = handle.read()

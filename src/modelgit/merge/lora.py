@@ -201,32 +201,47 @@ def save_adapter(path: str, factors: dict[str, tuple[torch.Tensor, torch.Tensor]
 
 
 def extract_lora(base, tuned, rank: int, out: str, alpha: float | None = None,
-                 min_numel: int = 0, force: bool = False) -> dict:
+                 min_numel: int = 0, force: bool = False, progress: bool | None = None) -> dict:
     """Write to ``out`` a LoRA of ``rank`` approximating ``tuned - base`` for every 2-D weight.
 
     Args:
         base, tuned: merge sources (see :mod:`modelgit.merge.sources`).
         force: write into ``out`` even when it is a non-empty directory (see
             :func:`save_adapter`).
+        progress: show progress over the weights compared (an SVD each: minutes for a large
+            model); default when stderr is a terminal.
     Returns:
         {module: relative Frobenius error of the approximation}.
     Raises:
         UsageError: ``out`` cannot take the adapter, or the checkpoints do not differ.
     """
+    from ..progress import progress_bar
+
     check_output(out, "directory", force)  # before the SVDs: fail fast
     alpha = float(alpha if alpha is not None else rank)
     infos, factors, errors = base.tensors(), {}, {}
-    for name, info in tuned.tensors().items():
-        if not name.endswith(".weight") or len(info.shape) != 2 or name not in infos:
-            continue
-        delta = tuned.load(name).float() - base.load(name).float()  # (out, in)
-        if delta.numel() < min_numel or not torch.any(delta):
-            continue
-        b, a = low_rank(delta, rank)
-        module = name[: -len(".weight")]
-        factors[module] = (b, a)
-        errors[module] = float(torch.linalg.norm(b @ a - delta) / torch.linalg.norm(delta))
+    candidates = {name: info for name, info in tuned.tensors().items()
+                  if name.endswith(".weight") and len(info.shape) == 2 and name in infos}
+    # counted in float32 bytes, what each comparison decodes and decomposes
+    total = sum(4 * info.shape[0] * info.shape[1] for info in candidates.values())
+    with progress_bar(total, f"extract-lora rank {rank}", progress) as bar:
+        for name, info in candidates.items():
+            delta = tuned.load(name).float() - base.load(name).float()  # (out, in)
+            if delta.numel() >= min_numel and torch.any(delta):
+                b, a = low_rank(delta, rank)
+                module = name[: -len(".weight")]
+                factors[module] = (b, a)
+                errors[module] = float(torch.linalg.norm(b @ a - delta) / torch.linalg.norm(delta))
+            bar.update(4 * info.shape[0] * info.shape[1])
     if not factors:
         raise UsageError("the two checkpoints do not differ in any 2-D weight: nothing to extract")
-    save_adapter(out, factors, rank, alpha, base=getattr(base, "label", ""), force=force)
+    save_adapter(out, factors, rank, alpha, base=_base_reference(getattr(base, "label", "")),
+                 force=force)
     return errors
+
+
+def _base_reference(label: str) -> str:
+    """What the adapter's ``base_model_name_or_path`` records: a local base as an absolute path
+    (a relative one names nothing once the adapter is used from another directory), anything
+    else (``PATH@REV``, a hub id) as given."""
+    return os.path.abspath(label) if label and os.path.exists(label) else label

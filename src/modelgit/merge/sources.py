@@ -284,8 +284,9 @@ def _revision_source(spec: str) -> Source:
 
     path, rev = spec.rsplit("@", 1)
     repo = find_repo(".")
+    commit = repo.resolve(rev, f"revision in {spec!r}")  # names the closest branch or tag
     rel = os.path.relpath(os.path.abspath(path), repo.root).replace(os.sep, "/")
-    manifests = repo.tracked_manifests(rev, [rel])
+    manifests = repo.tracked_manifests(commit, [rel])
     if not manifests:
         raise UsageError(f"{spec}: no modelgit-tracked checkpoint at {rel} in revision {rev}")
     store = repo.store()

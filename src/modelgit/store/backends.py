@@ -62,6 +62,33 @@ def _start_writeback(fd: int) -> None:
         _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # advisory: a failure shows at fdatasync
 
 
+_FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): share the source's blocks copy-on-write
+
+
+def _reflink(source: str, target: str) -> bool:
+    """Create ``target`` as a reflink of ``source``; False (and nothing left) where the
+    filesystem cannot."""
+    try:
+        src = os.open(source, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError:
+        os.close(src)
+        return False
+    try:
+        fcntl.ioctl(dst, _FICLONE, src)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        return False
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
 # staged bytes after which a batch is committed: bounds the work a crash can lose
 STAGE_BATCH_BYTES = 256 * 1024 * 1024
 
@@ -90,6 +117,7 @@ class LocalBackend:
         # transfer stages a delta parent before its child, and a child must never be visible
         # (nor survive a crash) without its parent
         self._commit_guard = threading.Lock()
+        self._reflinks: bool | None = None  # unknown until the first try
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
@@ -173,6 +201,75 @@ class LocalBackend:
             if exc.errno in _FULL_ERRNOS:
                 raise _full_error(self.url, "a batch of objects", exc) from exc
             raise StoreError(f"cannot commit objects in the store at {self.url}: {exc}") from exc
+
+    # ---------------------------------------------------------------- ordered and linked writes
+    def path_of(self, key: str) -> str:
+        """The file that holds ``key`` (for another LocalBackend to link)."""
+        return self._path(key)
+
+    def write_temp(self, data, *more) -> str:
+        """Write ``data`` (then ``more``) to a new temporary file, which :meth:`publish` makes
+        visible under its key. Returns its handle (a path)."""
+        try:
+            return self._write_temp(data, fsync=False, more=more)
+        except OSError as exc:
+            if exc.errno in _FULL_ERRNOS:
+                raise _full_error(self.url, "a temporary object", exc) from exc
+            raise StoreError(f"cannot write in the store at {self.url}: {exc}") from exc
+
+    def link_temp(self, source: str) -> str | None:
+        """A temporary file with the contents of the file ``source`` without copying them: a
+        reflink (its own inode; btrfs, XFS) where the filesystem has them, else a hard link
+        (the same inode). None when neither is possible (another filesystem, no permission):
+        the caller copies.
+
+        A hard link shares the file with the other store. That is safe because no store ever
+        changes an object file in place: objects are replaced by rename, moved to quarantine
+        by rename and deleted by unlink, each of which leaves the other name as it was. Its
+        mtime is shared too, and is set to now here: gc keeps objects younger than its grace
+        period, and a linked object is new in this store (the other store then keeps its own
+        copy an hour longer, which errs on the safe side).
+        """
+        tmp_dir = os.path.join(self.root, "tmp")
+        self._ensure_dir(tmp_dir)
+        tmp = os.path.join(tmp_dir, f"{os.getpid()}-{uuid.uuid4().hex}")
+        if self._reflinks is not False and _reflink(source, tmp):
+            self._reflinks = True
+            return tmp
+        if self._reflinks is None:
+            self._reflinks = False  # not on this filesystem: do not try again per object
+        try:
+            os.link(source, tmp)
+            os.utime(tmp)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return None
+        return tmp
+
+    def discard_temp(self, handle: str | None) -> None:
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(handle)
+
+    def read_temp(self, handle: str) -> bytes:
+        with open(handle, "rb") as file:
+            return file.read()
+
+    def publish(self, pairs: list[tuple[str, str]]) -> None:
+        """Make temporary files visible as their keys, in this order, at the next commit
+        (fdatasync each, then rename each: a delta must never be visible before its parent)."""
+        staged = []
+        for handle, key in pairs:
+            final = self._path(key)
+            self._ensure_dir(os.path.dirname(final))
+            staged.append((handle, final))
+        with self._stage_guard:
+            self._staged.extend(staged)
+            self._staged_bytes += sum(os.path.getsize(h) for h, _ in staged)
+            due = self._staged_bytes >= STAGE_BATCH_BYTES
+        if due:
+            self.commit_staged()
 
     def discard_staged(self) -> None:
         with self._stage_guard:
@@ -321,6 +418,45 @@ class FsspecBackend:
 
     def sync_dirs(self) -> None:
         pass
+
+    def write_temp(self, data, *more) -> str:
+        """Write a temporary key; :meth:`publish` moves it to its key. Returns its path."""
+        tmp = self._path(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
+        try:
+            self._ensure_parent(tmp)
+            self.fs.pipe_file(tmp, b"".join(bytes(part) for part in (data, *more)))
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(tmp)
+            if exc.errno in _FULL_ERRNOS:
+                raise _full_error(self.url, "a temporary object", exc) from exc
+            raise StoreError(f"cannot write to {self.url}: {exc}") from exc
+        return tmp
+
+    def link_temp(self, source: str) -> None:
+        return None  # no links between an fsspec filesystem and anything: the caller copies
+
+    def discard_temp(self, handle: str | None) -> None:
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(handle)
+
+    def read_temp(self, handle: str) -> bytes:
+        return self.fs.cat_file(handle)
+
+    def publish(self, pairs: list[tuple[str, str]]) -> None:
+        """Move temporary keys to their keys, one after the other in this order (a delta never
+        visible before its parent). On object stores a move is a copy then a delete, and the
+        copy replaces the key whole: a reader gets the old object or the new one."""
+        for handle, key in pairs:
+            final = self._path(key)
+            try:
+                self._ensure_parent(final)
+                self.fs.mv(handle, final)
+            except OSError as exc:
+                if exc.errno in _FULL_ERRNOS:
+                    raise _full_error(self.url, key, exc) from exc
+                raise StoreError(f"cannot write {key!r} to {self.url}: {exc}") from exc
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

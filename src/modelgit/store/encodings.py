@@ -20,13 +20,16 @@ Encodings:
 
 from __future__ import annotations
 
+import math
+
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
 import zstandard
 
-__all__ = ["Encoding", "ENCODINGS", "BY_CODE", "register", "encode_standalone", "encode_delta"]
+__all__ = ["Encoding", "ENCODINGS", "BY_CODE", "register", "encode_standalone", "encode_delta",
+           "delta_parent_content"]
 
 ZSTD_LEVEL = 1  # entropy coding does the work on weights; higher levels only cost time
 _local = threading.local()
@@ -199,22 +202,52 @@ def _delta_encode(raw, itemsize, parent) -> bytes:
     return _plane_compressor().compress(_split_planes(zz, itemsize))
 
 
-def _delta_decode(payload, itemsize, raw_len, parent):
+def _delta_difference(payload, itemsize, raw_len):
+    """The difference (content - parent, mod 2^bits) a delta payload holds, as unsigned words."""
     np = _np()
-    if parent is None or len(parent) != raw_len:
-        raise ValueError("delta object decoded without a parent of its size")
     planes = _zstd_decode(payload, raw_len)
     if itemsize == 1:
         zz = np.frombuffer(planes, dtype=np.uint8).copy()
     else:
         zz = _join_planes(planes, itemsize).view(_uint(itemsize))  # a fresh array: reused below
-    # undo the zig-zag and the difference in place (no temporaries of the chunk's size but one)
+    # undo the zig-zag in place (no temporaries of the chunk's size but one)
     sign = np.bitwise_and(zz, 1, dtype=zz.dtype)
     np.subtract(0, sign, out=sign)  # all ones where the difference was negative
     np.right_shift(zz, 1, out=zz)
     np.bitwise_xor(zz, sign, out=zz)
-    np.add(zz, np.frombuffer(parent, dtype=zz.dtype), out=zz)
-    return zz.view(np.uint8)
+    return zz
+
+
+def _delta_decode(payload, itemsize, raw_len, parent):
+    np = _np()
+    if parent is None or len(parent) != raw_len:
+        raise ValueError("delta object decoded without a parent of its size")
+    diff = _delta_difference(payload, itemsize, raw_len)
+    np.add(diff, np.frombuffer(parent, dtype=diff.dtype), out=diff)
+    return diff.view(np.uint8)
+
+
+def delta_parent_content(payload, itemsize: int, raw_len: int, content):
+    """The content of a delta object's *parent*, from the object's own content and payload.
+
+    A delta stores ``content - parent``; with the content known, the parent is
+    ``content - difference``. A remote kept newest-whole stores an old version as a delta
+    against its successor: a store that has the old version gets the new one from that small
+    delta instead of the new version whole. The result is checked against the parent's id by
+    the caller, like any decoded content.
+
+    Raises:
+        ValueError: the payload does not decode, or ``content`` has the wrong size.
+    """
+    np = _np()
+    if len(content) != raw_len or raw_len % itemsize:
+        raise ValueError("delta content of the wrong size")
+    try:
+        diff = _delta_difference(payload, itemsize, raw_len)
+    except Exception as exc:  # any decoder failure on bad bytes is corruption
+        raise ValueError(f"delta payload does not decode: {exc}") from None
+    np.subtract(np.frombuffer(content, dtype=diff.dtype), diff, out=diff)
+    return diff.view(np.uint8)
 
 
 RAW = register(Encoding("raw", 0, _raw_encode, _raw_decode))
@@ -256,7 +289,20 @@ def sum_of_squares(raw, dtype: str) -> float | None:
         return None
     if values.size == 0:
         return 0.0
-    return float(np.dot(values, values))  # BLAS; float32 accumulation is precise enough here
+    with np.errstate(over="ignore", invalid="ignore"):
+        # BLAS in the values' own precision: float32 accumulation is precise enough for a norm
+        total = float(np.dot(values, values))
+        if not math.isfinite(total):
+            # squares of large values (|x| > ~1.8e19 in float32) overflow: again in float64,
+            # scaled by the largest magnitude so that float64 data cannot overflow either
+            wide = values.astype(np.float64)
+            scale = float(np.max(np.abs(wide)))
+            if not math.isfinite(scale):
+                return None  # inf or NaN in the data: no hint (a diff decodes and sees them)
+            wide /= scale
+            total = float(np.dot(wide, wide)) * scale * scale
+    # a sum beyond float64's range has no hint either; the diff computes it from the values
+    return total if math.isfinite(total) else None
 
 
 def encode_delta(raw, itemsize: int, parent) -> bytes | None:

@@ -12,7 +12,17 @@
 
 ``sumsq`` (optional, float dtypes) is the sum of the squared elements, recorded when the object
 is written so that diffs can report norms without decoding unchanged chunks. It is a hint, not
-part of the id: a reader that does not need it ignores it.
+part of the id: a reader that does not need it ignores it. Other hints, each `` <name>=<value>``
+(ASCII, no spaces), describe where the object sits in the store that holds it; the object stores
+of remotes, kept "newest whole" (see :mod:`modelgit.git._layout`), write:
+
+* ``older=<id>.<id>...``: the older versions stored as deltas that decode through this object,
+  nearest first (the first is a delta on this one, the next a delta on the first...);
+* ``below=<n>``: for a standalone object, how many deltas hang below it;
+* ``plen=<n>``: the payload's length, so that a truncated copy shows in its size.
+
+A reader that does not know a hint ignores it. Hints are never trusted for correctness: every
+read is checked against the object's id.
 
 A reader MUST reject a wrong magic, an unknown encoding code, a meta that does not parse, a
 truncated header and, after decoding, content whose id differs from the object's key.
@@ -20,6 +30,7 @@ truncated header and, after decoding, content whose id differs from the object's
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -30,6 +41,7 @@ __all__ = ["ObjectHeader", "pack_header", "unpack_header"]
 
 MAGIC = b"MGO1"
 _FIXED = struct.Struct("<4sBBHQ")
+_WORD = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 @dataclass(frozen=True)
@@ -42,14 +54,31 @@ class ObjectHeader:
     parent: str | None
     payload_offset: int
     sumsq: float | None = None
+    hints: tuple[tuple[str, str], ...] = ()  # other ``name=value`` hints, in the order written
+
+    def hint(self, name: str) -> str | None:
+        """The value of hint ``name``, or None."""
+        for key, value in self.hints:
+            if key == name:
+                return value
+        return None
 
 
 def pack_header(encoding: Encoding, depth: int, dtype: str, shape: tuple[int, ...],
-                raw_len: int, parent: str | None, sumsq: float | None = None) -> bytes:
-    """The bytes of an object that come before its payload."""
+                raw_len: int, parent: str | None, sumsq: float | None = None,
+                hints: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """The bytes of an object that come before its payload.
+
+    Raises:
+        ValueError: a hint's name or value is not a plain ASCII word.
+    """
     meta_text = f"{dtype} {format_shape(shape)}"
     if sumsq is not None:
         meta_text += f" sumsq={sumsq!r}"
+    for key, value in hints:
+        if not (_WORD.match(key) and _WORD.match(value)) or key == "sumsq":
+            raise ValueError(f"hint {key}={value} is not a plain ASCII name and value")
+        meta_text += f" {key}={value}"
     meta = meta_text.encode("ascii")
     parts = [_FIXED.pack(MAGIC, encoding.code, depth, len(meta), raw_len), meta]
     if encoding.needs_parent:
@@ -74,8 +103,11 @@ def unpack_header(blob: bytes) -> ObjectHeader:
     try:
         dtype, shape_text, *extra = blob[_FIXED.size:end].decode("ascii").split(" ")
         shape = parse_shape(shape_text)
-        hints = dict(item.split("=", 1) for item in extra)
-        sumsq = float(hints["sumsq"]) if "sumsq" in hints else None
+        pairs = [tuple(item.split("=", 1)) for item in extra]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError("a hint is not name=value")
+        sumsq = next((float(v) for k, v in pairs if k == "sumsq"), None)
+        hints = tuple((k, v) for k, v in pairs if k != "sumsq")
     except ValueError as exc:
         raise ValueError(f"bad meta: {exc}") from None
     parent = None
@@ -84,4 +116,4 @@ def unpack_header(blob: bytes) -> ObjectHeader:
             raise ValueError("object truncated inside its parent id")
         parent = blob[end:end + 32].hex()
         end += 32
-    return ObjectHeader(encoding, depth, dtype, shape, raw_len, parent, end, sumsq)
+    return ObjectHeader(encoding, depth, dtype, shape, raw_len, parent, end, sumsq, hints)

@@ -3,7 +3,8 @@
 Objects are keyed by :func:`~modelgit.store.ids.object_id` of their decoded content and laid out
 as ``objects/<2 hex>/<62 hex>`` (the layout git and the Hugging Face cache use), each in the
 format of :mod:`~modelgit.store.objectfile`. Named refs (``refs/<name>``) point at manifest
-objects and are the roots of ``gc``.
+objects; they and every manifest their histories name (``logs/<name>/``, see
+:mod:`~modelgit.store.refs`) are the roots of ``gc``.
 
 Concurrency: writing an object is idempotent and atomic, so any number of processes may add at
 once. ``gc`` deletes, so it takes the store lock exclusively; writers hold it shared for the
@@ -33,11 +34,17 @@ from .backends import Backend, LocalBackend, open_backend
 from .encodings import DELTA, DELTA_ADVANTAGE, encode_delta, encode_standalone, sum_of_squares
 from .ids import is_object_id, object_id
 from .objectfile import ObjectHeader, pack_header, unpack_header
+from . import refs as refs_history
 
 __all__ = ["Store", "PutResult", "StoreStats", "GcResult", "MAX_DELTA_DEPTH", "QUARANTINE",
-           "decode_object"]
+           "decode_object", "NEWEST_WHOLE_FORMAT"]
 
-STORE_FORMAT = 1
+STORE_FORMAT = 1  # a store whose headers tell the true depth of every delta chain
+#: a remote's store kept newest whole (:mod:`modelgit.git._layout`): an object re-encoded as a
+#: delta against a newer one deepens the chains through it, so headers may understate depths.
+#: A modelgit that trusts header depths (format 1 only) must not write to such a store.
+NEWEST_WHOLE_FORMAT = 2
+NEWEST_WHOLE = "newest-whole"
 CONFIG_KEY = "modelgit-store.json"
 MAX_DELTA_DEPTH = 8  # a checkout decodes at most this many ancestors of an object
 #: no object modelgit writes is larger: a tensor's chunks are at most CHUNK_BYTES (4 MiB), blobs
@@ -123,8 +130,9 @@ class GcResult:
 class Store:
     """A tensor object store on a :class:`Backend`. Open one with :meth:`Store.open`."""
 
-    def __init__(self, backend: Backend, quarantine: bool = True):
+    def __init__(self, backend: Backend, quarantine: bool = True, config: dict | None = None):
         self.backend = backend
+        self.config = dict(config or {"format": STORE_FORMAT})
         # move an object found damaged aside (``quarantine/<id>``), so that the next fetch or
         # add writes a good copy: off for the stores of remotes, which a fetch only reads
         self.quarantine = quarantine
@@ -134,32 +142,63 @@ class Store:
 
     # ---------------------------------------------------------------- opening
     @classmethod
-    def open(cls, location: str, create: bool = False, quarantine: bool = True) -> "Store":
+    def open(cls, location: str, create: bool = False, quarantine: bool = True,
+             newest_whole: bool = False) -> "Store":
         """Open the store at a path or fsspec URL.
 
         Args:
             quarantine: move objects found damaged on reading to ``quarantine/<id>`` (see
                 :meth:`get`); the stores of object remotes are opened without.
+            newest_whole: when the store is created here, create it as a remote's store kept
+                newest whole (see :meth:`use_newest_whole`).
         Raises:
             StoreError: when there is no store there and ``create`` is false, or when the store
                 was made by a newer modelgit.
         """
-        store = cls(open_backend(location), quarantine)
-        if store.backend.exists(CONFIG_KEY):
-            config = json.loads(store.backend.read(CONFIG_KEY))
-            if config.get("format", 0) > STORE_FORMAT:
+        backend = open_backend(location)
+        if backend.exists(CONFIG_KEY):
+            config = json.loads(backend.read(CONFIG_KEY))
+            if config.get("format", 0) > NEWEST_WHOLE_FORMAT:
                 raise StoreError(
                     f"the store at {location} has format {config['format']}, newer than this "
-                    f"modelgit understands ({STORE_FORMAT}); upgrade modelgit"
+                    f"modelgit understands ({NEWEST_WHOLE_FORMAT}); upgrade modelgit"
                 )
-        elif create:
-            store.backend.write_atomic(CONFIG_KEY, json.dumps({"format": STORE_FORMAT}).encode())
-        else:
-            raise StoreError(
-                f"no modelgit store at {location}; create one with `modelgit add` "
-                "(which creates the default store) or pass --store to point at an existing one"
-            )
-        return store
+            return cls(backend, quarantine, config)
+        if create:
+            config = ({"format": NEWEST_WHOLE_FORMAT, "layout": NEWEST_WHOLE} if newest_whole
+                      else {"format": STORE_FORMAT})
+            backend.write_atomic(CONFIG_KEY, json.dumps(config).encode())
+            return cls(backend, quarantine, config)
+        raise StoreError(
+            f"no modelgit store at {location}; create one with `modelgit add` "
+            "(which creates the default store) or pass --store to point at an existing one")
+
+    @property
+    def newest_whole(self) -> bool:
+        """Whether this store is kept newest whole (a remote's, written by push)."""
+        return self.config.get("layout") == NEWEST_WHOLE
+
+    @property
+    def legacy_heads(self) -> bool:
+        """Whether the store held objects before it was kept newest whole: a standalone object
+        without a ``below`` hint may then have deltas against it that no header counts."""
+        return bool(self.config.get("legacy_heads"))
+
+    def use_newest_whole(self) -> None:
+        """Mark the store as kept newest whole (format 2), before the first object is
+        re-encoded against a newer one; a no-op when it already is.
+
+        A modelgit that only knows format 1 then refuses the store ("upgrade modelgit"): it
+        would trust header depths, which re-encoding makes stale.
+        """
+        if self.newest_whole:
+            return
+        legacy = next(iter(self.backend.list("objects")), None) is not None
+        config = dict(self.config, format=NEWEST_WHOLE_FORMAT, layout=NEWEST_WHOLE)
+        if legacy:
+            config["legacy_heads"] = True
+        self.backend.write_atomic(CONFIG_KEY, json.dumps(config).encode())
+        self.config = config
 
     @property
     def url(self) -> str:
@@ -209,7 +248,7 @@ class Store:
         return self.backend.touch(self._key(oid))
 
     def put(self, dtype: str, shape: tuple[int, ...], data, parent: str | None = None,
-            oid: str | None = None) -> PutResult:
+            oid: str | None = None, parent_loaded: tuple | None = None) -> PutResult:
         """Store content ``data`` (raw little-endian bytes of ``dtype`` and ``shape``).
 
         ``data`` is hashed, then encoded: it must not change meanwhile (a buffer of this
@@ -219,6 +258,8 @@ class Store:
             parent: id of an object this content probably resembles (the same tensor in the
                 previous version); a delta against it is stored when it pays.
             oid: the id, when the caller already computed it.
+            parent_loaded: what ``_load(parent, with_size=True)`` returned, when the caller
+                has just loaded (and verified) the parent: it is not decoded again.
         """
         nbytes = memoryview(data).nbytes
         if nbytes != prod(shape) * DTYPES[dtype].itemsize or nbytes > MAX_OBJECT_BYTES:
@@ -231,13 +272,13 @@ class Store:
         itemsize = DTYPES[dtype].itemsize
         encoding, payload = None, None
         depth, delta_parent = 0, None
-        candidate = self._delta_candidate(parent, oid, dtype, len(data))
+        candidate = self._delta_candidate(parent, oid, dtype, len(data), parent_loaded)
         if candidate is not None:
-            parent_header, parent_raw, _ = candidate
+            _parent_header, parent_raw, _, parent_depth = candidate
             delta = encode_delta(data, itemsize, parent_raw)
             if delta is not None:
                 encoding, payload = DELTA, delta
-                depth, delta_parent = parent_header.depth + 1, parent
+                depth, delta_parent = parent_depth + 1, parent
         if payload is None or not self._delta_clearly_pays(len(payload), len(data), candidate):
             standalone, standalone_payload = encode_standalone(data, itemsize, dtype in FLOAT_DTYPES)
             if payload is None or len(payload) >= DELTA_ADVANTAGE * len(standalone_payload):
@@ -261,17 +302,20 @@ class Store:
         """
         if delta_len <= raw_len // 2:
             return True
-        header, _raw, stored = candidate
+        header, _raw, stored, _depth = candidate
         return header.parent is None and delta_len < DELTA_ADVANTAGE * stored
 
-    def _delta_candidate(self, parent, oid, dtype, raw_len):
-        """(header, content, payload size) of ``parent`` when a delta against it is allowed."""
+    def _delta_candidate(self, parent, oid, dtype, raw_len, loaded=None):
+        """(header, content, payload size, chain depth) of ``parent`` when a delta against it is
+        allowed. The depth is that of the chain as decoded, not the header's: the headers of a
+        remote's store kept newest-whole understate it (an object re-encoded against a newer
+        one adds a link under every delta that decodes through it)."""
         if not parent or parent == oid or not self.has(parent):
             return None
-        header, raw, stored = self._load(parent, with_size=True)
-        if header.dtype != dtype or header.raw_len != raw_len or header.depth >= MAX_DELTA_DEPTH:
+        header, raw, stored, depth = loaded or self._load(parent, with_size=True)
+        if header.dtype != dtype or header.raw_len != raw_len or depth >= MAX_DELTA_DEPTH:
             return None
-        return header, raw, stored
+        return header, raw, stored, depth
 
     def put_blob(self, data: bytes) -> str:
         """Store a small byte string (a manifest, a file header) and return its id."""
@@ -367,7 +411,8 @@ class Store:
 
     def _load(self, oid: str, _depth: int = 0, with_size: bool = False, verify: bool = True,
               known: dict | None = None):
-        """(header, content) of ``oid``, verified; with ``with_size`` also the payload size.
+        """(header, content) of ``oid``, verified; with ``with_size`` also the payload size and
+        the depth of its delta chain as decoded here.
 
         Delta ancestors are decoded without hashing each: the id check of ``oid`` itself covers
         the result. Only when it fails is the chain checked link by link, to name (and
@@ -378,14 +423,15 @@ class Store:
             head = _parse(blob)
         except ValueError as exc:
             raise self._corrupt(oid, str(exc), blob) from None
-        parent_raw = None
+        parent_raw, depth = None, 0
         if head.parent is not None:
             if _depth >= MAX_DELTA_DEPTH:  # some header of the chain lies about its depth
                 raise self._corrupt(oid, "delta chain deeper than allowed")
             if known and head.parent in known:
-                parent_raw = known[head.parent]
+                parent_raw, depth = known[head.parent], head.depth
             else:
-                parent_raw = self._load(head.parent, _depth + 1, verify=False, known=known)[1]
+                loaded = self._load(head.parent, _depth + 1, True, verify=False, known=known)
+                parent_raw, depth = loaded[1], loaded[3] + 1
         try:
             raw = _decode_payload(head, blob, parent_raw)
             if verify and object_id(head.dtype, head.shape, raw) != oid:
@@ -395,7 +441,7 @@ class Store:
                 self._load(head.parent, _depth + 1)  # raises for a damaged ancestor
             raise self._corrupt(oid, str(exc), blob) from None
         if with_size:
-            return head, raw, len(blob) - head.payload_offset
+            return head, raw, len(blob) - head.payload_offset, depth
         return head, raw
 
     def iter_objects(self) -> Iterator[str]:
@@ -408,9 +454,18 @@ class Store:
         return self.backend.size(self._key(oid))
 
     # ---------------------------------------------------------------- refs
-    def set_ref(self, name: str, oid: str) -> None:
+    def set_ref(self, name: str, oid: str, note: str = "") -> None:
+        """Point ref ``name`` at manifest ``oid``, recording the move in the ref's history
+        (see :mod:`modelgit.store.refs`: gc keeps every manifest a history names)."""
         _check_ref_name(name)
         self.flush()  # a ref must never point at objects that are not durable yet
+        try:
+            old = self.backend.read(f"refs/{name}").decode().strip()
+            old_since = self.backend.mtime(f"refs/{name}")
+        except FileNotFoundError:
+            old, old_since = None, None
+        refs_history.record(self.backend, name, old if is_object_id(old or "") else None, oid,
+                            note, old_since)
         self.backend.write_atomic(f"refs/{name}", (oid + "\n").encode())
 
     def get_ref(self, name: str) -> str:
@@ -421,15 +476,53 @@ class Store:
             raise UsageError(f"no ref {name!r} in the store at {self.url}; "
                              "`modelgit refs` lists them") from None
 
+    def has_ref(self, name: str) -> bool:
+        """Whether ``name`` is a valid ref name and a ref of that name exists."""
+        try:
+            _check_ref_name(name)
+        except UsageError:
+            return False
+        return self.backend.exists(f"refs/{name}")
+
     def delete_ref(self, name: str) -> None:
+        """Delete ref ``name`` and its history (what only it kept is then garbage for gc)."""
         _check_ref_name(name)
+        if not self.backend.exists(f"refs/{name}"):
+            raise UsageError(f"no ref {name!r} in the store at {self.url}; "
+                             "`modelgit refs` lists them")
         self.backend.delete(f"refs/{name}")
+        refs_history.delete_history(self.backend, name)
 
     def refs(self) -> dict[str, str]:
         out = {}
         for key in self.backend.list("refs"):
             out[key[len("refs/"):]] = self.backend.read(key).decode().strip()
         return dict(sorted(out.items()))
+
+    def ref_history(self, name: str) -> list[refs_history.RefEntry]:
+        """The manifests ref ``name`` has pointed at, newest (the current one) first."""
+        _check_ref_name(name)
+        return refs_history.history(self.backend, name)
+
+    def expire_ref_history(self, name: str, older_than_seconds: float) -> int:
+        """Forget the entries of ref ``name``'s history older than ``older_than_seconds`` (never
+        the current one); ``gc`` may then delete what only they kept. Returns how many."""
+        current = self.get_ref(name)
+        cutoff = time.time_ns() - int(older_than_seconds * 1e9)
+        return refs_history.expire(self.backend, name, current, cutoff)
+
+    def object_ids_with_prefix(self, prefix: str, limit: int = 20) -> list[str]:
+        """Ids of the objects present whose id starts with ``prefix`` (at least 2 hex digits)."""
+        prefix = prefix.lower()
+        found = []
+        for key in self.backend.list(f"objects/{prefix[:2]}"):
+            parts = key.split("/")
+            if len(parts) == 3 and (parts[1] + parts[2]).startswith(prefix) \
+                    and is_object_id(parts[1] + parts[2]):
+                found.append(parts[1] + parts[2])
+                if len(found) >= limit:
+                    break
+        return sorted(found)
 
     # ---------------------------------------------------------------- maintenance
     def stats(self) -> StoreStats:

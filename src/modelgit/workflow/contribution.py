@@ -125,10 +125,7 @@ def contribute(repo: GitRepo, adapter_dir: str, name: str, message: str, author:
     check_name(name)
     if not message or not message.strip():
         raise UsageError("say what the contribution is for: --message 'LoRA on Python code'")
-    base_commit = repo.rev_parse(base_rev)
-    if base_commit is None:
-        raise UsageError(f"unknown revision {base_rev!r}: give the commit or tag of the base you "
-                         "trained on (--base-rev)")
+    base_commit = repo.resolve(base_rev, "--base-rev revision")  # names the closest branch or tag
     project = read_project(repo, base_commit)
     branch = BRANCH_PREFIX + name
     if repo.rev_parse(f"refs/heads/{branch}") and not replace:

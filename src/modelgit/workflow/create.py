@@ -37,6 +37,10 @@ def _copy_base(base_dir: str, dest: str) -> None:
             shutil.copyfile(path, os.path.join(dest, name))
 
 
+def _is_relative_path(url: str) -> bool:
+    return "://" not in url and ":" not in url.split("/", 1)[0] and not os.path.isabs(url)
+
+
 def create_project(path: str, base_dir: str, project: Project, remote: str | None = None,
                    object_store: str | None = None, tag: str = "v1") -> GitRepo:
     """Create the repository at ``path`` (new or empty directory) around ``base_dir``.
@@ -71,4 +75,7 @@ def create_project(path: str, base_dir: str, project: Project, remote: str | Non
         if object_store:
             repo.config_set("modelgit.remote.origin.store", object_store)
         repo.git("push", "-q", "origin", "refs/heads/main", f"refs/tags/{tag}")
+        # `git init --bare` names its HEAD master: a clone of the hub must check out main
+        setup.adopt_remote_head(os.path.join(repo.root, remote) if _is_relative_path(remote)
+                                else remote, "main")
     return repo

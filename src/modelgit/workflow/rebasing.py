@@ -114,13 +114,9 @@ def rebase(repo: GitRepo, adapter_dir: str, onto: str, output: str, suites=None,
         raise UsageError(f"{adapter_dir!r} is not a PEFT adapter directory (no adapter_config.json)")
     if check_output(output, "directory", flag=None) != "absent":  # refuses links, devices...
         raise UsageError(f"output {output!r} exists: choose a new directory")
-    onto_commit = repo.rev_parse(onto)
-    if onto_commit is None:
-        raise UsageError(f"unknown revision {onto!r} for --onto")
+    onto_commit = repo.resolve(onto, "--onto revision")  # names the closest branch or tag
     old_fp, old_rev = _recorded_base(adapter_dir)
-    from_commit = repo.rev_parse(from_rev) if from_rev else None
-    if from_rev and from_commit is None:
-        raise UsageError(f"unknown revision {from_rev!r} for --from")
+    from_commit = repo.resolve(from_rev, "--from revision") if from_rev else None
     if from_commit is None and old_fp:
         from_commit = find_base_revision(repo, project.model, old_fp)
     if from_commit is None and old_rev:

@@ -112,13 +112,17 @@ def build_recipe(project: Project, names: list[str], method: str, parameters: di
     (``weight``, ``density``, ``gamma``, ``epsilon``) and per-contribution weights
     (``weight:<name>``).
     """
+    from ..merge.methods import METHODS
+
     per_model = {k: v for k, v in parameters.items() if k in ("density", "gamma", "epsilon")}
     global_params = {k: v for k, v in parameters.items()
                      if k not in per_model and k != "weight" and not k.startswith("weight:")}
     models = [{"model": f"{project.model}+{project.contributions}/{n}",
                "parameters": {"weight": parameters.get(f"weight:{n}", parameters.get("weight", 1.0)),
                               **per_model}} for n in names]
-    recipe = {"merge_method": method, "base_model": project.model, "models": models}
+    recipe = {"merge_method": method, "models": models}
+    if not METHODS[method].base_is_input:  # linear would merge the base as one more model (mergekit's rule)
+        recipe["base_model"] = project.model
     if global_params:
         recipe["parameters"] = global_params
     return recipe
@@ -158,7 +162,9 @@ def search_recipe(repo: GitRepo, project: Project, names: list[str], method: str
     valid = _validation_suites(suites)
     base_dir = os.path.join(repo.root, project.model)
     base = evaluate_base(repo, base_dir, fingerprint_rev(repo, "HEAD", project.model), valid, progress)
-    axes = {"lambda": list(LAMBDAS)}
+    from ..merge.methods import METHODS
+
+    axes = {"lambda": list(LAMBDAS)} if "lambda" in METHODS[method].options else {}
     if "density" in parameters:
         axes["density"] = list(DENSITIES)
     if len(names) > 1:  # one model's weight only scales what lambda scales

@@ -13,6 +13,8 @@ travel in ``options["fisher"]``: a list with one tensor per model, in the order 
 ``inputs.models``, each of the models' shape (the engine loads, per output tensor, the entry of
 that name from each model's Fisher file, e.g. written by :func:`modelgit.merge.fisher.save_fisher`).
 Options: ``fisher`` (required), ``epsilon`` (floor, default 1e-8). Per model: ``weight`` (1.0).
+In a recipe, each model names its Fisher file (``parameters: {fisher: FILE}``); a ``base_model``
+is one more model (it needs its Fisher file too), as linear treats it.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _fishers(inputs: MergeInputs) -> list[torch.Tensor]:
 
 
 @register("fisher", needs_base=False, paper="https://arxiv.org/abs/2111.09832",
-          model_params=MODEL_PARAMS, options=OPTIONS)
+          model_params=MODEL_PARAMS, options=OPTIONS, base_is_input=True, model_files=("fisher",))
 def fisher_merge(inputs: MergeInputs) -> torch.Tensor:
     """Fisher-weighted average of ``inputs.models`` (a base, if any, is not used).
 

@@ -2,8 +2,9 @@
 
 Wortsman et al. 2022, "Model soups", https://arxiv.org/abs/2203.05482. Same as mergekit's
 ``linear``: ``sum_i w_i theta_i``, divided by ``sum_i w_i`` when ``normalize`` (the default).
-Streamed block by block: the models are added into one block-sized accumulator as they are
-read, so a merge holds a few blocks, never a whole input.
+A recipe's ``base_model`` is merged as one more model, as in mergekit (listed among the models with
+its weight, or added after them). Streamed block by block: the models are added into one
+block-sized accumulator as they are read, so a merge holds a few blocks, never a whole input.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def stream_linear(inputs: LazyInputs) -> Iterator[torch.Tensor]:
 
 
 @register("linear", needs_base=False, paper="https://arxiv.org/abs/2203.05482",
-          model_params=MODEL_PARAMS, options=OPTIONS, stream=stream_linear)
+          model_params=MODEL_PARAMS, options=OPTIONS, stream=stream_linear, base_is_input=True)
 def linear(inputs: MergeInputs) -> torch.Tensor:
     """Weighted average of ``inputs.models`` (the base, if any, is not used).
 

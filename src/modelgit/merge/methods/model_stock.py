@@ -24,7 +24,8 @@ __all__ = ["model_stock"]
 OPTIONS = {"filter_wise": False}
 
 
-@register("model_stock", needs_base=True, paper="https://arxiv.org/abs/2403.19522", options=OPTIONS)
+@register("model_stock", needs_base=True, paper="https://arxiv.org/abs/2403.19522", options=OPTIONS,
+          inputs=(3, None))
 def model_stock(inputs: MergeInputs) -> torch.Tensor:
     """Model Stock merge of one tensor.
 

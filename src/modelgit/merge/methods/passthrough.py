@@ -1,7 +1,8 @@
 """Passthrough: one model's tensor, unchanged (the engine's layer slicing and stacking).
 
 As mergekit's ``passthrough`` (which has no paper): exactly one input, optionally scaled by the
-per-model ``scale`` (default 1.0, i.e. untouched: the dtype is kept, nothing is computed).
+per-model ``scale`` (default 1.0, i.e. untouched: the dtype is kept, nothing is computed). A
+recipe's ``base_model`` is an input like any model, as in mergekit, so it can only be the one model.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ MODEL_PARAMS = {"scale": 1.0}
 
 
 @register("passthrough", needs_base=False, paper="https://github.com/arcee-ai/mergekit",
-          model_params=MODEL_PARAMS, options={})
+          model_params=MODEL_PARAMS, options={}, base_is_input=True, inputs=(1, 1))
 def passthrough(inputs: MergeInputs) -> torch.Tensor:
     """Return the single model's tensor.
 

@@ -5,8 +5,9 @@ is flattened to one vector; the angle comes from the normalised vectors, the coe
 ``sin((1-t)θ)/sin θ`` and ``sin(tθ)/sin θ`` multiply the *unnormalised* vectors, and when the
 vectors are nearly colinear (``|cos θ| > 0.9995``) it falls back to linear interpolation.
 
-The endpoints are the base (``t = 0``) and the one model (``t = 1``), as in mergekit; without a
-base, the first and the second of two models.
+The endpoints are the base (``t = 0``) and the one model (``t = 1``), as in mergekit, whether the
+recipe lists the base among its models or not; without a base (mergekit requires one), the first
+and the second of two models.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def slerp_vectors(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     return (coef_a * a + coef_b * b).reshape(v0.shape)
 
 
-@register("slerp", needs_base=False, paper="https://en.wikipedia.org/wiki/Slerp", options=OPTIONS)
+@register("slerp", needs_base=False, paper="https://en.wikipedia.org/wiki/Slerp", options=OPTIONS,
+          inputs=(2, 2))
 def slerp(inputs: MergeInputs) -> torch.Tensor:
     """Spherical interpolation: base + one model, or two models without a base.
 

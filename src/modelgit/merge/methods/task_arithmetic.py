@@ -23,9 +23,11 @@ Per tensor, with ``delta_i = sparsify(model_i - base) * weight_i``:
 * ``merged /= divisor`` if ``normalize``; the result is ``base + lambda * merged``.
 
 Per-model params: ``weight`` (1.0), ``density`` (1.0: nothing dropped unless asked, as in
-mergekit), ``gamma`` (0.01, breadcrumbs), ``epsilon`` (0.15, DELLA). Options: ``normalize``,
-``rescale``, ``lambda`` (1.0), and ``seed`` (0) for the random ones: the masks come from a generator
-seeded by ``(seed, tensor name)``, so a recipe is reproducible and each tensor gets its own masks.
+mergekit; taken and unused by task_arithmetic, as in mergekit), ``gamma`` (0.01, breadcrumbs),
+``epsilon`` (0.15, DELLA). Options: ``normalize``, ``rescale``, ``lambda`` (1.0), ``int8_mask``
+(mergekit's memory option, no effect on the result), and ``seed`` (0) for the random ones: the
+masks come from a generator seeded by ``(seed, tensor name)``, so a recipe is reproducible and
+each tensor gets its own masks.
 
 **Memory.** The merge streams in two passes. First, one model at a time, the whole task vector
 is built and sparsified into a mask (the only step that needs a whole tensor: the top-k set
@@ -77,9 +79,8 @@ class Family:
         return self.sparsification in ("random", "della")
 
     def model_params(self) -> dict[str, float]:
-        params = {"weight": 1.0}
-        if self.sparsification != "none":  # mergekit also lists (and ignores) density on task_arithmetic
-            params["density"] = 1.0
+        # density on task_arithmetic: mergekit takes (and ignores) it, so a config of its runs here
+        params = {"weight": 1.0, "density": 1.0}
         if self.sparsification == "magnitude_outliers":
             params["gamma"] = 0.01
         if self.sparsification == "della":
@@ -87,7 +88,10 @@ class Family:
         return params
 
     def options(self) -> dict[str, object]:
-        options: dict[str, object] = {"normalize": self.normalize, "rescale": self.rescale, "lambda": 1.0}
+        # int8_mask: mergekit's choice of dtype for its sign masks (memory only, the result is the
+        # same); ours are bit-packed already, so it is taken and has no effect
+        options: dict[str, object] = {"normalize": self.normalize, "rescale": self.rescale, "lambda": 1.0,
+                                      "int8_mask": False}
         if self.random:
             options["seed"] = 0
         return options
