@@ -15,6 +15,18 @@ the next barrier (a LoRA step of SmolLM2 on a loaded 2-core machine ran ~20x slo
 
 ``MODELGIT_THREADS`` (a positive integer) overrides the choice everywhere; an explicit
 ``--threads`` does for its command.
+
+Independent pieces of work (the tensors of a merge) scale better on worker threads of their
+own, each with one intra-op thread: they never wait for each other. :func:`plan_threads` plans
+those::
+
+    plan = plan_threads(items=len(tensors), item_size=largest.numel())
+    # plan.workers tasks at once, each under torch.set_num_threads(plan.intra_op)
+
+workers: one per idle core, at most one per item; intra-op threads: the idle cores left per
+worker, but only as many as give each at least ``grain`` elements (default 2^20, about a
+millisecond of elementwise work), and at most ``max_intra_op`` (the merge passes 1: its
+reductions then give the same bits everywhere).
 """
 
 from __future__ import annotations
@@ -22,11 +34,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["Machine", "choose_threads", "choose_workers", "WORK_PER_THREAD", "thread_override"]
+__all__ = ["Machine", "choose_threads", "choose_workers", "WORK_PER_THREAD", "thread_override",
+           "ThreadPlan", "plan_threads", "available_cores", "DEFAULT_GRAIN"]
 
 #: floating-point operations a thread must get per unit of work to be worth its barriers (about
 #: 0.1 s of one core; measured in benchmarks/README.md, "Training and evaluation threads")
 WORK_PER_THREAD = 1e9
+#: elements per intra-op thread below which a thread costs more than it gives
+DEFAULT_GRAIN = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -111,3 +126,46 @@ def choose_workers(jobs: int, work: float, job_bytes: int, machine: Machine | No
     if machine.available_bytes and job_bytes > 0:
         count = min(count, max(1, machine.available_bytes // 2 // job_bytes))
     return max(1, count)
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """``workers`` tasks at once, each computing with ``intra_op`` torch threads."""
+
+    intra_op: int
+    workers: int
+
+
+def available_cores(cores: int | None = None, load: float | None = None) -> int:
+    """Cores free for this process: ``cores`` (default: the CPUs it may run on, or
+    ``MODELGIT_THREADS``) minus ``load`` (default: the 1-minute load average), at least 1."""
+    if cores is None and thread_override():
+        return thread_override()  # the user's choice: the load is not second-guessed
+    current = Machine.current() if cores is None or load is None else None
+    return Machine(cores if cores is not None else current.cores,
+                   load if load is not None else current.load).idle_cores
+
+
+def plan_threads(items: int, item_size: float, *, grain: float = DEFAULT_GRAIN, max_intra_op: int | None = None,
+                 cores: int | None = None, load: float | None = None) -> ThreadPlan:
+    """Worker and intra-op thread counts for ``items`` independent pieces of work.
+
+    Args:
+        items: pieces of work that may run at the same time (1 for a training loop, the tensor
+            count for a merge).
+        item_size: the size of one piece's operations, in elements (e.g. the numel of the
+            largest tensor an operation touches).
+        grain: the least number of elements worth an intra-op thread.
+        max_intra_op: a cap on the intra-op threads (1: no operation is split, so reductions
+            give the same bits whatever the machine).
+        cores, load: see :func:`available_cores` (given explicitly by tests).
+
+    Returns:
+        A :class:`ThreadPlan`; both counts are at least 1.
+    """
+    free = available_cores(cores, load)
+    workers = max(1, min(free, items))
+    intra = max(1, min(free // workers, int(item_size // grain) if grain > 0 else free))
+    if max_intra_op is not None:
+        intra = max(1, min(intra, max_intra_op))
+    return ThreadPlan(intra, workers)

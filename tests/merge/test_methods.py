@@ -351,3 +351,31 @@ def test_packed_masks_unpack_any_range(count):
     for start, stop in [(0, count), (0, count // 2), (count // 3, count), (count // 2, count // 2 + 5)]:
         stop = min(stop, count)
         assert torch.equal(_unpack(bits, start, stop).bool(), mask[start:stop])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_task_arithmetic_masks_give_the_values_of_torch_where(dtype):
+    """The consensus step avoids torch's slow bool kernels; its values must be where()'s, bit for
+    bit, signed zeros, infinities and NaN included."""
+    from modelgit.merge.methods import task_arithmetic as ta
+
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-45, -3.5, 2.0], dtype=dtype)
+    values = torch.cat([special, torch.randn(1000, dtype=dtype, generator=torch.Generator().manual_seed(1))])
+    mask = torch.rand(values.shape, generator=torch.Generator().manual_seed(2)) > 0.5
+    mask[: special.numel()] = torch.tensor([True, True, True, False, True, True, False, True])
+
+    def bits(t):
+        return t.view(torch.int32 if dtype == torch.float32 else torch.int64)
+
+    assert torch.equal(bits(ta._kept_or_zero(values, mask)), bits(torch.where(mask, values, 0.0).to(dtype)))
+    assert torch.equal(bits(ta._kept_or_zero(values, ~mask)), bits(torch.where(~mask, values, 0.0).to(dtype)))
+    deltas = [values, values.flip(0) * 0.5, torch.zeros_like(values)]
+    for consensus in ("sum", "count"):
+        votes = torch.zeros_like(values)
+        for d in deltas:
+            votes.add_(d if consensus == "sum" else d.sign())
+        expected = torch.where(votes >= 0, 1.0, -1.0).to(dtype)
+        assert torch.equal(bits(ta._elected_sign(deltas, consensus, values)), bits(expected))
+    divisor = torch.tensor([0.0, -0.0, 0.5, float("nan"), float("inf"), 3.0], dtype=dtype)
+    fixed = divisor.clone().add_(ta._as_number(divisor == 0, dtype))
+    assert torch.equal(bits(fixed), bits(torch.where(divisor == 0, torch.ones_like(divisor), divisor)))

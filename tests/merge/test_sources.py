@@ -67,3 +67,51 @@ def test_lazy_tensors_read_ranges_and_name_the_base_where_an_adapter_changes_not
         assert same == (name != f"{ADAPTED}.weight"), name
     for source in opened.values():
         source.close()
+
+
+def _content_id(path: str) -> str:
+    """A checkpoint's content id as defined (and computed before issue 12): blake3 over every
+    tensor's name and object id, the object id hashing the tensor's bytes whole."""
+    import blake3
+    from safetensors import safe_open
+
+    from modelgit.store.ids import object_id
+    from modelgit.tensor_math import dtype_name
+
+    digest = blake3.blake3()
+    with safe_open(path, framework="pt") as handle:
+        for name in sorted(handle.keys()):
+            tensor = handle.get_tensor(name)
+            raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+            digest.update(f"{name}\0{object_id(dtype_name(tensor), tuple(tensor.shape), raw)}\n".encode())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("reads", ["none", "ranges in order", "ranges out of order", "load", "partial"])
+def test_content_id_is_the_same_whatever_the_merge_read(base_and_adapters, monkeypatch, reads):
+    """Tensors read front to back (or loaded) are hashed as they are read; the rest is read for
+    the id; either way the id is that of the bytes in the file."""
+    import modelgit.merge.sources as sources
+
+    base, _, _ = base_and_adapters
+    monkeypatch.setattr(sources, "_HASH_PIECE", 24)  # several pieces per tensor
+    expected = _content_id(base)
+    source = open_source(base)
+    name = "layers.0.up_proj.weight"  # (20, 10)
+    lazy = lazy_tensor(source, name)
+    if reads == "ranges in order":
+        for start in range(0, 200, 64):
+            lazy.flat(start, min(200, start + 64))
+        assert name in source._ids
+    elif reads == "ranges out of order":
+        lazy.flat(64, 128)
+        lazy.flat(0, 64)
+        assert name not in source._ids
+    elif reads == "load":
+        source.load(name)
+        assert name in source._ids
+    elif reads == "partial":
+        lazy.flat(0, 150)
+        assert name not in source._ids
+    assert source.identity() == expected
+    source.close()

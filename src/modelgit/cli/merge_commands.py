@@ -48,8 +48,11 @@ def _recipe_from_flags(args) -> dict:
 
 
 def cmd_merge(args) -> int:
+    from .._malloc import keep_freed_memory
     from ..merge.engine import run_merge
     from ..merge.recipe import load_recipe, parse_recipe
+
+    keep_freed_memory()  # blocks of a few MiB, allocated and freed thousands of times
 
     if args.recipe:
         recipe = load_recipe(args.recipe)

@@ -19,7 +19,9 @@ and returns a tensor of the models' shape; the engine casts it to the output dty
 the same computation over inputs that are read on demand (:class:`LazyTensor`), yielding the
 flattened result in consecutive 1-D pieces. The engine prefers it, so that it holds a few pieces
 of each input instead of every input whole; ``fn`` and ``stream`` must give the same bits
-(a contract test checks it).
+(a contract test checks it). Buffers may be reused: a yielded piece is valid until the next one
+is asked for, and a range from :meth:`LazyTensor.flat` until the next ``flat`` call on the same
+lazy tensor (copy what must live longer).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class LazyTensor(Protocol):
     key: Hashable  # equal keys: the same bytes (e.g. the base under an adapter that leaves it alone)
 
     def flat(self, start: int, stop: int) -> torch.Tensor:
-        """Elements ``[start, stop)`` of the flattened tensor, ``(stop - start,)``; read-only."""
+        """Elements ``[start, stop)`` of the flattened tensor, ``(stop - start,)``; read-only, and
+        valid until the next ``flat`` call on this object (its buffer may be reused)."""
         ...
 
 

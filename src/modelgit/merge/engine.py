@@ -1,36 +1,48 @@
-"""The streaming merge engine: one output tensor at a time, written as it goes.
+"""The streaming merge engine: output tensors computed side by side, each written as it goes.
 
 For each output tensor the engine resolves the recipe's parameters for it (gradients, filters)
 and runs the method. Methods with a streaming form (linear, the task-arithmetic family) read
 their inputs in blocks (read straight from the files, or from the tensor store) and the
-result is cast to the output dtype and appended to the output shard block by block; the others
-get every input tensor whole. Peak memory is a multiple of the largest tensor E, never the
-model size: linear holds a few blocks; TIES and its family 5E while sorting one task vector
-(see task_arithmetic); the whole-tensor methods (inputs + a few) x E. Output bytes depend only
-on the recipe and the input bytes: random methods are seeded per tensor.
+result is cast to the output dtype and written to its place in the output shard block by
+block; the others get every input tensor whole. Each tensor is a task on a worker thread with
+one torch intra-op thread (see :mod:`._schedule` and :func:`_write_all`): as many at once as
+there are free cores, within a memory budget. Peak memory is a multiple of the largest tensor
+E, never the model size: linear holds a few blocks; TIES and its family ~3E while selecting one
+task vector's entries (see task_arithmetic); the whole-tensor methods (inputs + a few) x E.
+Output bytes depend only on the recipe and the input bytes, not on the thread counts: random
+methods are seeded per tensor, and no operation is split across threads.
 
 Every input spec is opened once, and ``BASE+ADAPTER`` specs share their base: it is read and
 hashed once, and the tensors an adapter leaves alone are known to be the base's.
 
 Every output records its provenance: the recipe text and a content id per input, in the
-safetensors ``__metadata__`` and in ``modelgit_merge.json`` next to the weights.
+safetensors ``__metadata__`` and in ``modelgit_merge.json`` next to the weights. The inputs are
+hashed as the merge reads them; the headers, written first with placeholder ids of the same
+length, get the real ones at the end.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import re
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
 
 from .. import __version__
+from .._threads import plan_threads
 from ..dtypes import DTYPES, FLOAT_DTYPES
 from ..errors import ModelgitError, UsageError
 from ..progress import progress_bar
+from ..store.ids import ID_HEX_LEN
+from ._schedule import Task, run_tasks
 from .base import LazyInputs, MergeInputs, get_method
+from .methods._common import BLOCK, collect
 from .lora import low_rank, save_adapter
 from .parameters import layer_index, layer_position, method_params, resolve
 from .recipe import Recipe, model_inputs, same_model
@@ -42,6 +54,7 @@ from .writer import DEFAULT_SHARD_BYTES, MARKER, PlannedTensor, ShardedWriter
 __all__ = ["MergePlan", "plan_merge", "run_merge", "MergeResult"]
 
 _LAYER_RE = re.compile(r"((?:^|\.)(?:layers|h|layer|blocks|block)\.)(\d+)(\.)")
+MIN_BUDGET = 256 * 1024 * 1024  # bytes the tensors computed at once may hold together, at least
 _COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "tokenizer.model", "vocab.txt", "vocab.json", "merges.txt")
 
@@ -286,6 +299,9 @@ def _params_for(plan: MergePlan, out: OutputTensor) -> tuple[list[dict], dict]:
     return per_model, options
 
 
+_FISHER_LOCK = threading.Lock()
+
+
 def _fisher_tensor(plan: MergePlan, model: tuple, out: OutputTensor) -> torch.Tensor:
     """The diagonal Fisher of one model for tensor ``out``, from its ``fisher:`` file."""
     _index, in_name, levels = model
@@ -295,9 +311,10 @@ def _fisher_tensor(plan: MergePlan, model: tuple, out: OutputTensor) -> torch.Te
     if not path:
         raise UsageError("merge_method fisher needs `fisher: FILE` in every model's parameters "
                          "(a safetensors file from `modelgit fisher`)")
-    if path not in plan.fisher_sources:
-        plan.fisher_sources[path] = open_source(path)
-    source = plan.fisher_sources[path]
+    with _FISHER_LOCK:  # tensors are computed by several worker threads
+        if path not in plan.fisher_sources:
+            plan.fisher_sources[path] = open_source(path)
+        source = plan.fisher_sources[path]
     if name not in source.tensors():
         raise UsageError(f"{path} has no Fisher values for {name}")
     return source.load(name)
@@ -327,21 +344,38 @@ def _merged_pieces(plan: MergePlan, out: OutputTensor) -> Iterator[torch.Tensor]
         pieces = [method.fn(MergeInputs(base, models, per_model, options, out.name)).reshape(-1)]
         del models, base
     for piece in pieces:
-        if not torch.isfinite(piece).all():
+        if not _finite(piece):
             raise ModelgitError(f"{out.name}: the {method.name} merge produced NaN or inf; check the "
                                 "weights (a zero sum of weights with normalize?)")
         yield piece
 
 
+_MINMAX_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _finite(piece: torch.Tensor) -> bool:
+    """No NaN or inf in ``piece``: its min and max are finite (one reduction, no bool tensor of
+    its size: ``isfinite(...).all()`` was 17x slower on one thread). min and max propagate NaN."""
+    if piece.numel() == 0:
+        return True
+    if piece.dtype not in _MINMAX_DTYPES:  # float8: no aminmax kernel
+        return bool(torch.isfinite(piece).all())
+    low, high = torch.aminmax(piece)
+    return math.isfinite(float(low)) and math.isfinite(float(high))
+
+
 def _compute(plan: MergePlan, out: OutputTensor) -> torch.Tensor:
     """Output tensor ``out`` whole, in the method's working dtype."""
-    return torch.cat(list(_merged_pieces(plan, out))).reshape(out.shape)
+    return collect(_merged_pieces(plan, out), tuple(out.shape))
 
 
-def _provenance(plan: MergePlan) -> dict:
+def _provenance(plan: MergePlan, placeholder: bool = False) -> dict:
+    """What an output records about how it was made. With ``placeholder`` the content ids are
+    zeros of their length (the shard headers are written before the inputs are read, and the
+    ids are filled in once the merge has read, and hashed, the inputs)."""
     return {"modelgit_version": __version__, "merge_method": plan.recipe.merge_method,
             "recipe": plan.recipe.text,
-            "inputs": [{"spec": spec, "content_id": source.identity()}
+            "inputs": [{"spec": spec, "content_id": "0" * ID_HEX_LEN if placeholder else source.identity()}
                        for spec, source in zip(plan.specs, plan.sources)]}
 
 
@@ -351,7 +385,12 @@ def _marker(provenance: dict, files: list[str]) -> bytes:
     return (json.dumps({**provenance, "files": files}, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _extra_files(plan: MergePlan, provenance: dict) -> dict[str, bytes]:
+def _metadata(provenance: dict) -> dict[str, str]:
+    """The safetensors ``__metadata__`` of every output shard."""
+    return {"format": "pt", "modelgit_merge": json.dumps(provenance, sort_keys=True)}
+
+
+def _extra_files(plan: MergePlan) -> dict[str, bytes]:
     files = {MARKER: b""}  # filled in once the shard names are known
     if plan.recipe.text:
         files["merge_recipe.yaml"] = plan.recipe.text.encode()
@@ -399,17 +438,17 @@ def run_merge(recipe: Recipe, out: str, dry_run: bool = False, progress: bool | 
             return plan
         if adapter_rank:
             return _run_to_adapter(plan, out, adapter_rank, progress, force)
-        provenance = _provenance(plan)
         planned = [PlannedTensor(o.name, o.dtype, o.shape) for o in plan.outputs]
-        metadata = {"format": "pt", "modelgit_merge": json.dumps(provenance, sort_keys=True)}
-        extra = _extra_files(plan, provenance)
-        writer = ShardedWriter(out, planned, metadata, max_shard_bytes, extra, force=force)
-        extra[MARKER] = _marker(provenance, writer.file_names())
+        extra = _extra_files(plan)
+        writer = ShardedWriter(out, planned, _metadata(_provenance(plan, placeholder=True)), max_shard_bytes,
+                               extra, force=force)
         total = sum(p.nbytes for p in planned)
         try:
             with progress_bar(total, f"merge ({recipe.merge_method})", progress) as bar:
-                for o in plan.outputs:
-                    writer.write_parts(o.name, _output_bytes(plan, o, bar))
+                _write_all(plan, writer, _LockedBar(bar))
+            provenance = _provenance(plan)  # hashes only what the merge did not read whole
+            writer.set_metadata(_metadata(provenance))
+            extra[MARKER] = _marker(provenance, writer.file_names())
             writer.finish()
         except BaseException:
             writer.abort()
@@ -417,6 +456,56 @@ def run_merge(recipe: Recipe, out: str, dry_run: bool = False, progress: bool | 
         return MergeResult(out, len(planned), total, list(recipe.warnings))
     finally:
         plan.close()
+
+
+class _LockedBar:
+    """A progress bar updated from several worker threads."""
+
+    def __init__(self, bar):
+        self._bar, self._lock = bar, threading.Lock()
+
+    def update(self, n: int) -> None:
+        with self._lock:
+            self._bar.update(n)
+
+
+def _write_all(plan: MergePlan, writer: ShardedWriter, bar) -> None:
+    """Compute and write every output tensor, on worker threads (see :mod:`._schedule`).
+
+    Each tensor is computed with one intra-op thread: its operations run on blocks too small
+    to be worth splitting, and its reductions (the L1 rescale, DELLA, model stock, slerp) then
+    give the same bits on every machine. The cores go to independent tensors instead, as many
+    as :func:`modelgit._threads.plan_threads` finds free, within a memory budget of the largest
+    tensor's need (at least :data:`MIN_BUDGET`).
+    """
+    tasks = [Task(functools.partial(_write_tensor, plan, o, writer, bar), _task_memory(plan, o))
+             for o in plan.outputs]
+    largest = max((math.prod(o.shape) for o in plan.outputs), default=0)
+    threads = plan_threads(len(tasks), largest, max_intra_op=1)
+    budget = max([MIN_BUDGET, *(t.memory for t in tasks)])
+    run_tasks(tasks, threads.workers, threads.intra_op, budget)
+
+
+def _write_tensor(plan: MergePlan, out: OutputTensor, writer: ShardedWriter, bar) -> None:
+    writer.write_parts(out.name, _output_bytes(plan, out, bar))
+
+
+def _task_memory(plan: MergePlan, out: OutputTensor) -> int:
+    """About the most memory computing ``out`` holds at once, in bytes: a few blocks for the
+    streamed methods, their whole-tensor pass (the task vector and TIES' selection: ~3 float32
+    copies of the tensor; 6 with DELLA's ranks) and every input whole for the others."""
+    numel = math.prod(out.shape)
+    work = 8 if out.dtype == "F64" else 4
+    if out.copy_only:
+        return 2 * numel * DTYPES[out.dtype].itemsize
+    method = get_method(plan.recipe.merge_method)
+    inputs = len(out.models) + (1 if out.base else 0)
+    if method.stream is None:
+        return (inputs + 3) * numel * work
+    blocks = (inputs + 4) * min(numel, BLOCK) * work
+    if method.needs_base:  # the task-arithmetic family: one whole task vector at a time
+        return 6 * numel * work + blocks
+    return blocks
 
 
 def _output_bytes(plan: MergePlan, out: OutputTensor, bar) -> Iterator:

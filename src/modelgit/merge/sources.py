@@ -21,15 +21,18 @@ is the base's own tensor (same :attr:`~modelgit.merge.base.LazyTensor.key`).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from ..dtypes import DTYPES
 from ..errors import FormatError, UsageError
 from ..formats import detect_format
+from ..store.ids import object_hasher, object_id
 from ..tensor_math import to_torch
 from .base import LazyTensor
 
@@ -72,19 +75,54 @@ class WholeTensor:
 
 
 class RangedTensor:
-    """A LazyTensor over a file reader with ``read_into``: each range is read from the file into
-    a tensor of its own (``pread``; nothing stays mapped, and a file truncated meanwhile gives
-    an error, not SIGBUS)."""
+    """A LazyTensor over a file reader with ``read_into``: each range is read from the file
+    (``pread``; nothing stays mapped, and a file truncated meanwhile gives an error, not SIGBUS)
+    into a buffer this object reuses: a range is valid until the next ``flat`` call.
 
-    def __init__(self, reader, name: str, info: TensorInfo, key):
+    With ``on_read``, a tensor read front to back (the ranges in order, each starting where the
+    last one stopped) is hashed as it is read, and ``on_read(name, object_id)`` is called at
+    its end: the merge's provenance then needs no second read of the file.
+    """
+
+    def __init__(self, reader, name: str, info: TensorInfo, key, on_read=None):
         self.shape, self.dtype, self.key = tuple(info.shape), _torch_dtype(info.dtype), key
         self._reader, self._name = reader, name
         self._itemsize = DTYPES[info.dtype].itemsize
+        self._buffer = torch.empty(0, dtype=torch.uint8)
+        self._hasher = object_hasher(info.dtype, self.shape) if on_read is not None else None
+        self._hashed, self._on_read = 0, on_read
+        self._numel = math.prod(self.shape)
 
     def flat(self, start: int, stop: int) -> torch.Tensor:
-        out = torch.empty((stop - start) * self._itemsize, dtype=torch.uint8)
+        size = (stop - start) * self._itemsize
+        if self._buffer.numel() < size:
+            self._buffer = torch.empty(size, dtype=torch.uint8)
+        out = self._buffer[:size]
         self._reader.read_into(self._name, start * self._itemsize, out.numpy())
+        if self._hasher is not None:
+            if start != self._hashed:  # not front to back: the provenance reads it again
+                self._hasher = None
+            else:
+                self._hasher.update(out.numpy())
+                self._hashed = stop
+                if stop == self._numel:
+                    self._on_read(self._name, self._hasher.hexdigest())
+                    self._hasher = None
         return out.view(self.dtype)  # (stop - start,)
+
+
+_HASH_PIECE = 8 << 20  # bytes read at a time to hash a tensor the merge did not read whole
+
+
+def _read_id(reader, name: str, info: TensorInfo, buffer: np.ndarray) -> str:
+    """The object id of tensor ``name``, read ``buffer``'s size at a time."""
+    hasher = object_hasher(info.dtype, info.shape)
+    total = math.prod(info.shape) * DTYPES[info.dtype].itemsize
+    for start in range(0, total, buffer.size):
+        piece = buffer[: min(buffer.size, total - start)]
+        reader.read_into(name, start, piece)
+        hasher.update(piece)
+    return hasher.hexdigest()
 
 
 def lazy_tensor(source: Source, name: str) -> LazyTensor:
@@ -119,6 +157,7 @@ class CheckpointSource:
             raise UsageError(f"{path}: no tensors found (expected a safetensors/torch/npz file or a "
                              "directory holding them)")
         self._identity: str | None = None
+        self._ids: dict[str, str] = {}  # object ids of the tensors read whole so far
 
     def tensors(self) -> dict[str, TensorInfo]:
         return dict(self._infos)
@@ -126,30 +165,41 @@ class CheckpointSource:
     def open_tensor(self, name: str) -> LazyTensor:
         reader, info = self._where[name], self._infos[name]
         if hasattr(reader, "read_into"):  # ranges cost only what they read
-            return RangedTensor(reader, name, info, (self, name))
+            on_read = None if name in self._ids else self._ids.__setitem__
+            return RangedTensor(reader, name, info, (self, name), on_read)
         return WholeTensor(lambda: self.load(name), info, (self, name))
 
     def load(self, name: str) -> torch.Tensor:
         info = self._infos[name]
-        reader = self._where[name]
-        return to_torch(reader.data(name), info.dtype, info.shape)
+        data = self._where[name].data(name)
+        if name not in self._ids:
+            self._ids[name] = object_id(info.dtype, info.shape, data)
+        return to_torch(data, info.dtype, info.shape)
 
     def identity(self) -> str:
-        """Content id of the checkpoint: a hash over every tensor's object id (blake3)."""
+        """Content id of the checkpoint: a hash over every tensor's object id (blake3).
+
+        The ids of tensors already read whole (by ``load``, or front to back through
+        ``open_tensor``) are those of the bytes read then; the others are read now, a piece at
+        a time into one buffer."""
         if self._identity is None:
             self._identity = self._hash()
         return self._identity
 
     def _hash(self) -> str:
-        from ..store.ids import object_id
-
         import blake3
 
         digest = blake3.blake3()
+        buffer = None
         for name in sorted(self._infos):
-            info, reader = self._infos[name], self._where[name]
-            data = reader.data(name)
-            digest.update(f"{name}\0{object_id(info.dtype, info.shape, data)}\n".encode())
+            if name not in self._ids:
+                info, reader = self._infos[name], self._where[name]
+                if hasattr(reader, "read_into"):
+                    buffer = buffer if buffer is not None else np.empty(_HASH_PIECE, dtype=np.uint8)
+                    self._ids[name] = _read_id(reader, name, info, buffer)
+                else:
+                    self._ids[name] = object_id(info.dtype, info.shape, reader.data(name))
+            digest.update(f"{name}\0{self._ids[name]}\n".encode())
         return digest.hexdigest()
 
     def close(self) -> None:

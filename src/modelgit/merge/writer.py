@@ -1,14 +1,15 @@
 """Streaming writer of (sharded) safetensors checkpoints in the Hugging Face layout.
 
 The header of each shard is known before any tensor is computed (names, dtypes and shapes come
-from the merge plan), so each shard is written front to back as tensors arrive. The output is
+from the merge plan), so every tensor has a known place in its shard and is written there with
+``pwrite`` when it is ready, by whichever thread computed it. The output is
 written in a temporary directory next to it (named after this process, see
 :mod:`modelgit._outputs`: a merge killed midway leaves one that the next merge in that directory
 removes), fsynced and put in place: renamed over an absent or empty directory; written into a
 non-empty one only with ``force``, and then only the files of the output are replaced and those
 of an earlier merge removed (:func:`earlier_output`), other files are kept. Headers are canonical
 (tensors in plan order, compact JSON, ``__metadata__`` first), so the same plan and the same
-tensor bytes give the same files.
+tensor bytes give the same files, whatever order the tensors were written in.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import json
 import os
 import re
 import struct
+import threading
 from dataclasses import dataclass
 
 from .._outputs import check_output, install_directory, remove, remove_stale_temporaries, temporary_path
-from .._files import sync_path
+from .._files import reserve_space, sync_path, write_all
 from ..dtypes import DTYPES
 
 __all__ = ["PlannedTensor", "ShardedWriter", "DEFAULT_SHARD_BYTES", "MARKER", "earlier_output",
@@ -94,7 +96,13 @@ def _shard_plan(tensors: list[PlannedTensor], max_bytes: int) -> list[list[Plann
 
 
 class ShardedWriter:
-    """Write ``tensors`` (in order) into ``out_dir`` as one or more safetensors shards."""
+    """Write ``tensors`` into ``out_dir`` as one or more safetensors shards, in any order.
+
+    Every tensor's place in its shard is known from the plan, so tensors may be written by
+    several threads at once and in any order (``pwrite`` at their offsets); each must be
+    written exactly once, whole. Shard files are created, with their headers and their disk
+    space reserved (a full disk fails here, before anything is computed), when the writer is.
+    """
 
     def __init__(self, out_dir: str, tensors: list[PlannedTensor], metadata: dict[str, str],
                  max_shard_bytes: int = DEFAULT_SHARD_BYTES, extra_files: dict[str, bytes] | None = None,
@@ -103,6 +111,7 @@ class ShardedWriter:
         Raises:
             UsageError: ``out_dir`` is not a directory the output may go to (see
                 :func:`prepare_output`; a non-empty one needs ``force``).
+            OSError: the disk has no room for the shards.
         """
         self.out_dir = out_dir
         self.tmp = prepare_output(out_dir, force)
@@ -113,13 +122,20 @@ class ShardedWriter:
         self.names = ["model.safetensors"] if count == 1 else \
             [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
         self._order = [(i, t) for i, shard in enumerate(self.shards) for t in shard]
-        self._next = 0
-        self._handle = None
-        self._shard = -1
+        self._place: dict[str, tuple[int, int, PlannedTensor]] = {}  # name -> (shard, offset, tensor)
+        self._lock = threading.Lock()
+        self._started: set[str] = set()
+        self._done: set[str] = set()
+        self._fds: list[int] = []
+        self._header_sizes: list[int] = []
+        try:
+            for index in range(count):
+                self._open_shard(index)
+        except BaseException:
+            self.abort()
+            raise
 
-    def _open_shard(self, index: int) -> None:
-        if self._handle is not None:
-            self._close_shard()
+    def _header(self, index: int) -> bytes:
         header: dict = {"__metadata__": self.metadata}
         offset = 0
         for t in self.shards[index]:
@@ -127,52 +143,78 @@ class ShardedWriter:
             offset += t.nbytes
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
         text += b" " * (-len(text) % 8)  # 8-byte aligned data, as the reference writer does
-        self._handle = open(os.path.join(self.tmp, self.names[index]), "wb")
-        self._handle.write(struct.pack("<Q", len(text)) + text)
-        self._shard = index
+        return struct.pack("<Q", len(text)) + text
 
-    def _close_shard(self) -> None:
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        self._handle = None
+    def _open_shard(self, index: int) -> None:
+        header = self._header(index)
+        fd = os.open(os.path.join(self.tmp, self.names[index]),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self._fds.append(fd)
+        self._header_sizes.append(len(header))
+        data = sum(t.nbytes for t in self.shards[index])
+        reserve_space(fd, len(header) + data)
+        write_all(fd, header, 0)
+        offset = len(header)
+        for t in self.shards[index]:
+            self._place[t.name] = (index, offset, t)
+            offset += t.nbytes
+
+    def set_metadata(self, metadata: dict[str, str]) -> None:
+        """Replace the ``__metadata__`` of every shard (before :meth:`finish`), e.g. with
+        provenance known only once the inputs have been read. The headers must keep their
+        length (the tensors are already in place): same keys, values of the same lengths.
+
+        Raises:
+            ValueError: a header would change length.
+        """
+        self.metadata = dict(sorted(metadata.items()))
+        headers = [self._header(index) for index in range(len(self.shards))]
+        for index, header in enumerate(headers):
+            if len(header) != self._header_sizes[index]:
+                raise ValueError(f"the header of {self.names[index]} would go from "
+                                 f"{self._header_sizes[index]} to {len(header)} bytes")
+        for index, header in enumerate(headers):
+            write_all(self._fds[index], header, 0)
 
     def write(self, name: str, data) -> None:
-        """Append the next tensor (must come in plan order) as raw little-endian bytes."""
-        index, planned = self._order[self._next]
-        if name != planned.name or len(data) != planned.nbytes:
-            raise ValueError(f"writer expected {planned.name} ({planned.nbytes} bytes), got {name} "
-                             f"({len(data)} bytes)")
+        """Write tensor ``name`` whole, as raw little-endian bytes."""
         self.write_parts(name, [data])
 
     def write_parts(self, name: str, parts) -> None:
-        """Append the next tensor (in plan order) from consecutive pieces of its raw bytes.
+        """Write tensor ``name`` from consecutive pieces of its raw bytes (thread-safe: other
+        tensors may be written at the same time).
 
         Raises:
-            ValueError: another tensor was due, or the pieces do not add up to its size (the
-                shard is then incomplete: ``abort``).
+            ValueError: no such tensor, it was written already, or the pieces do not add up to
+                its size (the shard is then incomplete: ``abort``).
         """
-        index, planned = self._order[self._next]
-        if name != planned.name:
-            raise ValueError(f"writer expected {planned.name}, got {name}")
-        if index != self._shard:
-            self._open_shard(index)
-        written = 0
+        with self._lock:
+            if name not in self._place:
+                raise ValueError(f"writer has no tensor {name}")
+            if name in self._started:
+                raise ValueError(f"writer got {name} twice")
+            self._started.add(name)
+        index, offset, planned = self._place[name]
+        fd, written = self._fds[index], 0
         for data in parts:
-            written += len(data)
-            if written > planned.nbytes:
+            size = memoryview(data).nbytes
+            if written + size > planned.nbytes:
+                written += size
                 break
-            self._handle.write(data)
+            write_all(fd, data, offset + written)
+            written += size
         if written != planned.nbytes:
             raise ValueError(f"writer expected {planned.nbytes} bytes of {planned.name}, got "
                              f"{'more' if written > planned.nbytes else written}")
-        self._next += 1
+        with self._lock:
+            self._done.add(name)
 
     def finish(self) -> str:
-        if self._next != len(self._order):
-            raise ValueError(f"writer got {self._next} of {len(self._order)} tensors")
-        if self._handle is not None:
-            self._close_shard()
+        if len(self._done) != len(self._order):
+            missing = [t.name for _, t in self._order if t.name not in self._done]
+            raise ValueError(f"writer got {len(self._done)} of {len(self._order)} tensors "
+                             f"(missing {missing[:3]})")
+        self._close_shards(sync=True)
         if len(self.shards) > 1:
             index = {"metadata": {"total_size": sum(t.nbytes for _, t in self._order)},
                      "weight_map": {t.name: self.names[i] for i, t in self._order}}
@@ -186,12 +228,21 @@ class ShardedWriter:
         finish_output(self.tmp, self.out_dir)
         return self.out_dir
 
+    def _close_shards(self, sync: bool) -> None:
+        fds, self._fds = self._fds, []
+        try:
+            for fd in fds:
+                if sync:
+                    os.fsync(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
     def file_names(self) -> list[str]:
         """Every file the output will hold (shards, index, extra files), sorted."""
         index = ["model.safetensors.index.json"] if len(self.shards) > 1 else []
         return sorted({*self.names, *index, *self.extra_files})
 
     def abort(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
+        self._close_shards(sync=False)
         remove(self.tmp)

@@ -11,7 +11,7 @@ import re
 
 import blake3
 
-__all__ = ["object_id", "is_object_id", "format_shape", "parse_shape", "ID_HEX_LEN"]
+__all__ = ["object_id", "object_hasher", "is_object_id", "format_shape", "parse_shape", "ID_HEX_LEN"]
 
 ID_HEX_LEN = 64
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -38,6 +38,14 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
+def object_hasher(dtype: str, shape: tuple[int, ...]):
+    """A blake3 hasher that gives :func:`object_id` once fed the content's bytes (in pieces,
+    in order) and asked for its ``hexdigest()``."""
+    hasher = blake3.blake3(_DOMAIN)
+    hasher.update(f"{dtype}\0{format_shape(shape)}\0".encode("ascii"))
+    return hasher
+
+
 def object_id(dtype: str, shape: tuple[int, ...], data) -> str:
     """Return the hex id of content ``data`` (bytes-like) with element type and shape.
 
@@ -46,8 +54,7 @@ def object_id(dtype: str, shape: tuple[int, ...], data) -> str:
         shape: the shape the bytes have.
         data: the raw little-endian bytes (any buffer; not copied).
     """
-    hasher = blake3.blake3(_DOMAIN)
-    hasher.update(f"{dtype}\0{format_shape(shape)}\0".encode("ascii"))
+    hasher = object_hasher(dtype, shape)
     hasher.update(data)
     return hasher.hexdigest()
 

@@ -15,9 +15,10 @@ from ..base import LazyInputs, MergeInputs
 __all__ = ["work_dtype", "stack", "per_model", "option", "generator_for", "require_models",
            "require_base", "column", "BLOCK", "blocks", "numel", "InMemoryTensor", "as_lazy", "collect"]
 
-# elements per piece of a streamed merge: 4 MB of float32, small next to any large tensor and
-# large enough that the per-piece Python overhead is noise; a multiple of every SIMD width, so
-# the vectorised kernels see the same alignment as on the whole tensor
+# elements per piece of a streamed merge: 1 MiB of float32, small next to any large tensor (and
+# so a few of them stay in the caches), large enough that the per-piece Python overhead is a few
+# percent on one thread; a multiple of every SIMD width, so the vectorised kernels see the same
+# alignment as on the whole tensor
 BLOCK = 1 << 18
 
 
@@ -116,5 +117,16 @@ def as_lazy(inputs: MergeInputs) -> LazyInputs:
 
 
 def collect(pieces: Iterable[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
-    """The whole tensor of ``shape`` from a stream's consecutive 1-D pieces."""
-    return torch.cat(list(pieces)).reshape(shape)
+    """The whole tensor of ``shape`` from a stream's consecutive 1-D pieces, each copied out as
+    it comes (a stream may reuse one buffer for its pieces)."""
+    out, filled = None, 0
+    for piece in pieces:
+        if out is None:
+            out = torch.empty(math.prod(shape), dtype=piece.dtype)  # (numel,)
+        out[filled:filled + piece.numel()] = piece
+        filled += piece.numel()
+    if out is None:
+        raise ValueError("a merge stream yielded no piece")
+    if filled != out.numel():
+        raise ValueError(f"a merge stream yielded {filled} elements for a tensor of {out.numel()}")
+    return out.reshape(shape)

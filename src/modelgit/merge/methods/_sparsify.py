@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ...errors import UsageError
+from ._sortselect import emulation_matches, first_k_mask
 
 __all__ = ["SPARSIFICATIONS", "Selection", "select", "sparsify"]
 
@@ -87,12 +88,26 @@ def _bits_at(positions: torch.Tensor, count: int) -> torch.Tensor:
     return bits
 
 
-def _kept_first(magnitudes: torch.Tensor, count: int, descending: bool, first: int, stop: int,
-                keep_values: bool) -> torch.Tensor:
-    """The packed mask of the entries at positions ``[first, stop)`` of ``magnitudes`` sorted by
-    torch's sort (unstable), the kernel of ``torch.argsort``. Unless ``keep_values``, the values
-    are sorted in place (``magnitudes`` is overwritten): no third tensor of the task vector's
-    size next to the int64 indices."""
+def _kept_first(magnitude: Callable[[], torch.Tensor], count: int, descending: bool, first: int, stop: int,
+                keep_values: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The packed mask of the entries at positions ``[first, stop)`` of the magnitudes sorted by
+    torch's sort (unstable), the kernel of ``torch.argsort``; and, with ``keep_values``, the
+    magnitudes (``magnitude()``, the task vector's shape) in their own order.
+
+    The set comes from :mod:`._sortselect`, which finds it exactly as the sort does, in linear
+    time and without the sort's int64 indices; ``torch.sort`` itself runs only where that
+    emulation does not apply (NaN, a sort that would fall back to heap sort, a torch whose sort
+    is not the one emulated). Without ``keep_values`` the magnitudes are worked on in place.
+    """
+    magnitudes = magnitude()  # (*shape), ours
+    values = magnitudes.reshape(-1).numpy()  # (numel,) the same memory
+    mask = None
+    if emulation_matches() and not np.isnan(values).any():
+        mask = _emulated(values, descending, first, stop, keep_values)
+        if mask is not None:
+            return _pack(torch.from_numpy(mask)), magnitudes if keep_values else None
+        if descending and first == 0 and not keep_values:
+            magnitudes = magnitude()  # the emulation scrambled them before it gave up
     flat = magnitudes.reshape(-1)  # (numel,)
     if keep_values:
         order = torch.sort(flat, descending=descending, stable=False).indices  # (numel,)
@@ -100,7 +115,25 @@ def _kept_first(magnitudes: torch.Tensor, count: int, descending: bool, first: i
         order = torch.empty(count, dtype=torch.int64)  # (numel,)
         torch.sort(flat, descending=descending, stable=False, out=(flat, order))
     del flat
-    return _bits_at(order[first:stop], count)
+    return _bits_at(order[first:stop], count), magnitudes if keep_values else None
+
+
+def _emulated(values: np.ndarray, descending: bool, first: int, stop: int, keep_values: bool) -> np.ndarray | None:
+    """:func:`_kept_first`'s set as a ``(numel,)`` bool mask, or None (see ``first_k_mask``).
+    ``values`` is scrambled when the sort is descending from 0 and ``keep_values`` is false."""
+    if descending and first == 0:
+        return first_k_mask(values.copy() if keep_values else values, stop)
+    # an ascending sort of v compares exactly as a descending sort of -v (signed zeros included)
+    def work() -> np.ndarray:
+        return values.copy() if descending else np.negative(values)
+
+    mask = first_k_mask(work(), stop)
+    if mask is None or first == 0:
+        return mask
+    before = first_k_mask(work(), first)
+    if before is None:
+        return None
+    return np.greater(mask, before, out=mask)  # kept before ``stop`` but not before ``first``
 
 
 def _l1_factor(magnitudes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor | None:
@@ -119,12 +152,11 @@ def _magnitude(delta: Callable[[], torch.Tensor], count: int, density: float, re
     if density <= 0 or count == 0:
         return Selection(drop_all=True)
     k = max(1, int(density * count))
-    magnitudes = delta().abs_()  # (*shape)
-    # a full sort, as mergekit's argsort, on purpose: float32 task vectors have many exact ties
-    # in magnitude, and which of the tied entries survive is decided by torch's (unstable) sort
-    # order; a faster selection (np.partition: 6x faster on a 1 GB TIES merge, measured) keeps
-    # different tied entries and the outputs then differ from mergekit's at those entries
-    bits = _kept_first(magnitudes, count, True, 0, k, keep_values=rescale)
+    # the set torch's sort (mergekit's argsort) puts first, on purpose: float32 task vectors have
+    # many exact ties in magnitude, and which of the tied entries survive is decided by the
+    # sort's (unstable) order; a plain selection (np.partition) keeps other tied entries, and
+    # the outputs then differ from mergekit's at those entries (see _sortselect)
+    bits, magnitudes = _kept_first(lambda: delta().abs_(), count, True, 0, k, keep_values=rescale)
     factor = _l1_factor(magnitudes, bits) if rescale else None  # needs |delta| in its own order
     del magnitudes
     return Selection(bits, factor)
@@ -134,8 +166,8 @@ def _magnitude_outliers(delta: Callable[[], torch.Tensor], count: int, density: 
                         rescale: bool) -> Selection:
     keep, n_top = int(density * count), int(gamma * count)
     n_bottom = max(0, count - keep - n_top)  # fewer outliers dropped when density + gamma > 1
-    magnitudes = delta().abs_()  # (*shape)
-    bits = _kept_first(magnitudes, count, False, n_bottom, n_bottom + keep, keep_values=rescale)
+    bits, magnitudes = _kept_first(lambda: delta().abs_(), count, False, n_bottom, n_bottom + keep,
+                                   keep_values=rescale)
     factor = _l1_factor(magnitudes, bits) if rescale else None
     del magnitudes
     return Selection(bits, factor)

@@ -24,7 +24,8 @@ OPTIONS = {"normalize": True}
 
 
 def stream_linear(inputs: LazyInputs) -> Iterator[torch.Tensor]:
-    """:func:`linear` over lazy inputs, yielding the flattened result in consecutive 1-D blocks."""
+    """:func:`linear` over lazy inputs, yielding the flattened result in consecutive 1-D blocks
+    (each valid until the next is asked for: the buffers are reused)."""
     require_models("linear", inputs, 1)
     first = inputs.models[0]
     dtype = work_dtype(first)
@@ -39,11 +40,20 @@ def stream_linear(inputs: LazyInputs) -> Iterator[torch.Tensor]:
         # mergekit divides anyway and writes NaN/inf; a message is more useful.
         raise UsageError(f"linear: the weights of tensor {inputs.name!r} sum to 0, so they cannot be "
                          "normalised; change the weights or set normalize: false")
-    for start, stop in blocks(numel(first.shape)):
-        total = torch.zeros(stop - start, dtype=dtype)  # (n,)
+    count = numel(first.shape)
+    # one accumulator, one conversion and one result buffer, reused block after block (fresh
+    # memory costs page faults); the operations are those on fresh tensors, so the bits too
+    size = next(blocks(count))[1]  # the first block is the largest
+    acc, result = torch.empty(size, dtype=dtype), torch.empty(size if normalize else 0, dtype=dtype)
+    convert = torch.empty(size if any(m.dtype != dtype for m in inputs.models) else 0, dtype=dtype)
+    for start, stop in blocks(count):
+        total = acc[: stop - start].zero_()  # (n,)
         for model, weight in zip(inputs.models, weights):
-            total.add_(model.flat(start, stop).to(dtype), alpha=float(weight))
-        yield total / divisor if normalize else total
+            block = model.flat(start, stop)
+            if block.dtype != dtype:
+                block = convert[: stop - start].copy_(block)
+            total.add_(block, alpha=float(weight))
+        yield torch.div(total, divisor, out=result[: stop - start]) if normalize else total
 
 
 @register("linear", needs_base=False, paper="https://arxiv.org/abs/2203.05482",

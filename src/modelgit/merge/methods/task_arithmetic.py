@@ -30,14 +30,14 @@ masks come from a generator seeded by ``(seed, tensor name)``, so a recipe is re
 each tensor gets its own masks.
 
 **Memory.** The merge streams in two passes. First, one model at a time, the whole task vector
-is built and sparsified into a mask (the only step that needs a whole tensor: top-k by a full
-sort, or the generator's draws); only the mask, bit-packed, is kept. Then every entry's result
-depends on that entry alone, so the base and the models are re-read in blocks and weighted,
-voted on, averaged and yielded block by block. The peak is the first pass's sort: the task
-vector (sorted in place), its int64 indices and the int64 ``arange`` torch fills them from,
-5x the tensor in float32 (E), plus E/32 per model for the masks; 6E when the L1 rescale needs
-the magnitudes kept. Every elementwise operation is the one the whole-tensor form did, so the
-bits are the same.
+is built and sparsified into a mask (the only step that needs a whole tensor: the top-k set
+torch's sort would give, or the generator's draws); only the mask, bit-packed, is kept. Then
+every entry's result depends on that entry alone, so the base and the models are re-read in
+blocks and weighted, voted on, averaged and yielded block by block. The peak is the first
+pass's selection (see _sortselect): the task vector (worked on in place), an int32 index and
+three byte masks of its size, about 2.75x the tensor in float32 (E), plus E/32 per model for
+the packed masks; E more when the L1 rescale needs the magnitudes kept. Every elementwise
+operation is the one the whole-tensor form did, so the bits are the same.
 
 A model whose tensor is the base's own (the same bytes of the same open file, e.g. the base
 under an adapter that does not touch this tensor) has a task vector of exact zeros: it changes
@@ -97,12 +97,30 @@ class Family:
         return options
 
 
+# torch's kernels on bool tensors are not vectorised (torch.where over 2^18 floats: 40x the time of
+# a multiplication): a mask is turned into numbers through its uint8 view, and "x where m else +0"
+# is x's bits and-ed with all ones or all zeros. Both give exactly where()'s values.
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def _as_number(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask as 1.0 / 0.0 of ``dtype``."""
+    return mask.view(torch.uint8).to(dtype)
+
+
+def _kept_or_zero(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``torch.where(mask, values, 0.0)``: the entries of ``values`` where ``mask``, +0 elsewhere."""
+    bits = _BITS[values.dtype]
+    ones = mask.view(torch.uint8).to(bits).neg_()  # (n,) all ones where kept, zeros elsewhere
+    return values.view(bits).bitwise_and(ones).view(values.dtype)
+
+
 def _elected_sign(deltas: list[torch.Tensor], method: str, like: torch.Tensor) -> torch.Tensor:
     """The sign each entry votes for (ties to +1), from the weighted task vectors."""
     votes = torch.zeros_like(like)  # (n,)
     for delta in deltas:
         votes.add_(delta if method == "sum" else delta.sign())
-    return torch.where(votes >= 0, 1.0, -1.0).to(like.dtype)
+    return _as_number(votes >= 0, like.dtype).mul_(2).sub_(1)  # (n,) of ±1.0, -1 where NaN
 
 
 def _task_vector(base: LazyTensor, model: LazyTensor, dtype: torch.dtype) -> torch.Tensor:
@@ -167,9 +185,9 @@ def _combine(deltas: list[torch.Tensor], weights: list[float], consensus: str, t
         divisor = torch.zeros_like(like)  # (n,)
         for delta, weight in zip(deltas, weights):
             agree = delta.sign() == elected  # zeros never agree
-            merged.add_(torch.where(agree, delta, 0.0))
-            divisor.add_(agree.to(like.dtype), alpha=float(weight))
-        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+            merged.add_(_kept_or_zero(delta, agree))
+            divisor.add_(_as_number(agree, like.dtype), alpha=float(weight))
+        divisor.add_(_as_number(divisor == 0, like.dtype))  # 1 where no model agrees (±0 + 1 = 1)
     if opts["normalize"]:
         merged = merged / divisor
     lam = float(opts["lambda"])
