@@ -62,6 +62,7 @@ class Runtime:
         self.context = self._context()
         self.max_length = min(max_length or self.context, self.context)
         self.layers = _decoder_layers(self.model.get_base_model())
+        self._lora_layers = None
 
     # ------------------------------------------------------------------ inputs
     def _context(self) -> int:
@@ -71,12 +72,20 @@ class Runtime:
         limits = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < _NO_LIMIT]
         return min(limits) if limits else 2048
 
-    def encode(self, texts: list[str], max_length: int | None = None) -> Encoded:
+    def encode(self, texts: list[str], max_length: int | None = None,
+               count: bool = True) -> Encoded:
         """Tokenize ``texts`` into one right-padded batch, each cut to ``max_length`` tokens
-        (default: the model's context)."""
+        (default: the model's context).
+
+        Args:
+            count: count the texts that were cut (routers, which read a text's start on
+                purpose, skip it: it tokenizes each text whole once more).
+        """
         limit = min(max_length or self.max_length, self.max_length)
-        full = self.tokenizer(list(texts), truncation=False)["input_ids"]
-        truncated = sum(1 for ids in full if len(ids) > limit)
+        truncated = 0
+        if count:
+            full = self.tokenizer(list(texts), truncation=False)["input_ids"]
+            truncated = sum(1 for ids in full if len(ids) > limit)
         batch = self.tokenizer(list(texts), truncation=True, max_length=limit, padding=True,
                                return_tensors="pt")
         batch.pop("token_type_ids", None) if self.task == "causal_lm" else None
@@ -141,15 +150,17 @@ class Runtime:
         finally:
             handle.remove()
 
-    def lora_layers(self):
+    def lora_layers(self) -> list:
         """``(module name, PEFT LoRA layer, layer index)`` of every LoRA target layer; the
-        index is the transformer layer holding it (-1: outside the layers)."""
-        from peft.tuners.lora import LoraLayer
+        index is the transformer layer holding it (-1: outside the layers). Computed once."""
+        if self._lora_layers is None:
+            from peft.tuners.lora import LoraLayer
 
-        index = {id(m): i for i, layer in enumerate(self.layers) for m in layer.modules()}
-        return [(name, module, index.get(id(module), -1))
-                for name, module in self.model.get_base_model().named_modules()
-                if isinstance(module, LoraLayer)]
+            index = {id(m): i for i, layer in enumerate(self.layers) for m in layer.modules()}
+            self._lora_layers = [(name, module, index.get(id(module), -1))
+                                 for name, module in self.model.get_base_model().named_modules()
+                                 if isinstance(module, LoraLayer)]
+        return self._lora_layers
 
 
 def _library_task(library) -> str:

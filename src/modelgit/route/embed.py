@@ -86,7 +86,7 @@ def embed(spec: str, runtime, texts: list[str], route_tokens: int, batch_size: i
                 hidden = model(**batch).last_hidden_state.float()  # (b, t, 384)
             pooled = torch.nn.functional.normalize(_mean_pool(hidden, batch["attention_mask"]), dim=-1)
         else:
-            batch = runtime.encode(chunk, route_tokens).batch
+            batch = runtime.encode(chunk, route_tokens, count=False).batch
             hidden = runtime.hidden_after(batch, layer)  # (b, t, hidden)
             pooled = _mean_pool(hidden, batch["attention_mask"])
         out.append(pooled)
