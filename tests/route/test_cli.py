@@ -96,8 +96,8 @@ def test_progress_lines_when_stderr_is_no_terminal(built):
                        "--suite", "code", "--mode", "hard", "--cost-samples", "0",
                        env={"MODELGIT_PROGRESS": "lines", "MODELGIT_PROGRESS_INTERVAL": "0"})
     lines = result.stderr.splitlines()
-    assert lines[0].startswith("route eval: 1/4 (25%)") and "code: base" in lines[0]
-    assert lines[-1].startswith("route eval: done, 4 steps")
+    assert lines[0].startswith("route eval: step 1/4 (25%)") and "code: base" in lines[0]
+    assert lines[-1].startswith("route eval: done, 4 step")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ._progress import Steps
+from ..progress import progress_bar
 from .library import BASE
 from .router import Decision
 
@@ -121,16 +121,16 @@ def _suite_report(models: list, labels: list, suite: _Suite, modes, merged, step
     config, first = suite.config, models[0]
     higher = config.higher_is_better
     values = {"base": _metric(first, suite, _fixed(BASE, len(suite.texts)))}
-    steps.step(f"{config.name}: base")
+    steps.update(1, at=f"{config.name}: base")
     for name in first.library.names:
         values[f"adapter {name}"] = _metric(first, suite, _fixed(name, len(suite.texts)))
-        steps.step(f"{config.name}: adapter {name}")
+        steps.update(1, at=f"{config.name}: adapter {name}")
     candidates = {BASE: values["base"], **{n: values[f"adapter {n}"] for n in first.library.names}}
     oracle = (max if higher else min)(sorted(candidates), key=lambda n: candidates[n])
     values["oracle"] = candidates[oracle]
     if merged:
         values["merged"] = _merged_metric(merged, config)
-        steps.step(f"{config.name}: merged")
+        steps.update(1, at=f"{config.name}: merged")
     accuracy, gains, chosen = {}, {}, {}
     for model, label in zip(models, labels):
         for mode in modes:
@@ -142,7 +142,7 @@ def _suite_report(models: list, labels: list, suite: _Suite, modes, merged, step
             gains[row] = _gain(values[row], values["base"], values["oracle"], higher)
             chosen[row] = {t: sum(d.adapter == t for d in decisions)
                            for t in sorted({d.adapter for d in decisions})}
-            steps.step(f"{config.name}: {row}")
+            steps.update(1, at=f"{config.name}: {row}")
     return {"suite": config.name, "task": config.task, "metric": config.metric,
             "higher_is_better": higher, "examples": len(suite.texts), "oracle": oracle,
             "values": values, "routing_accuracy": accuracy, "gain_kept": gains, "chosen": chosen}
@@ -179,7 +179,7 @@ def evaluate_routers(models: list, suites: list, merged: str | None = None,
     loaded = [_load_suite(s, first) for s in suites]
     per_suite = 1 + len(first.library.names) + bool(merged) + len(models) * len(modes)
     reports = []
-    with Steps(per_suite * len(loaded), "route eval", progress) as steps:
+    with progress_bar(per_suite * len(loaded), "route eval", progress, unit="step") as steps:
         for suite in loaded:
             reports.append(_suite_report(models, labels, suite, modes, merged, steps))
     cost = {}
