@@ -63,10 +63,21 @@ def _overrides(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
         anon, _, decision = item.partition("=")
-        if decision not in ("accept", "reject"):
-            raise UsageError(f"--override {item!r}: use ANON_ID=accept or ANON_ID=reject")
+        if decision not in ("accept", "reject", "specialist"):
+            raise UsageError(f"--override {item!r}: use ANON_ID=accept, ANON_ID=reject or "
+                             "ANON_ID=specialist")
         out[anon] = decision
     return out
+
+
+def _specialist_gain(text: str) -> float | None:
+    if text.strip().lower() in ("none", "null", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--specialist-min-gain {text!r}: give a relative gain (0.1: 10 %) or "
+                         "none") from None
 
 
 def _show_blind(report, format_blind_report) -> None:
@@ -107,6 +118,8 @@ def cmd_review(args) -> int:
     given = {k: getattr(args, k) for k in ("min_gain", "max_regression", "confidence",
                                            "significant_regressions_only")
              if getattr(args, k) is not None}
+    if args.specialist_min_gain is not None:
+        given["specialist_min_gain"] = _specialist_gain(args.specialist_min_gain)
     policy = dataclasses.replace(policy, **given) if given else policy
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: give at least 1 (1: one evaluation at a time)")
@@ -272,11 +285,13 @@ def register(sub, command) -> None:
 
     p = command(sub, "review", cmd_review,
                 "Evaluate pending contributions blind (anonymous ids) on held-out suites, decide "
-                "by policy, commit the reviews and merge the accepted ones.",
+                "by policy (accept, reject, or specialist: kept in the adapter library, not "
+                "merged), commit the reviews and merge the accepted ones' files.",
                 "modelgit review --suites ~/heldout/suites.yaml\n"
                 "modelgit review --suites suites.yaml --dry-run          # decide nothing, show "
                 "the blind report\n"
                 "modelgit review --suites suites.yaml --override anon-1a2b3c4d=reject --push\n"
+                "modelgit review --suites suites.yaml --override anon-1a2b3c4d=specialist\n"
                 "modelgit review --suites suites.yaml --min-gain 0.05 --max-regression 0\n"
                 "modelgit review --suites suites.yaml --significant-regressions-only --jobs 2")
     p.add_argument("--suites", required=True, help="the maintainer's suites file (outside the repo)")
@@ -293,10 +308,15 @@ def register(sub, command) -> None:
     p.add_argument("--significant-regressions-only", action="store_true", default=None,
                    help="policy: reject for a regression only when its whole interval is below "
                    "-max-regression (default: modelgit.yaml's, else off)")
+    p.add_argument("--specialist-min-gain", metavar="GAIN|none", help="policy: a contribution "
+                   "rejected only for regressing other suites, whose target suite gains at least "
+                   "this, is a specialist: kept in the adapter library, not merged "
+                   "(default: modelgit.yaml's, else 0.10; none: no specialists)")
     p.add_argument("--jobs", type=int, help="evaluate this many models at once in worker "
                    "processes (default: as the work's size, idle cores and memory allow)")
     p.add_argument("--override", action="append", metavar="ANON=DECISION",
-                   help="the maintainer's decision for an anonymous id: accept or reject")
+                   help="the maintainer's decision for an anonymous id: accept, reject or "
+                   "specialist")
     p.add_argument("--dry-run", action="store_true", help="evaluate and decide, record nothing")
     p.add_argument("--push", action="store_true", help="push the recorded reviews")
     p.add_argument("--json", action="store_true")
