@@ -169,8 +169,20 @@ def format_comparison(record: dict) -> str:
     return "\n".join(lines + [f"* {comparison['chosen']}: the best {comparison['basis']}"])
 
 
+def _print_router(router: dict | None) -> None:
+    for row in (router or {}).get("evaluation") or []:
+        accuracy = row.get("accuracy")
+        print(f"  router on {row['suite']}: {row['metric']} base {row['base']:.4g}, oracle "
+              f"{row['oracle']:.4g} ({row['oracle_adapter']}), router {row['router']:.4g}"
+              + (f", release {row['merged']:.4g}" if row.get("merged") is not None else "")
+              + (f", routed like the oracle {accuracy:.0%}" if accuracy is not None else ""))
+    if router and router.get("cost") is not None:
+        print(f"  router cost: {router['cost']:.1%} of the base's forward pass per input")
+
+
 def cmd_release(args) -> int:
     from ..workflow import release
+    from .library_commands import format_library, router_settings
 
     params = {}
     if args.density is not None:
@@ -182,7 +194,8 @@ def cmd_release(args) -> int:
                    tag=args.tag, search=args.search, search_budget=args.search_budget,
                    push=args.remote if args.push else None, pretrain=args.pretrain,
                    pretrain_steps=args.pretrain_steps, pretrain_lr=args.pretrain_lr,
-                   progress=args.progress, dry_run=args.dry_run)
+                   progress=args.progress, dry_run=args.dry_run,
+                   router=router_settings(args.router, args, "router_") if args.router else None)
     r = done.record
     if args.json:
         print(json.dumps({**r, "dry_run": done.dry_run}, indent=2, sort_keys=True))
@@ -191,7 +204,8 @@ def cmd_release(args) -> int:
         print(format_comparison(r))
     verb = "would release" if done.dry_run else "released"
     print(f"{verb} {done.tag}" + (f" ({done.commit[:12]})" if done.commit else "")
-          + f": {len(r['contributions'])} contribution(s) merged with {r['method']} {r['parameters']}")
+          + (f": {len(r['contributions'])} contribution(s) merged with {r['method']} {r['parameters']}"
+             if r["contributions"] else ": no contribution merged, the weights stay (specialists)"))
     for res in r["results"]:
         span = res.get("interval")
         print(f"  {res['suite']}: {res['metric']} {res['base_value']:.4g} -> {res['value']:.4g}"
@@ -201,6 +215,8 @@ def cmd_release(args) -> int:
         kept = c["review"].get("kept_gain")
         if kept is not None:
             print(f"  {c['name']}: the release keeps {kept:.0%} of its gain on {c['review']['target_suite']}")
+    print(format_library(done.tag, r["library"]))
+    _print_router(r["library"].get("router"))
     if done.dry_run:
         print("dry run: nothing written, committed, tagged or pushed")
     if done.pushed_to:
@@ -247,6 +263,8 @@ def cmd_demo(args) -> int:
 
 
 def register(sub, command) -> None:
+    from .library_commands import add_release_router_options
+
     p = command(sub, "create", cmd_create,
                 "Create a model repository around a base model (git + modelgit, model/, "
                 "modelgit.yaml, tag v1), optionally pushed to a remote.",
@@ -323,13 +341,17 @@ def register(sub, command) -> None:
 
     p = command(sub, "release", cmd_release,
                 "Merge the accepted contributions into the base (TIES by default), evaluate, "
-                "write the model card, commit and tag.",
+                "record the adapter library (accepted and specialist adapters of the base they "
+                "were reviewed on), optionally build its router, write the model card, commit "
+                "and tag. With only specialists pending, the weights stay.",
                 "modelgit release --suites suites.yaml\n"
                 "modelgit release --suites suites.yaml --method task_arithmetic --scale 0.7 --tag v3\n"
                 "modelgit release --suites suites.yaml --search --search-budget 8 --push\n"
                 "modelgit release --suites suites.yaml --pretrain corpus/ --pretrain-steps 100\n"
                 "modelgit release --suites suites.yaml --method ties,linear,task_arithmetic "
-                "--dry-run   # compare, change nothing")
+                "--dry-run   # compare, change nothing\n"
+                "modelgit release --suites suites.yaml --router examples   # + routers/TAG/\n"
+                "modelgit release --suites suites.yaml --router arrow --router-mode soft --dry-run")
     p.add_argument("--suites", required=True, help="the maintainer's suites file (outside the repo)")
     p.add_argument("--method", default="ties", help="merge method, or several to compare "
                    "(ties,linear,task_arithmetic): the best on the suites' validation data is "
@@ -346,6 +368,7 @@ def register(sub, command) -> None:
                    "of the merged model on this data before evaluating it")
     p.add_argument("--pretrain-steps", type=int, default=50, help="with --pretrain (default: 50)")
     p.add_argument("--pretrain-lr", type=float, default=1e-5, help="with --pretrain (default: 1e-5)")
+    add_release_router_options(p)
     p.add_argument("--tag", help="the release tag (default: the next vN)")
     p.add_argument("--push", action="store_true", help="push the branch and tag")
     p.add_argument("--remote", default="origin")
