@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass
 
 from ..errors import FormatError, UsageError
+from ..git.export import path_problem
 from ..untrusted import dumps_json, load_json_file, loads_json
 from .library import Library, LibraryAdapter, adapter_content_id, check_adapter_name
 
@@ -103,7 +104,8 @@ def _shape_problems(library) -> list[str]:
     problems = []
     if not (isinstance(base, dict) and isinstance(base.get("commit"), str)
             and _HEX.match(base["commit"]) and isinstance(base.get("fingerprint"), str)
-            and _HEX.match(base["fingerprint"]) and isinstance(base.get("model"), str)):
+            and _HEX.match(base["fingerprint"]) and isinstance(base.get("model"), str)
+            and path_problem(base["model"]) is None):
         problems.append("its base is not {commit, fingerprint, model}")
     for entry in library.get("adapters") or []:
         if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
@@ -114,6 +116,9 @@ def _shape_problems(library) -> list[str]:
             check_adapter_name(entry.get("name"))
         except UsageError as exc:
             problems.append(str(exc))
+        problem = path_problem(entry["path"])
+        if problem:
+            problems.append(f"adapter path {problem}")
     if not isinstance(library.get("adapters"), list) or not isinstance(library.get("refused", []), list):
         problems.append("adapters and refused are not lists")
     return problems
