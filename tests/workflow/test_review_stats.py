@@ -97,7 +97,7 @@ def test_review_records_and_cli_output_carry_intervals(two_contributions, suites
     assert "evaluating anon-" in done.stderr and "Traceback" not in done.stderr
     record = json.loads(open(os.path.join(repo.root, "reviews", "animals-lora.json")).read())
     assert record["policy"] == {"min_gain": 0.01, "max_regression": 0.02, "confidence": 0.9,
-                                "significant_regressions_only": True}
+                                "significant_regressions_only": True, "specialist_min_gain": 0.1}
     score = record["scores"]["animals"]
     assert score["confidence"] == 0.9 and len(score["gain_interval"]) == 2
     assert score["base_interval"][0] <= score["base"] <= score["base_interval"][1]
