@@ -25,18 +25,20 @@ def _score(gain: float, span: list[float] | None) -> dict:
 def test_a_regression_within_the_noise_rejects_only_without_the_significance_option():
     # the case of the issue: a 2.7 % worse perplexity on a few documents beside a 25 % gain
     scores = {"own": _score(0.25, [0.2, 0.3]), "other": _score(-0.027, [-0.06, 0.005])}
-    decision, target, reasons = decide(scores, Policy(), "own")
+    decision, target, reasons = decide(scores, Policy(specialist_min_gain=None), "own")
     assert decision == "reject" and "other: regresses by 2.70% (95% interval [-6.00%, +0.50%])" in reasons[0]
     decision, _, reasons = decide(scores, Policy(significant_regressions_only=True), "own")
     assert decision == "accept", reasons
     assert any("not significantly more than the allowed 2.00%" in r for r in reasons)
     # a regression whose whole interval lies beyond the allowance still rejects
     scores["other"] = _score(-0.05, [-0.07, -0.03])
-    decision, _, reasons = decide(scores, Policy(significant_regressions_only=True), "own")
+    decision, _, reasons = decide(scores, Policy(significant_regressions_only=True,
+                                                 specialist_min_gain=None), "own")
     assert decision == "reject" and "(significantly)" in reasons[0]
     # a score without an interval is judged on its point estimate
     scores["other"] = _score(-0.027, None)
-    assert decide(scores, Policy(significant_regressions_only=True), "own")[0] == "reject"
+    assert decide(scores, Policy(significant_regressions_only=True, specialist_min_gain=None),
+                  "own")[0] == "reject"
 
 
 def test_the_policy_settings_of_modelgit_yaml():
@@ -95,7 +97,7 @@ def test_review_records_and_cli_output_carry_intervals(two_contributions, suites
     assert "evaluating anon-" in done.stderr and "Traceback" not in done.stderr
     record = json.loads(open(os.path.join(repo.root, "reviews", "animals-lora.json")).read())
     assert record["policy"] == {"min_gain": 0.01, "max_regression": 0.02, "confidence": 0.9,
-                                "significant_regressions_only": True}
+                                "significant_regressions_only": True, "specialist_min_gain": 0.1}
     score = record["scores"]["animals"]
     assert score["confidence"] == 0.9 and len(score["gain_interval"]) == 2
     assert score["base_interval"][0] <= score["base"] <= score["base_interval"][1]

@@ -63,10 +63,21 @@ def _overrides(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
         anon, _, decision = item.partition("=")
-        if decision not in ("accept", "reject"):
-            raise UsageError(f"--override {item!r}: use ANON_ID=accept or ANON_ID=reject")
+        if decision not in ("accept", "reject", "specialist"):
+            raise UsageError(f"--override {item!r}: use ANON_ID=accept, ANON_ID=reject or "
+                             "ANON_ID=specialist")
         out[anon] = decision
     return out
+
+
+def _specialist_gain(text: str) -> float | None:
+    if text.strip().lower() in ("none", "null", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--specialist-min-gain {text!r}: give a relative gain (0.1: 10 %) or "
+                         "none") from None
 
 
 def _show_blind(report, format_blind_report) -> None:
@@ -107,6 +118,8 @@ def cmd_review(args) -> int:
     given = {k: getattr(args, k) for k in ("min_gain", "max_regression", "confidence",
                                            "significant_regressions_only")
              if getattr(args, k) is not None}
+    if args.specialist_min_gain is not None:
+        given["specialist_min_gain"] = _specialist_gain(args.specialist_min_gain)
     policy = dataclasses.replace(policy, **given) if given else policy
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: give at least 1 (1: one evaluation at a time)")
@@ -156,8 +169,20 @@ def format_comparison(record: dict) -> str:
     return "\n".join(lines + [f"* {comparison['chosen']}: the best {comparison['basis']}"])
 
 
+def _print_router(router: dict | None) -> None:
+    for row in (router or {}).get("evaluation") or []:
+        accuracy = row.get("accuracy")
+        print(f"  router on {row['suite']}: {row['metric']} base {row['base']:.4g}, oracle "
+              f"{row['oracle']:.4g} ({row['oracle_adapter']}), router {row['router']:.4g}"
+              + (f", release {row['merged']:.4g}" if row.get("merged") is not None else "")
+              + (f", routed like the oracle {accuracy:.0%}" if accuracy is not None else ""))
+    if router and router.get("cost") is not None:
+        print(f"  router cost: {router['cost']:.1%} of the base's forward pass per input")
+
+
 def cmd_release(args) -> int:
     from ..workflow import release
+    from .library_commands import format_library, router_settings
 
     params = {}
     if args.density is not None:
@@ -169,7 +194,8 @@ def cmd_release(args) -> int:
                    tag=args.tag, search=args.search, search_budget=args.search_budget,
                    push=args.remote if args.push else None, pretrain=args.pretrain,
                    pretrain_steps=args.pretrain_steps, pretrain_lr=args.pretrain_lr,
-                   progress=args.progress, dry_run=args.dry_run)
+                   progress=args.progress, dry_run=args.dry_run,
+                   router=router_settings(args.router, args, "router_") if args.router else None)
     r = done.record
     if args.json:
         print(json.dumps({**r, "dry_run": done.dry_run}, indent=2, sort_keys=True))
@@ -178,7 +204,8 @@ def cmd_release(args) -> int:
         print(format_comparison(r))
     verb = "would release" if done.dry_run else "released"
     print(f"{verb} {done.tag}" + (f" ({done.commit[:12]})" if done.commit else "")
-          + f": {len(r['contributions'])} contribution(s) merged with {r['method']} {r['parameters']}")
+          + (f": {len(r['contributions'])} contribution(s) merged with {r['method']} {r['parameters']}"
+             if r["contributions"] else ": no contribution merged, the weights stay (specialists)"))
     for res in r["results"]:
         span = res.get("interval")
         print(f"  {res['suite']}: {res['metric']} {res['base_value']:.4g} -> {res['value']:.4g}"
@@ -188,6 +215,8 @@ def cmd_release(args) -> int:
         kept = c["review"].get("kept_gain")
         if kept is not None:
             print(f"  {c['name']}: the release keeps {kept:.0%} of its gain on {c['review']['target_suite']}")
+    print(format_library(done.tag, r["library"]))
+    _print_router(r["library"].get("router"))
     if done.dry_run:
         print("dry run: nothing written, committed, tagged or pushed")
     if done.pushed_to:
@@ -234,6 +263,8 @@ def cmd_demo(args) -> int:
 
 
 def register(sub, command) -> None:
+    from .library_commands import add_release_router_options
+
     p = command(sub, "create", cmd_create,
                 "Create a model repository around a base model (git + modelgit, model/, "
                 "modelgit.yaml, tag v1), optionally pushed to a remote.",
@@ -272,11 +303,13 @@ def register(sub, command) -> None:
 
     p = command(sub, "review", cmd_review,
                 "Evaluate pending contributions blind (anonymous ids) on held-out suites, decide "
-                "by policy, commit the reviews and merge the accepted ones.",
+                "by policy (accept, reject, or specialist: kept in the adapter library, not "
+                "merged), commit the reviews and merge the accepted ones' files.",
                 "modelgit review --suites ~/heldout/suites.yaml\n"
                 "modelgit review --suites suites.yaml --dry-run          # decide nothing, show "
                 "the blind report\n"
                 "modelgit review --suites suites.yaml --override anon-1a2b3c4d=reject --push\n"
+                "modelgit review --suites suites.yaml --override anon-1a2b3c4d=specialist\n"
                 "modelgit review --suites suites.yaml --min-gain 0.05 --max-regression 0\n"
                 "modelgit review --suites suites.yaml --significant-regressions-only --jobs 2")
     p.add_argument("--suites", required=True, help="the maintainer's suites file (outside the repo)")
@@ -293,23 +326,32 @@ def register(sub, command) -> None:
     p.add_argument("--significant-regressions-only", action="store_true", default=None,
                    help="policy: reject for a regression only when its whole interval is below "
                    "-max-regression (default: modelgit.yaml's, else off)")
+    p.add_argument("--specialist-min-gain", metavar="GAIN|none", help="policy: a contribution "
+                   "rejected only for regressing other suites, whose target suite gains at least "
+                   "this, is a specialist: kept in the adapter library, not merged "
+                   "(default: modelgit.yaml's, else 0.10; none: no specialists)")
     p.add_argument("--jobs", type=int, help="evaluate this many models at once in worker "
                    "processes (default: as the work's size, idle cores and memory allow)")
     p.add_argument("--override", action="append", metavar="ANON=DECISION",
-                   help="the maintainer's decision for an anonymous id: accept or reject")
+                   help="the maintainer's decision for an anonymous id: accept, reject or "
+                   "specialist")
     p.add_argument("--dry-run", action="store_true", help="evaluate and decide, record nothing")
     p.add_argument("--push", action="store_true", help="push the recorded reviews")
     p.add_argument("--json", action="store_true")
 
     p = command(sub, "release", cmd_release,
                 "Merge the accepted contributions into the base (TIES by default), evaluate, "
-                "write the model card, commit and tag.",
+                "record the adapter library (accepted and specialist adapters of the base they "
+                "were reviewed on), optionally build its router, write the model card, commit "
+                "and tag. With only specialists pending, the weights stay.",
                 "modelgit release --suites suites.yaml\n"
                 "modelgit release --suites suites.yaml --method task_arithmetic --scale 0.7 --tag v3\n"
                 "modelgit release --suites suites.yaml --search --search-budget 8 --push\n"
                 "modelgit release --suites suites.yaml --pretrain corpus/ --pretrain-steps 100\n"
                 "modelgit release --suites suites.yaml --method ties,linear,task_arithmetic "
-                "--dry-run   # compare, change nothing")
+                "--dry-run   # compare, change nothing\n"
+                "modelgit release --suites suites.yaml --router examples   # + routers/TAG/\n"
+                "modelgit release --suites suites.yaml --router arrow --router-mode soft --dry-run")
     p.add_argument("--suites", required=True, help="the maintainer's suites file (outside the repo)")
     p.add_argument("--method", default="ties", help="merge method, or several to compare "
                    "(ties,linear,task_arithmetic): the best on the suites' validation data is "
@@ -326,6 +368,7 @@ def register(sub, command) -> None:
                    "of the merged model on this data before evaluating it")
     p.add_argument("--pretrain-steps", type=int, default=50, help="with --pretrain (default: 50)")
     p.add_argument("--pretrain-lr", type=float, default=1e-5, help="with --pretrain (default: 1e-5)")
+    add_release_router_options(p)
     p.add_argument("--tag", help="the release tag (default: the next vN)")
     p.add_argument("--push", action="store_true", help="push the branch and tag")
     p.add_argument("--remote", default="origin")

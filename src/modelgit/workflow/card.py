@@ -99,6 +99,7 @@ def render_model_card(release: dict) -> str:
     front = yaml.safe_dump(meta, sort_keys=True, allow_unicode=True, default_flow_style=False,
                            width=4096)
     sections = [_summary(release), _results_section(release), _contributions_section(release),
+                _library_section(release),
                 _recipe_section(release), _search_section(release), _pretraining_section(release),
                 _lineage_section(release),
                 _build_section(release)]
@@ -356,6 +357,62 @@ def _contributions_section(release: dict) -> str:
             "### Training data\n\nThe training data stays with its contributors; only its data "
             "card is recorded.\n\n" + _table(["contribution", "records", "size", "sha256"], cards,
                                              "lrrl"))
+
+
+def _own_gain(adapter: dict) -> str:
+    """The adapter's relative gain on its own domain at review, with its interval."""
+    score = (adapter.get("scores") or {}).get(adapter.get("domain")) or {}
+    gain = _plain(score.get("gain"))
+    if not isinstance(gain, (int, float)) or isinstance(gain, bool) or not math.isfinite(gain):
+        return "—"
+    return f"{100 * gain:+.2f}%" + _span(score.get("gain_interval"), percent=True)
+
+
+def _library_section(release: dict) -> str:
+    library = release.get("library")
+    if not isinstance(library, dict):
+        return ""
+    base = library.get("base") or {}
+    adapters = [a for a in library.get("adapters") or [] if isinstance(a, dict)]
+    refused = [r for r in library.get("refused") or [] if isinstance(r, dict)]
+    where = _code(base.get("tag")) if base.get("tag") else _code(base.get("commit"), short=True)
+    text = [f"## Adapter library\n\nAdapters reviewed on the weights of {where} (fingerprint "
+            f"{_code(base.get('fingerprint'), short=True)}), each available beside the merged "
+            "weights (`modelgit adapters --rev " + _cell(release["tag"]) + "`; fetch with "
+            "`modelgit adapters fetch`). *accept*: merged into the weights; *specialist*: kept "
+            "apart, reached through the router."]
+    if adapters:
+        rows = [[_cell(a.get("name")), _cell(a.get("domain")), _cell(a.get("decision")),
+                 _own_gain(a), _code(a.get("adapter_id"), short=True)] for a in adapters]
+        text.append(_table(["adapter", "domain", "decision", "gain on its domain", "adapter"],
+                           rows, "lllrl"))
+    else:
+        text.append("No adapter was reviewed on these weights.")
+    if refused:
+        text.append("Not in the library:\n\n" + "\n".join(
+            f"- {_cell(r.get('name'))}: {_cell(r.get('reason'))}" for r in refused))
+    router = library.get("router")
+    if isinstance(router, dict):
+        text.append(_router_text(router))
+    return "\n\n".join(text)
+
+
+def _router_text(router: dict) -> str:
+    threshold = _plain(router.get("threshold"))
+    line = (f"### Router\n\nA {_code(router.get('kind'))} router ({_cell(router.get('mode'))} "
+            f"routing, threshold {_num(threshold) if threshold is not None else 'none'}) sends "
+            f"each input to one of the library's adapters or to the base: "
+            f"{_code(router.get('path'))} (`modelgit.route.load(repo, rev)`).")
+    rows = [[_cell(e.get("suite")), _num(e.get("base")), _num(e.get("oracle")),
+             _num(e.get("merged")), _num(e.get("router")),
+             f"{100 * e['accuracy']:.0f}%" if isinstance(e.get("accuracy"), (int, float)) else "—"]
+            for e in router.get("evaluation") or [] if isinstance(e, dict)]
+    if rows:
+        line += ("\n\nOn the held-out suites (oracle: the best single adapter per suite; "
+                 "accuracy: inputs routed where the oracle goes):\n\n"
+                 + _table(["suite", "base", "oracle", "release", "router", "accuracy"], rows,
+                          "lrrrrr"))
+    return line
 
 
 def _recipe_section(release: dict) -> str:

@@ -24,7 +24,9 @@ def _span(score: dict) -> str:
 
 
 def decide(scores: dict[str, dict], policy, domain: str | None) -> tuple[str, str, list[str]]:
-    """(decision, target suite, reasons) for one contribution.
+    """(decision, target suite, reasons) for one contribution: ``accept`` (merged by the next
+    release), ``reject``, or ``specialist`` (kept in the adapter library and reached through the
+    router, never merged).
 
     Args:
         scores: {suite: {"base", "adapter", "higher_is_better", "gain_interval"?, ...}}.
@@ -36,6 +38,9 @@ def decide(scores: dict[str, dict], policy, domain: str | None) -> tuple[str, st
     ``policy.significant_regressions_only``, a suite that regresses by more than
     ``max_regression`` rejects only when the upper end of its gain's interval is below
     ``-max_regression`` too (a suite without an interval is judged on its point estimate).
+    A contribution that would be rejected only because other suites regress, and whose target
+    suite gains at least ``policy.specialist_min_gain`` (None: never), is a ``specialist``: a
+    merge would spread its regressions to everyone, a router sends it only its own inputs.
     """
     gains = {s: relative_gain(v["base"], v["adapter"], v["higher_is_better"]) for s, v in scores.items()}
     broken = sorted(s for s, g in gains.items() if not math.isfinite(g))
@@ -44,7 +49,8 @@ def decide(scores: dict[str, dict], policy, domain: str | None) -> tuple[str, st
                                 f"{scores[s]['adapter']!r})" for s in broken] or ["no scores"]
     target = domain if domain in gains else max(sorted(gains), key=lambda s: gains[s])
     reasons, notes = [], []
-    if gains[target] < policy.min_gain:
+    too_small = gains[target] < policy.min_gain
+    if too_small:
         reasons.append(f"{target}: gain {gains[target]:+.2%}{_span(scores[target])} is below the "
                        f"required {policy.min_gain:.2%}")
     only_significant = getattr(policy, "significant_regressions_only", False)
@@ -65,4 +71,10 @@ def decide(scores: dict[str, dict], policy, domain: str | None) -> tuple[str, st
                        + ("significantly " if only_significant else "")
                        + f"more than {policy.max_regression:.2%}")
         return "accept", target, reasons + notes
+    threshold = getattr(policy, "specialist_min_gain", None)
+    if not too_small and threshold is not None and gains[target] >= threshold:
+        return "specialist", target, [
+            f"{target}: gain {gains[target]:+.2%}{_span(scores[target])} >= the specialist "
+            f"threshold {threshold:.2%}, but merged it would regress other suites: kept in the "
+            "adapter library (reached through the router), not merged", *reasons, *notes]
     return "reject", target, reasons + notes

@@ -11,7 +11,7 @@ apply (the held-out data and its suites file stay local to the maintainers)::
     labels: [negative, neutral, positive]   # classification: the class names in head order
     limits: {max_rank: 64, max_adapter_mb: 100}
     policy: {min_gain: 0.01, max_regression: 0.02, confidence: 0.95,
-             significant_regressions_only: false}
+             significant_regressions_only: false, specialist_min_gain: 0.10}
 
 Every key is optional; the defaults are those above (``name``: the repository's directory;
 ``labels``: none, each adapter numbers the classes of its own data). With ``labels``, every
@@ -65,12 +65,18 @@ class Policy:
     Every score comes with a ``confidence`` interval (0.95: 95 %), bootstrapped over the suite's
     documents. With ``significant_regressions_only``, a regression rejects only when it is
     significant: the whole interval of the suite's relative gain lies below
-    ``-max_regression`` (a few documents' noise no longer rejects an adapter)."""
+    ``-max_regression`` (a few documents' noise no longer rejects an adapter).
+
+    A contribution rejected only because other suites regress, whose target suite gains at least
+    ``specialist_min_gain`` (0.10: 10 %; None disables), is a *specialist*: recorded as such,
+    kept in the adapter library of the next release and reached through its router, never
+    merged into the weights."""
 
     min_gain: float = 0.01
     max_regression: float = 0.02
     confidence: float = 0.95
     significant_regressions_only: bool = False
+    specialist_min_gain: float | None = 0.10
 
     def __post_init__(self):  # a NaN threshold would let every contribution through
         problems = [p for name in ("min_gain", "max_regression")
@@ -79,6 +85,11 @@ class Policy:
                                  below_maximum=True)
         if problem:
             problems.append(problem + " (e.g. 0.95)")
+        if self.specialist_min_gain is not None:
+            problem = number_problem(self.specialist_min_gain, "policy.specialist_min_gain",
+                                     -1e6, 1e6)
+            if problem:
+                problems.append(problem + " (or null: no specialists)")
         if not isinstance(self.significant_regressions_only, bool):
             problems.append(f"policy.significant_regressions_only is "
                             f"{self.significant_regressions_only!r}, not true or false")
@@ -105,7 +116,8 @@ class Project:
         data["labels"] = list(self.labels) if self.labels else None
         # settings added later are written only when set, so that an older modelgit can still
         # read a new project's file (it refuses keys it does not know)
-        for key, default in (("confidence", 0.95), ("significant_regressions_only", False)):
+        for key, default in (("confidence", 0.95), ("significant_regressions_only", False),
+                             ("specialist_min_gain", 0.10)):
             if data["policy"][key] == default:
                 del data["policy"][key]
         return {k: v for k, v in data.items() if v is not None}
@@ -123,6 +135,8 @@ def _sub(cls, raw, where: str, problems: list[str]):
         if key not in known:
             problems.append(f"{where}: unknown key {key!r}{_closest(key, known)} "
                             f"(known: {', '.join(sorted(known))})")
+        elif value is None and known[key].default is not None and _nullable(cls, key):
+            values[key] = None
         elif isinstance(known[key].default, bool):
             if isinstance(value, bool):
                 values[key] = value
@@ -137,6 +151,11 @@ def _sub(cls, raw, where: str, problems: list[str]):
     except UsageError as exc:
         problems.append(str(exc))
         return cls()
+
+
+def _nullable(cls, key: str) -> bool:
+    """Whether the setting may be null (``specialist_min_gain: null``: no specialists)."""
+    return "None" in str(cls.__dataclass_fields__[key].type)
 
 
 def _closest(key, known) -> str:

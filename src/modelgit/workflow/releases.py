@@ -8,6 +8,13 @@ validation data. The result is evaluated on every suite, written over the base's
 file names, so unchanged tensors keep their object ids and only changed ones travel), and
 committed with the model card (``<model>/README.md``) and the release record
 (``releases/<tag>.json``); the commit is tagged.
+
+Every release also records its adapter library (see :mod:`.library`): the accepted and specialist
+adapters reviewed on the weights it started from. A release may be made of specialists alone:
+the weights stay, the library (and its router) change. With a router builder (``release
+--router KIND``: :mod:`modelgit.route.release_router`, called through a callback so that this
+layer does not import the one above it) the release's router is built over that library and
+committed under ``routers/<tag>/`` in the same commit.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from .policy import relative_gain
 from .project import Project, read_project
 from ..untrusted import dumps_json, load_json_file, loads_json
 from .contribution import check_name
+from .library import (ROUTERS_DIR, RouterJob, build_router as _build_router, install_router as _install_router,
+                      library_record, pending_specialists)
 from .metadata import record_problems
 from .review_records import REVIEWS_DIR, score_problems
 from .reviews import check_heldout_private, read_reviews
@@ -316,9 +325,10 @@ def _result_entry(result: dict, base: dict, confidence: float = 0.95) -> dict:
     return entry
 
 
-def _release_record(repo, project, tag, accepted, chosen: _Candidate, base_results,
+def _release_record(repo, project, tag, accepted, chosen: _Candidate | None, base_results,
                     results) -> dict:
-    """The release record: ``releases/<tag>.json`` and the model card's input."""
+    """The release record: ``releases/<tag>.json`` and the model card's input (``chosen``
+    None: a release of specialists only, which merges nothing)."""
     contributions = [_contribution_entry(r, _contribution_record(repo, project, r["contribution"]))
                      for r in accepted]
     _kept(contributions, results)
@@ -327,8 +337,10 @@ def _release_record(repo, project, tag, accepted, chosen: _Candidate, base_resul
             "commit": repo.rev_parse("HEAD"), "base_model": project.base_model,
             "task": project.task, "license": project.license,
             "language": list(project.language) if project.language else None,
-            "method": chosen.method, "parameters": chosen.params,
-            "recipe": yaml.safe_dump(chosen.recipe, sort_keys=False), "search": chosen.search,
+            "method": chosen.method if chosen else None,
+            "parameters": chosen.params if chosen else {},
+            "recipe": yaml.safe_dump(chosen.recipe, sort_keys=False) if chosen else None,
+            "search": chosen.search if chosen else None,
             "contributions": contributions,
             "results": [_result_entry(r, b) for r, b in zip(results, base_results)],
             "lineage": [{"tag": p.get("tag"), "date": p.get("date"), "commit": p.get("commit"),
@@ -461,9 +473,12 @@ def release(repo: GitRepo, suites, method="ties", parameters: dict | None = None
             tag: str | None = None, search: bool = False, search_budget: int = 8,
             message: str | None = None, push: str | None = None,
             pretrain: str | None = None, pretrain_steps: int = 50, pretrain_lr: float = 1e-5,
-            progress: bool | None = False, dry_run: bool = False) -> ReleaseResult:
+            progress: bool | None = False, dry_run: bool = False,
+            router=None) -> ReleaseResult:
     """Merge the accepted contributions into the base, evaluate on ``suites``, commit the new
-    base with its model card and release record, and tag it (see the module docstring).
+    base with its model card, release record and adapter library, and tag it (see the module
+    docstring). With no accepted contribution but specialists not yet in a library, the release
+    keeps the weights and records the new library.
 
     Args:
         method: a merge method, or several (``"ties,linear"`` or a list): each merges the same
@@ -476,12 +491,15 @@ def release(repo: GitRepo, suites, method="ties", parameters: dict | None = None
             ``pretrain_steps`` steps at ``pretrain_lr`` (continued pretraining) before it is
             evaluated.
         dry_run: merge and evaluate in a scratch directory and return the record, changing
-            nothing: no weights, card, record, commit, tag or push.
+            nothing: no weights, card, record, router, commit, tag or push.
+        router: called with a :class:`~.library.RouterJob` to build the release's router over
+            its library (e.g. :class:`modelgit.route.release_router.ReleaseRouter`); returns
+            what the record says of it. None: no router.
     Raises:
-        UsageError: nothing accepted to release, a dirty work tree, an existing tag, held-out
-            files inside the repository, a search without validation data, an unknown method.
+        UsageError: nothing to release, a dirty work tree, an existing tag, held-out files
+            inside the repository, a search without validation data, an unknown method, a
+            router asked for a library without adapters.
     """
-    from ..eval import evaluate_suites
     from .card import render_model_card
 
     project = read_project(repo)
@@ -490,46 +508,73 @@ def release(repo: GitRepo, suites, method="ties", parameters: dict | None = None
         require_clean(repo, [], "modelgit release")
     check_heldout_private(repo, suites)
     accepted = accepted_contributions(repo, project)
-    if not accepted:
-        raise UsageError("nothing to release: no accepted contribution since the last release "
-                         "(run `modelgit review` first)")
+    if not accepted and not pending_specialists(repo, read_releases(repo)):
+        raise UsageError("nothing to release: no accepted contribution and no specialist since "
+                         "the last release (run `modelgit review` first)")
     tag = tag or next_tag(repo)
     if repo.rev_parse(f"refs/tags/{tag}"):
         raise UsageError(f"tag {tag} exists: choose another --tag")
     names = [r["contribution"] for r in accepted]
     _check_taken(parameters or {}, methods)  # before any merge: a misspelled setting costs nothing
     model_dir = os.path.join(repo.root, project.model)
+    head = repo.rev_parse("HEAD")
     with scratch_dir(repo, "release-") as work:
         base_results = evaluate_base(repo, model_dir, fingerprint_rev(repo, "HEAD", project.model),
                                      suites, progress)
-        selection = _selection(repo, project, suites, base_results, progress) \
-            if len(methods) > 1 else (None, base_results)
-        plan = _Plan(repo, project, names, dict(parameters or {}), suites, base_results,
-                     selection, search, search_budget, work, progress, strict=len(methods) == 1)
-        candidates = [_candidate(plan, m, i, len(methods)) for i, m in enumerate(methods, 1)]
-        chosen = max(candidates, key=lambda c: c.objective)  # the first of equals: the order given
-        for other in candidates:  # each merge is a whole model: keep only the chosen one's
-            if other is not chosen:
-                shutil.rmtree(other.merged, ignore_errors=True)
-        merged, results, pretraining = chosen.merged, chosen.results, None
-        if pretrain:
-            merged, pretraining = _continue_pretraining(merged, pretrain, pretrain_steps,
-                                                        pretrain_lr, work, progress)
-            results = evaluate_suites(merged, None, suites, progress)
-        _check_finite(results, base_results)
-        record = _release_record(repo, project, tag, accepted, chosen, base_results, results)
-        record["pretraining"] = pretraining
-        if len(candidates) > 1:
-            record["comparison"] = _comparison(candidates, chosen, base_results,
-                                               selection[0] is not None)
+        if accepted:
+            merged, record = _merged_release(
+                _Plan(repo, project, names, dict(parameters or {}), suites, base_results,
+                      _selection(repo, project, suites, base_results, progress)
+                      if len(methods) > 1 else (None, base_results),
+                      search, search_budget, work, progress, strict=len(methods) == 1),
+                methods, tag, accepted, pretrain, pretrain_steps, pretrain_lr)
+        else:  # specialists only: the weights stay
+            merged, record = model_dir, _release_record(repo, project, tag, [], None, base_results,
+                                                        base_results)
+            record["pretraining"] = None
+        record["library"] = library_record(repo, project, head, tag, weights_stay=not accepted)
+        router_dir = _build_router(router, RouterJob(repo, tag, record["library"], suites, merged,
+                                                     os.path.join(work, "router"), progress))
+        if router_dir:
+            record["library"]["router"] = {**router_dir[1], "path": f"{ROUTERS_DIR}/{tag}"}
         card = render_model_card(record)  # before the work tree changes: it may refuse the record
         if dry_run:
             return ReleaseResult(tag, None, record, None, dry_run=True)
-        _install_weights(merged, model_dir)
-    commit = _commit_release(repo, project, tag, record, card, names,
-                             message or f"Release {tag}: merge {len(names)} contribution(s) "
-                                        f"with {chosen.method}", push)
+        if accepted:
+            _install_weights(merged, model_dir)
+        if router_dir:
+            _install_router(repo, tag, router_dir[0])
+    title = message or (f"Release {tag}: merge {len(names)} contribution(s) with {record['method']}"
+                        if accepted else f"Release {tag}: adapter library "
+                        f"({len(record['library']['adapters'])} adapter(s)); weights unchanged")
+    commit = _commit_release(repo, project, tag, record, card, names, title, push)
     return ReleaseResult(tag, commit, record, push)
+
+
+def _merged_release(plan: _Plan, methods: list[str], tag: str, accepted: list[dict],
+                    pretrain, pretrain_steps, pretrain_lr) -> tuple[str, dict]:
+    """(the released weights' directory, the record): every method's merge, the best kept,
+    continued pretraining when asked, evaluated."""
+    from ..eval import evaluate_suites
+
+    candidates = [_candidate(plan, m, i, len(methods)) for i, m in enumerate(methods, 1)]
+    chosen = max(candidates, key=lambda c: c.objective)  # the first of equals: the order given
+    for other in candidates:  # each merge is a whole model: keep only the chosen one's
+        if other is not chosen:
+            shutil.rmtree(other.merged, ignore_errors=True)
+    merged, results, pretraining = chosen.merged, chosen.results, None
+    if pretrain:
+        merged, pretraining = _continue_pretraining(merged, pretrain, pretrain_steps,
+                                                    pretrain_lr, plan.work, plan.progress)
+        results = evaluate_suites(merged, None, plan.suites, plan.progress)
+    _check_finite(results, plan.base_results)
+    record = _release_record(plan.repo, plan.project, tag, accepted, chosen, plan.base_results,
+                             results)
+    record["pretraining"] = pretraining
+    if len(candidates) > 1:
+        record["comparison"] = _comparison(candidates, chosen, plan.base_results,
+                                           plan.selection[0] is not None)
+    return merged, record
 
 
 def _commit_release(repo: GitRepo, project: Project, tag: str, record: dict, card: str,
@@ -539,8 +584,11 @@ def _commit_release(repo: GitRepo, project: Project, tag: str, record: dict, car
     write_atomic(os.path.join(model_dir, "README.md"), card)
     os.makedirs(os.path.join(repo.root, RELEASES_DIR), exist_ok=True)
     write_atomic(os.path.join(repo.root, RELEASES_DIR, f"{tag}.json"), dumps_json(record))
-    repo.git("add", "-A", "--", project.model, RELEASES_DIR)
-    repo.git("commit", "-q", "-m", f"{title}\n\nContributions: {', '.join(names)}\n"
+    paths = [project.model, RELEASES_DIR]
+    if os.path.isdir(os.path.join(repo.root, ROUTERS_DIR, tag)):
+        paths.append(f"{ROUTERS_DIR}/{tag}")
+    repo.git("add", "-A", "--", *paths)
+    repo.git("commit", "-q", "-m", f"{title}\n\nContributions: {', '.join(names) or 'none merged'}\n"
                                    f"Modelgit-Release: {tag}\n")
     repo.git("tag", "-a", tag, "-m", title)
     if push:

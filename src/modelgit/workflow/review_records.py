@@ -1,6 +1,7 @@
 """Review records: ``reviews/<name>.json`` on the main line, and how decisions are committed.
 
-Every decision becomes one commit. An accepted contribution's commit is a merge with two
+Every decision becomes one commit. An accepted contribution's commit (a specialist's too: its
+files must be in the tree for the adapter library) is a merge with two
 parents (the main line and the contribution's tip, so history shows what was merged), whose
 tree is the main line's with ``<contributions>/<name>/`` replaced by the area's tree object that
 review validated: not a re-resolved branch (it may have moved since) and not a three-way merge
@@ -75,7 +76,9 @@ def _record(entry, policy, head: str, who: str, suite_info: dict) -> dict:
                                              "max_regression": policy.max_regression,
                                              "confidence": policy.confidence,
                                              "significant_regressions_only":
-                                                 policy.significant_regressions_only},
+                                                 policy.significant_regressions_only,
+                                             "specialist_min_gain":
+                                                 getattr(policy, "specialist_min_gain", None)},
             "adapter": entry.adapter, "reviewer": who,  # the summary review computed, not a claim
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
@@ -100,9 +103,12 @@ def record_reviews(repo: GitRepo, report, policy, head: str, reviewer: str | Non
             continue
         item = entry.contribution
         record = _record(entry, policy, head, who, suite_info)
-        accepted = entry.decision == "accept"
+        # a specialist is not merged into the weights, but its files join the main line: the
+        # adapter library of the next release points at them
+        accepted = entry.decision in ("accept", "specialist")
         if accepted and entry.tree is None:  # only an evaluated contribution has a tree to merge
-            raise UsageError(f"{item.name} is accepted but was never validated; nothing recorded")
+            raise UsageError(f"{item.name} is {entry.decision} but was never validated; nothing "
+                             "recorded")
         body = "\n".join(f"- {r}" for r in entry.reasons)
         tip = commit_edits(
             repo, tip, f"Review {item.name}: {entry.decision}\n\n{body}\n\nModelgit-Review: {item.name}\n",

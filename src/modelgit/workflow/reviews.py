@@ -38,7 +38,7 @@ from .project import Policy, Project, read_project
 from .review_records import REVIEWS_DIR, read_reviews, record_reviews
 from .validate import ADAPTER_FILES, ContributionError, validate_adapter
 
-__all__ = ["REVIEWS_DIR", "PendingContribution", "ReviewEntry", "ReviewReport", "pending_contributions",
+__all__ = ["REVIEWS_DIR", "DECISIONS", "PendingContribution", "ReviewEntry", "ReviewReport", "pending_contributions",
            "review", "read_reviews", "check_heldout_private", "format_blind_report",
            "format_revealed"]
 
@@ -346,6 +346,10 @@ def _evaluate_all(ctx: _Context, named, jobs: int | None) -> tuple[list[dict], l
     return base_results, entries
 
 
+#: what a review decides: merged by the next release; refused; kept in the adapter library only
+DECISIONS = ("accept", "reject", "specialist")
+
+
 def _override(entry: ReviewEntry, decision: str) -> None:
     if entry.tree is None:  # refused before evaluation: nothing validated that could be merged
         entry.reasons.append(f"the maintainer's override ({decision}) was not applied: the "
@@ -363,8 +367,8 @@ def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy 
     Args:
         remote: fetch ``contrib/*`` branches from it first (None: local branches only).
         policy: overrides the project's policy (modelgit.yaml).
-        overrides: {anonymous id: "accept" | "reject"}: the maintainer's decision instead of the
-            policy's (from an earlier ``--dry-run`` report, which prints the ids). A contribution
+        overrides: {anonymous id: "accept" | "reject" | "specialist"}: the maintainer's
+            decision instead of the policy's (from an earlier ``--dry-run`` report, which prints the ids). A contribution
             refused before evaluation stays refused.
         dry_run: evaluate and decide, record nothing (identities stay hidden).
         on_blind: called with the blind report before anything is recorded or revealed.
@@ -389,6 +393,10 @@ def review(repo: GitRepo, suites, remote: str | None = "origin", policy: Policy 
     pending = pending_contributions(repo, project, remote, fetch)
     secret = _review_secret(repo)
     named = sorted(((_anon_id(secret, p.commit), p) for p in pending), key=lambda x: x[0])
+    wrong = sorted(f"{a}={d}" for a, d in (overrides or {}).items() if d not in DECISIONS)
+    if wrong:
+        raise UsageError(f"--override {', '.join(wrong)}: a decision is one of "
+                         f"{', '.join(DECISIONS)}")
     unknown = set(overrides or {}) - {a for a, _ in named}
     if unknown:
         raise UsageError(f"--override names unknown anonymous ids {sorted(unknown)}: use the ids "
