@@ -6,9 +6,11 @@ local bare remote and its object store. Three contributors clone it, each trains
 on a different domain of real text found on this machine (Python source, Debian package
 descriptions, man pages) and contributes it. The maintainer reviews the contributions blind on
 held-out data that never enters the repository, releases the accepted ones merged with TIES as
-``v2`` with a model card, and a consumer clones ``v2``. One table closes it: per-domain
-perplexity of the base, of each adapter and of the release, and how much of each adapter's gain
-on its own domain the release keeps.
+``v2`` with a model card and a router over its adapter library (an examples router: each
+adapter's domain, recognised from a few validation texts, sends an input to that adapter), and a
+consumer clones ``v2`` and routes a few inputs. One table closes it: per-domain perplexity of the
+base, of each adapter, of the release and of the router, and how much of each adapter's gain on
+its own domain the release and the router keep.
 """
 
 from __future__ import annotations
@@ -97,21 +99,77 @@ def _peak_mb() -> float:
     return max(own, children) / 1024
 
 
-def format_table(base: dict, adapters: dict, release: dict, kept: dict) -> str:
-    """Rows: base, each adapter, the release; columns: the domains' perplexities."""
+def format_table(base: dict, adapters: dict, release: dict, kept: dict,
+                 router: dict | None = None, router_kept: dict | None = None,
+                 router_label: str = "router") -> str:
+    """Rows: base, each adapter, the release, the router (when given); columns: the domains'
+    perplexities; then how much of each adapter's gain on its own domain each keeps."""
     domains = list(base)
     header = ["model", *domains]
     rows = [["base", *[f"{base[d]:.2f}" for d in domains]]]
     for name, scores in adapters.items():
         rows.append([f"+ {name}", *[f"{scores[d]:.2f}" for d in domains]])
     rows.append(["release v2", *[f"{release[d]:.2f}" for d in domains]])
+    if router:
+        rows.append([router_label, *[f"{router[d]:.2f}" if d in router else "-" for d in domains]])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    for name, value in kept.items():
-        lines.append(f"release keeps {value:.0%} of {name}'s perplexity gain on its domain"
-                     if value is not None else f"{name}: no gain to keep")
+    for who, gains in (("release", kept), ("router", router_kept or {})):
+        for name, value in gains.items():
+            lines.append(f"{who} keeps {value:.0%} of {name}'s perplexity gain on its domain"
+                         if value is not None else f"{name}: no gain to keep")
     return "\n".join(lines)
+
+
+def _heldout_texts(splits: dict) -> dict[str, list[str]]:
+    import json
+
+    texts = {}
+    for domain, files in splits.items():
+        with open(files["heldout"], encoding="utf-8") as handle:
+            texts[domain] = [json.loads(line)["text"] for line in handle if line.strip()]
+    return texts
+
+
+def _consumer_routes(consumer_root: str, splits: dict, settings: "DemoSettings", adapters: dict,
+                     base: dict) -> dict:
+    """The consumer's side: load v2's router (``modelgit.route.load``), show where a few held-out
+    texts go, and score every domain's held-out texts through it (the table's router row, on the
+    same texts and settings as the review's rows).
+
+    Returns:
+        ``{"perplexity": {domain: value}, "kept": {adapter: share of its own-domain gain},
+        "accuracy": {domain: share sent to the domain's best adapter}, "cost": CPU time of
+        routing over a base forward pass, "shown": [(domain, text, adapter, confidence)],
+        "kind", "mode"}``.
+    """
+    import math
+
+    from . import route
+    from .route.evaluate import measure_cost
+
+    model = route.load(consumer_root, "v2")
+    texts = _heldout_texts(splits)
+    perplexity, accuracy, shown = {}, {}, []
+    for domain, items in texts.items():
+        decisions = model.route(items)
+        shown += [(domain, " ".join(t.split())[:40], d.adapter, d.confidence)
+                  for t, d in list(zip(items, decisions))[:2]]
+        scored = model.score(items, 8, decisions, settings.max_length)
+        tokens = sum(s.tokens for s in scored)
+        perplexity[domain] = math.exp(sum(s.nll * s.tokens for s in scored if s.tokens) / tokens)
+        best = min(adapters, key=lambda name: adapters[name][domain])  # the oracle adapter
+        accuracy[domain] = sum(d.adapter == best for d in decisions) / len(decisions)
+    kept = {}
+    for name, scores in adapters.items():
+        domain = name.removesuffix("-lora")
+        own = base[domain] - scores[domain]
+        kept[name] = (base[domain] - perplexity[domain]) / own if own > 0 else None
+    cost = measure_cost(model, [t for items in texts.values() for t in items[:2]],
+                        settings.max_length)["ratio"]
+    return {"perplexity": perplexity, "kept": kept, "accuracy": accuracy, "cost": cost,
+            "shown": shown, "kind": model.spec.kind, "mode": model.spec.mode}
 
 
 def _contribute(work: str, remote: str, base_name: str, splits: dict, settings: DemoSettings,
@@ -162,6 +220,7 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
     from .errors import UsageError
     from .eval import load_suites
     from .git import setup
+    from .route.release_router import ReleaseRouter
     from .workflow import Project, create_project, release, review
     from .workflow.reviews import format_blind_report, format_revealed
 
@@ -210,7 +269,7 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
              f"[{time.perf_counter() - started:.0f} s]")
         done = release(repo, suites, method="ties", search=bool(settings.search_budget),
                        search_budget=max(settings.search_budget, 1), push="origin",
-                       progress=progress)
+                       progress=progress, router=ReleaseRouter(kind="examples", evaluate=False))
         pulled = _pull_release(work)
         consumer = setup.clone(remote, os.path.join(work, "consumer"), branch="v2")
         card = os.path.join(consumer.root, "model", "README.md")
@@ -227,13 +286,29 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
             adapters[name] = {s: v["adapter"] for s, v in entry.scores.items()}
         for c in record["contributions"]:
             kept[c["name"]] = c["review"].get("kept_gain")
+        _say(f"6. the consumer loads v2's router (modelgit.route.load) and routes the held-out "
+             f"texts, e.g. [{time.perf_counter() - started:.0f} s]:")
+        routed = _consumer_routes(consumer.root, splits, settings, adapters, base_scores)
+        for domain, text, adapter, confidence in routed["shown"]:
+            _say(f"  {domain:9} {text!r:44} -> {adapter} ({confidence:.2f})")
         figures = {"base": base_scores, "adapters": adapters, "release": release_scores,
-                   "kept_gain": kept, "accepted": [c["name"] for c in record["contributions"]],
+                   "kept_gain": kept, "router": routed["perplexity"],
+                   "router_kept_gain": routed["kept"], "router_accuracy": routed["accuracy"],
+                   "router_cost": routed["cost"],
+                   "routed": [{"domain": d, "text": t, "adapter": a, "confidence": c}
+                              for d, t, a, c in routed["shown"]],
+                   "accepted": [c["name"] for c in record["contributions"]],
                    "parameters": record["parameters"], "pull_v1_to_v2": pulled,
                    "seconds": time.perf_counter() - started,
                    "peak_rss_mb": _peak_mb(), "workdir": work}
         _say("\nper-domain perplexity on held-out data (lower is better)")
-        _say(format_table(base_scores, adapters, release_scores, kept))
+        _say(format_table(base_scores, adapters, release_scores, kept, routed["perplexity"],
+                          routed["kept"], f"router ({routed['kind']}, {routed['mode']})"))
+        _say(f"router: sends each input to one adapter of v2's library (or the base); inputs "
+             "sent to their domain's best adapter: "
+             + ", ".join(f"{d} {a:.0%}" for d, a in routed["accuracy"].items())
+             + (f"; routing costs {routed['cost']:.1%} of a base forward pass (CPU time)"
+                if routed["cost"] is not None else ""))
         _say(f"\nmerge: ties {record['parameters']}; wall time {figures['seconds']:.0f} s; "
              f"peak memory {figures['peak_rss_mb']:.0f} MB")
         return figures

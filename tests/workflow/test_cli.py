@@ -72,6 +72,12 @@ def test_demo_quick(tmp_path):
         domain = name.removesuffix("-lora")
         assert scores[domain] < figures["base"][domain]
     assert sum(figures["release"][d] / figures["base"][d] for d in figures["base"]) < 3
+    # the router row: v2's router, loaded by the consumer, on the same held-out texts
+    assert "\nrouter (examples, hard)" in out and "6. the consumer loads v2's router" in out
+    assert set(figures["router"]) == set(figures["base"])
+    assert all(figures["router"][d] < figures["base"][d] for d in figures["base"])
+    assert {r["adapter"] for r in figures["routed"]} <= set(figures["adapters"]) | {"base"}
+    assert sum(figures["router_accuracy"].values()) / 3 > 0.5
 
 
 def _suites_file(tmp_path, suites) -> str:

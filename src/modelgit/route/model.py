@@ -89,15 +89,17 @@ def _library_record(directory: str) -> Library:
                              domains={e.get("name"): e.get("domain") for e in entries})
 
 
-def load(source: str, library: Library | None = None, mode: str | None = None,
-         top_k: int | None = None, threshold: float | None | str = "keep",
-         max_length: int | None = None) -> "RoutedModel":
-    """A :class:`RoutedModel` from a router directory.
+def load(source: str, rev: str | None = None, library: Library | None = None,
+         mode: str | None = None, top_k: int | None = None,
+         threshold: float | None | str = "keep", max_length: int | None = None) -> "RoutedModel":
+    """A :class:`RoutedModel` from a router directory, or from a release of a model repository.
 
     Args:
         source: a directory written by ``modelgit route build`` (router.json,
-            router.safetensors, and library.json unless ``library`` is given). Loading from a
-            repository revision arrives with release libraries.
+            router.safetensors, and library.json unless ``library`` is given); or a model
+            repository (a clone: its release ``rev``'s library and router, see
+            :func:`~.release_library.load_release`).
+        rev: the release (tag or commit) of a repository; None: its newest release.
         library: the adapters the router works over (default: the directory's library.json).
         mode, top_k, threshold: override the router's settings (``threshold=None``: never
             the base).
@@ -106,6 +108,13 @@ def load(source: str, library: Library | None = None, mode: str | None = None,
         FormatError: a damaged or hostile router file.
         UsageError: a router built for another base, or naming an adapter the library lacks.
     """
+    from .release_library import is_repository
+
+    if rev is not None or (library is None and is_repository(source)):
+        from .release_library import load_release
+
+        return load_release(source, rev, mode=mode, top_k=top_k, threshold=threshold,
+                            max_length=max_length)
     router = load_router(source)
     library = library or _library_record(source)
     router = Router(router.spec.with_overrides(mode=mode, top_k=top_k, threshold=threshold),
