@@ -153,20 +153,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_which(args) -> int:
-    from ..route.texts import read_texts
+    from .route_commands import print_decisions, texts_to_route
 
-    if bool(args.texts) == bool(args.file):
-        raise UsageError("give the texts to route as arguments, or --file FILE, not both")
-    texts = list(args.texts) if args.texts else read_texts(args.file, None)
-    decisions = _routed(args).route(texts)
-    if args.json:
-        print(json.dumps([{"text": t, "adapter": d.adapter, "confidence": d.confidence,
-                           "weights": d.weights} for t, d in zip(texts, decisions)],
-                         indent=2, sort_keys=True))
-        return 0
-    for text, d in zip(texts, decisions):
-        shown = " ".join(text.split())
-        print(f"{d.adapter}  {d.confidence:+.3f}  {shown if len(shown) <= 60 else shown[:57] + '...'}")
+    texts = texts_to_route(args)
+    print_decisions(texts, _routed(args).route(texts), args.json)
     return 0
 
 

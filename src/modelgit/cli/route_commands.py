@@ -155,21 +155,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_which(args) -> int:
-    from ..route import load
+def texts_to_route(args) -> list[str]:
+    """The texts of ``route which`` (and ``adapters which``): arguments, or ``--file``."""
     from ..route.texts import read_texts
 
     if bool(args.texts) == bool(args.file):
         raise UsageError("give the texts to route as arguments, or --file FILE, not both")
-    texts = list(args.texts) if args.texts else read_texts(args.file, None)
-    model = load(args.router, mode=args.mode, threshold=_override(args))
-    decisions = model.route(texts)
-    if args.json:
+    return list(args.texts) if args.texts else read_texts(args.file, None)
+
+
+def print_decisions(texts: list[str], decisions: list, as_json: bool) -> None:
+    """One line per input (adapter, confidence, the mix when soft, the text's start), or JSON."""
+    if as_json:
         print(json.dumps([{"text": t, "adapter": d.adapter, "confidence": d.confidence,
                            "weights": d.weights, "scores": d.scores}
                           for t, d in zip(texts, decisions)], indent=2, sort_keys=True))
-        return 0
-    width = max(len(d.adapter) for d in decisions)
+        return
+    width = max((len(d.adapter) for d in decisions), default=0)
     for text, d in zip(texts, decisions):
         mix = ", ".join(f"{n} {w:.2f}" for n, w in sorted(d.weights.items(), key=lambda x: -x[1]))
         shown = " ".join(text.split())
@@ -177,6 +179,14 @@ def cmd_which(args) -> int:
         parts = [d.adapter.ljust(width), f"{d.confidence:+.3f}"]
         parts += [f"[{mix}]"] if len(d.weights) > 1 else []
         print("  ".join([*parts, shown]))
+
+
+def cmd_which(args) -> int:
+    from ..route import load
+
+    texts = texts_to_route(args)
+    model = load(args.router, mode=args.mode, threshold=_override(args))
+    print_decisions(texts, model.route(texts), args.json)
     return 0
 
 
