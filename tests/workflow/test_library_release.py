@@ -141,6 +141,8 @@ def test_specialist_library_router_fetch_rebase_and_refusals(tmp_path, tiny_base
     for path in (lib_obj.base_dir, *(a.directory for a in lib_obj.adapters)):
         assert path.startswith(os.path.join(str(consumer), ".git", "modelgit", "library"))
     routed = load_release(str(consumer), "v2")
+    from modelgit import route  # the public form: a repository and a release
+    assert route.load(str(consumer), "v2").spec == routed.spec
     decisions_made = routed.route(["boil the pasta in salted water", "the cat sat on the mat"])
     assert {d.adapter for d in decisions_made} <= {"animals-lora", "cooking-lora", "base"}
     assert len(routed.score(["chop the onion and fry it"])) == 1
