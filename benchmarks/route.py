@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Routing benchmark (issue 13): routers over specialist LoRA adapters against the oracle adapter
+and the merged release, on real text of this machine, with SmolLM2-135M; and routed
+classification adapters on MiniLM.
+
+One run:
+
+1. **Data.** Six text domains of this machine (``modelgit.demo_data``): the demo's ``python``,
+   ``debian``, ``manpages`` and ``c``, ``shell`` are *covered* (one adapter each); ``licenses``
+   is *uncovered* (no adapter: the router should leave it to the base). Disjoint train / held-out
+   / validation splits per domain. Two labelled tasks (``modelgit.demo_tasks``: man-page section,
+   source language) for the encoder part.
+2. **Adapters** (each step a child process, measured): SmolLM2-135M converted once
+   (``modelgit.smollm2``); one LoRA per covered domain with ``modelgit train`` (the demo's
+   settings); ``modelgit eval`` of the base and of every adapter on every domain's held-out split
+   (perplexity); the oracle (the best adapter per domain); the merged release (``modelgit merge``,
+   TIES density 0.5, weight 1 per adapter: what ``modelgit release`` builds); one classification
+   LoRA per task on MiniLM (``modelgit train --task classification``), each evaluated alone.
+3. **Routers** (``modelgit.route``): every kind (arrow, examples with the base model's hidden
+   states and with MiniLM as embedder, reviews), hard and soft. Per domain: perplexity, share of
+   the oracle's gain kept, routing accuracy against the oracle, the router's CPU time per input
+   against the base model's forward pass; the uncovered domain's loss against the base. On the
+   encoder: routed accuracy against each adapter alone.
+
+Every step of parts 1-2 runs as a child process; the benchmark times it (wall), reads its CPU
+time and ``ru_maxrss`` with ``os.wait4`` and samples ``/proc`` every 50 ms for the peak RSS of its
+process tree (the measuring code of ``benchmarks/merge.py``). Results are cached in the work
+directory (``--workdir DIR``: reused by the next run with the same settings, which skips what is
+done; without it a temporary directory is used and deleted unless ``--keep``).
+
+Usage::
+
+    python3 benchmarks/route.py                        # SmolLM2-135M (~40 min on 2 busy cores)
+    python3 benchmarks/route.py --quick                # tiny Llama, few examples (~3 min)
+    python3 benchmarks/route.py --workdir /tmp/route-bench --json figures.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(REPO, "src"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import merge as measuring  # noqa: E402  (benchmarks/merge.py: run_measured, TreeSampler)
+
+COVERED = ("python", "debian", "manpages", "c", "shell")
+UNCOVERED = "licenses"
+TASKS = ("mansection", "language")
+TARGET_KEEP = 0.95  # best router keeps >= 95% of the oracle adapter's gain on every domain
+TARGET_UNCOVERED_LOSS = 0.01  # <= 1% worse than the base on a domain no adapter covers
+TARGET_OVERHEAD = 0.10  # router CPU per input <= 10% of the base forward pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What a run builds; the cache key of everything in the work directory."""
+
+    base: str  # "smollm2" or "tiny"
+    train: int
+    heldout: int
+    validation: int
+    max_chars: int
+    steps: int
+    batch_size: int
+    max_length: int
+    lr: float
+    rank: int
+    task_train: int  # classification examples per label
+    task_test: int
+    task_steps: int
+    task_lr: float
+    task_max_length: int
+    seed: int = 0
+
+
+# FULL follows modelgit demo's FULL settings (demo.py), with 48 held-out texts per domain
+FULL = Settings(base="smollm2", train=200, heldout=48, validation=12, max_chars=700, steps=40,
+                batch_size=4, max_length=128, lr=5e-4, rank=8, task_train=60, task_test=40,
+                task_steps=60, task_lr=1e-3, task_max_length=128)
+QUICK = Settings(base="tiny", train=160, heldout=16, validation=8, max_chars=300, steps=60,
+                 batch_size=8, max_length=64, lr=3e-3, rank=8, task_train=16, task_test=10,
+                 task_steps=20, task_lr=2e-3, task_max_length=64)
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# ============================================================================ the work directory
+class Work:
+    """The work directory: paths, and the cache of finished steps (``steps/<name>.json``)."""
+
+    def __init__(self, root: str, settings: Settings):
+        self.root = root
+        self.settings = settings
+        self.signature = hashlib.sha256(json.dumps(dataclasses.asdict(settings),
+                                                   sort_keys=True).encode()).hexdigest()[:16]
+        self.steps: dict[str, dict] = {}  # name -> measured run (this run or cached)
+        for sub in ("steps", "logs", "data", "adapters", "evals"):
+            os.makedirs(self.path(sub), exist_ok=True)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def cached(self, name: str) -> dict | None:
+        try:
+            with open(self.path("steps", f"{name}.json"), encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        return record if record.get("signature") == self.signature else None
+
+    def record(self, name: str, record: dict) -> dict:
+        record = {**record, "signature": self.signature}
+        path = self.path("steps", f"{name}.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=1, sort_keys=True, default=str)
+        os.replace(path + ".tmp", path)  # a step is done only once its record is whole
+        return record
+
+    def run(self, name: str, argv: list[str], output: str | None = None) -> dict:
+        """Run one measured command, unless its record says it is done (then the record)."""
+        done = self.cached(name)
+        if done is not None and (output is None or os.path.exists(output)):
+            self.steps[name] = {**done, "cached": True}
+            return self.steps[name]
+        if output and os.path.exists(output):
+            shutil.rmtree(output) if os.path.isdir(output) else os.remove(output)
+        say(f"{name}: {' '.join(os.path.basename(a) if os.path.isabs(a) else a for a in argv[2:8])} ...")
+        log = self.path("logs", f"{name}.log")
+        if os.path.exists(log):
+            os.remove(log)
+        result = measuring.run_measured(argv, log)
+        with open(log, encoding="utf-8", errors="replace") as handle:
+            result["stdout_tail"] = handle.read()[-200000:]
+        say(f"{name}: {result['wall_s']:.0f} s wall, {result['user_s'] + result['sys_s']:.0f} CPU-s, "
+            f"peak {result['peak_rss_mb']:.0f} MB")
+        self.steps[name] = self.record(name, result)
+        return self.steps[name]
+
+
+def modelgit(*args: str) -> list[str]:
+    return [sys.executable, "-m", "modelgit", *args]
+
+
+def json_of(run: dict) -> object:
+    """The JSON document a ``--json`` command printed (the last one in its log)."""
+    text = run["stdout_tail"]
+    for start in [i for i, ch in enumerate(text) if ch in "[{" and (i == 0 or text[i - 1] == "\n")][::-1]:
+        try:
+            return json.loads(text[start:])
+        except ValueError:
+            continue
+    raise RuntimeError(f"no JSON output in the log of {' '.join(run['argv'][:6])}")
+
+
+# ============================================================================ part 1: data
+def prepare_data(work: Work) -> dict:
+    """Domain splits, suites file, task splits: written once per settings (cheap, in-process)."""
+    from modelgit.demo_data import write_domain_splits
+    from modelgit.demo_tasks import write_task_splits
+
+    s = work.settings
+    done = work.cached("data")
+    if done is not None:
+        work.steps["data"] = {**done, "cached": True}
+        return done["paths"]
+    say("data: reading the domains and tasks of this machine")
+    t0, c0 = time.perf_counter(), time.process_time()
+    splits = write_domain_splits(work.path("data"), s.train, s.heldout, s.validation, s.max_chars,
+                                 s.seed, domains=(*COVERED, UNCOVERED))
+    tasks = {task: write_task_splits(work.path("data", "tasks"), task, s.task_train, s.task_test,
+                                     s.max_chars, s.seed) for task in TASKS}
+    suites = work.path("data", "suites.yaml")
+    write_suites(suites, splits, s)
+    paths = {"domains": splits, "tasks": tasks, "suites": suites}
+    record = {"paths": paths, "wall_s": time.perf_counter() - t0,
+              "user_s": time.process_time() - c0, "sys_s": 0.0, "peak_rss_mb": None}
+    work.steps["data"] = work.record("data", record)
+    return paths
+
+
+def write_suites(path: str, splits: dict, s: Settings) -> None:
+    import yaml
+
+    suites = [{"name": d, "data": f["heldout"], "validation": f["validation"],
+               "metric": "perplexity", "max_length": s.max_length, "batch_size": 8}
+              for d, f in splits.items()]
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump({"suites": suites}, handle, sort_keys=False)
+
+
+# ============================================================================ part 2: adapters
+def prepare_base(work: Work, paths: dict, model_cache: str) -> str:
+    """The base model directory: SmolLM2-135M (converted once into ``model_cache``) or, for
+    --quick, a tiny Llama whose vocabulary covers the texts."""
+    if work.settings.base == "smollm2":
+        code = ("from modelgit.smollm2 import prepare_smollm2; "
+                f"print(prepare_smollm2(cache_dir={model_cache!r}, progress=False))")
+        run = work.run("base", [sys.executable, "-c", code])
+        return run["stdout_tail"].strip().splitlines()[-1]
+    out = work.path("tiny-base")
+    files = [f[split] for f in paths["domains"].values() for split in f]
+    code = ("import json, sys; from modelgit.adapters.tiny import tiny_causal_lm; "
+            "texts = [json.loads(l)['text'] for p in sys.argv[2:] for l in open(p)]; "
+            "print(tiny_causal_lm(sys.argv[1], texts, seed=0, hidden=64, layers=2))")
+    work.run("base", [sys.executable, "-c", code, out, *files], output=out)
+    return out
+
+
+def train_adapters(work: Work, base: str, paths: dict) -> dict[str, str]:
+    s = work.settings
+    adapters = {}
+    for domain in COVERED:
+        out = work.path("adapters", domain)
+        work.run(f"train-{domain}", modelgit(
+            "train", base, "--data", paths["domains"][domain]["train"], "-o", out,
+            "--task", "causal_lm", "--rank", str(s.rank), "--alpha", str(2.0 * s.rank),
+            "--steps", str(s.steps), "--batch-size", str(s.batch_size),
+            "--max-length", str(s.max_length), "--lr", str(s.lr), "--seed", str(s.seed),
+            "--json"), output=out)
+        adapters[domain] = out
+    return adapters
+
+
+def merge_release(work: Work, base: str, adapters: dict[str, str]) -> str:
+    """TIES of every adapter into the base, as ``modelgit release`` builds it (build_recipe)."""
+    import yaml
+
+    recipe = {"merge_method": "ties", "base_model": base,
+              "models": [{"model": f"{base}+{path}", "parameters": {"weight": 1.0, "density": 0.5}}
+                         for path in adapters.values()]}
+    recipe_path = work.path("adapters", "release-recipe.yaml")
+    with open(recipe_path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(recipe, handle, sort_keys=False)
+    out = work.path("merged")
+    work.run("merge", modelgit("merge", recipe_path, "-o", out, "--json"), output=out)
+    return out
+
+
+def evaluate_lms(work: Work, base: str, adapters: dict[str, str], merged: str,
+                 suites: str) -> dict[str, dict[str, dict]]:
+    """``{model: {domain: {"perplexity", "loss", "tokens"}}}`` for base, adapters, release."""
+    models = {"base": (base, None), **{f"+{d}": (base, a) for d, a in adapters.items()},
+              "release": (merged, None)}
+    scores = {}
+    for label, (model_dir, adapter) in models.items():
+        extra = ["--adapter", adapter] if adapter else []
+        run = work.run(f"eval-{label.lstrip('+')}{'-adapter' if adapter else ''}",
+                       modelgit("eval", model_dir, *extra, "--suites", suites, "--json"))
+        scores[label] = {r["suite"]: suite_figures(r) for r in json_of(run)}
+    return scores
+
+
+def suite_figures(result: dict) -> dict:
+    metrics = result["metrics"]
+    return {"perplexity": metrics["perplexity"], "loss": metrics["loss"],
+            "tokens": metrics["tokens"]}
+
+
+def train_classifiers(work: Work, minilm: str, paths: dict) -> dict[str, dict]:
+    """One classification LoRA per task on MiniLM, each evaluated alone on its test split."""
+    s = work.settings
+    out = {}
+    for task in TASKS:
+        adapter = work.path("adapters", f"cls-{task}")
+        split = paths["tasks"][task]
+        work.run(f"train-cls-{task}", modelgit(
+            "train", minilm, "--data", split["train"], "-o", adapter, "--task", "classification",
+            "--rank", str(s.rank), "--alpha", str(2.0 * s.rank), "--steps", str(s.task_steps),
+            "--batch-size", "8", "--max-length", str(s.task_max_length), "--lr", str(s.task_lr),
+            "--seed", str(s.seed), "--json"), output=adapter)
+        run = work.run(f"eval-cls-{task}", modelgit(
+            "eval", minilm, "--adapter", adapter, "--data", split["test"], "--task",
+            "classification", "--metric", "accuracy", "--max-length", str(s.task_max_length),
+            "--json"))
+        [result] = json_of(run)
+        out[task] = {"adapter": adapter, "accuracy": result["value"], "test": split["test"]}
+    return out
+
+
+def oracle_of(scores: dict, adapters: dict) -> dict[str, str]:
+    """The best adapter (lowest perplexity) for each domain."""
+    return {d: min((f"+{a}" for a in adapters), key=lambda m: scores[m][d]["perplexity"])
+            for d in scores["base"]}
+
+
+def kept_gain(base: float, oracle: float, value: float) -> float | None:
+    """Share of the oracle's perplexity gain over the base that ``value`` keeps."""
+    return (base - value) / (base - oracle) if base > oracle else None
+
+
+# ============================================================================ report
+def environment(args) -> dict:
+    def out(*argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, cwd=REPO).stdout.strip()
+        except OSError:
+            return ""
+
+    with open("/proc/meminfo") as handle:
+        mem = int(handle.readline().split()[1]) * 1024
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "rev": out("git", "rev-parse", "--short", "HEAD"), "cpus": os.cpu_count(),
+            "mem_gb": round(mem / 1e9, 1), "python": platform.python_version(),
+            "command": " ".join(["python3", "benchmarks/route.py", *sys.argv[1:]]),
+            "load_at_start": os.getloadavg()}
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table (pipes aligned)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                      *map(line, rows)])
+
+
+def steps_table(steps: dict) -> str:
+    """One row per measured step: wall, CPU-s, peak RSS (tree), cached or run now."""
+    rows = []
+    for name, r in steps.items():
+        peak = r.get("peak_rss_mb")
+        rows.append([name, f"{r['wall_s']:.1f}", f"{r['user_s'] + r['sys_s']:.1f}",
+                     f"{peak:.0f}" if peak else "-", "cached" if r.get("cached") else "run"])
+    return table(["step", "wall s", "CPU s", "peak RSS MB", "this run"], rows)
+
+
+def perplexity_table(scores: dict, oracle: dict, extra: dict[str, dict[str, float]]) -> str:
+    """Rows: base, adapters, oracle, release, routers; columns: domains (ppl and kept gain)."""
+    domains = list(scores["base"])
+    base = {d: scores["base"][d]["perplexity"] for d in domains}
+    best = {d: scores[oracle[d]][d]["perplexity"] if d in oracle else None for d in domains}
+
+    def cells(values: dict[str, float]) -> list[str]:
+        out = []
+        for d in domains:
+            keep = kept_gain(base[d], best[d], values[d]) if d != UNCOVERED and best[d] else None
+            delta = values[d] / base[d] - 1
+            note = f"{keep:.0%}" if keep is not None else f"{delta:+.1%} vs base"
+            out.append(f"{values[d]:.2f} ({note})")
+        return out
+
+    rows = [["base", *[f"{base[d]:.2f}" for d in domains]]]
+    for label in scores:
+        if label.startswith("+"):
+            rows.append([label, *cells({d: scores[label][d]["perplexity"] for d in domains})])
+    rows.append(["oracle (best adapter per domain)",
+                 *[f"{best[d]:.2f} ({oracle[d]})" if d != UNCOVERED else "-" for d in domains]])
+    rows.append(["release (TIES merge)", *cells({d: scores["release"][d]["perplexity"]
+                                                 for d in domains})])
+    for label, values in extra.items():
+        rows.append([label, *cells(values)])
+    header = ["model", *[f"{d}{' (uncovered)' if d == UNCOVERED else ''}" for d in domains]]
+    return table(header, rows)
+
+
+# ============================================================================ main
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny Llama base, few examples")
+    parser.add_argument("--workdir", help="work directory, reused by later runs with the same "
+                        "settings (default: a temporary directory, deleted at the end)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
+    parser.add_argument("--model-cache", help="where SmolLM2 is converted once (default: "
+                        "WORKDIR/models)")
+    parser.add_argument("--json", help="write every figure to this file")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="do not wait for benchmarks/git.py or store.py to finish")
+    args = parser.parse_args(argv)
+    measuring.WAIT_FOR_OTHERS = not args.no_wait
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that a temporary directory goes
+    settings = QUICK if args.quick else FULL
+    env = environment(args)
+    root = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="modelgit-route-bench-")
+    os.makedirs(root, exist_ok=True)
+    work = Work(root, settings)
+    say(f"working in {root} ({'quick: tiny Llama' if args.quick else 'SmolLM2-135M'}); "
+        f"load {env['load_at_start'][0]:.1f}")
+    try:
+        figures = run_all(work, args)
+    finally:
+        if not args.workdir and not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        elif not args.workdir:
+            say(f"kept {root}")
+    env["load_at_end"] = os.getloadavg()
+    report = render(env, settings, work, figures)
+    print("\n" + report)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"environment": env, "settings": dataclasses.asdict(settings),
+                       "figures": figures, "steps": {k: {x: y for x, y in v.items()
+                                                          if x != "stdout_tail"}
+                                                      for k, v in work.steps.items()}},
+                      handle, indent=1, default=str)
+        say(f"wrote {args.json}")
+    return 0 if all(figures.get("passed", {}).values()) else 1
+
+
+def run_all(work: Work, args) -> dict:
+    from modelgit.demo_store import minilm_dir
+
+    paths = prepare_data(work)
+    base = prepare_base(work, paths, args.model_cache or work.path("models"))
+    adapters = train_adapters(work, base, paths)
+    merged = merge_release(work, base, adapters)
+    scores = evaluate_lms(work, base, adapters, merged, paths["suites"])
+    oracle = oracle_of(scores, adapters)
+    classifiers = train_classifiers(work, minilm_dir(), paths)
+    figures = {"scores": scores, "oracle": oracle, "classifiers": classifiers,
+               "adapters": adapters, "base": base, "merged": merged}
+    return figures
+
+
+def render(env: dict, settings: Settings, work: Work, figures: dict) -> str:
+    s = settings
+    lines = [f"`{env['command']}` on {env['date']}, rev {env['rev']}, {env['cpus']} cores, "
+             f"{env['mem_gb']} GB RAM; load average {env['load_at_start'][0]:.1f} at start, "
+             f"{env['load_at_end'][0]:.1f} at end",
+             f"base {s.base}; {len(COVERED)} covered domains ({', '.join(COVERED)}), uncovered "
+             f"{UNCOVERED}; {s.train} train / {s.heldout} held-out texts per domain of at most "
+             f"{s.max_chars} characters; LoRA rank {s.rank}, {s.steps} steps of {s.batch_size}, "
+             f"max length {s.max_length}, lr {s.lr}",
+             "", "Per-domain perplexity on held-out text (lower is better); in parentheses the "
+             "share of the oracle adapter's gain over the base kept (uncovered domain: change "
+             "against the base)", "",
+             perplexity_table(figures["scores"], figures["oracle"], figures.get("routers_ppl", {}))]
+    cls = figures["classifiers"]
+    lines += ["", "MiniLM classification adapters alone (accuracy on each task's test split)", "",
+              table(["task", "adapter alone"], [[t, f"{c['accuracy']:.3f}"] for t, c in cls.items()])]
+    lines += ["", "Steps (child processes; CPU = user + sys; peak RSS of the process tree)", "",
+              steps_table(work.steps)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
