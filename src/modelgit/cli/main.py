@@ -363,13 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--delete", metavar="NAME", help="delete a ref and its history")
     p.add_argument("--json", action="store_true")
 
-    from . import merge_commands, train_commands, workflow_commands  # (see main: not for git's filter)
+    from . import merge_commands, route_commands, train_commands, workflow_commands  # (see main: not for git's filter)
 
     git_commands.register(sub, _command)
     merge_commands.register(sub, _command)
     train_commands.register(sub, _command)
 
     workflow_commands.register(sub, _command)
+    route_commands.register(sub, _command)
 
     return parser
 

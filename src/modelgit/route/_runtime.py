@@ -1,0 +1,219 @@
+"""The base model of a library with every adapter loaded (PEFT), its tokenizer, and the pieces
+routers read from it: hidden states after a few layers (the forward pass stops there), and the
+inputs of the LoRA target layers.
+
+Truncation: a text longer than the model's context is cut to it, with one warning per call
+(``warnings.warn``) saying how many texts were cut and to what length; never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+
+from ..errors import UsageError
+
+__all__ = ["Runtime", "EarlyExit", "PEFT_BASE"]
+
+#: PEFT's name for "no adapter" in a mixed batch (``adapter_names``)
+PEFT_BASE = "__base__"
+#: contexts above this are taken as "no limit recorded" (tokenizers say 1e30)
+_NO_LIMIT = 1_000_000
+
+
+class EarlyExit(Exception):
+    """Raised by a forward hook to stop a forward pass once what it needs was computed."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A right-padded batch and how many of its texts were truncated."""
+
+    batch: dict
+    truncated: int
+    limit: int
+
+
+class Runtime:
+    """The library's base model (float32, CPU) with all its adapters loaded into one PEFT model
+    under their library names, and the tokenizer.
+
+    Args:
+        library: a :class:`~modelgit.route.library.Library`.
+        task: ``causal_lm`` or ``classification`` (default: from the adapters' task type).
+        max_length: the longest input in tokens (default: the model's context).
+    Raises:
+        UsageError: the base or an adapter cannot be loaded, or adapters of different tasks.
+    """
+
+    def __init__(self, library, task: str | None = None, max_length: int | None = None):
+        from ..adapters.loading import load_model, load_tokenizer, quiet_transformers
+
+        self.library = library
+        self.task = task or _library_task(library)
+        self.tokenizer = load_tokenizer(library.base_dir)
+        base = load_model(library.base_dir, self.task, id2label=_labels(library, self.task),
+                          pad_token_id=self.tokenizer.pad_token_id)
+        with quiet_transformers():
+            self.model = _attach_all(base, library)
+        self.model.eval()
+        self.context = self._context()
+        self.max_length = min(max_length or self.context, self.context)
+        self.layers = _decoder_layers(self.model.get_base_model())
+
+    # ------------------------------------------------------------------ inputs
+    def _context(self) -> int:
+        config = self.model.get_base_model().config
+        limits = [getattr(config, "max_position_embeddings", None),
+                  getattr(self.tokenizer, "model_max_length", None)]
+        limits = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < _NO_LIMIT]
+        return min(limits) if limits else 2048
+
+    def encode(self, texts: list[str], max_length: int | None = None) -> Encoded:
+        """Tokenize ``texts`` into one right-padded batch, each cut to ``max_length`` tokens
+        (default: the model's context)."""
+        limit = min(max_length or self.max_length, self.max_length)
+        full = self.tokenizer(list(texts), truncation=False)["input_ids"]
+        truncated = sum(1 for ids in full if len(ids) > limit)
+        batch = self.tokenizer(list(texts), truncation=True, max_length=limit, padding=True,
+                               return_tensors="pt")
+        batch.pop("token_type_ids", None) if self.task == "causal_lm" else None
+        return Encoded(dict(batch), truncated, limit)
+
+    def warn_truncated(self, encoded: list[Encoded], what: str = "input") -> None:
+        """One warning for every text cut in this call (never an error)."""
+        count = sum(e.truncated for e in encoded)
+        if count:
+            limit = encoded[0].limit
+            warnings.warn(f"{count} {what}(s) longer than {limit} tokens (the model's context) "
+                          f"were truncated to {limit} tokens", UserWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ base passes
+    @contextlib.contextmanager
+    def base_only(self):
+        """Run the base model alone (every adapter off)."""
+        with self.model.disable_adapter():
+            yield
+
+    def hidden_after(self, batch: dict, layers: int):
+        """The hidden states after the first ``layers`` transformer layers (0: the token
+        embeddings), computed by a forward pass of the base that stops there.
+
+        Returns:
+            A float tensor (batch, tokens, hidden).
+        """
+        import torch
+
+        if not 0 <= layers <= len(self.layers):
+            raise UsageError(f"layer {layers} does not exist: the base has {len(self.layers)} "
+                             f"layers (use 0..{len(self.layers)})")
+        module = self.model.get_base_model().get_input_embeddings() if layers == 0 \
+            else self.layers[layers - 1]
+        captured = {}
+
+        def stop(_module, _inputs, output):
+            captured["hidden"] = output[0] if isinstance(output, tuple) else output
+            raise EarlyExit
+
+        handle = module.register_forward_hook(stop)
+        try:
+            with torch.no_grad(), self.base_only(), contextlib.suppress(EarlyExit):
+                self.model(**batch)
+        finally:
+            handle.remove()
+        return captured["hidden"].float()  # (batch, tokens, hidden)
+
+    def run_until(self, batch: dict, layers: int) -> None:
+        """A base forward pass that stops after ``layers`` layers (hooks read what they need)."""
+        import torch
+
+        module = self.layers[max(layers, 1) - 1]
+
+        def stop(_module, _inputs, _output):
+            raise EarlyExit
+
+        handle = module.register_forward_hook(stop)
+        try:
+            with torch.no_grad(), self.base_only(), contextlib.suppress(EarlyExit):
+                self.model(**batch)
+        finally:
+            handle.remove()
+
+    def lora_layers(self):
+        """``(module name, PEFT LoRA layer, layer index)`` of every LoRA target layer; the
+        index is the transformer layer holding it (-1: outside the layers)."""
+        from peft.tuners.lora import LoraLayer
+
+        index = {id(m): i for i, layer in enumerate(self.layers) for m in layer.modules()}
+        return [(name, module, index.get(id(module), -1))
+                for name, module in self.model.get_base_model().named_modules()
+                if isinstance(module, LoraLayer)]
+
+
+def _library_task(library) -> str:
+    from ..merge.lora_config import read_lora_config
+
+    tasks = set()
+    for adapter in library.adapters:
+        config, _ = read_lora_config(adapter.directory)
+        tasks.add("classification" if config.get("task_type") == "SEQ_CLS" else "causal_lm")
+    if len(tasks) > 1:
+        raise UsageError("the library mixes classification and language-model adapters: a router "
+                         "works over adapters of one task; build one library per task")
+    return tasks.pop()
+
+
+def _labels(library, task: str):
+    """The classes of the classification adapters (they must agree: one head size)."""
+    if task != "classification":
+        return None
+    from ..adapters.loading import read_labels
+
+    found = {a.name: read_labels(a.directory) for a in library.adapters}
+    known = {name: labels for name, labels in found.items() if labels}
+    sizes = {len(labels) for labels in known.values()}
+    if len(sizes) > 1:
+        raise UsageError("the classification adapters have heads of different sizes ("
+                         + ", ".join(f"{n}: {len(l)}" for n, l in sorted(known.items()))
+                         + "): one routed model has one head size")
+    return next(iter(known.values())) if known else None
+
+
+def _attach_all(base, library):
+    """A PeftModel with every adapter of the library under its name."""
+    from peft import PeftModel
+
+    model = None
+    for adapter in library.adapters:
+        for file in ("adapter_config.json", "adapter_model.safetensors"):
+            if not os.path.isfile(os.path.join(adapter.directory, file)):
+                raise UsageError(f"adapter {adapter.name!r}: {adapter.directory!r} has no {file} "
+                                 "(pickled adapters are never loaded)")
+        try:
+            if model is None:
+                model = PeftModel.from_pretrained(base, adapter.directory, adapter_name=adapter.name,
+                                                  is_trainable=False)
+            else:
+                model.load_adapter(adapter.directory, adapter_name=adapter.name, is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            from ..adapters.loading import _short
+
+            raise UsageError(f"adapter {adapter.name!r} ({adapter.directory}) does not fit the "
+                             f"base {library.base_dir} ({_short(exc)})") from None
+    return model
+
+
+def _decoder_layers(model) -> list:
+    """The model's transformer layers: the longest ``ModuleList`` whose length is the
+    config's ``num_hidden_layers`` (Llama's ``model.layers``, BERT's ``encoder.layer``...)."""
+    import torch
+
+    count = getattr(model.config, "num_hidden_layers", None)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)
+             and (count is None or len(m) == count)]
+    if not lists:
+        raise UsageError(f"cannot find the transformer layers of this {type(model).__name__}: "
+                         "routers need a model with a list of num_hidden_layers layers")
+    return list(max(lists, key=len))

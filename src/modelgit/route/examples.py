@@ -1,0 +1,168 @@
+"""The ``examples`` router: a few texts per adapter, embedded (see :mod:`.embed`); an input goes
+to the adapter whose examples it is closest to (cosine), by nearest centroid or k nearest
+neighbours.
+
+Embeddings are centred on the mean of all examples before the cosine: hidden states of a
+language model share a large common direction (every text looks alike to a raw cosine), and
+removing it leaves what tells domains apart. Examples of a class named ``base`` (texts no
+adapter should take) send similar inputs to the base model.
+
+The threshold under which an input goes to the base is calibrated on the examples themselves:
+each example's confidence is computed leaving it out (its class centroid or neighbours without
+it), and the threshold is a low quantile of those confidences (default 5%), so that inputs less
+like any adapter's examples than nearly all of them are left to the base.
+
+Tensors of ``router.safetensors``: ``center`` (dim,), and ``centroids`` (classes, dim) or
+``examples`` (n, dim) with ``example_class`` (n,) int64.
+"""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .embed import DEFAULT_EMBEDDER, embed, parse_embedder
+from .library import BASE
+from .router import BuildRequest, Router, RouterSpec, calibrate_threshold, check_settings
+
+__all__ = ["build", "scores", "build_classes", "class_similarity", "METHODS"]
+
+METHODS = ("centroid", "knn")
+#: softmax temperature of soft routing over cosine similarities
+DEFAULT_TEMPERATURE = 0.05
+MIN_EXAMPLES = 2
+
+
+def _normalize(vectors, center):
+    import torch
+
+    return torch.nn.functional.normalize(vectors - center, dim=-1)
+
+
+def build_classes(runtime, classes: dict[str, list[str]], targets: dict[str, str],
+                  request: BuildRequest, kind: str) -> Router:
+    """A router over ``classes`` (name -> example texts), each sending its inputs to
+    ``targets[name]`` (an adapter name or ``base``)."""
+    import torch
+
+    if request.method not in METHODS:
+        raise UsageError(f"unknown method {request.method!r}: use centroid or knn")
+    embedder = request.embedder or DEFAULT_EMBEDDER
+    parse_embedder(embedder)
+    names = list(classes)
+    thin = [n for n in names if len(classes[n]) < MIN_EXAMPLES]
+    if thin:
+        raise UsageError(f"class(es) {', '.join(thin)} have fewer than {MIN_EXAMPLES} example "
+                         "texts: give a few (5-50) per adapter")
+    texts = [t for n in names for t in classes[n]]
+    labels = torch.tensor([i for i, n in enumerate(names) for _ in classes[n]])  # (n,)
+    vectors = embed(embedder, runtime, texts, request.route_tokens)  # (n, dim)
+    center = vectors.mean(0)  # (dim,)
+    unit = _normalize(vectors, center)
+    tensors = {"center": center.contiguous()}
+    if request.method == "centroid":
+        tensors["centroids"] = torch.stack([unit[labels == i].mean(0) for i in range(len(names))])
+    else:
+        tensors.update(examples=unit.contiguous(), example_class=labels.to(torch.int64))
+    spec = RouterSpec(kind=kind, mode=request.mode, top_k=request.top_k, threshold=None,
+                      temperature=request.temperature or DEFAULT_TEMPERATURE, embedder=embedder,
+                      base_fingerprint=runtime.library.base_fingerprint,
+                      adapters=tuple((a.name, a.adapter_id) for a in runtime.library.adapters),
+                      classes=tuple((n, targets[n]) for n in names),
+                      settings={"method": request.method, "k": request.k,
+                                "route_tokens": request.route_tokens})
+    check_settings(spec.mode, spec.top_k, spec.temperature, len(spec.adapters))
+    router = Router(spec, tensors)
+    threshold = request.threshold
+    if threshold == "auto":
+        own = _leave_one_out(unit, labels, spec)
+        keep = torch.tensor([targets[names[int(i)]] != BASE for i in labels])
+        threshold = calibrate_threshold(own[keep], request.calibration_quantile) \
+            if bool(keep.any()) else None
+        spec.settings["calibration"] = {"quantile": request.calibration_quantile,
+                                        "examples": int(keep.sum())}
+    return Router(spec.with_overrides(threshold=threshold), tensors)
+
+
+def _leave_one_out(unit, labels, spec: RouterSpec):
+    """Each example's confidence (best class similarity) with itself left out."""
+    import torch
+
+    sims = unit @ unit.T  # (n, n)
+    sims.fill_diagonal_(float("-inf"))
+    count = len(spec.classes)
+    out = torch.empty(len(labels))
+    for row in range(len(labels)):
+        best = float("-inf")
+        for cls in range(count):
+            others = sims[row, labels == cls]
+            others = others[torch.isfinite(others)]
+            if others.numel() == 0:
+                continue
+            if spec.settings["method"] == "knn":
+                value = torch.topk(others, min(spec.settings["k"], others.numel())).values.mean()
+            else:  # similarity to the centroid of the others: mean of unit vectors, normalised
+                members = unit[(labels == cls) & (torch.arange(len(labels)) != row)]
+                value = unit[row] @ torch.nn.functional.normalize(members.mean(0), dim=0)
+            best = max(best, float(value))
+        out[row] = best
+    return out
+
+
+def class_similarity(router: Router, vectors):
+    """(inputs, classes) cosine similarities of embeddings to each class."""
+    import torch
+
+    unit = _normalize(vectors, router.tensors["center"])  # (b, dim)
+    spec = router.spec
+    if spec.settings.get("method", "centroid") == "centroid":
+        centroids = torch.nn.functional.normalize(router.tensors["centroids"], dim=-1)
+        return unit @ centroids.T  # (b, classes)
+    sims = unit @ router.tensors["examples"].T  # (b, n)
+    owner = router.tensors["example_class"]
+    out = torch.full((unit.shape[0], len(spec.classes)), float("-inf"))
+    for cls in range(len(spec.classes)):
+        members = sims[:, owner == cls]
+        if members.shape[1]:
+            k = min(int(spec.settings.get("k", 5)), members.shape[1])
+            out[:, cls] = torch.topk(members, k, dim=1).values.mean(1)
+    return out
+
+
+def target_scores(router: Router, class_sims):
+    """(inputs, targets) scores: each target's best class similarity (-inf: no class)."""
+    import torch
+
+    targets = router.spec.targets
+    out = torch.full((class_sims.shape[0], len(targets)), float("-inf"))
+    for cls, (_, target) in enumerate(router.spec.classes):
+        column = targets.index(target)
+        out[:, column] = torch.maximum(out[:, column], class_sims[:, cls])
+    return out
+
+
+def scores(router: Router, runtime, texts: list[str]):
+    """See :mod:`.router`: per-target cosine similarity of each text."""
+    vectors = embed(router.spec.embedder, runtime, texts,
+                    int(router.spec.settings.get("route_tokens", 128)))
+    return target_scores(router, class_similarity(router, vectors))
+
+
+def build(runtime, request: BuildRequest) -> Router:
+    """An examples router: ``request.examples`` maps each adapter name (or ``base``) to texts.
+
+    Raises:
+        UsageError: no examples, an example class that names no adapter of the library (with
+            the closest name), an adapter without examples, too few texts.
+    """
+    library = runtime.library
+    if not request.examples:
+        raise UsageError("the examples router needs example texts: --examples NAME=FILE for "
+                         "each adapter (a text per line, or JSONL with a \"text\" field)")
+    for name in request.examples:
+        if name != BASE:
+            library.get(name)  # UsageError naming the closest adapter
+    missing = [a for a in library.names if a not in request.examples]
+    if missing:
+        raise UsageError(f"no examples for adapter(s) {', '.join(missing)}: every adapter needs "
+                         "a few (--examples NAME=FILE), or leave it out of the library")
+    targets = {name: name for name in request.examples}
+    return build_classes(runtime, dict(request.examples), targets, request, "examples")
