@@ -59,8 +59,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import merge as measuring  # noqa: E402  (benchmarks/merge.py: run_measured, TreeSampler)
 
-COVERED = ("python", "debian", "manpages", "c", "shell")
-UNCOVERED = "licenses"
+COVERED = ["python", "debian", "manpages", "shell"]  # --covered; any of demo_data.ALL_DOMAINS
+UNCOVERED = "licenses"  # --uncovered
 TASKS = ("mansection", "language")
 TARGET_KEEP = 0.95  # best router keeps >= 95% of the oracle adapter's gain on every domain
 TARGET_UNCOVERED_LOSS = 0.01  # <= 1% worse than the base on a domain no adapter covers
@@ -89,13 +89,28 @@ class Settings:
     seed: int = 0
 
 
-# FULL follows modelgit demo's FULL settings (demo.py), with 48 held-out texts per domain
-FULL = Settings(base="smollm2", train=200, heldout=48, validation=12, max_chars=700, steps=40,
+# FULL: modelgit demo's FULL settings (demo.py)
+FULL = Settings(base="smollm2", train=200, heldout=24, validation=12, max_chars=700, steps=40,
                 batch_size=4, max_length=128, lr=5e-4, rank=8, task_train=60, task_test=40,
                 task_steps=60, task_lr=1e-3, task_max_length=128)
 QUICK = Settings(base="tiny", train=160, heldout=16, validation=8, max_chars=300, steps=60,
                  batch_size=8, max_length=64, lr=3e-3, rank=8, task_train=16, task_test=10,
                  task_steps=20, task_lr=2e-3, task_max_length=64)
+
+
+# what each kind of step depends on (its cache key)
+DATA_FIELDS = ("train", "heldout", "validation", "max_chars", "seed", "task_train", "task_test")
+TRAIN_FIELDS = ("base", "train", "max_chars", "seed", "steps", "batch_size", "max_length", "lr",
+                "rank")
+EVAL_FIELDS = (*TRAIN_FIELDS, "heldout", "validation")
+TASK_FIELDS = ("task_train", "task_test", "max_chars", "seed", "task_steps", "task_lr",
+               "task_max_length", "rank")
+
+
+def domains_key() -> str:
+    """Which domains are covered and which is not: part of the key of every step that reads
+    more than one domain."""
+    return ",".join(COVERED) + "|" + UNCOVERED
 
 
 def say(text: str) -> None:
@@ -109,8 +124,6 @@ class Work:
     def __init__(self, root: str, settings: Settings):
         self.root = root
         self.settings = settings
-        self.signature = hashlib.sha256(json.dumps(dataclasses.asdict(settings),
-                                                   sort_keys=True).encode()).hexdigest()[:16]
         self.steps: dict[str, dict] = {}  # name -> measured run (this run or cached)
         for sub in ("steps", "logs", "data", "adapters", "evals"):
             os.makedirs(self.path(sub), exist_ok=True)
@@ -118,25 +131,32 @@ class Work:
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
-    def cached(self, name: str) -> dict | None:
+    def key(self, *fields: str, extra: str = "") -> str:
+        """The cache key of a step that depends on these settings (and on ``extra``): a
+        step is done again only when something it depends on changed."""
+        values = {f: getattr(self.settings, f) for f in sorted(set(fields))}
+        return hashlib.sha256(json.dumps([values, extra], sort_keys=True).encode()).hexdigest()[:16]
+
+    def cached(self, name: str, key: str) -> dict | None:
         try:
             with open(self.path("steps", f"{name}.json"), encoding="utf-8") as handle:
                 record = json.load(handle)
         except (OSError, ValueError):
             return None
-        return record if record.get("signature") == self.signature else None
+        return record if record.get("signature") == key else None
 
-    def record(self, name: str, record: dict) -> dict:
-        record = {**record, "signature": self.signature}
+    def record(self, name: str, record: dict, key: str) -> dict:
+        record = {**record, "signature": key}
         path = self.path("steps", f"{name}.json")
         with open(path + ".tmp", "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=1, sort_keys=True, default=str)
         os.replace(path + ".tmp", path)  # a step is done only once its record is whole
         return record
 
-    def run(self, name: str, argv: list[str], output: str | None = None) -> dict:
-        """Run one measured command, unless its record says it is done (then the record)."""
-        done = self.cached(name)
+    def run(self, name: str, argv: list[str], key: str, output: str | None = None) -> dict:
+        """Run one measured command, unless its record under ``key`` (:meth:`key`) says it is
+        done (then the record)."""
+        done = self.cached(name, key)
         if done is not None and (output is None or os.path.exists(output)):
             self.steps[name] = {**done, "cached": True}
             return self.steps[name]
@@ -151,7 +171,7 @@ class Work:
             result["stdout_tail"] = handle.read()[-200000:]
         say(f"{name}: {result['wall_s']:.0f} s wall, {result['user_s'] + result['sys_s']:.0f} CPU-s, "
             f"peak {result['peak_rss_mb']:.0f} MB")
-        self.steps[name] = self.record(name, result)
+        self.steps[name] = self.record(name, result, key)
         return self.steps[name]
 
 
@@ -160,13 +180,16 @@ def modelgit(*args: str) -> list[str]:
 
 
 def json_of(run: dict) -> object:
-    """The JSON document a ``--json`` command printed (the last one in its log)."""
-    text = run["stdout_tail"]
-    for start in [i for i, ch in enumerate(text) if ch in "[{" and (i == 0 or text[i - 1] == "\n")][::-1]:
+    """The JSON document a ``--json`` command printed (the first that parses, from a line start;
+    progress lines on stderr may come before and after it)."""
+    text, decoder = run["stdout_tail"], json.JSONDecoder()
+    for start in [i for i, ch in enumerate(text) if ch in "[{" and (i == 0 or text[i - 1] == "\n")]:
         try:
-            return json.loads(text[start:])
+            value, _end = decoder.raw_decode(text, start)
         except ValueError:
             continue
+        if isinstance(value, (dict, list)) and value:
+            return value
     raise RuntimeError(f"no JSON output in the log of {' '.join(run['argv'][:6])}")
 
 
@@ -177,7 +200,8 @@ def prepare_data(work: Work) -> dict:
     from modelgit.demo_tasks import write_task_splits
 
     s = work.settings
-    done = work.cached("data")
+    key = work.key(*DATA_FIELDS, extra=domains_key())
+    done = work.cached("data", key)
     if done is not None:
         work.steps["data"] = {**done, "cached": True}
         return done["paths"]
@@ -192,7 +216,7 @@ def prepare_data(work: Work) -> dict:
     paths = {"domains": splits, "tasks": tasks, "suites": suites}
     record = {"paths": paths, "wall_s": time.perf_counter() - t0,
               "user_s": time.process_time() - c0, "sys_s": 0.0, "peak_rss_mb": None}
-    work.steps["data"] = work.record("data", record)
+    work.steps["data"] = work.record("data", record, key)
     return paths
 
 
@@ -213,14 +237,15 @@ def prepare_base(work: Work, paths: dict, model_cache: str) -> str:
     if work.settings.base == "smollm2":
         code = ("from modelgit.smollm2 import prepare_smollm2; "
                 f"print(prepare_smollm2(cache_dir={model_cache!r}, progress=False))")
-        run = work.run("base", [sys.executable, "-c", code])
+        run = work.run("base", [sys.executable, "-c", code], work.key("base", extra=model_cache))
         return run["stdout_tail"].strip().splitlines()[-1]
     out = work.path("tiny-base")
     files = [f[split] for f in paths["domains"].values() for split in f]
     code = ("import json, sys; from modelgit.adapters.tiny import tiny_causal_lm; "
             "texts = [json.loads(l)['text'] for p in sys.argv[2:] for l in open(p)]; "
             "print(tiny_causal_lm(sys.argv[1], texts, seed=0, hidden=64, layers=2))")
-    work.run("base", [sys.executable, "-c", code, out, *files], output=out)
+    work.run("base", [sys.executable, "-c", code, out, *files], work.key(*DATA_FIELDS, "base", extra=domains_key()),
+             output=out)
     return out
 
 
@@ -234,7 +259,7 @@ def train_adapters(work: Work, base: str, paths: dict) -> dict[str, str]:
             "--task", "causal_lm", "--rank", str(s.rank), "--alpha", str(2.0 * s.rank),
             "--steps", str(s.steps), "--batch-size", str(s.batch_size),
             "--max-length", str(s.max_length), "--lr", str(s.lr), "--seed", str(s.seed),
-            "--json"), output=out)
+            "--json"), work.key(*TRAIN_FIELDS), output=out)
         adapters[domain] = out
     return adapters
 
@@ -250,7 +275,8 @@ def merge_release(work: Work, base: str, adapters: dict[str, str]) -> str:
     with open(recipe_path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(recipe, handle, sort_keys=False)
     out = work.path("merged")
-    work.run("merge", modelgit("merge", recipe_path, "-o", out, "--json"), output=out)
+    work.run("merge", modelgit("merge", recipe_path, "-o", out, "--json"),
+             work.key(*TRAIN_FIELDS, extra=domains_key()), output=out)
     return out
 
 
@@ -263,7 +289,8 @@ def evaluate_lms(work: Work, base: str, adapters: dict[str, str], merged: str,
     for label, (model_dir, adapter) in models.items():
         extra = ["--adapter", adapter] if adapter else []
         run = work.run(f"eval-{label.lstrip('+')}{'-adapter' if adapter else ''}",
-                       modelgit("eval", model_dir, *extra, "--suites", suites, "--json"))
+                       modelgit("eval", model_dir, *extra, "--suites", suites, "--json"),
+                       work.key(*EVAL_FIELDS, extra=domains_key()))
         scores[label] = {r["suite"]: suite_figures(r) for r in json_of(run)}
     return scores
 
@@ -285,11 +312,11 @@ def train_classifiers(work: Work, minilm: str, paths: dict) -> dict[str, dict]:
             "train", minilm, "--data", split["train"], "-o", adapter, "--task", "classification",
             "--rank", str(s.rank), "--alpha", str(2.0 * s.rank), "--steps", str(s.task_steps),
             "--batch-size", "8", "--max-length", str(s.task_max_length), "--lr", str(s.task_lr),
-            "--seed", str(s.seed), "--json"), output=adapter)
+            "--seed", str(s.seed), "--json"), work.key(*TASK_FIELDS), output=adapter)
         run = work.run(f"eval-cls-{task}", modelgit(
             "eval", minilm, "--adapter", adapter, "--data", split["test"], "--task",
             "classification", "--metric", "accuracy", "--max-length", str(s.task_max_length),
-            "--json"))
+            "--json"), work.key(*TASK_FIELDS))
         [result] = json_of(run)
         out[task] = {"adapter": adapter, "accuracy": result["value"], "test": split["test"]}
     return out
@@ -304,6 +331,104 @@ def oracle_of(scores: dict, adapters: dict) -> dict[str, str]:
 def kept_gain(base: float, oracle: float, value: float) -> float | None:
     """Share of the oracle's perplexity gain over the base that ``value`` keeps."""
     return (base - value) / (base - oracle) if base > oracle else None
+
+
+# ============================================================================ part 3: routers
+def route_code_key() -> str:
+    """A hash of the routing code: routers are built and evaluated again when it changes."""
+    digest = hashlib.sha256()
+    folder = os.path.join(REPO, "src", "modelgit", "route")
+    for path in sorted([os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".py")]
+                       + [os.path.join(REPO, "src", "modelgit", "cli", "route_commands.py")]):
+        with open(path, "rb") as handle:
+            digest.update(path.encode() + b"\0" + handle.read())
+    return "-route-" + digest.hexdigest()[:12]
+
+
+def router_specs(paths: dict, scores_file: str) -> dict[str, list[str]]:
+    """``{label: route build arguments}``: each kind, each embedder. Examples are the covered
+    domains' validation texts (the maintainer's suites' validation data); the uncovered domain
+    is never shown to a router."""
+    examples = [a for d in COVERED for a in ("--examples", f"{d}={paths['domains'][d]['validation']}")]
+    suites = [a for d in COVERED for a in ("--suite", d)]
+    return {
+        "arrow": ["--kind", "arrow"],  # data-free: no threshold (nothing to calibrate it on)
+        "arrow-calibrated": ["--kind", "arrow", *examples],  # examples only set the threshold
+        "examples-base": ["--kind", "examples", "--embedder", "base:2", *examples],
+        "examples-minilm": ["--kind", "examples", "--embedder", "minilm", *examples],
+        "reviews": ["--kind", "reviews", "--suites", paths["suites"], *suites,
+                    "--scores", scores_file],
+    }
+
+
+def review_scores(work: Work, scores: dict) -> str:
+    """What a review records, from the ``modelgit eval`` results: ``{adapter: {suite: {"base",
+    "adapter"}}}`` on the covered suites (the uncovered suite stays unknown to the routers)."""
+    path = work.path("adapters", "review-scores.json")
+    data = {d: {suite: {"base": scores["base"][suite]["perplexity"],
+                        "adapter": scores[f"+{d}"][suite]["perplexity"]} for suite in COVERED}
+            for d in COVERED}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+    return path
+
+
+def build_routers(work: Work, base: str, adapters: dict, paths: dict, scores: dict) -> dict[str, str]:
+    key = work.key(*EVAL_FIELDS, extra=domains_key() + route_code_key())
+    library = [a for d, path in adapters.items() for a in ("--adapter", f"{d}={path}")]
+    built = {}
+    for label, extra in router_specs(paths, review_scores(work, scores)).items():
+        out = work.path("routers", label)
+        work.run(f"route-build-{label}", modelgit("route", "build", "--base", base, *library,
+                                                  *extra, "-o", out, "--force", "--json"),
+                 key, output=out)
+        built[label] = out
+    return built
+
+
+def evaluate_routers(work: Work, routers: dict[str, str], merged: str, suites: str) -> dict:
+    """``modelgit route eval`` of every router, hard and soft, beside base, adapters, oracle and
+    the merged release: its JSON report."""
+    run = work.run("route-eval", modelgit("route", "eval", *routers.values(), "--suites", suites,
+                                          "--merged", merged, "--mode", "both", "--json"),
+                   work.key(*EVAL_FIELDS, extra=domains_key() + route_code_key()))
+    return json_of(run)
+
+
+def targets_of(row: dict) -> dict[str, bool]:
+    """The issue's three targets for one router row."""
+    cost = row["cost"].get("ratio")
+    return {f"keeps >= {TARGET_KEEP:.0%} of the oracle gain on every covered domain":
+                row["min_kept"] is not None and row["min_kept"] >= TARGET_KEEP,
+            f"loses <= {TARGET_UNCOVERED_LOSS:.0%} against the base on {UNCOVERED} (uncovered)":
+                row["uncovered_loss"] is not None and row["uncovered_loss"] <= TARGET_UNCOVERED_LOSS,
+            f"costs <= {TARGET_OVERHEAD:.0%} of the base forward per input":
+                cost is not None and cost <= TARGET_OVERHEAD}
+
+
+def router_figures(report: dict) -> dict:
+    """Per router row: perplexity, gain kept against the benchmark's oracle (best adapter),
+    accuracy against the oracle, and the pass/fail of the issue's targets."""
+    suites = {s["suite"]: s for s in report["suites"]}
+    rows = [r for r in next(iter(suites.values()))["values"] if r.startswith("router ")]
+    out = {}
+    for row in rows:
+        label = row.split(" ")[1]
+        per = {}
+        for name, s in suites.items():
+            values = s["values"]
+            adapters = {k: v for k, v in values.items() if k.startswith("adapter ")}
+            best = min(adapters.values())
+            per[name] = {"perplexity": values[row],
+                         "kept": kept_gain(values["base"], best, values[row]),
+                         "vs_base": values[row] / values["base"] - 1,
+                         "accuracy": s["routing_accuracy"][row], "chosen": s["chosen"][row],
+                         "oracle": s["oracle"]}
+        covered = [per[d]["kept"] for d in COVERED if per[d]["kept"] is not None]
+        out[row] = {"domains": per, "cost": report["cost"].get(label, {}),
+                    "min_kept": min(covered) if covered else None,
+                    "uncovered_loss": per[UNCOVERED]["vs_base"] if UNCOVERED in per else None}
+    return out
 
 
 # ============================================================================ report
@@ -381,10 +506,19 @@ def main(argv=None) -> int:
     parser.add_argument("--model-cache", help="where SmolLM2 is converted once (default: "
                         "WORKDIR/models)")
     parser.add_argument("--json", help="write every figure to this file")
+    parser.add_argument("--covered", default=",".join(COVERED),
+                        help=f"domains with an adapter (default {','.join(COVERED)})")
+    parser.add_argument("--uncovered", default=UNCOVERED,
+                        help=f"a domain no adapter covers (default {UNCOVERED})")
     parser.add_argument("--no-wait", action="store_true",
                         help="do not wait for benchmarks/git.py or store.py to finish")
     args = parser.parse_args(argv)
     measuring.WAIT_FOR_OTHERS = not args.no_wait
+    global COVERED, UNCOVERED
+    COVERED, UNCOVERED = [d for d in args.covered.split(",") if d], args.uncovered
+    if UNCOVERED in COVERED or len(COVERED) < 2:
+        parser.error(f"--covered {args.covered} / --uncovered {args.uncovered}: give two or more "
+                     "covered domains and an uncovered one that is not among them")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that a temporary directory goes
     settings = QUICK if args.quick else FULL
     env = environment(args)
@@ -424,30 +558,85 @@ def run_all(work: Work, args) -> dict:
     scores = evaluate_lms(work, base, adapters, merged, paths["suites"])
     oracle = oracle_of(scores, adapters)
     classifiers = train_classifiers(work, minilm_dir(), paths)
-    figures = {"scores": scores, "oracle": oracle, "classifiers": classifiers,
-               "adapters": adapters, "base": base, "merged": merged}
-    return figures
+    routers = build_routers(work, base, adapters, paths, scores)
+    report = evaluate_routers(work, routers, merged, paths["suites"])
+    rows = router_figures(report)
+    checks = {row: targets_of(r) for row, r in rows.items()}
+    # the best router: the most targets met, then the largest smallest kept gain
+    best = max(rows, key=lambda r: (sum(checks[r].values()), rows[r]["min_kept"] or -1e9))
+    passed = {f"best router ({best.removeprefix('router ')}): {name}": ok
+              for name, ok in checks[best].items()}
+    return {"scores": scores, "oracle": oracle, "classifiers": classifiers, "adapters": adapters,
+            "base": base, "merged": merged, "routers": rows, "route_report": report,
+            "best_router": best, "passed": passed}
 
 
 def render(env: dict, settings: Settings, work: Work, figures: dict) -> str:
     s = settings
+    routers = figures["routers"]
+    ppl_rows = {row.removeprefix("router "): {d: v["perplexity"] for d, v in r["domains"].items()}
+                for row, r in routers.items()}
     lines = [f"`{env['command']}` on {env['date']}, rev {env['rev']}, {env['cpus']} cores, "
              f"{env['mem_gb']} GB RAM; load average {env['load_at_start'][0]:.1f} at start, "
              f"{env['load_at_end'][0]:.1f} at end",
-             f"base {s.base}; {len(COVERED)} covered domains ({', '.join(COVERED)}), uncovered "
-             f"{UNCOVERED}; {s.train} train / {s.heldout} held-out texts per domain of at most "
-             f"{s.max_chars} characters; LoRA rank {s.rank}, {s.steps} steps of {s.batch_size}, "
-             f"max length {s.max_length}, lr {s.lr}",
+             "",
+             f"Base {s.base}; {len(COVERED)} covered domains ({', '.join(COVERED)}), uncovered "
+             f"{UNCOVERED}; {s.train} train / {s.heldout} held-out / {s.validation} validation "
+             f"texts per domain of at most {s.max_chars} characters; LoRA rank {s.rank}, "
+             f"{s.steps} steps of {s.batch_size}, max length {s.max_length}, lr {s.lr}. Router "
+             "examples: the covered domains' validation texts.",
              "", "Per-domain perplexity on held-out text (lower is better); in parentheses the "
              "share of the oracle adapter's gain over the base kept (uncovered domain: change "
-             "against the base)", "",
-             perplexity_table(figures["scores"], figures["oracle"], figures.get("routers_ppl", {}))]
+             "against the base). Adapters, base and release: `modelgit eval`; routers: "
+             "`modelgit route eval`.", "",
+             perplexity_table(figures["scores"], figures["oracle"], ppl_rows),
+             "", "Routers: the smallest share of the oracle gain kept over the covered domains, "
+             "routing accuracy against the oracle (decisions equal to the best adapter of the "
+             "domain; uncovered: the best of base and adapters), the uncovered domain's change "
+             "against the base, and the router's CPU time per input over the base forward's "
+             "(each input alone)", "", router_table(routers, figures["route_report"])]
+    lines += ["", "Targets (issue 13)", "",
+              table(["target", "result"], [[k, "PASS" if v else "FAIL"]
+                                           for k, v in figures["passed"].items()])]
+    lines += ["", check_line(figures)]
     cls = figures["classifiers"]
     lines += ["", "MiniLM classification adapters alone (accuracy on each task's test split)", "",
               table(["task", "adapter alone"], [[t, f"{c['accuracy']:.3f}"] for t, c in cls.items()])]
     lines += ["", "Steps (child processes; CPU = user + sys; peak RSS of the process tree)", "",
               steps_table(work.steps)]
     return "\n".join(lines)
+
+
+def router_table(routers: dict, report: dict) -> str:
+    rows = []
+    for row, r in routers.items():
+        per = r["domains"]
+        accuracy = " ".join(f"{per[d]['accuracy']:.0%}" for d in per)
+        cost = r["cost"].get("ratio")
+        chosen = per.get(UNCOVERED, {}).get("chosen", {})
+        rows.append([row.removeprefix("router "),
+                     f"{r['min_kept']:.0%}" if r["min_kept"] is not None else "-", accuracy,
+                     f"{r['uncovered_loss']:+.1%}" if r["uncovered_loss"] is not None else "-",
+                     ", ".join(f"{k} {v}" for k, v in sorted(chosen.items(), key=lambda x: -x[1])),
+                     f"{cost:.1%}" if cost is not None else "-"])
+    domains = " ".join(s["suite"] for s in report["suites"])
+    return table(["router", "min kept (covered)", f"accuracy ({domains})",
+                  f"{UNCOVERED} vs base", f"{UNCOVERED} sent to", "CPU / base forward"], rows)
+
+
+def check_line(figures: dict) -> str:
+    """``modelgit eval`` and ``route eval`` compute the same perplexities: their largest gap."""
+    gaps = []
+    for s in figures["route_report"]["suites"]:
+        values = s["values"]
+        pairs = [("base", "base"), ("release", "merged"),
+                 *[(f"+{d}", f"adapter {d}") for d in COVERED]]
+        for ours, theirs in pairs:
+            if theirs in values:
+                a = figures["scores"][ours][s["suite"]]["perplexity"]
+                gaps.append(abs(values[theirs] / a - 1))
+    return (f"Cross-check: `modelgit eval` and `modelgit route eval` agree on base, adapters and "
+            f"release within {max(gaps):.2e} (relative) over {len(gaps)} values.")
 
 
 if __name__ == "__main__":
