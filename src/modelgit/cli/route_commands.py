@@ -215,7 +215,7 @@ def register(sub, command) -> None:
     b.add_argument("--threshold", metavar="T|auto|none", help="confidence under which an input "
                    "goes to the base (default auto: calibrated on the examples; none without them)")
     b.add_argument("--temperature", type=float, help="softmax temperature of soft weights")
-    b.add_argument("--embedder", help="examples/reviews: base:LAYER (default base:2) or minilm")
+    b.add_argument("--embedder", help="examples/reviews: base:LAYER (default base:1) or minilm")
     b.add_argument("--method", choices=["centroid", "knn"], default="centroid")
     b.add_argument("--k", type=int, default=5, help="neighbours of --method knn (default 5)")
     b.add_argument("--layers", type=int, help="arrow: layers read (default a tenth of the base's)")

@@ -157,7 +157,7 @@ def raw_scores(router: Router, runtime, texts: list[str]):
     fits = []
     for start in range(0, len(texts), 16):
         batch = runtime.encode(texts[start:start + 16],
-                               int(router.spec.settings.get("route_tokens", 128))).batch
+                               int(router.spec.settings.get("route_tokens", 128)), count=False).batch
         fits.append(_fits(router, runtime, batch))
     fits = torch.cat(fits) if fits else torch.zeros((0, len(router.spec.adapters)))
     relative = fits / fits.mean(1, keepdim=True).clamp(min=1e-12) - 1.0  # (b, E)

@@ -3,7 +3,7 @@
 PEFT runs one adapter per input (``adapter_names``, used for hard routing) or a fixed weighted
 combination for every input (``add_weighted_adapter``, a new adapter); it has no per-input mixing
 weights. :class:`SoftMixer` adds them: while it is active, PEFT's own LoRA path is switched off
-(``disable_adapter``) and each LoRA target layer's base output gets
+(as ``disable_adapter`` does) and each LoRA target layer's base output gets
 
     Σ_k w[b, k] · scale_k · B_k(A_k x[b])
 
@@ -43,7 +43,7 @@ class SoftMixer:
                 handles.append(layer.base_layer.register_forward_hook(
                     self._hook(layer, present, weights)))
         try:
-            with self.runtime.model.disable_adapter():
+            with self.runtime.base_only():
                 yield
         finally:
             for handle in handles:
