@@ -61,7 +61,9 @@ import merge as measuring  # noqa: E402  (benchmarks/merge.py: run_measured, Tre
 
 COVERED = ["python", "debian", "manpages", "shell"]  # --covered; any of demo_data.ALL_DOMAINS
 UNCOVERED = "licenses"  # --uncovered
-TASKS = ("mansection", "language")
+# Classification tasks and their labels: the same number of classes per task, written as class
+# indices, because one routed classifier has one head size (see "Requests from benchmark" 1).
+TASKS = {"mansection": ("1", "3", "5", "8"), "language": ("c", "perl", "python", "shell")}
 TARGET_KEEP = 0.95  # best router keeps >= 95% of the oracle adapter's gain on every domain
 TARGET_UNCOVERED_LOSS = 0.01  # <= 1% worse than the base on a domain no adapter covers
 TARGET_OVERHEAD = 0.10  # router CPU per input <= 10% of the base forward pass
@@ -162,7 +164,8 @@ class Work:
             return self.steps[name]
         if output and os.path.exists(output):
             shutil.rmtree(output) if os.path.isdir(output) else os.remove(output)
-        say(f"{name}: {' '.join(os.path.basename(a) if os.path.isabs(a) else a for a in argv[2:8])} ...")
+        shown = " ".join(os.path.basename(a) if os.path.isabs(a) else a for a in argv[2:8])
+        say(f"{name}: {shown[:100]} ...")
         log = self.path("logs", f"{name}.log")
         if os.path.exists(log):
             os.remove(log)
@@ -200,7 +203,7 @@ def prepare_data(work: Work) -> dict:
     from modelgit.demo_tasks import write_task_splits
 
     s = work.settings
-    key = work.key(*DATA_FIELDS, extra=domains_key())
+    key = work.key(*DATA_FIELDS, extra=domains_key() + json.dumps(TASKS, sort_keys=True))
     done = work.cached("data", key)
     if done is not None:
         work.steps["data"] = {**done, "cached": True}
@@ -210,14 +213,39 @@ def prepare_data(work: Work) -> dict:
     splits = write_domain_splits(work.path("data"), s.train, s.heldout, s.validation, s.max_chars,
                                  s.seed, domains=(*COVERED, UNCOVERED))
     tasks = {task: write_task_splits(work.path("data", "tasks"), task, s.task_train, s.task_test,
-                                     s.max_chars, s.seed) for task in TASKS}
+                                     s.max_chars, s.seed, labels) for task, labels in TASKS.items()}
+    for task, files in tasks.items():
+        index_labels(files, TASKS[task])
+    write_task_suites(work.path("data", "task-suites.yaml"), tasks, s)
     suites = work.path("data", "suites.yaml")
     write_suites(suites, splits, s)
-    paths = {"domains": splits, "tasks": tasks, "suites": suites}
+    paths = {"domains": splits, "tasks": tasks, "suites": suites,
+             "task_suites": work.path("data", "task-suites.yaml")}
     record = {"paths": paths, "wall_s": time.perf_counter() - t0,
               "user_s": time.process_time() - c0, "sys_s": 0.0, "peak_rss_mb": None}
     work.steps["data"] = work.record("data", record, key)
     return paths
+
+
+def index_labels(files: dict[str, str], labels: tuple[str, ...]) -> None:
+    """Rewrite a task's splits with class indices (sorted label order) instead of names."""
+    index = {label: i for i, label in enumerate(sorted(labels))}
+    for path in files.values():
+        with open(path, encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle]
+        with open(path, "w", encoding="utf-8") as handle:
+            for r in records:
+                handle.write(json.dumps({"text": r["text"], "label": index[r["label"]],
+                                         "name": r["label"]}, ensure_ascii=False) + "\n")
+
+
+def write_task_suites(path: str, tasks: dict, s: Settings) -> None:
+    import yaml
+
+    suites = [{"name": t, "data": f["test"], "task": "classification", "metric": "accuracy",
+               "max_length": s.task_max_length, "batch_size": 16} for t, f in tasks.items()]
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump({"suites": suites}, handle, sort_keys=False)
 
 
 def write_suites(path: str, splits: dict, s: Settings) -> None:
@@ -354,7 +382,7 @@ def router_specs(paths: dict, scores_file: str) -> dict[str, list[str]]:
     return {
         "arrow": ["--kind", "arrow"],  # data-free: no threshold (nothing to calibrate it on)
         "arrow-calibrated": ["--kind", "arrow", *examples],  # examples only set the threshold
-        "examples-base": ["--kind", "examples", "--embedder", "base:2", *examples],
+        "examples-base": ["--kind", "examples", "--embedder", "base:1", *examples],
         "examples-minilm": ["--kind", "examples", "--embedder", "minilm", *examples],
         "reviews": ["--kind", "reviews", "--suites", paths["suites"], *suites,
                     "--scores", scores_file],
@@ -431,6 +459,34 @@ def router_figures(report: dict) -> dict:
     return out
 
 
+def route_classifiers(work: Work, minilm: str, classifiers: dict, paths: dict) -> dict:
+    """Routers over the two classification adapters on MiniLM (arrow; examples: twelve
+    training texts of each task), hard routing, ``modelgit route eval`` on both test splits."""
+    key = work.key(*TASK_FIELDS, extra=route_code_key())
+    library = [a for t, c in classifiers.items() for a in ("--adapter", f"{t}={c['adapter']}")]
+    examples = []
+    for task in TASKS:
+        path = work.path("data", "tasks", task, "examples.jsonl")
+        with open(paths["tasks"][task]["train"], encoding="utf-8") as source, \
+                open(path, "w", encoding="utf-8") as handle:
+            handle.writelines(source.readlines()[:12])
+        examples += ["--examples", f"{task}={path}"]
+    specs = {"arrow": ["--kind", "arrow"],
+             "examples-base": ["--kind", "examples", "--embedder", "base:1", *examples],
+             "examples-minilm": ["--kind", "examples", "--embedder", "minilm", *examples]}
+    dirs = []
+    for label, extra in specs.items():
+        out = work.path("routers", f"cls-{label}")
+        work.run(f"route-build-cls-{label}", modelgit(
+            "route", "build", "--base", minilm, *library, *extra, "--threshold", "none", "-o", out,
+            "--force", "--json"), key, output=out)
+        dirs.append(out)
+    run = work.run("route-eval-cls", modelgit("route", "eval", *dirs, "--suites",
+                                              paths["task_suites"], "--mode", "hard", "--json"),
+                   key)
+    return json_of(run)
+
+
 # ============================================================================ report
 def environment(args) -> dict:
     def out(*argv):
@@ -497,6 +553,7 @@ def perplexity_table(scores: dict, oracle: dict, extra: dict[str, dict[str, floa
 
 # ============================================================================ main
 def main(argv=None) -> int:
+    global COVERED, UNCOVERED
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny Llama base, few examples")
@@ -514,12 +571,11 @@ def main(argv=None) -> int:
                         help="do not wait for benchmarks/git.py or store.py to finish")
     args = parser.parse_args(argv)
     measuring.WAIT_FOR_OTHERS = not args.no_wait
-    global COVERED, UNCOVERED
     COVERED, UNCOVERED = [d for d in args.covered.split(",") if d], args.uncovered
     if UNCOVERED in COVERED or len(COVERED) < 2:
         parser.error(f"--covered {args.covered} / --uncovered {args.uncovered}: give two or more "
                      "covered domains and an uncovered one that is not among them")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that a temporary directory goes
+    signal.signal(signal.SIGTERM, stop)
     settings = QUICK if args.quick else FULL
     env = environment(args)
     root = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="modelgit-route-bench-")
@@ -548,6 +604,17 @@ def main(argv=None) -> int:
     return 0 if all(figures.get("passed", {}).values()) else 1
 
 
+def stop(*_args) -> None:
+    """On SIGTERM: end the running step's processes too (they would run on, unrecorded), then
+    exit through the ``finally`` that removes a temporary work directory."""
+    for pid in measuring._descendants(os.getpid())[1:]:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    sys.exit(143)
+
+
 def run_all(work: Work, args) -> dict:
     from modelgit.demo_store import minilm_dir
 
@@ -560,6 +627,7 @@ def run_all(work: Work, args) -> dict:
     classifiers = train_classifiers(work, minilm_dir(), paths)
     routers = build_routers(work, base, adapters, paths, scores)
     report = evaluate_routers(work, routers, merged, paths["suites"])
+    cls_report = route_classifiers(work, minilm_dir(), classifiers, paths)
     rows = router_figures(report)
     checks = {row: targets_of(r) for row, r in rows.items()}
     # the best router: the most targets met, then the largest smallest kept gain
@@ -568,6 +636,7 @@ def run_all(work: Work, args) -> dict:
               for name, ok in checks[best].items()}
     return {"scores": scores, "oracle": oracle, "classifiers": classifiers, "adapters": adapters,
             "base": base, "merged": merged, "routers": rows, "route_report": report,
+            "classifier_report": cls_report,
             "best_router": best, "passed": passed}
 
 
@@ -599,9 +668,11 @@ def render(env: dict, settings: Settings, work: Work, figures: dict) -> str:
               table(["target", "result"], [[k, "PASS" if v else "FAIL"]
                                            for k, v in figures["passed"].items()])]
     lines += ["", check_line(figures)]
-    cls = figures["classifiers"]
-    lines += ["", "MiniLM classification adapters alone (accuracy on each task's test split)", "",
-              table(["task", "adapter alone"], [[t, f"{c['accuracy']:.3f}"] for t, c in cls.items()])]
+    lines += ["", "MiniLM (all-MiniLM-L6-v2) with two classification LoRAs (man-page section "
+              "1/3/5/8; source language c/perl/python/shell): accuracy on each task's test split "
+              "of each adapter alone (`modelgit eval` / `route eval`) and routed (hard; the "
+              "router decides which task's adapter and head classify the text)", "",
+              classifier_table(figures)]
     lines += ["", "Steps (child processes; CPU = user + sys; peak RSS of the process tree)", "",
               steps_table(work.steps)]
     return "\n".join(lines)
@@ -622,6 +693,25 @@ def router_table(routers: dict, report: dict) -> str:
     domains = " ".join(s["suite"] for s in report["suites"])
     return table(["router", "min kept (covered)", f"accuracy ({domains})",
                   f"{UNCOVERED} vs base", f"{UNCOVERED} sent to", "CPU / base forward"], rows)
+
+
+def classifier_table(figures: dict) -> str:
+    report = figures["classifier_report"]
+    suites = report["suites"]
+    names = [s["suite"] for s in suites]
+    header = ["model", *[f"{n} accuracy" for n in names], "routing accuracy", "CPU / base forward"]
+    rows = [["`modelgit eval`, adapter alone", *[f"{figures['classifiers'][n]['accuracy']:.3f}"
+                                                for n in names], "", ""]]
+    for row in suites[0]["values"]:
+        if row == "oracle":
+            continue
+        accuracy = [s["routing_accuracy"].get(row) for s in suites]
+        label = row.split(" ")[1] if row.startswith("router ") else None
+        cost = report["cost"].get(label, {}).get("ratio") if label else None
+        rows.append([row, *[f"{s['values'][row]:.3f}" for s in suites],
+                     " ".join(f"{a:.0%}" for a in accuracy) if row.startswith("router ") else "",
+                     f"{cost:.1%}" if cost is not None else ""])
+    return table(header, rows)
 
 
 def check_line(figures: dict) -> str:

@@ -80,3 +80,16 @@ def test_bad_arguments_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="split sizes"):
         write_task_splits(str(tmp_path), "language", -1, 2)
     assert task_examples("language", 0) == []
+
+
+def test_a_subset_of_labels(tmp_path):
+    examples = task_examples("mansection", 3, max_chars=400, labels=("8", "1"))
+    assert [label for _, label in examples] == ["1", "8"] * 3
+    assert [t for t, l in examples if l == "1"] == \
+        [t for t, l in task_examples("mansection", 3, max_chars=400) if l == "1"]
+    paths = write_task_splits(str(tmp_path), "language", 2, 1, 300, labels=("c", "shell"))
+    assert {json.loads(line)["label"] for line in open(paths["test"])} == {"c", "shell"}
+    with pytest.raises(UsageError, match="choose two or more of 1, 2, 3"):
+        task_examples("mansection", 3, labels=("4",))
+    with pytest.raises(UsageError, match="two or more"):
+        task_examples("language", 3, labels=("c",))

@@ -44,8 +44,8 @@ def task_labels(task: str) -> tuple[str, ...]:
     return _LABELS[task]
 
 
-def task_examples(task: str, per_label: int, max_chars: int = 600,
-                  seed: int = 0) -> list[tuple[str, str]]:
+def task_examples(task: str, per_label: int, max_chars: int = 600, seed: int = 0,
+                  labels: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
     """``per_label`` distinct ``(text, label)`` pairs of each label of ``task``, interleaved.
 
     Args:
@@ -53,6 +53,7 @@ def task_examples(task: str, per_label: int, max_chars: int = 600,
         per_label: examples of each label.
         max_chars: longest text.
         seed: picks the files.
+        labels: only these labels of the task (default all), e.g. four man sections.
 
     Returns:
         ``[(text, label), ...]`` of length ``per_label * len(task_labels(task))``; a larger
@@ -61,7 +62,7 @@ def task_examples(task: str, per_label: int, max_chars: int = 600,
     Raises:
         UsageError: unknown task, bad sizes, or too few texts of some label on this machine.
     """
-    labels = task_labels(task)
+    labels = _chosen(task, labels)
     if per_label < 0:
         raise UsageError(f"per_label must be >= 0, got {per_label}")
     reader = _man_section_texts if task == "mansection" else _language_texts
@@ -77,9 +78,9 @@ def task_examples(task: str, per_label: int, max_chars: int = 600,
 
 
 def write_task_splits(root: str, task: str, train: int, test: int, max_chars: int = 600,
-                      seed: int = 0) -> dict[str, str]:
+                      seed: int = 0, labels: tuple[str, ...] | None = None) -> dict[str, str]:
     """Write ``root/<task>/{train,test}.jsonl`` (``{"text", "label"}`` lines); ``train`` and
-    ``test`` examples per label, disjoint.
+    ``test`` examples per label (of ``labels``, default all), disjoint.
 
     Returns:
         ``{"train": path, "test": path}``.
@@ -89,8 +90,8 @@ def write_task_splits(root: str, task: str, train: int, test: int, max_chars: in
     """
     if train < 0 or test < 0:
         raise UsageError(f"split sizes must be >= 0, got train={train}, test={test}")
-    examples = task_examples(task, train + test, max_chars, seed)
-    count = len(task_labels(task))
+    examples = task_examples(task, train + test, max_chars, seed, labels)
+    count = len(_chosen(task, labels))
     folder = os.path.join(root, task)
     os.makedirs(folder, exist_ok=True)
     paths = {}
@@ -103,6 +104,17 @@ def write_task_splits(root: str, task: str, train: int, test: int, max_chars: in
         os.replace(tmp, path)
         paths[split] = path
     return paths
+
+
+def _chosen(task: str, labels) -> tuple[str, ...]:
+    known = task_labels(task)
+    if labels is None:
+        return known
+    unknown = [label for label in labels if label not in known]
+    if unknown or len(set(labels)) < 2:
+        raise UsageError(f"labels {list(labels)} of task {task!r}: choose two or more of "
+                         f"{', '.join(known)}")
+    return tuple(sorted(set(labels)))
 
 
 def _language_texts(label: str, count: int, max_chars: int, seed: int) -> list[str]:
