@@ -10,8 +10,8 @@ import re
 import pytest
 from hypothesis import given, strategies as st
 
-from modelgit import demo_data
-from modelgit.demo_data import DOMAINS, domain_texts, write_domain_splits
+from modelgit import _demo_extra, demo_data
+from modelgit.demo_data import ALL_DOMAINS, DOMAINS, EXTRA_DOMAINS, domain_texts, write_domain_splits
 from modelgit.errors import UsageError
 
 TROFF_REQUEST = re.compile(r"^\.[A-Za-z\\]", re.M)
@@ -30,7 +30,7 @@ def reuse_apt(monkeypatch, apt_once):
     monkeypatch.setattr(demo_data, "_apt_dump", lambda: apt_once)
 
 
-@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("domain", ALL_DOMAINS)
 def test_same_seed_same_texts_and_more_texts_extend_the_list(domain):
     first = domain_texts(domain, 30, seed=7)
     assert first == domain_texts(domain, 30, seed=7)
@@ -39,7 +39,7 @@ def test_same_seed_same_texts_and_more_texts_extend_the_list(domain):
     assert len(set(first)) == 30
 
 
-@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("domain", ALL_DOMAINS)
 @pytest.mark.parametrize("max_chars", [200, 1200])
 def test_texts_respect_max_chars(domain, max_chars):
     texts = domain_texts(domain, 40, max_chars=max_chars, seed=1)
@@ -134,6 +134,8 @@ def test_too_few_texts_and_bad_arguments_are_usage_errors(monkeypatch):
         domain_texts("debian", 5)
     with pytest.raises(UsageError, match="unknown text domain 'poetry'"):
         domain_texts("poetry", 5)
+    with pytest.raises(UsageError, match="'shel'.*did you mean 'shell'.*licenses"):
+        domain_texts("shel", 5)
     with pytest.raises(UsageError, match="max_chars"):
         domain_texts("python", 5, max_chars=10)
     with pytest.raises(UsageError, match="count"):
@@ -302,3 +304,143 @@ def test_pick_keeps_order_and_is_seeded():
     assert picked == demo_data._pick(random.Random(0), items)
     assert len(picked) == 3 and picked == sorted(picked, key=int)
     assert demo_data._pick(random.Random(0), items[:2]) == items[:2]
+
+
+# ---------------------------------------------------------------- the extra domains
+
+def test_demo_domains_are_unchanged_and_extra_ones_are_separate():
+    assert DOMAINS == ("python", "debian", "manpages")
+    assert EXTRA_DOMAINS == ("c", "shell", "perl", "licenses")
+    assert ALL_DOMAINS == DOMAINS + EXTRA_DOMAINS
+
+
+def test_extra_domains_write_splits_and_demo_default_stays_three(tmp_path):
+    paths = write_domain_splits(str(tmp_path), 4, 2, 1, max_chars=300, domains=EXTRA_DOMAINS)
+    assert set(paths) == set(EXTRA_DOMAINS)
+    for domain in EXTRA_DOMAINS:
+        lines = (tmp_path / domain / "train.jsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line)["text"] for line in lines] == domain_texts(domain, 4, 300)
+    assert not (tmp_path / "python").exists()
+
+
+LEGAL = re.compile(r"copyright|licen[cs]e|warranty", re.I)
+
+
+def test_code_domains_hold_code_and_no_license_notices():
+    c = domain_texts("c", 150, seed=4)
+    assert sum(bool(re.search(r"[;{}]|#\s*define", t)) for t in c) > 0.95 * len(c)
+    shell = domain_texts("shell", 150, seed=4)
+    assert sum(bool(re.search(r"\$|\bif\b|\becho\b|=|\|", t)) for t in shell) > 0.9 * len(shell)
+    perl = domain_texts("perl", 150, seed=4)
+    assert all(not re.search(r"^=(?:head|pod|cut)\b", t, re.M) for t in perl)
+    assert sum(bool(re.search(r"[$@%][\w{]", t)) for t in perl) > 0.9 * len(perl)
+    for texts in (c, shell, perl):
+        # code may name a license (a variable, a package field); notices are gone
+        assert sum(bool(LEGAL.search(t)) for t in texts) < 0.1 * len(texts)
+
+
+def test_license_texts_are_license_prose():
+    texts = domain_texts("licenses", 150, seed=4)
+    assert sum(bool(LEGAL.search(t)) for t in texts) > 0.5 * len(texts)
+    assert all(sum(ch.isascii() for ch in t) > 0.95 * len(t) for t in texts)
+
+
+C_HEADER = """/*
+ * Copyright (C) 2020 Someone
+ * This library is free software; see the license.
+ */
+#ifndef DEMO_H
+#define DEMO_H
+
+/* the size of a demo buffer, in bytes */
+#define DEMO_SIZE 64
+
+struct demo {
+    int count;
+    char name[DEMO_SIZE];
+};
+
+int demo_open(const char *path, struct demo *out);
+
+#endif
+"""
+
+SHELL_SCRIPT = """#!/bin/sh
+# Copyright 2019 Someone
+# Licensed under the GPL, version 2 or later.
+
+# print the arguments, one per line, after checking that there are some
+set -e
+if [ "$#" -eq 0 ]; then
+    echo "usage: demo-script ARG..." >&2
+    exit 2
+fi
+
+for arg in "$@"; do
+    echo "$arg"
+done
+"""
+
+PERL_MODULE = """package Demo;
+use strict;
+
+=head1 NAME
+
+Demo - a module that documents itself at length in English prose.
+
+=cut
+
+sub new {
+    my ($class, %args) = @_;
+    return bless {%args}, $class;
+}
+
+sub name {
+    my ($self) = @_;
+    return $self->{name} // 'unnamed';
+}
+
+1;
+__END__
+trailing data that is not code
+"""
+
+
+def test_extra_readers_parse_fixed_files(tmp_path, monkeypatch):
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "demo.h").write_text(C_HEADER)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "demo-script").write_text(SHELL_SCRIPT)
+    (tmp_path / "bin" / "binary").write_bytes(b"\x7fELF\0\0#!/bin/sh")
+    (tmp_path / "bin" / "python-tool").write_text("#!/usr/bin/python3\nprint('x' * 200)\n")
+    (tmp_path / "perl").mkdir()
+    (tmp_path / "perl" / "Demo.pm").write_text(PERL_MODULE)
+    monkeypatch.setattr(_demo_extra, "_C_DIRS", (str(tmp_path / "inc"),))
+    monkeypatch.setattr(_demo_extra, "_SHELL_BIN_DIRS", (str(tmp_path / "bin"),))
+    monkeypatch.setattr(_demo_extra, "_SHELL_TREES", ())
+    monkeypatch.setattr(_demo_extra, "_PERL_DIRS", (str(tmp_path / "perl"),))
+    [c] = domain_texts("c", 1, max_chars=1000)
+    assert c.startswith("#ifndef DEMO_H") and "the size of a demo buffer" in c
+    assert "Copyright" not in c and "int demo_open" in c
+    [shell] = domain_texts("shell", 1, max_chars=1000, seed=0)
+    assert shell.startswith("# print the arguments") and 'echo "$arg"' in shell
+    assert not LEGAL.search(shell) and "#!" not in shell
+    [perl] = domain_texts("perl", 1, max_chars=1000)
+    assert perl.startswith("package Demo;") and "sub new" in perl
+    assert "=head1" not in perl and "prose" not in perl and "trailing data" not in perl
+    with pytest.raises(UsageError, match="found 1 texts.*shell scripts in /usr/bin"):
+        domain_texts("shell", 2, max_chars=1000)
+
+
+def test_extra_domain_missing_sources_say_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(_demo_extra, "_C_DIRS", (str(tmp_path / "nothing"),))
+    with pytest.raises(UsageError, match=r"found 0 texts.*C headers.*apt-get install libc6-dev"):
+        domain_texts("c", 3)
+
+
+def test_long_blocks_are_cut_and_packed_within_bounds():
+    blocks = ["x = 1;\n" * 100, "short;", "y;\n" * 10]
+    texts = _demo_extra._pack(blocks, 120, 5)
+    assert all(5 <= len(t) <= 120 for t in texts)
+    assert "".join(t.replace("\n", "") for t in texts) == "".join(
+        b.replace("\n", "") for b in blocks)

@@ -1,10 +1,14 @@
 """Real text domains found on this machine, for ``modelgit demo``: nothing is downloaded.
 
-Three domains, each read from files a Debian-based Python machine already has:
+The demo's three domains (:data:`DOMAINS`), each read from files a Debian-based Python machine
+already has:
 
 * ``python`` — functions, classes and methods from the running interpreter's standard library;
 * ``debian`` — package descriptions, from ``apt-cache dumpavail`` and ``/var/lib/dpkg/status``;
 * ``manpages`` — English manual pages (``/usr/share/man/man1``, ``man8``) turned into plain text.
+
+:data:`EXTRA_DOMAINS` (``c``, ``shell``, ``perl``, ``licenses``: see :mod:`modelgit._demo_extra`)
+are read the same way; the routing benchmark uses them, the demo does not.
 
 Selection is deterministic for a seed and a machine: file lists are sorted, then shuffled with
 ``random.Random(seed)``, and sources are read one by one until enough texts are found. The texts
@@ -14,6 +18,7 @@ start, and consecutive splits of it come mostly from different files.
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import json
 import os
@@ -27,7 +32,7 @@ from typing import Callable, Iterator
 
 from .errors import UsageError
 
-__all__ = ["DOMAINS", "domain_texts", "write_domain_splits"]
+__all__ = ["DOMAINS", "EXTRA_DOMAINS", "ALL_DOMAINS", "domain_texts", "write_domain_splits"]
 
 DOMAINS = ("python", "debian", "manpages")
 SPLITS = ("train", "heldout", "validation")
@@ -52,7 +57,7 @@ def domain_texts(domain: str, count: int, max_chars: int = 1200, seed: int = 0) 
     """``count`` distinct texts of ``domain``, each at most ``max_chars`` characters.
 
     Args:
-        domain: one of :data:`DOMAINS`.
+        domain: one of :data:`ALL_DOMAINS` (the demo's :data:`DOMAINS` and :data:`EXTRA_DOMAINS`).
         count: how many texts to return.
         max_chars: longest text; longer sources are cut at a line, sentence or word boundary.
         seed: picks which files, packages and pages are read.
@@ -66,7 +71,10 @@ def domain_texts(domain: str, count: int, max_chars: int = 1200, seed: int = 0) 
             too few texts in it (the message says what was looked for and how to install it).
     """
     if domain not in _READERS:
-        raise UsageError(f"unknown text domain {domain!r}: choose one of {', '.join(DOMAINS)}")
+        close = difflib.get_close_matches(str(domain), ALL_DOMAINS, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown text domain {domain!r}{hint}: choose one of "
+                         f"{', '.join(ALL_DOMAINS)}")
     if count < 0:
         raise UsageError(f"count must be >= 0, got {count}")
     if max_chars < _LOWEST_MAX_CHARS:
@@ -92,6 +100,9 @@ def write_domain_splits(root: str, train: int, heldout: int, validation: int,
 
     Each line is ``{"text": ...}``. The three splits of a domain are disjoint: they are
     consecutive slices of one :func:`domain_texts` call.
+
+    Args:
+        domains: which domains (default the demo's three); any of :data:`ALL_DOMAINS`.
 
     Returns:
         ``{domain: {"train": path, "heldout": path, "validation": path}}``.
@@ -129,7 +140,9 @@ def _write_jsonl(path: str, texts: list[str]) -> None:
 
 
 def _too_few(domain: str, found: int, count: int, max_chars: int) -> UsageError:
-    if domain == "python":
+    if domain in EXTRA_SOURCES:
+        where, fix = EXTRA_SOURCES[domain]
+    elif domain == "python":
         where = f"the Python standard library at {_stdlib_dir()}"
         fix = "install the full standard library (e.g. `apt-get install libpython3-stdlib`)"
     elif domain == "debian":
@@ -524,5 +537,10 @@ def _manpage_texts(rng: random.Random, max_chars: int, min_chars: int) -> Iterat
                 yield from _pick(rng, _man_chunks(_read_man(family[round_]), max_chars, min_chars))
 
 
+# Imported last: the extra readers use this module's helpers (_clip, _pieces, _pick).
+from ._demo_extra import EXTRA_DOMAINS, EXTRA_READERS, EXTRA_SOURCES  # noqa: E402
+
+ALL_DOMAINS = DOMAINS + EXTRA_DOMAINS
 _READERS: dict[str, Callable[[random.Random, int, int], Iterator[str]]] = {
-    "python": _python_texts, "debian": _debian_texts, "manpages": _manpage_texts}
+    "python": _python_texts, "debian": _debian_texts, "manpages": _manpage_texts,
+    **EXTRA_READERS}

@@ -1,0 +1,157 @@
+"""Real labelled classification tasks from this machine's files (for benchmarks/route.py).
+
+* ``mansection`` — which manual section a piece of a manual page comes from: ``1`` (user
+  commands), ``2`` (system calls), ``3`` (library functions), ``5`` (file formats), ``7``
+  (overviews, conventions), ``8`` (administration), from ``/usr/share/man/man<N>``;
+* ``language`` — the programming language of a piece of source: ``c``, ``perl``, ``python``,
+  ``shell`` (the texts of the :mod:`modelgit.demo_data` domains of those names).
+
+Each label gets the same number of examples; examples are interleaved by label (one of each
+label in turn), deterministic for a seed on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import Callable
+
+from .errors import UsageError
+
+__all__ = ["TASKS", "task_labels", "task_examples", "write_task_splits"]
+
+TASKS = ("mansection", "language")
+
+_MAN_ROOT = "/usr/share/man"  # module-level so that tests can point it elsewhere
+_MAN_SECTIONS = ("1", "2", "3", "5", "7", "8")
+_LANGUAGES = ("c", "perl", "python", "shell")
+_LABELS = {"mansection": _MAN_SECTIONS, "language": _LANGUAGES}
+
+
+def task_labels(task: str) -> tuple[str, ...]:
+    """The labels of ``task``, sorted.
+
+    Raises:
+        UsageError: unknown task.
+    """
+    if task not in _LABELS:
+        import difflib
+
+        close = difflib.get_close_matches(str(task), TASKS, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown task {task!r}{hint}: choose one of {', '.join(TASKS)}")
+    return _LABELS[task]
+
+
+def task_examples(task: str, per_label: int, max_chars: int = 600, seed: int = 0,
+                  labels: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+    """``per_label`` distinct ``(text, label)`` pairs of each label of ``task``, interleaved.
+
+    Args:
+        task: one of :data:`TASKS`.
+        per_label: examples of each label.
+        max_chars: longest text.
+        seed: picks the files.
+        labels: only these labels of the task (default all), e.g. four man sections.
+
+    Returns:
+        ``[(text, label), ...]`` of length ``per_label * len(task_labels(task))``; a larger
+        ``per_label`` keeps the first examples of each label.
+
+    Raises:
+        UsageError: unknown task, bad sizes, or too few texts of some label on this machine.
+    """
+    labels = _chosen(task, labels)
+    if per_label < 0:
+        raise UsageError(f"per_label must be >= 0, got {per_label}")
+    reader = _man_section_texts if task == "mansection" else _language_texts
+    by_label = {label: reader(label, per_label, max_chars, seed) for label in labels}
+    seen: set[str] = set()
+    for label, texts in by_label.items():
+        clash = seen.intersection(texts)
+        if clash:  # the same text under two labels would make the task ill-posed
+            raise UsageError(f"task {task!r}: {len(clash)} texts appear under label {label!r} "
+                             f"and another label, e.g. {next(iter(clash))[:80]!r}")
+        seen.update(texts)
+    return [(by_label[label][i], label) for i in range(per_label) for label in labels]
+
+
+def write_task_splits(root: str, task: str, train: int, test: int, max_chars: int = 600,
+                      seed: int = 0, labels: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Write ``root/<task>/{train,test}.jsonl`` (``{"text", "label"}`` lines); ``train`` and
+    ``test`` examples per label (of ``labels``, default all), disjoint.
+
+    Returns:
+        ``{"train": path, "test": path}``.
+
+    Raises:
+        UsageError: as :func:`task_examples`.
+    """
+    if train < 0 or test < 0:
+        raise UsageError(f"split sizes must be >= 0, got train={train}, test={test}")
+    examples = task_examples(task, train + test, max_chars, seed, labels)
+    count = len(_chosen(task, labels))
+    folder = os.path.join(root, task)
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+    for split, part in (("train", examples[:train * count]), ("test", examples[train * count:])):
+        path = os.path.join(folder, f"{split}.jsonl")
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+            for text, label in part:
+                handle.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        paths[split] = path
+    return paths
+
+
+def _chosen(task: str, labels) -> tuple[str, ...]:
+    known = task_labels(task)
+    if labels is None:
+        return known
+    unknown = [label for label in labels if label not in known]
+    if unknown or len(set(labels)) < 2:
+        raise UsageError(f"labels {list(labels)} of task {task!r}: choose two or more of "
+                         f"{', '.join(known)}")
+    return tuple(sorted(set(labels)))
+
+
+def _language_texts(label: str, count: int, max_chars: int, seed: int) -> list[str]:
+    from .demo_data import domain_texts
+
+    return domain_texts(label, count, max_chars, seed)
+
+
+def _man_section_texts(section: str, count: int, max_chars: int, seed: int) -> list[str]:
+    """One text per manual page of ``man<section>``, page families sampled first."""
+    from . import demo_data
+    from ._demo_extra import _LEGAL
+
+    folder = os.path.join(_MAN_ROOT, f"man{section}")
+    rng = random.Random(f"{seed}:{section}")
+    families = demo_data._man_families((folder,))
+    rng.shuffle(families)
+    for family in families:
+        rng.shuffle(family)
+    min_chars = min(demo_data._MIN_CHARS, max_chars // 2)
+    texts: list[str] = []
+    seen: set[str] = set()
+    pick: Callable = demo_data._pick
+    for round_ in range(max((len(f) for f in families), default=0)):
+        for family in families:
+            if round_ >= len(family):
+                continue
+            chunks = demo_data._man_chunks(demo_data._read_man(family[round_]), max_chars,
+                                           min_chars)
+            # the same license notice sits in pages of several sections: not a section's text
+            chunks = [c for c in chunks if not _LEGAL.search(c)]
+            for text in pick(rng, chunks, 1):
+                if text not in seen:
+                    seen.add(text)
+                    texts.append(text)
+                    if len(texts) == count:
+                        return texts
+    raise UsageError(f"task 'mansection': found {len(texts)} texts of manual section {section} "
+                     f"in {folder}, {count} were asked for: install manual pages with "
+                     "`apt-get install man-db manpages manpages-dev`, or ask for fewer")

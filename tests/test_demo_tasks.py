@@ -1,0 +1,95 @@
+"""Labelled tasks from this machine's files: balanced, deterministic, disjoint splits."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from modelgit import demo_tasks
+from modelgit.demo_data import domain_texts
+from modelgit.demo_tasks import TASKS, task_examples, task_labels, write_task_splits
+from modelgit.errors import UsageError
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_examples_are_balanced_interleaved_and_deterministic(task):
+    labels = task_labels(task)
+    examples = task_examples(task, 12, max_chars=400, seed=5)
+    assert len(examples) == 12 * len(labels)
+    assert [label for _, label in examples] == list(labels) * 12
+    assert examples == task_examples(task, 12, max_chars=400, seed=5)
+    assert task_examples(task, 16, max_chars=400, seed=5)[:len(examples)] == examples
+    assert task_examples(task, 12, max_chars=400, seed=6) != examples
+    texts = [text for text, _ in examples]
+    assert len(set(texts)) == len(texts)
+    assert all(0 < len(text) <= 400 for text in texts)
+
+
+def test_language_texts_are_the_domains_texts():
+    examples = task_examples("language", 5, max_chars=300, seed=2)
+    for label in task_labels("language"):
+        assert [t for t, l in examples if l == label] == domain_texts(label, 5, 300, seed=2)
+
+
+def _page(name: str, body: str) -> bytes:
+    return gzip.compress(f'.TH {name} 1\n.SH NAME\n{name} \\- a demo page\n.SH DESCRIPTION\n'
+                         f'{body}\n'.encode())
+
+
+def test_man_sections_come_from_their_directories(tmp_path, monkeypatch):
+    prose = "This page tells the reader what the program does and how it is used in a shell. " * 4
+    for section in task_labels("mansection"):
+        folder = tmp_path / f"man{section}"
+        folder.mkdir()
+        for i in range(3):
+            (folder / f"p{section}x{i}.{section}.gz").write_bytes(
+                _page(f"p{section}x{i}", f"Section {section} page {i}. {prose}"))
+        (folder / f"legal{section}.{section}.gz").write_bytes(
+            _page("legal", "Copyright 2020 the authors; licensed under the MIT license. " * 5))
+    monkeypatch.setattr(demo_tasks, "_MAN_ROOT", str(tmp_path))
+    examples = task_examples("mansection", 3, max_chars=600)
+    for text, label in examples:
+        assert f"Section {label} page" in text
+        assert "Copyright" not in text
+    with pytest.raises(UsageError, match=r"found 3 texts of manual section 1 in .*man1.*4"):
+        task_examples("mansection", 4, max_chars=600)
+
+
+def test_splits_are_disjoint_jsonl_with_labels(tmp_path):
+    paths = write_task_splits(str(tmp_path), "language", train=6, test=3, max_chars=300, seed=1)
+    assert paths == {"train": str(tmp_path / "language" / "train.jsonl"),
+                     "test": str(tmp_path / "language" / "test.jsonl")}
+    records = {split: [json.loads(line) for line in open(path, encoding="utf-8")]
+               for split, path in paths.items()}
+    assert len(records["train"]) == 24 and len(records["test"]) == 12
+    assert all(set(r) == {"text", "label"} for rs in records.values() for r in rs)
+    train = {r["text"] for r in records["train"]}
+    assert not train & {r["text"] for r in records["test"]}
+    assert [(r["text"], r["label"]) for r in records["train"] + records["test"]] == \
+        task_examples("language", 9, max_chars=300, seed=1)
+    assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_bad_arguments_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="unknown task 'langauge'.*did you mean 'language'"):
+        task_labels("langauge")
+    with pytest.raises(UsageError, match="per_label"):
+        task_examples("language", -1)
+    with pytest.raises(UsageError, match="split sizes"):
+        write_task_splits(str(tmp_path), "language", -1, 2)
+    assert task_examples("language", 0) == []
+
+
+def test_a_subset_of_labels(tmp_path):
+    examples = task_examples("mansection", 3, max_chars=400, labels=("8", "1"))
+    assert [label for _, label in examples] == ["1", "8"] * 3
+    assert [t for t, l in examples if l == "1"] == \
+        [t for t, l in task_examples("mansection", 3, max_chars=400) if l == "1"]
+    paths = write_task_splits(str(tmp_path), "language", 2, 1, 300, labels=("c", "shell"))
+    assert {json.loads(line)["label"] for line in open(paths["test"])} == {"c", "shell"}
+    with pytest.raises(UsageError, match="choose two or more of 1, 2, 3"):
+        task_examples("mansection", 3, labels=("4",))
+    with pytest.raises(UsageError, match="two or more"):
+        task_examples("language", 3, labels=("c",))
