@@ -22,6 +22,7 @@ def test_the_default_looks_at_this_machine(monkeypatch):
     monkeypatch.delenv("MODELGIT_THREADS", raising=False)
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr("modelgit._threads.busy_cores_now", lambda cores: None)  # load average only
     assert available_cores() == 3
     monkeypatch.setattr("os.getloadavg", lambda: (2.0, 0.0, 0.0))
     assert available_cores() == 1

@@ -47,3 +47,26 @@ def test_workers_need_jobs_work_cores_and_memory():
     assert choose_workers(3, 1e15, 1 << 20, idle) == 3
     assert choose_workers(5, 1e15, 3 << 30, idle) == 2  # half the memory holds two
     assert choose_workers(5, 1e15, 1 << 20, Machine(cores=4, load=3.9)) == 1
+
+
+def test_busy_cores_now_reads_the_share_of_busy_time():
+    from modelgit._threads import busy_cores_now
+
+    samples = iter([(1000, 2000), (1150, 2200)])  # 150 of 200 jiffies idle: a quarter busy
+    busy = busy_cores_now(2, counters=lambda: next(samples), sleep=lambda s: None)
+    import os
+    assert busy == pytest.approx(min(2.0, 0.25 * os.cpu_count()))
+    assert busy_cores_now(2, counters=lambda: None, sleep=lambda s: None) is None
+
+
+def test_a_machine_busy_only_with_our_own_past_minute_gets_its_cores(monkeypatch):
+    """An idle 2-core machine whose load average (1.0) is this process's own last minute: the
+    cores busy now (none) win, so the work gets both cores."""
+    import modelgit._threads as threads
+
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(threads, "busy_cores_now", lambda cores: 0.0)
+    machine = threads.Machine.current()
+    assert machine.load == 0.0
+    monkeypatch.setattr(threads, "busy_cores_now", lambda cores: 1.8)  # others busy now too
+    assert threads.Machine.current().load == 1.0

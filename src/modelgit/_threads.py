@@ -35,7 +35,7 @@ import os
 from dataclasses import dataclass
 
 __all__ = ["Machine", "choose_threads", "choose_workers", "WORK_PER_THREAD", "thread_override",
-           "ThreadPlan", "plan_threads", "available_cores", "DEFAULT_GRAIN"]
+           "ThreadPlan", "plan_threads", "available_cores", "DEFAULT_GRAIN", "busy_cores_now"]
 
 #: floating-point operations a thread must get per unit of work to be worth its barriers (about
 #: 0.1 s of one core; measured in benchmarks/README.md, "Training and evaluation threads")
@@ -54,7 +54,9 @@ class Machine:
 
     @classmethod
     def current(cls) -> "Machine":
-        """This process's view: its CPU affinity, the 1-minute load average, MemAvailable."""
+        """This process's view: its CPU affinity, the load of the others (the smaller of the
+        1-minute load average and the cores busy right now, :func:`busy_cores_now`),
+        MemAvailable."""
         try:
             cores = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):
@@ -63,12 +65,61 @@ class Machine:
             load = os.getloadavg()[0]
         except (AttributeError, OSError):
             load = 0.0
+        busy = busy_cores_now(cores)
+        if busy is not None:  # the load average also counts our own last minute: see below
+            load = min(load, busy)
         return cls(max(1, cores), max(0.0, load), _mem_available())
 
     @property
     def idle_cores(self) -> int:
         """Cores the others leave free (at least 1: the work has to run somewhere)."""
         return max(1, min(self.cores, int(self.cores - self.load + 0.5)))
+
+
+#: how long the CPU counters are watched, and how long a sample is reused within a process
+_SAMPLE_SECONDS, _SAMPLE_REUSE = 0.2, 5.0
+_sample_cache: dict = {}
+
+
+def _cpu_counters() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs from /proc/stat, or None where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != "cpu":
+        return None
+    values = [int(v) for v in fields[1:9] if v.isdigit()]
+    return values[3] + (values[4] if len(values) > 4 else 0), sum(values)
+
+
+def busy_cores_now(cores: int, counters=_cpu_counters, sleep=None) -> float | None:
+    """Cores the other processes keep busy right now: the CPUs' busy share over a short look
+    (``_SAMPLE_SECONDS``, while this process sleeps) times ``cores``; None when unknown.
+
+    The 1-minute load average alone misjudges a machine this process itself just kept busy:
+    a demo that has worked for a minute sees a load of ~1 on an idle 2-core machine and would
+    train with one thread (half the speed). The smaller of the two is taken: a machine is busy
+    only if it is busy now and was over the last minute. A sample is reused for a few seconds.
+    """
+    import time
+
+    now = time.monotonic()
+    cached = _sample_cache.get(cores)
+    if cached and now - cached[0] < _SAMPLE_REUSE and counters is _cpu_counters:
+        return cached[1]
+    first = counters()
+    (sleep or time.sleep)(_SAMPLE_SECONDS)
+    second = counters()
+    if first is None or second is None or second[1] <= first[1]:
+        return None
+    idle_share = (second[0] - first[0]) / (second[1] - first[1])
+    busy = max(0.0, min(1.0, 1.0 - idle_share)) * os.cpu_count() if os.cpu_count() else None
+    busy = None if busy is None else min(float(cores), busy)
+    if counters is _cpu_counters:
+        _sample_cache[cores] = (now, busy)
+    return busy
 
 
 def _mem_available() -> int | None:
