@@ -249,13 +249,10 @@ def write_task_suites(path: str, tasks: dict, s: Settings) -> None:
 
 
 def write_suites(path: str, splits: dict, s: Settings) -> None:
-    import yaml
+    """The demo's suites file (one perplexity suite per domain), with this run's settings."""
+    from modelgit.demo import write_suites as demo_suites
 
-    suites = [{"name": d, "data": f["heldout"], "validation": f["validation"],
-               "metric": "perplexity", "max_length": s.max_length, "batch_size": 8}
-              for d, f in splits.items()]
-    with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump({"suites": suites}, handle, sort_keys=False)
+    demo_suites(path, splits, s)
 
 
 # ============================================================================ part 2: adapters

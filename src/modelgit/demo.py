@@ -73,7 +73,9 @@ def _tiny_base(path: str, splits: dict) -> str:
     return tiny_causal_lm(path, texts, seed=0, hidden=64, layers=2)
 
 
-def _write_suites(path: str, splits: dict, settings: DemoSettings) -> None:
+def write_suites(path: str, splits: dict, settings) -> None:
+    """The demo's suites file: one perplexity suite per domain (held-out data, validation data);
+    ``settings`` gives ``max_length``."""
     import yaml
 
     suites = [{"name": domain, "data": files["heldout"], "validation": files["validation"],
@@ -243,7 +245,7 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
         else:
             base, hub_id = smollm2, HUB_ID
         suites_file = os.path.join(work, "private", "suites.yaml")
-        _write_suites(suites_file, splits, settings)
+        write_suites(suites_file, splits, settings)
         suites = load_suites(suites_file)
         remote = os.path.join(work, "hub.git")
         subprocess.run(["git", "init", "-q", "--bare", "-b", "main", remote], check=True)

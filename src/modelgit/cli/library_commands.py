@@ -17,39 +17,19 @@ def _repo():
     return find_repo(".")
 
 
-def _pairs(values, what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for value in values or []:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"{what} {value!r}: write NAME=FILE")
-        if name in out:
-            raise UsageError(f"{what} {name!r} is given twice")
-        out[name] = path
-    return out
-
-
-def _threshold(text):
-    if text is None or text == "auto":
-        return "auto"
-    if text == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise UsageError(f"threshold {text!r}: give a number, auto or none") from None
-
-
 def router_settings(kind: str, args, prefix: str = ""):
     """A :class:`~modelgit.route.release_router.ReleaseRouter` from the options (``prefix``:
     ``router_`` for release's ``--router-*`` options)."""
     from ..route.release_router import ReleaseRouter
+    from .route_commands import parse_pairs, parse_threshold
 
     get = lambda name, default=None: getattr(args, prefix + name, default)  # noqa: E731
+    option = f"--{prefix.replace('_', '-')}"
     return ReleaseRouter(kind=kind, mode=get("mode") or "hard", top_k=get("top_k") or 2,
-                         threshold=_threshold(get("threshold")), embedder=get("embedder"),
+                         threshold=parse_threshold(get("threshold"), f"{option}threshold"),
+                         embedder=get("embedder"),
                          method=get("method") or "centroid",
-                         examples=_pairs(get("examples"), f"--{prefix.replace('_', '-')}examples"))
+                         examples=parse_pairs(get("examples"), f"{option}examples"))
 
 
 def _gain(entry: dict) -> str:
@@ -132,7 +112,9 @@ def _routed(args):
     from ..route import load
     from ..route.release_library import library, load_release
 
-    threshold = "keep" if args.threshold is None else _threshold(args.threshold)
+    from .route_commands import parse_threshold
+
+    threshold = "keep" if args.threshold is None else parse_threshold(args.threshold)
     if args.router:  # a router directory over the release's library
         return load(args.router, library=library(_repo(), args.rev), mode=args.mode,
                     threshold=threshold)

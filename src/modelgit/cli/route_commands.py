@@ -10,7 +10,8 @@ from ..errors import UsageError
 __all__ = ["register"]
 
 
-def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+def parse_pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    """``NAME=PATH`` options as a dict (each name once)."""
     out: dict[str, str] = {}
     for value in values or []:
         name, sep, path = value.partition("=")
@@ -22,7 +23,8 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def _threshold(text: str | None):
+def parse_threshold(text: str | None, what: str = "--threshold"):
+    """A router threshold option: a number, ``auto`` (calibrated) or ``none`` (never the base)."""
     if text is None or text == "auto":
         return "auto"
     if text == "none":
@@ -30,7 +32,7 @@ def _threshold(text: str | None):
     try:
         return float(text)
     except ValueError:
-        raise UsageError(f"--threshold {text!r}: give a number, auto or none") from None
+        raise UsageError(f"{what} {text!r}: give a number, auto or none") from None
 
 
 def _read_scores(path: str, names) -> dict:
@@ -74,9 +76,9 @@ def cmd_build(args) -> int:
     from ..route import BuildRequest, Library, build_router, save
     from ..route.texts import read_texts, suite_texts
 
-    library = Library.from_dirs(args.base, _pairs(args.adapter, "--adapter"))
+    library = Library.from_dirs(args.base, parse_pairs(args.adapter, "--adapter"))
     examples = {name: read_texts(path, args.max_examples)
-                for name, path in _pairs(args.examples, "--examples").items()}
+                for name, path in parse_pairs(args.examples, "--examples").items()}
     suites, scores, higher = {}, {}, {}
     if args.suites:
         configs = load_suites(args.suites, args.suite)
@@ -89,7 +91,7 @@ def cmd_build(args) -> int:
         raise UsageError("the reviews router needs --suites FILE (a few texts of each suite) "
                          "and, optionally, --scores (else the suites are evaluated)")
     request = BuildRequest(kind=args.kind, mode=args.mode, top_k=args.top_k,
-                           threshold=_threshold(args.threshold), temperature=args.temperature,
+                           threshold=parse_threshold(args.threshold), temperature=args.temperature,
                            embedder=args.embedder, examples=examples, suites=suites,
                            suite_scores=scores, higher_is_better=higher, method=args.method,
                            k=args.k, layers=args.layers, directions=args.directions,
@@ -130,7 +132,7 @@ def _load_all(dirs: list[str], args):
 
 def _override(args):
     value = getattr(args, "threshold", None)
-    return "keep" if value is None else _threshold(value)
+    return "keep" if value is None else parse_threshold(value)
 
 
 def _labels(dirs: list[str]) -> list[str]:

@@ -136,34 +136,27 @@ class Runtime:
         Returns:
             A float tensor (batch, tokens, hidden).
         """
-        import torch
-
         if not 0 <= layers <= len(self.layers):
             raise UsageError(f"layer {layers} does not exist: the base has {len(self.layers)} "
                              f"layers (use 0..{len(self.layers)})")
         module = self.model.get_base_model().get_input_embeddings() if layers == 0 \
             else self.layers[layers - 1]
-        captured = {}
-
-        def stop(_module, _inputs, output):
-            captured["hidden"] = output[0] if isinstance(output, tuple) else output
-            raise EarlyExit
-
-        handle = module.register_forward_hook(stop)
-        try:
-            with torch.no_grad(), self.base_only(), contextlib.suppress(EarlyExit):
-                self.model(**batch)
-        finally:
-            handle.remove()
-        return captured["hidden"].float()  # (batch, tokens, hidden)
+        output = self._base_pass_until(module, batch)
+        hidden = output[0] if isinstance(output, tuple) else output
+        return hidden.float()  # (batch, tokens, hidden)
 
     def run_until(self, batch: dict, layers: int) -> None:
         """A base forward pass that stops after ``layers`` layers (hooks read what they need)."""
+        self._base_pass_until(self.layers[max(layers, 1) - 1], batch)
+
+    def _base_pass_until(self, module, batch: dict):
+        """Run the base on ``batch`` until ``module`` has computed; returns its output."""
         import torch
 
-        module = self.layers[max(layers, 1) - 1]
+        captured = {}
 
-        def stop(_module, _inputs, _output):
+        def stop(_module, _inputs, output):
+            captured["output"] = output
             raise EarlyExit
 
         handle = module.register_forward_hook(stop)
@@ -172,6 +165,7 @@ class Runtime:
                 self.model(**batch)
         finally:
             handle.remove()
+        return captured["output"]
 
     def lora_layers(self) -> list:
         """``(module name, PEFT LoRA layer, layer index)`` of every LoRA target layer; the
