@@ -18,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
+import tempfile
+import warnings
 from dataclasses import dataclass
 
 from ..errors import ModelgitError, UsageError
@@ -157,22 +160,29 @@ def export_onnx(model_dir: str, path: str, tolerance: float = DEFAULT_TOLERANCE,
     import torch
     import transformers
 
+    from ..adapters.loading import quiet_transformers
+
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
     task, auto, output = onnx_task(config)
-    model = getattr(transformers, auto).from_pretrained(model_dir).eval()
+    with quiet_transformers():
+        model = getattr(transformers, auto).from_pretrained(model_dir).eval()
+        example, checks = _batches(model_dir, int(config.get("vocab_size") or 2))
     wrapped = _wrap(model, output)
-    example, checks = _batches(model_dir, int(config.get("vocab_size") or 2))
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=int(config.get("max_position_embeddings") or 512))
     names = ("input_ids", "attention_mask")
     try:
         # the exporter prints its steps on stdout, which is the command's (--json) output
-        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        # and warns and logs of its internals on stderr; its artifacts (reports) go to a
+        # scratch directory
+        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), _quiet_logger(), \
+                warnings.catch_warnings(), tempfile.TemporaryDirectory() as artifacts:
+            warnings.simplefilter("ignore")
             torch.onnx.export(wrapped, example, path, dynamo=True, input_names=list(names),
                               output_names=[output], opset_version=opset,
                               dynamic_shapes={n: {0: batch, 1: sequence} for n in names},
-                              external_data=_external(model))
+                              external_data=_external(model), artifacts_dir=artifacts)
     except Exception as exc:  # noqa: BLE001  the exporter raises many kinds; say which model
         raise OnnxCheckError(f"torch.onnx could not export {model_dir} ({task}): "
                              f"{type(exc).__name__}: {str(exc)[:400]}") from None
@@ -182,6 +192,19 @@ def export_onnx(model_dir: str, path: str, tolerance: float = DEFAULT_TOLERANCE,
                              f"(largest absolute difference of {output!r}), over the tolerance "
                              f"{tolerance:g}: the graph is not faithful; try another --opset")
     return OnnxCheck(path, task, output, names, worst, tolerance, len(checks))
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str = "torch.onnx"):
+    """torch.onnx's logger at ERROR for a while (it warns of every optional operator set it
+    skips, such as torchvision's)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _external(model) -> bool:

@@ -211,11 +211,11 @@ def _write_library(repo: GitRepo, release: _Release, root: str, names, progress)
     from ..route.library import adapter_content_id
     from ..route.release_library import materialize_library, read_release
 
-    try:
-        library_release = read_release(repo, release.ref)
-    except UsageError as exc:
-        raise UsageError(f"{exc}; `modelgit export {release.tag} --merged` exports its weights "
-                         "alone") from None
+    if release.record.get("library") is None:  # the first base (`modelgit create`), or old
+        raise UsageError(f"release {release.tag} records no adapter library (a base made by "
+                         "`modelgit create`, or a release of an older modelgit): `modelgit "
+                         f"export {release.tag} --merged` exports its weights")
+    library_release = read_release(repo, release.ref)
     note(f"export: the adapter library of {release.tag}", progress)
     lib = materialize_library(repo, library_release, names, progress)
     shutil.copytree(lib.base_dir, root, ignore=shutil.ignore_patterns(*_DROPPED))
