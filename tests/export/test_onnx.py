@@ -60,6 +60,11 @@ def test_a_classifier_release_exports_to_onnx_within_tolerance(classifier, tmp_p
     # text output reports the measured difference
     text = modelgit(tmp_path / "proj", "export", "--merged", "--onnx", "-o", str(tmp_path / "t")).stdout
     assert "max abs diff" in text and "tolerance 0.0001" in text
+    # a check that fails leaves nothing: no output, no scratch directory beside it
+    failed = modelgit(tmp_path / "proj", "export", "--merged", "--onnx", "--tolerance", "-1",
+                      "-o", str(tmp_path / "f"), check=False)
+    assert failed.returncode == 1 and "over the tolerance" in failed.stderr
+    assert not any(p == "f" or p.startswith(".f.export-") for p in os.listdir(tmp_path))
     # checked again without modelgit, on inputs the export never saw (odd batch, padded)
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
     texts = ["fine", "sad poor awful bad good", "nice great"]
@@ -102,3 +107,15 @@ def test_decoders_and_unknown_architectures_are_refused():
                             ({}, "architectures none")):
         with pytest.raises(UsageError, match=message):
             onnx_task(config)
+
+
+def test_missing_onnx_packages_name_the_extra(monkeypatch):
+    import importlib.util
+
+    from modelgit.export import require_onnx
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(UsageError, match=r"needs onnxscript.*modelgit\[export\]"):
+        require_onnx()

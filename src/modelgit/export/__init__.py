@@ -10,8 +10,9 @@ adapter library as PEFT adapters) and, for encoders and classifiers, a checked O
 
 from __future__ import annotations
 
-from .onnx import DEFAULT_TOLERANCE, OnnxCheck, OnnxCheckError, export_onnx, onnx_task
+from .onnx import (DEFAULT_TOLERANCE, OnnxCheck, OnnxCheckError, export_onnx, onnx_task,
+                   require_onnx)
 from .release import EXPORT_RECORD, ExportResult, export_release
 
 __all__ = ["DEFAULT_TOLERANCE", "EXPORT_RECORD", "ExportResult", "OnnxCheck", "OnnxCheckError",
-           "export_onnx", "export_release", "onnx_task"]
+           "export_onnx", "export_release", "onnx_task", "require_onnx"]

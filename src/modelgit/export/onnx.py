@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from ..errors import ModelgitError, UsageError
 
-__all__ = ["DEFAULT_TOLERANCE", "OnnxCheck", "OnnxCheckError", "onnx_task", "export_onnx"]
+__all__ = ["DEFAULT_TOLERANCE", "OnnxCheck", "OnnxCheckError", "onnx_task", "export_onnx",
+           "require_onnx"]
 
 #: the largest absolute difference allowed between onnxruntime's and torch's outputs
 DEFAULT_TOLERANCE = 1e-4
@@ -72,6 +73,16 @@ class OnnxCheck:
         return {"path": self.path, "task": self.task, "output": self.output,
                 "inputs": list(self.inputs), "max_abs_diff": self.max_abs_diff,
                 "tolerance": self.tolerance, "batches": self.batches}
+
+
+def require_onnx() -> None:
+    """Raise UsageError naming the extra to install when the ONNX packages are missing."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"--onnx needs {', '.join(missing)} (torch.onnx's exporter and the "
+                         "check): pip install 'modelgit[export]'")
 
 
 def onnx_task(config: dict, where: str = "the model") -> tuple[str, str, str]:
@@ -162,6 +173,7 @@ def export_onnx(model_dir: str, path: str, tolerance: float = DEFAULT_TOLERANCE,
 
     from ..adapters.loading import quiet_transformers
 
+    require_onnx()
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
     task, auto, output = onnx_task(config)

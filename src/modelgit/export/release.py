@@ -35,7 +35,7 @@ from ..errors import UsageError
 from ..git.repo import GitRepo
 from ..progress import note
 from ..untrusted import dumps_json
-from .onnx import DEFAULT_TOLERANCE, OnnxCheck, export_onnx
+from .onnx import DEFAULT_TOLERANCE, OnnxCheck, export_onnx, require_onnx
 
 __all__ = ["EXPORT_RECORD", "ExportResult", "export_release"]
 
@@ -118,6 +118,8 @@ def export_release(repo, output: str, rev: str | None = None, merged: bool = Fal
     release = _find_release(repo, rev)
     if adapters and merged:
         raise UsageError("--adapters selects adapters of the library layout: drop --merged")
+    if onnx:
+        require_onnx()  # before any weights are written
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.export-", dir=parent)
