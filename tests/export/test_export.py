@@ -150,11 +150,11 @@ def test_export_both_layouts_load_without_modelgit(released, tmp_path):
 
     # one adapter; an existing output is refused, replaced with --force
     again = modelgit(root, "export", "v2", "--adapters", "cooking-lora", "-o", str(lib_dir), check=False)
-    assert again.returncode == 2 and "is not empty" in again.stderr and "--force" in again.stderr
+    assert again.returncode == 2 and "not empty" in again.stderr and "--force" in again.stderr
     modelgit(root, "export", "v2", "--adapters", "cooking-lora", "-o", str(lib_dir), "--force")
     assert os.listdir(lib_dir / "adapters") == ["cooking-lora"]
     assert sorted(os.listdir(tmp_path)).count("lib") == 1 and not any(
-        p.startswith(".lib.export-") for p in os.listdir(tmp_path))
+        ".modelgit-tmp-" in p for p in os.listdir(tmp_path))
 
     _refusals(repo, tmp_path)
 

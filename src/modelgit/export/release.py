@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 
+from .._outputs import (check_output, normal_modes, remove, scratch_directory,
+                        temporary_path)
 from ..errors import UsageError
 from ..git.repo import GitRepo
 from ..progress import note
@@ -122,8 +123,9 @@ def export_release(repo, output: str, rev: str | None = None, merged: bool = Fal
         require_onnx()  # before any weights are written
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.export-", dir=parent)
-    try:
+    # beside the output (one file system: the rename is atomic); a killed export's scratch is
+    # removed by the next command writing there
+    with scratch_directory(os.path.basename(output), parent) as scratch:
         root = os.path.join(scratch, "out")
         if merged:
             result = _write_merged(repo, release, root, progress)
@@ -141,9 +143,7 @@ def export_release(repo, output: str, rev: str | None = None, merged: bool = Fal
         record = {k: v for k, v in made.to_dict().items() if k not in ("output", "files", "bytes")}
         _write_text(os.path.join(root, EXPORT_RECORD), dumps_json(record))
         files, size = _measure(root)
-        _install(root, output, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        _install(root, output)
     return ExportResult(**{**made.__dict__, "files": files, "bytes": size})
 
 
@@ -157,18 +157,14 @@ def _open(repo) -> GitRepo:
 
 def _check_output(repo: GitRepo, output: str, force: bool) -> None:
     """Refuse an output that would overwrite something: a non-empty directory (without
-    ``force``), a file, or the repository itself or a directory holding it."""
+    ``force``), a file, a link, or the repository itself or a directory holding it."""
     real = os.path.realpath(output)
     root = os.path.realpath(repo.root)
     if real == root or root.startswith(real + os.sep) or real.startswith(
             os.path.realpath(repo.git_dir) + os.sep) or real == os.path.realpath(repo.git_dir):
         raise UsageError(f"-o {output} is the repository or holds it: choose a directory "
                          "outside the repository's .git and not above its work tree")
-    if os.path.lexists(output) and not os.path.isdir(output):
-        raise UsageError(f"-o {output} exists and is not a directory: choose another -o")
-    if os.path.isdir(output) and os.listdir(output) and not force:
-        raise UsageError(f"-o {output} is not empty: choose another -o, or pass --force to "
-                         "replace it")
+    check_output(output, "directory", force, "--force")
 
 
 def _find_release(repo: GitRepo, rev: str | None) -> _Release:
@@ -285,12 +281,21 @@ def _measure(root: str) -> tuple[int, int]:
     return files, size
 
 
-def _install(root: str, output: str, scratch: str) -> None:
-    """Rename the finished ``root`` to ``output``; an existing one (empty, or replaced with
-    --force) is moved into the scratch directory first and deleted with it."""
-    if os.path.isdir(output):
-        os.replace(output, os.path.join(scratch, "replaced"))
-    os.replace(root, output)
+def _install(root: str, output: str) -> None:
+    """Put the finished ``root`` in place as ``output``: renamed over an absent or empty one;
+    a non-empty one (``--force``) is replaced whole, moved aside first and deleted after (an
+    export is one release's directory: nothing of an earlier one is kept)."""
+    normal_modes(root)
+    state = check_output(output, "directory", force=True)  # checked again: it may have changed
+    if state in ("absent", "empty"):
+        if state == "empty":
+            os.rmdir(output)
+        os.rename(root, output)
+        return
+    old = temporary_path(output) + ".old"
+    os.rename(output, old)
+    os.rename(root, output)
+    remove(old)
 
 
 # -- the card ----------------------------------------------------------------------------------
