@@ -373,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     workflow_commands.register(sub, _command)
     route_commands.register(sub, _command)
     library_commands.register(sub, _command)
+    from . import export_commands; export_commands.register(sub, _command)  # noqa: E702
 
     return parser
 
