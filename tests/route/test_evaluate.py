@@ -59,3 +59,39 @@ def test_the_table_shows_every_row_and_column(report):
     assert any(line.startswith("oracle") and "[animals]" in line for line in lines)
     router = next(line for line in lines if line.startswith("router examples hard"))
     assert "(100%)" in router and router.rstrip().endswith("%")
+
+
+def test_hard_rows_reuse_per_text_scores_and_equal_a_routed_pass(domains, library, runtime):
+    """A hard router's value is assembled from the per-text scores each target gave alone; it
+    must equal scoring the suite through the routed model (mixed adapters in one batch)."""
+    import math
+
+    from modelgit.route.router import Decision
+
+    model = RoutedModel(build_router(library, BuildRequest("arrow", layers=2), runtime), library,
+                        runtime=runtime)
+    texts = domains["texts"]["animals"] + domains["texts"]["code"]
+    path = domains["files"]["animals"].rsplit("/", 1)[0] + "/mixed.txt"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(texts) + "\n")
+    suite = SuiteConfig(name="mixed", data=path, task="causal_lm", metric="perplexity")
+    # every other text to each adapter, the rest to the base: a mixed batch of three targets
+    targets = ["animals", "code", "base"]
+    decisions = [Decision(t, 1.0, {} if t == "base" else {t: 1.0})
+                 for t in (targets[i % 3] for i in range(len(texts)))]
+
+    class Fixed(RoutedModel):
+        def route(self, texts):
+            return decisions[:len(texts)]
+
+        def with_settings(self, **_):
+            return self
+
+    fixed = Fixed(model.router, library, runtime=runtime)
+    report = evaluate_routers([fixed], [suite], modes=("hard",), labels=["fixed"], cost_samples=0)
+    value = report["suites"][0]["values"]["router fixed hard"]
+    scored = model.score(texts, 8, decisions)
+    direct = math.exp(sum(s.nll * s.tokens for s in scored) / sum(s.tokens for s in scored))
+    assert value == pytest.approx(direct, rel=1e-5)
+    assert report["suites"][0]["chosen"]["router fixed hard"] == {
+        t: sum(d.adapter == t for d in decisions) for t in targets}

@@ -43,6 +43,41 @@ def test_arrow_needs_no_text_and_reads_the_first_layers(library, runtime):
     assert calibrated.spec.threshold is not None
 
 
+def test_arrow_texts_remove_each_adapters_bias(library, runtime, tmp_path):
+    """Texts given to arrow set a per-adapter offset: over those texts every adapter's mean
+    relative score is zero (no adapter wins every input because of the states' anisotropy),
+    and the offset survives saving; a wrong-sized offset in a file is refused."""
+    import torch
+
+    from modelgit.errors import FormatError
+    from modelgit.route.arrow import raw_scores
+    from modelgit.route.files import load_router, save_router
+
+    texts = {"animals": ANIMALS, "code": CODE}
+    router = build_router(library, BuildRequest("arrow", layers=1, examples=texts), runtime)
+    assert router.tensors["offset"].shape == (2,)
+    assert router.spec.settings["offset_texts"] == len(ANIMALS) + len(CODE)
+    relative, _ = raw_scores(router, runtime, ANIMALS + CODE)
+    assert torch.allclose(relative.mean(0), torch.zeros(2), atol=1e-5)
+    plain = build_router(library, BuildRequest("arrow", layers=1), runtime)
+    assert "offset" not in plain.tensors
+    assert not torch.allclose(raw_scores(plain, runtime, ANIMALS + CODE)[0].mean(0),
+                              torch.zeros(2), atol=1e-5)
+    model = _routed(library, runtime, BuildRequest("arrow", layers=2, examples=texts,
+                                                   threshold=None))
+    assert [d.adapter for d in model.route(ANIMALS + CODE)] == \
+        ["animals"] * len(ANIMALS) + ["code"] * len(CODE)
+    saved = save_router(router, str(tmp_path / "r"))
+    assert torch.equal(load_router(saved).tensors["offset"], router.tensors["offset"])
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tmp_path / "r" / "router.safetensors"))
+    tensors["offset"] = torch.zeros(3)
+    save_file(tensors, str(tmp_path / "r" / "router.safetensors"))
+    with pytest.raises(FormatError, match="offset must be a vector of one value per adapter"):
+        load_router(saved)
+
+
 def test_reviews_router_sends_each_suite_to_its_best_adapter_or_the_base(library, runtime):
     scores = {"animals": {"zoo": {"base": 10, "adapter": 6}, "py": {"base": 10, "adapter": 11},
                           "shop": {"base": 10, "adapter": 10.5}},

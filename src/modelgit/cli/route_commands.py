@@ -216,7 +216,7 @@ def register(sub, command) -> None:
     b.add_argument("--examples", action="append", metavar="NAME=FILE",
                    help="example texts of an adapter (a text per line, or JSONL with \"text\"); "
                    "NAME base: texts no adapter should take. examples: required per adapter; "
-                   "arrow: only to calibrate the threshold")
+                   "arrow: unlabelled texts that calibrate each adapter's offset and the threshold")
     b.add_argument("--suites", help="suites file (reviews: the suites' texts, validation data first)")
     b.add_argument("--suite", action="append", metavar="NAME", help="only this suite (repeat)")
     b.add_argument("--scores", help="reviews: JSON {adapter: {suite: {base, adapter}}}, or a "

@@ -9,6 +9,10 @@ Per suite (a suites file of ``modelgit eval``):
 * ``merged``: a merged model directory (the release), when given;
 * ``router LABEL MODE``: each router in each mode asked for.
 
+Each suite is scored once per target (the base and each adapter, every text alone in its
+batch); a hard router's row is assembled from those per-text results (a text sent to adapter X
+scores exactly as X scores it), so only soft mixes cost forward passes of their own.
+
 ``accuracy`` is the share of a suite's inputs that a hard decision sends where the oracle does
 (for soft decisions: the adapter of largest weight). ``gain kept`` is the router's improvement
 over the base divided by the oracle's (1.0: as good as the oracle). ``cost`` is the router's
@@ -61,20 +65,45 @@ def _fixed(name: str, count: int) -> list[Decision]:
     return [Decision(name, 1.0, {} if name == BASE else {name: 1.0})] * count
 
 
-def _metric(model, suite: _Suite, decisions: list[Decision]) -> float:
-    """The suite's headline metric with these decisions."""
+def _outcomes(model, suite: _Suite, decisions: list[Decision]) -> list:
+    """Per-text results with these decisions: :class:`~.model.TextScore`\\ s (causal LM) or
+    :class:`~.model.Classification`\\ s."""
+    config = suite.config
+    if config.task == "causal_lm":
+        return model.score(suite.texts, config.batch_size, decisions, config.max_length)
+    return model.classify(suite.texts, config.batch_size, decisions, config.max_length)
+
+
+def _value(suite: _Suite, outcomes: list) -> float:
+    """The suite's headline metric of per-text results."""
     from ..eval.metrics import accuracy, macro_f1
 
     config = suite.config
     if config.task == "causal_lm":
-        scored = model.score(suite.texts, config.batch_size, decisions, config.max_length)
-        tokens = sum(s.tokens for s in scored)
+        tokens = sum(s.tokens for s in outcomes)
         if not tokens:
             raise UsageError(f"suite {config.name!r}: no text has two tokens")
-        return math.exp(sum(s.nll * s.tokens for s in scored if s.tokens) / tokens)
-    predicted = [c.label_id for c in model.classify(suite.texts, config.batch_size, decisions,
-                                                    config.max_length)]
+        return math.exp(sum(s.nll * s.tokens for s in outcomes if s.tokens) / tokens)
+    predicted = [c.label_id for c in outcomes]
     return (accuracy if config.metric == "accuracy" else macro_f1)(suite.labels, predicted)
+
+
+def _metric(model, suite: _Suite, decisions: list[Decision]) -> float:
+    """The suite's headline metric with these decisions."""
+    return _value(suite, _outcomes(model, suite, decisions))
+
+
+def _is_hard(decision: Decision) -> bool:
+    return not decision.weights or decision.weights == {decision.adapter: 1.0}
+
+
+def _routed_value(model, suite: _Suite, decisions: list[Decision], fixed: dict) -> float:
+    """The metric of routed decisions. Hard decisions reuse the per-text results each target
+    already gave alone (``fixed``: target -> outcomes; a text sent to adapter X is scored
+    exactly as X scores it alone), so a hard router costs no forward pass; soft mixes run."""
+    if all(_is_hard(d) and d.adapter in fixed for d in decisions):
+        return _value(suite, [fixed[d.adapter][i] for i, d in enumerate(decisions)])
+    return _metric(model, suite, decisions)
 
 
 def _merged_metric(merged: str, suite) -> float:
@@ -120,10 +149,12 @@ def _gain(value: float, base: float, oracle: float, higher: bool) -> float | Non
 def _suite_report(models: list, labels: list, suite: _Suite, modes, merged, steps) -> dict:
     config, first = suite.config, models[0]
     higher = config.higher_is_better
-    values = {"base": _metric(first, suite, _fixed(BASE, len(suite.texts)))}
+    fixed = {BASE: _outcomes(first, suite, _fixed(BASE, len(suite.texts)))}
+    values = {"base": _value(suite, fixed[BASE])}
     steps.update(1, at=f"{config.name}: base")
     for name in first.library.names:
-        values[f"adapter {name}"] = _metric(first, suite, _fixed(name, len(suite.texts)))
+        fixed[name] = _outcomes(first, suite, _fixed(name, len(suite.texts)))
+        values[f"adapter {name}"] = _value(suite, fixed[name])
         steps.update(1, at=f"{config.name}: adapter {name}")
     candidates = {BASE: values["base"], **{n: values[f"adapter {n}"] for n in first.library.names}}
     oracle = (max if higher else min)(sorted(candidates), key=lambda n: candidates[n])
@@ -137,7 +168,7 @@ def _suite_report(models: list, labels: list, suite: _Suite, modes, merged, step
             routed = model.with_settings(mode=mode)
             decisions = routed.route(suite.texts)
             row = f"router {label} {mode}"
-            values[row] = _metric(routed, suite, decisions)
+            values[row] = _routed_value(routed, suite, decisions, fixed)
             accuracy[row] = sum(d.adapter == oracle for d in decisions) / len(decisions)
             gains[row] = _gain(values[row], values["base"], values["oracle"], higher)
             chosen[row] = {t: sum(d.adapter == t for d in decisions)

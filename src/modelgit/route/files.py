@@ -224,6 +224,9 @@ def _tensor_problems(spec: RouterSpec, tensors: dict) -> list[str]:
                                 "and sigma (adapters, d)")
             elif bool((sigma < 0).any()):
                 problems.append(f"layer {index}: negative singular values")
+        offset = tensors.get("offset")
+        if offset is not None and tuple(offset.shape) != (adapters,):
+            problems.append(f"offset must be a vector of one value per adapter ({adapters})")
         for key in ("layers", "route_tokens"):
             if number_problem(spec.settings.get(key), f"settings.{key}", 1, 1_000_000, integer=True):
                 problems.append(f"settings.{key} must be a positive integer")
