@@ -373,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     workflow_commands.register(sub, _command)
     route_commands.register(sub, _command)
     library_commands.register(sub, _command)
+    from . import serve_commands  # noqa: E402  (issue 14: modelgit serve)
+    serve_commands.register(sub, _command)
 
     return parser
 

@@ -62,7 +62,10 @@ class Service:
                 raise UsageError(f"rollout {rollout.name!r} has the name of a served model: "
                                  "give the rollout another name")
             for variant, _ in rollout.variants:
-                self.catalog.resolve(variant)  # an unknown one names the closest
+                try:
+                    self.catalog.resolve(variant)  # an unknown one names the closest
+                except UsageError as exc:
+                    raise UsageError(f"rollout {rollout.name!r}: {exc}") from None
 
     @property
     def names(self) -> list[str]:
