@@ -38,8 +38,8 @@ class ServeConfig:
 
     def __post_init__(self):
         problems = []
-        if not isinstance(self.batch_window_ms, (int, float)) or not 0 <= self.batch_window_ms <= 10_000:
-            problems.append(f"batch_window_ms is {self.batch_window_ms!r}: give 0 to 10000 ms")
+        if not isinstance(self.batch_window_ms, (int, float)) or not 0 <= self.batch_window_ms <= 3_600_000:
+            problems.append(f"batch_window_ms is {self.batch_window_ms!r}: give 0 to 3600000 ms")
         for name, low, high in (("max_batch", 1, 4096), ("max_adapters", 1, 4096),
                                 ("max_inputs", 1, 100_000), ("max_body_bytes", 1024, 1 << 30)):
             value = getattr(self, name)

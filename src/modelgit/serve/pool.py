@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 
-from ..errors import ModelgitError, UsageError
+from ..errors import UsageError
 
 __all__ = ["AdapterPool", "PEFT_BASE"]
 
@@ -65,9 +65,21 @@ class AdapterPool:
             self._evict_for(wanted)
             try:
                 self._load(name)
-            except (ModelgitError, RuntimeError, ValueError, KeyError, OSError) as exc:
-                failed[name] = f"adapter {name!r} could not be loaded: {str(exc)[:300]}"
+            except Exception as exc:  # noqa: BLE001 - one adapter's failure is its requests' only
+                self._forget(name)
+                failed[name] = (f"adapter {name!r} could not be loaded "
+                                f"({type(exc).__name__}: {str(exc)[:300]})")
         return failed
+
+    def _forget(self, name: str) -> None:
+        """Remove what a failed load left behind (PEFT registers the name before the weights)."""
+        import warnings
+
+        config = getattr(self.model, "peft_config", {})
+        if name in config and len(config) > 1:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.model.delete_adapter(name)
 
     def _evict_for(self, keep) -> None:
         while len(self._loaded) >= self.max_adapters:
@@ -101,6 +113,7 @@ class AdapterPool:
         for file in ("adapter_config.json", "adapter_model.safetensors"):
             if not os.path.isfile(os.path.join(directory, file)):
                 raise UsageError(f"{directory!r} has no {file} (pickled adapters are never loaded)")
+        _check_weights(os.path.join(directory, "adapter_model.safetensors"))
         with quiet_transformers():
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(directory, adapter_name=name, is_trainable=False)
@@ -122,6 +135,18 @@ class AdapterPool:
         if not isinstance(self.model, PeftModel):
             return {}  # no adapter was ever loaded: the plain base
         return {"adapter_names": [n if n is not None else PEFT_BASE for n in names]}
+
+
+def _check_weights(path: str) -> None:
+    """Read the safetensors header before PEFT changes the model: a damaged file is refused
+    with the model untouched (PEFT injects an adapter's layers before it reads its weights)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            handle.keys()
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise UsageError(f"{path} is not a readable safetensors file ({exc})") from None
 
 
 def _context(model, tokenizer) -> int:

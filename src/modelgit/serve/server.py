@@ -12,7 +12,7 @@ def run(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info")
     """Serve ``app`` until interrupted (Ctrl-C or SIGTERM: uvicorn finishes the open requests)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, ws="none")
 
 
 class BackgroundServer:
@@ -25,7 +25,7 @@ class BackgroundServer:
         import uvicorn
 
         self.config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                     access_log=False, lifespan="on")
+                                     access_log=False, lifespan="on", ws="none")
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="modelgit-serve", daemon=True)
         self.host = host
