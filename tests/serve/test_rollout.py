@@ -62,6 +62,7 @@ def test_an_ab_split_over_http_follows_its_weights(serve, lm_library):
                 again = client.post("/v1/embeddings", json=body,
                                     headers={"x-modelgit-user": f"user-{user}"})
                 assert again.json()["model"] == answer.json()["model"]
+                counts[again.json()["model"]] += 1
         # without the header: the seeded generator
         for _ in range(100):
             counts[client.post("/v1/embeddings", json={"model": "ab", "input": "x"}).json()["model"]] += 1
