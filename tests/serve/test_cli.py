@@ -29,10 +29,11 @@ def _library_args(domains) -> list[str]:
 
 def test_check_lists_what_would_be_served(tmp_path, domains):
     out = modelgit(tmp_path, "serve", *_library_args(domains), "--rollout", "ab=animals:3,code:1",
-                   "--check", "--json").stdout
+                   "--threads", "2", "--check", "--json").stdout
     described = json.loads(out)
     assert described["models"] == ["base", "animals", "code", "ab"]
     assert described["task"] == "causal_lm" and described["context"] == 512
+    assert described["threads"] == 2
     assert described["rollouts"] == {"ab": {"animals": 0.75, "code": 0.25}}
 
 
@@ -40,6 +41,7 @@ def test_refusals_name_the_fix(tmp_path, domains):
     cases = [(["--rollout", "ab=animal:1,code:1"], "did you mean 'animals'"),
              (["--rollout", "ab"], "NAME=MODEL_A:WEIGHT"),
              (["--max-batch", "0"], "max_batch is 0"),
+             (["--threads", "0"], "threads is 0"),
              (["--rev", "v1"], "needs a model repository")]
     for extra, says in cases:
         args = _library_args(domains) if extra[0] != "--rev" else [domains["base"]]

@@ -56,11 +56,11 @@ def cmd_serve(args) -> int:
     config = ServeConfig(batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
                          max_adapters=args.max_adapters, max_tokens_limit=args.max_tokens_limit,
                          rollouts=_rollouts(args.rollout), sticky_header=args.sticky_header.lower(),
-                         seed=args.seed)
+                         seed=args.seed, threads=args.threads)
     app = create_app(_source(args), args.rev, config, args.task)
     service = app.state.service
     described = {"models": service.names, "task": service.catalog.task,
-                 "context": service.context, "rollouts": {
+                 "context": service.context, "threads": service.threads, "rollouts": {
                      r.name: dict(r.variants) for r in config.rollouts}}
     if args.check:
         print(json.dumps(described, indent=2) if args.json else
@@ -111,6 +111,8 @@ def register(sub, command) -> None:
                    "(default x-modelgit-user)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the variant choice for requests without that header")
+    p.add_argument("--threads", type=int, help="torch threads (default: from a batch's size and "
+                   "the machine's load; MODELGIT_THREADS overrides)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--check", action="store_true",

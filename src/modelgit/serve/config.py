@@ -24,6 +24,8 @@ class ServeConfig:
         rollouts: :class:`~.rollout.Rollout` values (model names splitting traffic).
         sticky_header: the request header whose value pins a client to one rollout variant.
         seed: seeds the variant choice of requests without that header (reproducible splits).
+        threads: torch's threads (None: chosen from a full batch's size and the machine's load,
+            as ``train`` and ``eval`` do; ``MODELGIT_THREADS`` overrides).
     """
 
     batch_window_ms: float = 5.0
@@ -35,6 +37,7 @@ class ServeConfig:
     rollouts: tuple = field(default_factory=tuple)
     sticky_header: str = "x-modelgit-user"
     seed: int = 0
+    threads: int | None = None
 
     def __post_init__(self):
         problems = []
@@ -45,6 +48,8 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 problems.append(f"{name} is {value!r}: give an integer from {low} to {high}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            problems.append(f"threads is {self.threads!r}: give a positive integer or None")
         limit = self.max_tokens_limit
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             problems.append(f"max_tokens_limit is {limit!r}: give a positive integer or None")
