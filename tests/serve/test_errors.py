@@ -83,6 +83,15 @@ def test_unknown_paths_methods_and_oversized_bodies(server):
     huge = b'{"model": "base", "prompt": "' + b"a" * (5 * 1024 * 1024) + b'"}'
     _error(httpx.post(server.url + "/v1/completions", content=huge), 400, "body_too_large")
 
+    def chunks():  # no Content-Length: refused once the limit is passed, not read whole
+        yield b'{"model": "base", "prompt": "'
+        for _ in range(5 * 1024):
+            yield b"a" * 1024
+
+    _error(httpx.post(server.url + "/v1/completions", content=chunks()), 400, "body_too_large")
+    long_name = httpx.post(server.url + "/v1/completions", json={"model": "m" * 100_000, "prompt": "x"})
+    _error(long_name, 400, "invalid_value", "model")
+
 
 def test_the_openai_client_sees_typed_errors_and_the_server_lives_on(server):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)

@@ -101,10 +101,27 @@ def add_endpoints(app, service) -> None:
 async def _start(request, service):
     """The request's body and model choice (kept on ``request.state`` for the metrics)."""
     request.state.started = time.monotonic()
-    body = parse_body(await request.body(), service.config.max_body_bytes)
+    body = parse_body(await _read(request, service.config.max_body_bytes),
+                      service.config.max_body_bytes)
     choice = service.choose(model_name(body), request.headers)
     request.state.choice = choice
     return body, choice
+
+
+async def _read(request, limit: int) -> bytes:
+    """The body, read no further than one byte past ``limit`` (a huge body is refused
+    without being held in memory)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise bad_request(f"the request body is {declared} bytes; the limit is {limit}",
+                          code="body_too_large")
+    data = bytearray()
+    async for piece in request.stream():
+        data += piece
+        if len(data) > limit:
+            raise bad_request(f"the request body is over {limit} bytes (the limit)",
+                              code="body_too_large")
+    return bytes(data)
 
 
 def _adapter(choice):

@@ -30,6 +30,7 @@ class GenJob:
     text: str = ""  # the prompt, for the router
     emit: object = None
     route: str | None = field(default=None)  # ``auto``: the adapter is chosen by the router
+    sent: bool = False  # part of the text was streamed (a failed batch cannot redo this job)
 
 
 @dataclass
@@ -127,7 +128,7 @@ class Engine:
                 results[ok[0]] = _as_error(exc)
                 return
             for i in ok:
-                if getattr(jobs[i], "_sent", False):
+                if getattr(jobs[i], "sent", False):
                     results[i] = _as_error(exc)  # part of it was streamed: cannot redo it
                     continue
                 try:
@@ -268,7 +269,7 @@ class _Row:
         if upto > self.sent:
             self.job.emit(self.text[self.sent:upto])
             self.sent = upto
-            self.job._sent = True
+            self.job.sent = True
 
     def finish(self) -> None:
         self.done = self.done or "length"

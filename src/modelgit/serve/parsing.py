@@ -43,6 +43,9 @@ def _kind(value) -> str:
 
 def model_name(body: dict) -> str:
     value = body.get("model")
+    if isinstance(value, str) and len(value) > 256:
+        raise bad_request(f"'model' has {len(value)} characters: no served name is that long",
+                          "model", "invalid_value")
     if not isinstance(value, str) or not value:
         raise bad_request(f"'model' is {_kind(value)}: give the name of a served model as a "
                           "string (GET /v1/models lists them)", "model", "invalid_type")
