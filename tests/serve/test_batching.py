@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 
 import httpx
-import pytest
 
 from route_texts import ANIMALS, CODE
 from serve_helpers import metric

@@ -36,7 +36,9 @@ def test_a_sticky_header_keeps_a_client_on_one_variant():
     assert len({chooser.choose(rollout, "user-7") for _ in range(20)}) == 1
     assert Chooser(seed=2).choose(rollout, "user-7") == chooser.choose(rollout, "user-7")
     # without a header: the seeded generator, reproducible
-    assert [Chooser(5).choose(rollout, None) for _ in range(1)] == [Chooser(5).choose(rollout, None)]
+    first, second = Chooser(5), Chooser(5)
+    draws = [first.choose(rollout, None) for _ in range(20)]
+    assert draws == [second.choose(rollout, None) for _ in range(20)] and len(set(draws)) == 2
 
 
 def test_unknown_variants_are_refused_naming_the_closest(lm_library):
