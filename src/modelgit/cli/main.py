@@ -363,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--delete", metavar="NAME", help="delete a ref and its history")
     p.add_argument("--json", action="store_true")
 
-    from . import (library_commands, merge_commands, route_commands, train_commands,  # (see main: not for git's filter)
-                   workflow_commands)
+    from . import (export_commands, library_commands, merge_commands,  # (see main: not for git's filter)
+                   route_commands, serve_commands, train_commands, workflow_commands)
 
     git_commands.register(sub, _command)
     merge_commands.register(sub, _command)
@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     workflow_commands.register(sub, _command)
     route_commands.register(sub, _command)
     library_commands.register(sub, _command)
-    from . import export_commands; export_commands.register(sub, _command)  # noqa: E702
+    export_commands.register(sub, _command)
+    serve_commands.register(sub, _command)
 
     return parser
 

@@ -1,0 +1,28 @@
+"""Serving: an OpenAI-compatible HTTP server over a release's base and adapter library.
+
+:func:`create_app` builds the FastAPI application (``modelgit serve`` runs it with uvicorn):
+``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` (streamed with server-sent
+events), ``/v1/embeddings``, ``/v1/classify``, ``/health`` and ``/metrics``. Concurrent requests
+for different adapters share one forward pass (PEFT's ``adapter_names``); adapters load on
+demand and are evicted under an LRU bound; rollouts split a model name's traffic between
+variants. See README.md, "Serving".
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# fastapi, torch and transformers load on first use (the CLI's parser imports this package)
+_LAZY = {"create_app": "app", "ServeConfig": "config", "Rollout": "rollout",
+         "parse_rollout": "rollout", "BackgroundServer": "server", "run": "server"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_LAZY)
