@@ -246,4 +246,11 @@ def open_input(path: str, fmt: str | None = None, text_column: str = "text",
     """
     if not os.path.exists(path):
         raise UsageError(f"input {path} does not exist: give a Parquet, CSV or JSON Lines file")
+    try:
+        import pyarrow.json as pj
+    except ImportError:
+        pj = None
+    if pj is None or not hasattr(pj, "open_json"):
+        raise UsageError("modelgit predict reads its inputs with pyarrow 20 or newer: "
+                         "pip install 'modelgit[predict]'")
     return InputFile(path, input_format(path, fmt), text_column, id_column)
