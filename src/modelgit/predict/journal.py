@@ -84,6 +84,8 @@ class Journal:
         """
         directory = work_directory(output)
         job = _canonical(job)
+        # an output half-written by a killed run's last step (its temporary) goes first
+        remove_stale_temporaries(os.path.dirname(directory))
         if os.path.isdir(directory):
             old = cls._read_job(directory)
             if old is not None and old != job and not restart:
