@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--big-mb", type=int, default=1024)
     parser.add_argument("--rows", type=int, default=64, help="rows scored per file")
     parser.add_argument("--batch-rows", type=int, default=32)
+    parser.add_argument("--runs", default="model,predict,read,read_table",
+                        help="which runs (comma-separated; default all)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -159,32 +161,29 @@ def main() -> None:
         print(f"{label}: {path}: {files[label]['bytes'] / 2**20:.0f} MiB, {files[label]['rows']} rows",
               flush=True)
     me = [sys.executable, os.path.abspath(__file__), "--child"]
-    results = [measured("model + one batch", me + ["model", args.model, files["small"]["path"],
-                                                   str(args.batch_rows)])]
-    print(results[-1], flush=True)
+    runs, results = set(args.runs.split(",")), []
+    if "model" in runs:
+        results.append(measured("model + one batch", me + ["model", args.model,
+                                                           files["small"]["path"],
+                                                           str(args.batch_rows)]))
+        print(results[-1], flush=True)
     for label in ("small", "big"):
         info = files[label]
-        out = os.path.join(args.workdir, f"scores-{label}.parquet")
-        for stale in (out,):
-            if os.path.exists(stale):
-                os.unlink(stale)
-        run = measured(f"predict {label} (first {args.rows} rows)", [
-            sys.executable, "-m", "modelgit", "predict", args.model, "--task", "score",
-            "--input", info["path"], "-o", out, "--id-column", "id", "--limit", str(args.rows),
-            "--batch-rows", str(args.batch_rows), "--restart", "--json"])
-        summary = json.loads(run["stdout"])
-        run.update(rows=summary["rows"], rows_per_s=round(summary["rows_per_second"], 2),
-                   file_mib=round(info["bytes"] / 2**20))
-        results.append(run)
-        print(run, flush=True)
-        read = measured(f"read {label} (whole file)", me + ["read", info["path"], str(args.batch_rows)])
-        read.update(rows=json.loads(read["stdout"])["rows"], file_mib=round(info["bytes"] / 2**20))
-        read["rows_per_s"] = round(read["rows"] / read["wall_s"])
-        results.append(read)
-        print(read, flush=True)
-    whole = measured("read_table big (whole file)", me + ["read_table", files["big"]["path"]])
-    whole.update(rows=json.loads(whole["stdout"])["rows"], file_mib=round(files["big"]["bytes"] / 2**20))
-    results.append(whole)
+        if "predict" in runs:
+            results.append(_predict_run(args, label, info))
+            print(results[-1], flush=True)
+        if "read" in runs:
+            read = measured(f"read {label} (whole file)",
+                            me + ["read", info["path"], str(args.batch_rows)])
+            read.update(rows=json.loads(read["stdout"])["rows"], file_mib=round(info["bytes"] / 2**20))
+            read["rows_per_s"] = round(read["rows"] / read["wall_s"])
+            results.append(read)
+            print(read, flush=True)
+    if "read_table" in runs:
+        whole = measured("read_table big (whole file)", me + ["read_table", files["big"]["path"]])
+        whole.update(rows=json.loads(whole["stdout"])["rows"],
+                     file_mib=round(files["big"]["bytes"] / 2**20))
+        results.append(whole)
     report = {"load_start": [round(x, 1) for x in load_start],
               "load_end": [round(x, 1) for x in os.getloadavg()], "cores": os.cpu_count(),
               "model": args.model, "rows": args.rows, "batch_rows": args.batch_rows,
@@ -195,12 +194,28 @@ def main() -> None:
             json.dump(report, handle, indent=2)
 
 
+def _predict_run(args, label: str, info: dict) -> dict:
+    """``modelgit predict --task score --limit ROWS`` over one file, in a fresh process."""
+    out = os.path.join(args.workdir, f"scores-{label}.parquet")
+    if os.path.exists(out):
+        os.unlink(out)
+    run = measured(f"predict {label} (first {args.rows} rows)", [
+        sys.executable, "-m", "modelgit", "predict", args.model, "--task", "score",
+        "--input", info["path"], "-o", out, "--id-column", "id", "--limit", str(args.rows),
+        "--batch-rows", str(args.batch_rows), "--restart", "--json"])
+    summary = json.loads(run["stdout"])
+    run.update(rows=summary["rows"], rows_per_s=round(summary["rows_per_second"], 2),
+               file_mib=round(info["bytes"] / 2**20))
+    return run
+
+
 def format_table(report: dict) -> str:
     lines = ["| run | file MiB | rows | wall s | CPU s | peak RSS MiB | RSS - model's MiB | rows/s |",
              "|---|---|---|---|---|---|---|---|"]
-    model = report["results"][0]["peak_rss_mib"]
+    model = next((r["peak_rss_mib"] for r in report["results"] if r["name"].startswith("model")),
+                 None)
     for r in report["results"]:
-        over = r["peak_rss_mib"] - model if r["name"].startswith("predict") else ""
+        over = r["peak_rss_mib"] - model if model and r["name"].startswith("predict") else ""
         lines.append(f"| {r['name']} | {r.get('file_mib', '')} | {r.get('rows', '')} | "
                      f"{r['wall_s']} | {r['cpu_s']} | {r['peak_rss_mib']} | {over} | "
                      f"{r.get('rows_per_s', '')} |")
