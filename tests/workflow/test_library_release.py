@@ -148,6 +148,7 @@ def test_specialist_library_router_fetch_rebase_and_refusals(tmp_path, tiny_base
     assert len(routed.score(["chop the onion and fry it"])) == 1
     which = modelgit(consumer, "adapters", "which", "--rev", "v2", "stir the sauce").stdout
     assert which.split()[0] in ("animals-lora", "cooking-lora", "base")
+    _predict_over_release(tmp_path, consumer, routed)
 
     # a specialist on v2 and the animals adapter carried from v1 to v2 by rebase
     git(proj, "pull", "-q", "origin", "main")
@@ -189,6 +190,37 @@ def test_specialist_library_router_fetch_rebase_and_refusals(tmp_path, tiny_base
     with pytest.raises(UsageError, match="names adapter.*animals-lora.*that the library lacks"):
         load(str(proj / "routers" / "v3"), library=library(str(proj), "v3", ["weather-lora"]))
     _tampered_entry_is_refused(proj)
+
+
+def _predict_over_release(tmp_path, consumer, routed) -> None:
+    """`modelgit.predict` over the release (tests/predict has the rest): the release's own
+    model, one adapter of its library, its router."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from modelgit.adapters.loading import load_model, load_tokenizer
+    from modelgit.eval.metrics import nll_per_document
+    from modelgit.predict import predict
+
+    texts = ["boil the pasta in salted water", "the cat sat on the mat"]
+    source = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": texts}), source)
+    scores = {}
+    for name, options in (("release", {}), ("adapter", {"adapter": "cooking-lora"}),
+                          ("router", {"router": True})):
+        out = tmp_path / f"predict-{name}.parquet"
+        predict(source=str(consumer), rev="v2", input=str(source), output=str(out),
+                task="score", **options)
+        scores[name] = pq.read_table(out).to_pylist()
+    tokenizer = load_tokenizer(str(consumer / "model"))  # the clone's work tree is v2
+    model = load_model(str(consumer / "model"), "causal_lm", pad_token_id=tokenizer.pad_token_id)
+    for row, text in zip(scores["release"], texts):
+        total, tokens = nll_per_document(model, tokenizer, [text])
+        assert "adapter" not in row and row["nll"] == pytest.approx(total[0] / tokens[0], rel=1e-4)
+    assert [r["adapter"] for r in scores["adapter"]] == ["cooking-lora"] * 2
+    assert [r["adapter"] for r in scores["router"]] == [d.adapter for d in routed.route(texts)]
+    for row, want in zip(scores["router"], routed.score(texts, batch_size=1)):
+        assert row["nll"] == pytest.approx(want.nll, rel=1e-4)
 
 
 def _repo(path):

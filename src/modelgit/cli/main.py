@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     from . import (export_commands, library_commands, merge_commands,  # (see main: not for git's filter)
-                   route_commands, serve_commands, train_commands, workflow_commands)
+                   predict_commands, route_commands, serve_commands, train_commands,
+                   workflow_commands)
 
     git_commands.register(sub, _command)
     merge_commands.register(sub, _command)
@@ -375,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     library_commands.register(sub, _command)
     export_commands.register(sub, _command)
     serve_commands.register(sub, _command)
+    predict_commands.register(sub, _command)
 
     return parser
 
