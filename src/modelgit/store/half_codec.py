@@ -166,7 +166,7 @@ def _layout(su, sclass, n):
     item_start = np.concatenate([start, tail_start[has_tail]])
     item_end = np.concatenate([ev, bounds[1:][has_tail]])  # run end = event or lane end
     is_event = np.concatenate([np.ones(len(ev), bool), np.zeros(int(has_tail.sum()), bool)])
-    order = np.lexsort((item_start, item_lane))
+    order = np.argsort(item_start, kind="stable")  # lanes are ranges of positions, in order
     item_lane, item_start, item_end, is_event = (a[order] for a in
                                                  (item_lane, item_start, item_end, is_event))
     per_lane = np.bincount(item_lane, minlength=lanes)
@@ -326,11 +326,10 @@ class _Reader:
     def __init__(self, states, words, freq, cum):
         self.x, self.words, self.ptr = states.astype(np.int64), words, 0
         self.freq, self.cum = freq.ravel(), cum.ravel()
-        # slot -> symbol of every table, flat: table t's slots start at t << PROB_BITS
-        self.lut = np.zeros(freq.shape[0] << PROB_BITS, dtype=np.int64)
-        for t in range(freq.shape[0]):
-            if freq[t].sum():
-                self.lut[t << PROB_BITS:(t + 1) << PROB_BITS] = np.repeat(np.arange(NTOK), freq[t])
+        # where each symbol's slots start, all tables on one axis (table t at t << PROB_BITS):
+        # the symbol of a slot is the last whose start is not above it (a symbol of frequency
+        # 0 starts where the next one does, so it is never the last); no per-slot table
+        self.starts = ((np.arange(freq.shape[0])[:, None] << PROB_BITS) + cum).ravel()
 
     def _advance(self, lanes, f, start, x):
         x = f * (x >> PROB_BITS) + (x & _MASK) - start
@@ -345,9 +344,8 @@ class _Reader:
     def number(self, lanes, tables):
         """Decode one number (a token and its raw pieces) in each of ``lanes``."""
         x = self.x[lanes]
-        flat = (tables << PROB_BITS) + (x & _MASK)
-        tok = self.lut[flat]
-        at = tables * NTOK + tok
+        at = np.searchsorted(self.starts, (tables << PROB_BITS) + (x & _MASK), side="right") - 1
+        tok = at - tables * NTOK
         f = self.freq[at]
         if not f.all():
             raise ValueError("delta16 symbol outside its table")
