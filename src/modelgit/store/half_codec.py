@@ -62,13 +62,22 @@ MAX_HEADER = 1 << 24
 
 
 def _keys(bits):
-    """uint16 float bit patterns -> int32 keys, monotone in the float's value (bijective)."""
-    b = bits.astype(np.int32)
-    return np.where(b >= 0x8000, 0xFFFF - b, b | 0x8000)
+    """uint16 float bit patterns -> int32 keys, monotone in the float's value (bijective):
+    positive b -> b ^ 0x8000, negative b -> 0xFFFF - b (= b ^ 0xFFFF), in 16-bit passes."""
+    bits = np.asarray(bits, dtype=np.uint16)
+    flip = (bits >> 15) * np.uint16(0x7FFF)
+    flip ^= np.uint16(0x8000)
+    flip ^= bits
+    return flip.astype(np.int32)
 
 
 def _unkeys(keys):
-    return np.where(keys >= 0x8000, keys ^ 0x8000, 0xFFFF - keys).astype("<u2")
+    """int keys in 0..65535 -> little-endian uint16 bit patterns (inverse of :func:`_keys`)."""
+    keys = keys.astype(np.uint16)
+    flip = (np.uint16(1) - (keys >> 15)) * np.uint16(0x7FFF)
+    flip ^= np.uint16(0x8000)
+    flip ^= keys
+    return flip.astype("<u2")
 
 
 def _tokens(u):
