@@ -215,3 +215,21 @@ def test_a_damaged_delta16_object_is_corrupt_never_wrong_bytes(store):
     open(path, "wb").write(bytes(blob))
     with pytest.raises(CorruptObjectError, match=oid):
         store.get(oid)
+
+
+def test_a_payload_that_asks_for_too_many_steps_is_refused():
+    """A hostile header may not buy a numpy pass per element: steps are capped by the spec."""
+    import struct
+
+    import zstandard
+
+    parent, child = fine_tune(20_000, "BF16", how="add")
+    payload = half_codec.encode(child.tobytes(), parent.tobytes(), 7)
+    version, shift, hlen = struct.unpack_from("<BBI", payload)
+    header = bytearray(zstandard.ZstdDecompressor().decompress(payload[6:6 + hlen]))
+    assert struct.unpack_from("<HII", header)[2] <= half_codec.MAX_STEPS
+    struct.pack_into("<I", header, 6, half_codec.MAX_STEPS + 1)
+    zheader = zstandard.ZstdCompressor().compress(bytes(header))
+    forged = struct.pack("<BBI", version, shift, len(zheader)) + zheader + payload[6 + hlen:]
+    with pytest.raises(ValueError, match="counts"):
+        half_codec.decode(forged, parent.tobytes())

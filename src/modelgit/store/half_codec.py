@@ -32,9 +32,12 @@ Payload layout (all integers little-endian)::
                   stream), u32[L] final rANS states
     6+H     ...   rANS words (u16), in the order the decoder reads them
 
-A decoder MUST reject a version it does not know, a header that does not parse, lanes that do
-not tile the stream, a run that overshoots its lane, more steps than the header states, reads
-past the words, and a key outside 0..65535. The store checks the content id after decoding.
+A writer MUST NOT use more than ``MAX_STEPS`` steps (items in one lane): the decoder's work is
+a numpy pass per step, and a payload from elsewhere must not buy minutes of it. A decoder MUST
+reject a version it does not know, a header that does not parse, more steps than that, lanes
+that do not tile the stream, a run that overshoots its lane, more steps than the header states,
+reads past the words, words left over, and a key outside 0..65535. The store checks the
+content id after decoding.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ RAW_PIECE = 12  # raw low bits are coded as uniform symbols of at most this many
 DIRECT = 8  # numbers below this are their own token
 NTOK = DIRECT + 4 * 26  # numbers up to 2**29 (runs of a 256 MiB object fit)
 EVENTS_PER_LANE = 384  # more lanes: fewer numpy steps, but 4-8 bytes of state and bounds each
+MAX_STEPS = 4096  # lanes of EVENTS_PER_LANE events take at most 2 * EVENTS_PER_LANE + 1
 CLASS_EVENTS = 3072  # a context class collects at least this many events (its table costs bytes)
 _PREFIX = struct.Struct("<BBI")
 _HEAD = struct.Struct("<HII")
@@ -252,6 +256,8 @@ def encode(raw, parent, mantissa_bits: int) -> bytes:
     del sctx, order, ctx
     items, bounds, steps = _layout(su, sclass, n)
     lanes = len(bounds) - 1
+    if steps > MAX_STEPS:  # cannot happen with EVENTS_PER_LANE events a lane
+        raise ValueError(f"delta16 lanes of {steps} steps, more than MAX_STEPS (a modelgit bug)")
     codes, phases = _counts_and_tables(items, su, sclass, nclass)
     # items in decoding order: step by step, lanes ascending within a step
     by_step = np.argsort(items["step"] * lanes + items["lane"], kind="stable")
@@ -310,7 +316,7 @@ def _parse(payload, n: int):
     nclass, lanes, steps = _HEAD.unpack_from(header)
     nctx = (0x7FFF >> shift) + 1
     sizes = [nctx, nclass * 2 * NTOK, 4 * (lanes + 1), 4 * lanes]
-    if not nclass or not lanes or len(header) != _HEAD.size + sum(sizes) or steps > n + lanes:
+    if not nclass or not lanes or len(header) != _HEAD.size + sum(sizes) or steps > MAX_STEPS:
         raise ValueError("delta16 header does not match its counts")
     parts, at = [], _HEAD.size
     for size in sizes:
