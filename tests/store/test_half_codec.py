@@ -1,5 +1,6 @@
 """delta16: the bf16/fp16 delta encoding (store/half_codec.py) and its selection."""
 
+import dataclasses
 import json
 import os
 
@@ -173,6 +174,20 @@ def test_selection_keeps_delta_when_it_is_smaller_and_for_other_dtypes():
     assert encode_best_delta(w2.tobytes(), "F32", 4, w.tobytes()) == \
         (DELTA, encode_delta(w2.tobytes(), 4, w.tobytes()))
     assert encode_best_delta(child.tobytes(), "BF16", 2, parent[:-1].tobytes()) is None
+
+
+def test_selection_does_not_try_delta16_on_unrelated_content(monkeypatch):
+    """A tensor trained anew is no update of its parent: delta16 would cost time for nothing."""
+    from modelgit.store import encodings
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("delta16 was tried")
+
+    monkeypatch.setattr(encodings, "DELTA16", dataclasses.replace(encodings.DELTA16, encode=refuse))
+    rng = np.random.default_rng(1)
+    parent = half(rng.standard_normal(1 << 14) * 0.02, "BF16")
+    child = half(rng.standard_normal(1 << 14) * 0.02, "BF16")
+    assert encode_best_delta(child.tobytes(), "BF16", 2, parent.tobytes())[0] is DELTA
 
 
 def test_store_writes_delta16_marks_the_format_and_reads_back(store):

@@ -339,7 +339,8 @@ def encode_best_delta(raw, dtype: str, itemsize: int, parent) -> tuple[Encoding,
     if payload is None:
         return None
     mantissa_bits = _HALF_MANTISSA_BITS.get(dtype)
-    if mantissa_bits is not None and itemsize == 2 and len(raw) >= _DELTA16_MIN_BYTES:
+    if mantissa_bits is not None and itemsize == 2 and len(raw) >= _DELTA16_MIN_BYTES \
+            and len(payload) <= _DELTA16_TRY * len(raw):
         half = DELTA16.encode(raw, itemsize, parent, mantissa_bits)
         if len(half) < len(payload):
             return DELTA16, half
@@ -351,6 +352,10 @@ def encode_best_delta(raw, dtype: str, itemsize: int, parent) -> tuple[Encoding,
 _HALF_MANTISSA_BITS = {"BF16": 7, "F16": 10}
 # below this, delta16's header (tables, lane states) costs more than it can save
 _DELTA16_MIN_BYTES = 512
+# delta16 is tried only where delta already halves the chunk (an update of it, as a fine-tune
+# makes): on unrelated content (a tensor trained anew) it costs 20-100x delta's time to be
+# about as large, and the store keeps the standalone encoding there anyway
+_DELTA16_TRY = 0.5
 
 
 def encode_delta(raw, itemsize: int, parent) -> bytes | None:

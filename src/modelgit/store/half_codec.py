@@ -151,9 +151,11 @@ def _classes(ctx_of_events, nctx):
 
 
 def _layout(su, sclass, n):
-    """The items of every lane, in decoding order, as (steps, lanes) grids.
+    """The items of every lane, lane after lane, each with its step (its rank in its lane); the
+    lane bounds (element offsets, lanes + 1); and the most items a lane has.
 
-    An item is a zero run ended by an event (a non-zero value) or by the end of its lane."""
+    An item is a zero run ended by an event (a non-zero value) or by the end of its lane. Lanes
+    hold about EVENTS_PER_LANE events each; a lane starts at an event."""
     ev = np.flatnonzero(su)
     lanes = max(1, min(len(ev) // EVENTS_PER_LANE, 1 << 20))
     bounds = np.empty(lanes + 1, dtype=np.int64)
