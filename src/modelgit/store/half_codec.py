@@ -94,7 +94,7 @@ def _tokens(u):
     nbits = np.where(small, 0, e - 2)
     token = np.where(small, u, DIRECT + (e - 3) * 4 + ((u >> nbits) & 3))
     raw = u & ((np.int64(1) << nbits) - 1)
-    return token, nbits, raw
+    return token.astype(np.uint8), nbits, raw
 
 
 def _token_base():
@@ -156,13 +156,13 @@ def _layout(su, sclass, n):
 
     An item is a zero run ended by an event (a non-zero value) or by the end of its lane. Lanes
     hold about EVENTS_PER_LANE events each; a lane starts at an event."""
-    ev = np.flatnonzero(su)
+    ev = np.flatnonzero(su).astype(np.int32)  # positions: n < 2**31
     lanes = max(1, min(len(ev) // EVENTS_PER_LANE, 1 << 20))
     bounds = np.empty(lanes + 1, dtype=np.int64)
     bounds[0], bounds[-1] = 0, n
     if lanes > 1:
         bounds[1:-1] = ev[(np.arange(1, lanes) * len(ev)) // lanes]
-    ev_lane = np.searchsorted(bounds, ev, side="right") - 1
+    ev_lane = (np.searchsorted(bounds, ev, side="right") - 1).astype(np.int32)
     # run start of each event: the previous event of its lane + 1, or the lane's start
     start = np.empty_like(ev)
     if len(ev):
@@ -172,21 +172,22 @@ def _layout(su, sclass, n):
         first[1:] = ev_lane[1:] != ev_lane[:-1]
         start[first] = bounds[ev_lane[first]]
     # the tail run of each lane: from its last event + 1 (or its start) to its end, if any
-    last = np.full(lanes, -1, dtype=np.int64)
+    last = np.full(lanes, -1, dtype=np.int32)
     if len(ev):
         last[ev_lane] = ev  # later events overwrite earlier ones (numpy assigns in order)
-    tail_start = np.where(last >= 0, last + 1, bounds[:-1])
+    tail_start = np.where(last >= 0, last + 1, bounds[:-1]).astype(np.int32)
     has_tail = tail_start < bounds[1:]
-    item_lane = np.concatenate([ev_lane, np.flatnonzero(has_tail)])
+    item_lane = np.concatenate([ev_lane, np.flatnonzero(has_tail).astype(np.int32)])
     item_start = np.concatenate([start, tail_start[has_tail]])
-    item_end = np.concatenate([ev, bounds[1:][has_tail]])  # run end = event or lane end
+    item_end = np.concatenate([ev, bounds[1:][has_tail].astype(np.int32)])  # event or lane end
     is_event = np.concatenate([np.ones(len(ev), bool), np.zeros(int(has_tail.sum()), bool)])
+    del ev, ev_lane, start
     order = np.argsort(item_start, kind="stable")  # lanes are ranges of positions, in order
     item_lane, item_start, item_end, is_event = (a[order] for a in
                                                  (item_lane, item_start, item_end, is_event))
     per_lane = np.bincount(item_lane, minlength=lanes)
     first_item = np.concatenate([[0], np.cumsum(per_lane)[:-1]])
-    step = np.arange(len(item_lane)) - first_item[item_lane]
+    step = (np.arange(len(item_lane)) - first_item[item_lane]).astype(np.int32)
     steps = int(per_lane.max()) if len(item_lane) else 0
     items = dict(lane=item_lane, step=step, run=item_end - item_start,
                  run_class=sclass[np.minimum(item_start, n - 1)] if n else item_start,
@@ -196,27 +197,28 @@ def _layout(su, sclass, n):
 
 def _phases(tokens, raw, freq, cum, table):
     """(freq, start) of every rANS symbol of some numbers: their tokens, then the raw pieces
-    that any of them has (uint32 arrays; freq 0 where a number has no such piece)."""
+    that any of them has (uint16 arrays; freq 0 where a number has no such piece)."""
     flat = table * NTOK + tokens
-    out = [(freq.ravel()[flat].astype(np.uint32), cum.ravel()[flat].astype(np.uint32))]
+    # frequencies are at most 2**15, starts below it: 16 bits each
+    out = [(freq.ravel()[flat].astype(np.uint16), cum.ravel()[flat].astype(np.uint16))]
     for piece in range(3):
         k = _PIECES[piece][tokens]
         if not k.any():
             break
         value = (raw >> (RAW_PIECE * piece)) & ((np.int64(1) << k) - 1)
         f = np.where(k > 0, np.int64(1) << (PROB_BITS - k), 0)
-        out.append((f.astype(np.uint32), (value * f).astype(np.uint32)))
+        out.append((f.astype(np.uint16), (value * f).astype(np.uint16)))
     return out
 
 
 def _counts_and_tables(items, su, sclass, nclass):
     """Tokens of every run and value, the frequency codes of the class tables, and the
     (freq, start) arrays of every coding phase, aligned with the items."""
-    run_tok, _, run_raw = _tokens(items["run"])
+    run_tok, _, run_raw = _tokens(items["run"].astype(np.int64))
     ev_idx = np.flatnonzero(items["event"])
-    val_tok, _, val_raw = _tokens(su[items["pos"][ev_idx]] - 1)
-    val_table = sclass[items["pos"][ev_idx]] * 2 + 1
-    run_table = items["run_class"] * 2
+    val_tok, _, val_raw = _tokens(su[items["pos"][ev_idx]].astype(np.int64) - 1)
+    val_table = sclass[items["pos"][ev_idx]].astype(np.int64) * 2 + 1
+    run_table = items["run_class"].astype(np.int64) * 2
     counts = np.bincount(np.concatenate([run_table * NTOK + run_tok, val_table * NTOK + val_tok]),
                          minlength=nclass * 2 * NTOK).reshape(nclass, 2, NTOK)
     codes = _codes(counts)
@@ -224,7 +226,7 @@ def _counts_and_tables(items, su, sclass, nclass):
     cum = np.concatenate([np.zeros((nclass * 2, 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]], 1)
     phases = _phases(run_tok, run_raw, freq, cum, run_table)
     for f, start in _phases(val_tok, val_raw, freq, cum, val_table):
-        full_f, full_s = np.zeros(len(run_tok), np.uint32), np.zeros(len(run_tok), np.uint32)
+        full_f, full_s = np.zeros(len(run_tok), np.uint16), np.zeros(len(run_tok), np.uint16)
         full_f[ev_idx], full_s[ev_idx] = f, start
         phases.append((full_f, full_s))
     return codes, phases
@@ -249,23 +251,26 @@ def encode(raw, parent, mantissa_bits: int) -> bytes:
     order = np.argsort(ctx, kind="stable")
     del par
     d = d[order]
-    su = ((d << 1) ^ (d >> 31)).astype(np.int64)  # zig-zag, < 2**17
+    su = (d << 1) ^ (d >> 31)  # zig-zag, < 2**17 (int32)
     del d
     sctx = ctx[order]
     n = len(su)
     cmap, nclass = _classes(sctx[su != 0], nctx)
-    sclass = cmap[sctx].astype(np.int64)
+    sclass = cmap[sctx]  # uint8
     del sctx, order, ctx
     items, bounds, steps = _layout(su, sclass, n)
     lanes = len(bounds) - 1
     if steps > MAX_STEPS:  # cannot happen with EVENTS_PER_LANE events a lane
         raise ValueError(f"delta16 lanes of {steps} steps, more than MAX_STEPS (a modelgit bug)")
+    # items in decoding order: step by step, lanes ascending within a step (one array at a
+    # time, so that the old order of each is freed before the next is copied)
+    by_step = np.argsort(items["step"].astype(np.int64) * lanes + items["lane"], kind="stable")
+    for key in list(items):
+        items[key] = items[key][by_step]
+    del by_step
     codes, phases = _counts_and_tables(items, su, sclass, nclass)
-    # items in decoding order: step by step, lanes ascending within a step
-    by_step = np.argsort(items["step"] * lanes + items["lane"], kind="stable")
-    lane_of = items["lane"][by_step]
-    offsets = np.searchsorted(items["step"][by_step], np.arange(steps + 1))
-    phases = [(f[by_step], s[by_step]) for f, s in phases]
+    lane_of = items["lane"]
+    offsets = np.searchsorted(items["step"], np.arange(steps + 1))
     del items, su, sclass
 
     x = np.full(lanes, RANS_LOW, dtype=np.int64)
@@ -276,12 +281,13 @@ def encode(raw, parent, mantissa_bits: int) -> bytes:
         for f_all, s_all in reversed(phases):
             f = f_all[lo:hi]
             if f.all():
-                lanes_now, fa, sa = step_lanes, f.astype(np.int64), s_all[lo:hi]
+                lanes_now, fa, sa = step_lanes, f.astype(np.int64), s_all[lo:hi].astype(np.int64)
             else:
                 some = np.flatnonzero(f)
                 if not some.size:
                     continue
-                lanes_now, fa, sa = step_lanes[some], f[some].astype(np.int64), s_all[lo:hi][some]
+                lanes_now = step_lanes[some]
+                fa, sa = f[some].astype(np.int64), s_all[lo:hi][some].astype(np.int64)
             xa = x[lanes_now]
             emit = xa >= (fa << (32 - PROB_BITS))
             if emit.any():
@@ -324,7 +330,7 @@ def _parse(payload, n: int):
     for size in sizes:
         parts.append(header[at:at + size])
         at += size
-    cmap = np.frombuffer(parts[0], np.uint8).astype(np.int64)
+    cmap = np.frombuffer(parts[0], np.uint8)
     codes = np.frombuffer(parts[1], np.uint8).reshape(nclass, 2, NTOK)
     bounds = np.frombuffer(parts[2], "<u4").astype(np.int64)
     states = np.frombuffer(parts[3], "<u4").astype(np.int64)
@@ -398,28 +404,29 @@ def decode(payload, parent) -> np.ndarray:
     freq = _freqs(codes).reshape(-1, NTOK)
     cum = np.concatenate([np.zeros((len(freq), 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]], 1)
     reader = _Reader(states, words, freq, cum)
-    su = np.zeros(n, dtype=np.int64)
+    su = np.zeros(n, dtype=np.int32)
     pos, end = bounds[:-1].copy(), bounds[1:]
     active = np.flatnonzero(pos < end)
     for _ in range(steps):
         if not active.size:
             break
         p = pos[active]
-        run = reader.number(active, sclass[p] * 2)
+        run = reader.number(active, sclass[p].astype(np.int64) * 2)
         hit = p + run
         if np.any(hit > end[active]):
             raise ValueError("delta16 run overshoots its lane")
         event = hit < end[active]
         ev_lanes, ev_pos = active[event], hit[event]
-        su[ev_pos] = reader.number(ev_lanes, sclass[ev_pos] * 2 + 1) + 1
+        su[ev_pos] = reader.number(ev_lanes, sclass[ev_pos].astype(np.int64) * 2 + 1) + 1
         pos[active] = np.where(event, hit + 1, hit)
         active = active[pos[active] < end[active]]
     if active.size:
         raise ValueError(f"delta16 payload holds more than its {steps} steps")
     if reader.ptr != len(words) or np.any(reader.x != RANS_LOW):
         raise ValueError("delta16 payload does not end where its symbols do")
-    u = np.empty(n, dtype=np.int64)
+    u = np.empty(n, dtype=np.int32)
     u[order] = su
+    del su, order, sclass
     keys = _keys(par) + ((u >> 1) ^ -(u & 1))
     if np.any((keys < 0) | (keys > 0xFFFF)):
         raise ValueError("delta16 payload decodes to keys outside 16 bits")
