@@ -248,3 +248,10 @@ def test_a_payload_that_asks_for_too_many_steps_is_refused():
     forged = struct.pack("<BBI", version, shift, len(zheader)) + zheader + payload[6 + hlen:]
     with pytest.raises(ValueError, match="counts"):
         half_codec.decode(forged, parent.tobytes())
+
+
+def test_more_items_than_one_block_round_trip():
+    """A dense update has more items than the encoder tokenises at a time (BLOCK)."""
+    parent, child = fine_tune(half_codec.BLOCK * 2 + 12345, "F16", how="add")
+    assert np.count_nonzero(parent != child) > half_codec.BLOCK
+    round_trip(child, parent, 10)

@@ -59,6 +59,7 @@ DIRECT = 8  # numbers below this are their own token
 NTOK = DIRECT + 4 * 26  # numbers up to 2**29 (runs of a 256 MiB object fit)
 EVENTS_PER_LANE = 384  # more lanes: fewer numpy steps, but 4-8 bytes of state and bounds each
 MAX_STEPS = 4096  # lanes of EVENTS_PER_LANE events take at most 2 * EVENTS_PER_LANE + 1
+BLOCK = 1 << 18  # items tokenised at a time (bounds the encoder's temporaries)
 CLASS_EVENTS = 3072  # a context class collects at least this many events (its table costs bytes)
 _PREFIX = struct.Struct("<BBI")
 _HEAD = struct.Struct("<HII")
@@ -211,25 +212,45 @@ def _phases(tokens, raw, freq, cum, table):
     return out
 
 
+def _block(items, su, sclass, lo, hi):
+    """The runs and the values of items lo..hi: (numbers, table, item offsets or None) each."""
+    run = items["run"][lo:hi].astype(np.int64)
+    run_table = items["run_class"][lo:hi].astype(np.int64) * 2
+    ev = np.flatnonzero(items["event"][lo:hi])
+    pos = items["pos"][lo:hi][ev]
+    value = su[pos].astype(np.int64) - 1  # events are non-zero
+    value_table = sclass[pos].astype(np.int64) * 2 + 1
+    return (run, run_table, None), (value, value_table, ev)
+
+
 def _counts_and_tables(items, su, sclass, nclass):
-    """Tokens of every run and value, the frequency codes of the class tables, and the
-    (freq, start) arrays of every coding phase, aligned with the items."""
-    run_tok, _, run_raw = _tokens(items["run"].astype(np.int64))
-    ev_idx = np.flatnonzero(items["event"])
-    val_tok, _, val_raw = _tokens(su[items["pos"][ev_idx]].astype(np.int64) - 1)
-    val_table = sclass[items["pos"][ev_idx]].astype(np.int64) * 2 + 1
-    run_table = items["run_class"].astype(np.int64) * 2
-    counts = np.bincount(np.concatenate([run_table * NTOK + run_tok, val_table * NTOK + val_tok]),
-                         minlength=nclass * 2 * NTOK).reshape(nclass, 2, NTOK)
-    codes = _codes(counts)
+    """The frequency codes of the class tables, and the (freq, start) arrays of every coding
+    phase, aligned with the items. Items are tokenised BLOCK at a time, twice (to count, then
+    to code): int64 temporaries of every event at once took ~150 MB for a dense 4 MiB chunk."""
+    n_items = len(items["run"])
+    counts = np.zeros(nclass * 2 * NTOK, np.int64)
+    top = [0, 0]  # the largest token of runs and of values: it has the most raw pieces
+    for lo in range(0, n_items, BLOCK):
+        for kind, (numbers, table, _) in enumerate(_block(items, su, sclass, lo, lo + BLOCK)):
+            tok = _tokens(numbers)[0]
+            counts += np.bincount(table * NTOK + tok, minlength=counts.size)
+            if tok.size:
+                top[kind] = max(top[kind], int(tok.max()))
+    codes = _codes(counts.reshape(nclass, 2, NTOK))
     freq = _freqs(codes).reshape(nclass * 2, NTOK)
     cum = np.concatenate([np.zeros((nclass * 2, 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]], 1)
-    phases = _phases(run_tok, run_raw, freq, cum, run_table)
-    for f, start in _phases(val_tok, val_raw, freq, cum, val_table):
-        full_f, full_s = np.zeros(len(run_tok), np.uint16), np.zeros(len(run_tok), np.uint16)
-        full_f[ev_idx], full_s[ev_idx] = f, start
-        phases.append((full_f, full_s))
-    return codes, phases
+    grids = []
+    for kind in (0, 1):
+        pieces = sum(1 for piece in range(3) if _PIECES[piece][top[kind]] > 0)
+        grids.append([(np.zeros(n_items, np.uint16), np.zeros(n_items, np.uint16))
+                      for _ in range(1 + pieces)])
+    for lo in range(0, n_items, BLOCK):
+        for kind, (numbers, table, ev) in enumerate(_block(items, su, sclass, lo, lo + BLOCK)):
+            tok, _, raw = _tokens(numbers)
+            at = slice(lo, lo + BLOCK) if ev is None else lo + ev
+            for (grid_f, grid_s), (f, start) in zip(grids[kind], _phases(tok, raw, freq, cum, table)):
+                grid_f[at], grid_s[at] = f, start
+    return codes, grids[0] + grids[1]
 
 
 def encode(raw, parent, mantissa_bits: int) -> bytes:
