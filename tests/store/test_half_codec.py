@@ -255,3 +255,25 @@ def test_more_items_than_one_block_round_trip():
     parent, child = fine_tune(half_codec.BLOCK * 2 + 12345, "F16", how="add")
     assert np.count_nonzero(parent != child) > half_codec.BLOCK
     round_trip(child, parent, 10)
+
+
+def test_transfers_keep_delta16_readable_and_mark_the_stores_that_get_it(tmp_path):
+    """A fetch that copies delta16 objects marks the destination format 3 before they land; a
+    push stores older versions on the remote as delta (its layout re-encodes), so the remote
+    stays readable by the previous release."""
+    from modelgit.git.transfer import fetch_objects, push_objects
+
+    local = Store.open(str(tmp_path / "local"), create=True)
+    parent, child = fine_tune(1 << 16, "BF16")
+    first = local.put("BF16", (1 << 16,), parent.tobytes()).oid
+    second = local.put("BF16", (1 << 16,), child.tobytes(), parent=first).oid
+    assert local.header(second).encoding is DELTA16
+    copy = Store.open(str(tmp_path / "copy"), create=True)
+    fetch_objects(copy, [("peer", local)], {second})
+    assert copy.header(second).encoding is DELTA16 and copy.get(second) == child.tobytes()
+    assert Store.open(copy.url).config["format"] == 3
+    remote = Store.open(str(tmp_path / "remote"), create=True, newest_whole=True)
+    push_objects(local, remote, {first, second})
+    assert Store.open(remote.url).config["format"] == 2
+    assert remote.header(first).encoding is DELTA and remote.get(first) == parent.tobytes()
+    assert remote.get(second) == child.tobytes()
