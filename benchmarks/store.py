@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Storage benchmark of modelgit against ``cp`` and git-lfs, on a locally built checkpoint.
 
-One run measures, for the same transformer-like model in fp32 and in bf16:
+One run measures, for the same transformer-like model in fp32, in bf16 and (``--dtypes``) in fp16:
 
 * wall time of ``modelgit add`` (new, to a fresh store), of re-adding it unchanged (same path:
   stat cache) and as an identical copy at another path (full re-hash, dedup), and of
@@ -45,6 +45,8 @@ import time
 
 import numpy as np
 
+import store_codecs  # benchmarks/store_codecs.py
+
 HIDDEN = 1024
 FFN = 4096
 MAX_VOCAB = 50257  # GPT-2's vocabulary
@@ -64,6 +66,7 @@ TARGETS = {
     "rss_over_largest_mb": 300.0,
     "one_tensor": 1.01,  # x the changed tensor's size
     "finetune": 0.5,  # x the raw size of the version
+    "vs_bound": 1.1,  # stored v3a / v3b x its lossless bound
 }
 
 
@@ -107,7 +110,7 @@ def storage_dtype(kind: str, dtype: str) -> str:
     return "I64" if kind == "int" else dtype
 
 
-ITEMSIZE = {"F32": 4, "BF16": 2, "I64": 8}
+ITEMSIZE = {"F32": 4, "BF16": 2, "F16": 2, "I64": 8}
 
 
 def nbytes(shape, dtype: str) -> int:
@@ -125,11 +128,29 @@ def from_bf16(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
+def to_float32(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """The values of stored elements (bit patterns for the 16-bit floats) as fp32."""
+    if dtype == "BF16":
+        return from_bf16(bits)
+    if dtype == "F16":
+        return np.asarray(bits).view(np.float16).astype(np.float32)
+    return np.asarray(bits).astype(np.float32)
+
+
+def ulp_of(w: np.ndarray, dtype: str) -> np.ndarray:
+    """The spacing of the stored dtype at ``w`` (fp32 values of stored elements), as float64."""
+    if dtype == "F16":
+        return np.spacing(np.abs(w.astype(np.float16))).astype(np.float64)
+    return np.spacing(np.abs(w)).astype(np.float64) * (65536 if dtype == "BF16" else 1)
+
+
 def encode(values: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "F32":
         return np.ascontiguousarray(values, dtype=np.float32)
     if dtype == "BF16":
         return to_bf16(values)
+    if dtype == "F16":
+        return np.ascontiguousarray(values, dtype=np.float32).astype(np.float16).view(np.uint16)
     return np.ascontiguousarray(values, dtype=np.int64)
 
 
@@ -182,7 +203,7 @@ class SafetensorsWriter:
 class SafetensorsFile:
     """Read-only numpy views (memory-mapped) of the tensors of a safetensors file."""
 
-    NUMPY = {"F32": np.float32, "BF16": np.uint16, "I64": np.int64}
+    NUMPY = {"F32": np.float32, "BF16": np.uint16, "F16": np.uint16, "I64": np.int64}
 
     def __init__(self, path: str):
         with open(path, "rb") as handle:
@@ -221,7 +242,7 @@ def derive(src: str, dst: str, spec, dtype: str, seed: int, how: str) -> None:
         "one"  — the changed tensor (see :func:`changed_tensor`) regenerated, the rest copied;
         "mult" — every float tensor w -> w * (1 + 1e-3 * N(0,1)), per element;
         "add"  — every float tensor w -> w + 1e-3 * std(w) * N(0,1).
-    For bf16 the noise is applied in fp32 and the result rounded to bf16.
+    For bf16 and fp16 the noise is applied in fp32 and the result rounded to nearest even.
     """
     source = SafetensorsFile(src)
     writer = SafetensorsWriter(dst, [(n, s, storage_dtype(k, dtype)) for n, s, k in spec])
@@ -233,7 +254,7 @@ def derive(src: str, dst: str, spec, dtype: str, seed: int, how: str) -> None:
 
         def fp32(start, stop):
             part = np.asarray(flat[start:stop])
-            return from_bf16(part) if sdtype == "BF16" else part.astype(np.float32)
+            return to_float32(part, sdtype)
 
         if how == "one" and name == target:
             rng = np.random.default_rng([seed, SALT_CHANGED, index])
@@ -303,13 +324,13 @@ def lossless_bound(base: str, spec, dtype: str, how: str, sample: int = 65536) -
         flat = source.flat(name)
         step = max(1, n // sample)
         part = np.asarray(flat[::step])
-        w = from_bf16(part) if sdtype == "BF16" else part.astype(np.float32)
-        ulp = np.spacing(np.abs(w)).astype(np.float64) * (65536 if sdtype == "BF16" else 1)
+        w = to_float32(part, sdtype)
+        ulp = ulp_of(w, sdtype)
         if how == "mult":
             sigma = NOISE * np.abs(w.astype(np.float64))
         else:
             full = np.asarray(flat)
-            full = from_bf16(full) if sdtype == "BF16" else full
+            full = to_float32(full, sdtype)
             sigma = np.full(w.shape, NOISE * float(full.astype(np.float64).std()))
             del full
         bits += _rounded_gaussian_entropy(sigma / ulp).mean() * n
@@ -658,10 +679,15 @@ class DtypeRun:
             say(f"{self.label}: add {version} (parent {parent}) "
                 f"{self.ops[f'add_{version}']['wall_s']:.2f} s, stored {delta / MB:.2f} MB")
 
-        # every version materialises byte for byte (untimed check)
+        # every version materialises byte for byte (v2 untimed; v3a and v3b timed: they decode
+        # every float tensor through a delta)
         for version, manifest in (("v2", "m2"), ("v3a", "m3a"), ("v3b", "m3b")):
             out = self.path(f"check-{version}.safetensors")
-            self.b.quiet(*self.modelgit("materialize", self.path(f"{manifest}.manifest"), "-o", out))
+            cmd = self.modelgit("materialize", self.path(f"{manifest}.manifest"), "-o", out)
+            if version == "v2":
+                self.b.quiet(*cmd)
+            else:
+                self.ops[f"materialize_{version}"] = summarize([self.b.run(cmd)])
             self.info[f"materialize_{version}_identical"] = same_file(out, f[version])
             remove(out)
         self.info["store_report"] = json.loads(self.b.quiet(*self.modelgit("stats", "--json")))
@@ -706,6 +732,12 @@ class DtypeRun:
         for version, how, parent in (("v3a", "mult", "v2"), ("v3b", "add", "v2")):
             self.stored[version]["lossless_bound"] = lossless_bound(
                 self.files[parent], self.spec, self.dtype, how)
+            t0 = time.perf_counter()
+            self.stored[version]["codecs"] = store_codecs.compare(
+                SafetensorsFile(self.files[parent]), SafetensorsFile(self.files[version]),
+                self.spec, self.dtype, storage_dtype)
+            self.b.say(f"{self.label}: {version} codecs compared in process "
+                       f"({time.perf_counter() - t0:.1f} s)")
         if git_lfs:
             self.measure_git_lfs()
 
@@ -728,6 +760,7 @@ def rows_for(run: DtypeRun, git_lfs: bool) -> list[dict]:
     rows = []
 
     def row(figure, mg, alt, ratio, target=None, text=None, mg_text=None, alt_text=None):
+        ratio = float(ratio)  # numpy scalars (the bound's) do not go into JSON
         rows.append({"figure": f"{L} {figure}", "modelgit": mg, "alternative": alt, "ratio": ratio,
                      "target": target, "pass": None if target is None else ratio <= target,
                      "ratio_text": text, "modelgit_text": mg_text, "alternative_text": alt_text})
@@ -761,7 +794,8 @@ def rows_for(run: DtypeRun, git_lfs: bool) -> list[dict]:
     for name, op in (("add new", "add_new"), ("re-add same path", "readd_same"),
                      ("re-add copy", "readd_copy"), ("materialize", "materialize"),
                      ("add v2 (1 tensor changed)", "add_v2"), ("add v3a (mult. noise)", "add_v3a"),
-                     ("add v3b (add. noise)", "add_v3b")):
+                     ("add v3b (add. noise)", "add_v3b"), ("materialize v3a", "materialize_v3a"),
+                     ("materialize v3b", "materialize_v3b")):
         peak = ops[op]["maxrss_mb"] * MB
         over = (peak - largest) / MB
         row(f"peak RSS {name}", peak, largest, over, TARGETS["rss_over_largest_mb"],
@@ -779,6 +813,20 @@ def rows_for(run: DtypeRun, git_lfs: bool) -> list[dict]:
         if bound is not None:
             row(f"  lossless bound for {version} (entropy of the update, est.)", bound * raw, raw, bound,
                 mg_text="-", alt_text="raw " + fmt_mb(raw))
+            row(f"  stored {version} vs its lossless bound", s, bound * raw, s / (bound * raw),
+                TARGETS["vs_bound"], mg_text=fmt_mb(s), alt_text="bound " + fmt_mb(bound * raw))
+        codecs = st[version].get("codecs")
+        if codecs and bound is not None:
+            cbound = bound * codecs["raw_bytes"]
+            for key, name in (("delta", "delta (before delta16)"), ("chosen", "store's choice")):
+                c = codecs[key]
+                row(f"  {version} float deltas, {name}, vs bound", c["bytes"], cbound,
+                    c["bytes"] / cbound, mg_text=fmt_mb(c["bytes"]), alt_text="bound " + fmt_mb(cbound))
+            d, c = codecs["delta"], codecs["chosen"]
+            for op in ("encode", "decode"):
+                mine, old = c[f"{op}_cpu_s"], d[f"{op}_cpu_s"]
+                row(f"  {version} {op} CPU-s, store's choice vs delta", mine, old, mine / old,
+                    mg_text=f"{mine:.2f} s", alt_text=f"delta {old:.2f} s")
     s, raw = st["v1"]["stored_bytes"], st["v1"]["raw_bytes"]
     row("stored v1 (new)", s, raw, s / raw, mg_text=fmt_mb(s), alt_text="raw " + fmt_mb(raw))
     if git_lfs and g:
@@ -853,7 +901,7 @@ def startup_cost(bench: Bench, modelgit: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=float, default=1024,
-                        help="size of the fp32 checkpoint in MiB (default 1024; bf16 is half)")
+                        help="size of the fp32 checkpoint in MiB (default 1024; bf16, fp16 half)")
     parser.add_argument("--json", metavar="OUT", help="write every figure to this JSON file")
     parser.add_argument("--workdir", help="create the temporary directory here (default: $TMPDIR or /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -861,7 +909,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each timed add / re-add / materialize, each preceded by a cp "
                              "and a cp+sync of the same file; medians reported (default 3)")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated subset of fp32,bf16")
+    parser.add_argument("--dtypes", default="fp32,bf16",
+                        help="comma-separated subset of fp32,bf16,fp16 (default fp32,bf16)")
     parser.add_argument("--warm-mb", type=int, default=0,
                         help="touch and free this much memory (MiB) before every timed command, to "
                              "hand it pages the hypervisor already backs (default 0: off; see README)")
@@ -891,7 +940,7 @@ def main(argv=None) -> int:
     bench.warm_mb = args.warm_mb
     loadavg_start = os.getloadavg()
     spec = model_spec(args.size_mb)
-    dtypes = {"fp32": "F32", "bf16": "BF16"}
+    dtypes = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
     runs = []
     try:
         bench.say(f"workdir {workdir}; model: {len(spec)} tensors, "

@@ -22,7 +22,7 @@ from typing import Callable
 from ..errors import CorruptObjectError, ObjectMissingError
 from ..store import Store
 from ..dtypes import DTYPES, FLOAT_DTYPES
-from ..store.encodings import encode_standalone
+from ..store.encodings import DELTA16, encode_standalone
 from ..store.objectfile import ObjectHeader, pack_header, unpack_header
 from ..store.store import MAX_DELTA_DEPTH, QUARANTINE, decode_object
 
@@ -340,6 +340,8 @@ class _CopyTree:
                 depth = chain_depth(self.sink.dst, head.parent)
             depth += 1
         dst = self.sink.dst
+        if head.encoding is DELTA16:
+            dst.use_delta16()  # before the object lands: older modelgit must refuse this store
         if depth > MAX_DELTA_DEPTH:
             # a delta on an object that is itself deep here: stored whole instead (its verified
             # content is at hand), so that every chain here stays readable

@@ -16,6 +16,9 @@ Encodings:
   unsigned integers (mod 2^bits), zig-zag mapped so small changes either way become small
   numbers, then byte planes + zstd. Integer difference of IEEE bit patterns is monotone within a
   sign, so a small numerical change is a small integer whatever the exponent.
+* ``delta16`` — against a parent of equal size, for bf16 and fp16: the update entropy-coded
+  (rANS) per exponent of the parent, see :mod:`modelgit.store.half_codec`. Chosen by
+  :func:`encode_best_delta` when smaller than ``delta``, which it is on sparse fine-tune updates.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Callable
 import zstandard
 
 __all__ = ["Encoding", "ENCODINGS", "BY_CODE", "register", "encode_standalone", "encode_delta",
-           "delta_parent_content"]
+           "encode_best_delta", "delta_parent_content"]
 
 ZSTD_LEVEL = 1  # entropy coding does the work on weights; higher levels only cost time
 _local = threading.local()
@@ -255,6 +258,29 @@ ZSTD = register(Encoding("zstd", 1, _zstd_encode, _zstd_decode_any))
 PLANES = register(Encoding("planes", 2, _planes_encode, _planes_decode))
 DELTA = register(Encoding("delta", 3, _delta_encode, _delta_decode, needs_parent=True))
 
+
+def _half_module():
+    from . import half_codec  # numpy-heavy, like the other codecs: imported when first used
+
+    return half_codec
+
+
+def _delta16_encode(raw, itemsize, parent, mantissa_bits: int = 7) -> bytes:
+    if itemsize != 2:
+        raise ValueError(f"delta16 codes 2-byte elements, not {itemsize}-byte ones")
+    return _half_module().encode(raw, parent, mantissa_bits)
+
+
+def _delta16_decode(payload, itemsize, raw_len, parent):
+    if itemsize != 2 or parent is None or len(parent) != raw_len:
+        raise ValueError("delta16 object decoded without a 2-byte parent of its size")
+    return _half_module().decode(payload, parent)
+
+
+DELTA16 = register(Encoding("delta16", 4, _delta16_encode, _delta16_decode, needs_parent=True))
+#: the store format of a store that may hold delta16 objects: older modelgit refuses to open it
+DELTA16_FORMAT = 3
+
 # A compressed form is kept only when it saves at least this fraction (else reads pay for nothing).
 MIN_SAVING = 0.03
 # A delta is kept only when it is this much smaller than the best standalone form: a chain costs
@@ -303,6 +329,33 @@ def sum_of_squares(raw, dtype: str) -> float | None:
             total = float(np.dot(wide, wide)) * scale * scale
     # a sum beyond float64's range has no hint either; the diff computes it from the values
     return total if math.isfinite(total) else None
+
+
+def encode_best_delta(raw, dtype: str, itemsize: int, parent) -> tuple[Encoding, bytes] | None:
+    """The smaller of ``delta`` and, for bf16 and fp16, ``delta16`` of ``raw`` against
+    ``parent``, as (encoding, payload); None when sizes differ. Other dtypes get ``delta``
+    exactly as :func:`encode_delta` makes it."""
+    payload = encode_delta(raw, itemsize, parent)
+    if payload is None:
+        return None
+    mantissa_bits = _HALF_MANTISSA_BITS.get(dtype)
+    if mantissa_bits is not None and itemsize == 2 and len(raw) >= _DELTA16_MIN_BYTES \
+            and len(payload) <= _DELTA16_TRY * len(raw):
+        half = DELTA16.encode(raw, itemsize, parent, mantissa_bits)
+        if len(half) < len(payload):
+            return DELTA16, half
+    return DELTA, payload
+
+
+# mantissa bits of the 16-bit float dtypes (bf16 has 8 exponent bits, fp16 has 5): the parent's
+# exponent is the context delta16 codes an element in
+_HALF_MANTISSA_BITS = {"BF16": 7, "F16": 10}
+# below this, delta16's header (tables, lane states) costs more than it can save
+_DELTA16_MIN_BYTES = 512
+# delta16 is tried only where delta already halves the chunk (an update of it, as a fine-tune
+# makes): on unrelated content (a tensor trained anew) it costs 20-100x delta's time to be
+# about as large, and the store keeps the standalone encoding there anyway
+_DELTA16_TRY = 0.5
 
 
 def encode_delta(raw, itemsize: int, parent) -> bytes | None:

@@ -31,7 +31,8 @@ from typing import Callable, Iterable, Iterator
 from ..dtypes import DTYPES, FLOAT_DTYPES
 from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageError
 from .backends import Backend, LocalBackend, open_backend
-from .encodings import DELTA, DELTA_ADVANTAGE, encode_delta, encode_standalone, sum_of_squares
+from .encodings import (DELTA16, DELTA16_FORMAT, DELTA_ADVANTAGE, encode_best_delta,
+                        encode_standalone, sum_of_squares)
 from .ids import is_object_id, object_id
 from .objectfile import ObjectHeader, pack_header, unpack_header
 from . import refs as refs_history
@@ -45,6 +46,8 @@ STORE_FORMAT = 1  # a store whose headers tell the true depth of every delta cha
 #: A modelgit that trusts header depths (format 1 only) must not write to such a store.
 NEWEST_WHOLE_FORMAT = 2
 NEWEST_WHOLE = "newest-whole"
+#: the newest format this modelgit reads: 3 for a store holding delta16 objects (bf16/fp16 deltas)
+MAX_FORMAT = DELTA16_FORMAT
 CONFIG_KEY = "modelgit-store.json"
 MAX_DELTA_DEPTH = 8  # a checkout decodes at most this many ancestors of an object
 #: no object modelgit writes is larger: a tensor's chunks are at most CHUNK_BYTES (4 MiB), blobs
@@ -158,10 +161,10 @@ class Store:
         backend = open_backend(location)
         if backend.exists(CONFIG_KEY):
             config = json.loads(backend.read(CONFIG_KEY))
-            if config.get("format", 0) > NEWEST_WHOLE_FORMAT:
+            if config.get("format", 0) > MAX_FORMAT:
                 raise StoreError(
                     f"the store at {location} has format {config['format']}, newer than this "
-                    f"modelgit understands ({NEWEST_WHOLE_FORMAT}); upgrade modelgit"
+                    f"modelgit understands ({MAX_FORMAT}); upgrade modelgit"
                 )
             return cls(backend, quarantine, config)
         if create:
@@ -194,9 +197,26 @@ class Store:
         if self.newest_whole:
             return
         legacy = next(iter(self.backend.list("objects")), None) is not None
-        config = dict(self.config, format=NEWEST_WHOLE_FORMAT, layout=NEWEST_WHOLE)
+        config = dict(self.config, format=max(NEWEST_WHOLE_FORMAT, self.config.get("format", 1)),
+                      layout=NEWEST_WHOLE)
         if legacy:
             config["legacy_heads"] = True
+        self.backend.write_atomic(CONFIG_KEY, json.dumps(config).encode())
+        self.config = config
+
+    @property
+    def holds_delta16(self) -> bool:
+        """Whether the store may hold delta16 objects (format 3, see :mod:`.half_codec`)."""
+        return bool(self.config.get("delta16"))
+
+    def use_delta16(self) -> None:
+        """Mark the store as holding delta16 objects (format 3) before the first is written; a
+        no-op when it is. A modelgit that does not know the encoding then refuses the store
+        ("upgrade modelgit") instead of taking such an object for a damaged one."""
+        if self.holds_delta16:
+            return
+        config = dict(self.config, format=max(DELTA16_FORMAT, self.config.get("format", 1)),
+                      delta16=True)
         self.backend.write_atomic(CONFIG_KEY, json.dumps(config).encode())
         self.config = config
 
@@ -275,14 +295,16 @@ class Store:
         candidate = self._delta_candidate(parent, oid, dtype, len(data), parent_loaded)
         if candidate is not None:
             _parent_header, parent_raw, _, parent_depth = candidate
-            delta = encode_delta(data, itemsize, parent_raw)
-            if delta is not None:
-                encoding, payload = DELTA, delta
+            found = encode_best_delta(data, dtype, itemsize, parent_raw)
+            if found is not None:
+                encoding, payload = found
                 depth, delta_parent = parent_depth + 1, parent
         if payload is None or not self._delta_clearly_pays(len(payload), len(data), candidate):
             standalone, standalone_payload = encode_standalone(data, itemsize, dtype in FLOAT_DTYPES)
             if payload is None or len(payload) >= DELTA_ADVANTAGE * len(standalone_payload):
                 encoding, payload, depth, delta_parent = standalone, standalone_payload, 0, None
+        if encoding is DELTA16:
+            self.use_delta16()
         head = pack_header(encoding, depth, dtype, tuple(shape), len(data), delta_parent,
                            sum_of_squares(data, dtype))
         if self._writers and hasattr(self.backend, "stage"):
