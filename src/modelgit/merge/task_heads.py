@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError
 
-__all__ = ["HEAD_RULES", "TaskModel", "task_model", "align_name", "labels_of", "label_problems",
+__all__ = ["HEAD_RULES", "TaskModel", "task_model", "task_model_of", "base_model_type", "align_name", "labels_of", "label_problems",
            "task_config", "heads_files"]
 
 HEAD_RULES = ("average", "keep")
@@ -67,8 +67,20 @@ def task_model(base_dir: str, adapter_config: dict) -> TaskModel | None:
     ``base_dir``: from the adapter's PEFT ``task_type`` and the base's ``model_type``, the
     class transformers builds for that task and its ``base_model_prefix``. None when the
     adapter has no task head or transformers knows no such class."""
+    return task_model_of(_config(base_dir).get("model_type") if base_dir else None, adapter_config)
+
+
+def base_model_type(base_dir: str) -> str | None:
+    """The ``model_type`` of the model in ``base_dir`` (its config.json), or None."""
+    kind = _config(base_dir).get("model_type")
+    return kind if isinstance(kind, str) else None
+
+
+def task_model_of(model_type: str | None, adapter_config: dict) -> TaskModel | None:
+    """:func:`task_model` from the base's ``model_type``."""
+    if not isinstance(adapter_config, dict):
+        return None
     mapping_name = _TASK_MAPPINGS.get(str(adapter_config.get("task_type") or ""))
-    model_type = _config(base_dir).get("model_type") if base_dir else None
     if mapping_name is None or not isinstance(model_type, str):
         return None
     import transformers
