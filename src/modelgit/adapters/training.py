@@ -354,10 +354,10 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
                    skipped_examples=len(records) - len(ids), threads=threads)
     resolved = {"task": task, "target_modules": list(targets) if isinstance(targets, tuple) else targets,
                 "num_labels": len(id2label) if id2label else None,
-                "base_fingerprint": fingerprint_dir(config.base),
-                "lr": config.lr, "head_lr": config.head_lr if task == "classification" else None,
-                "max_length": config.max_length, "steps": len(plan), "epochs": config.epochs,
-                "holdout": schedule.holdout}
+                "base_fingerprint": fingerprint_dir(config.base)}
+    if task == "classification" and not config.full:  # what was chosen from the data
+        resolved.update(lr=config.lr, head_lr=config.head_lr, max_length=config.max_length,
+                        steps=len(plan), epochs=config.epochs, holdout=schedule.holdout)
     if held is not None:
         metrics["validation"]["source"] = f"{schedule.holdout} examples held out of the data"
     write_output(asked, model, tokenizer, id2label, card, metrics, resolved)
