@@ -44,7 +44,10 @@ class TrainConfig:
         "e.g. q_proj,v_proj for llama, c_attn for gpt2, query,value for bert)", flag="--targets")
     steps: int | None = _opt(None, "optimizer steps (cycles through the data; overrides --epochs)")
     epochs: int | None = _opt(None, "passes over the data (default 1 when --steps is not given)")
-    lr: float = _opt(2e-4, "AdamW learning rate (whole-model --full runs usually want ~1e-5)")
+    lr: float | None = _opt(None, "AdamW learning rate (default: 2e-4 for a causal LM, 1e-3 for "
+                            "a classifier; whole-model --full runs usually want ~1e-5)")
+    head_lr: float | None = _opt(None, "learning rate of a classifier's new head (default 5e-3; "
+                                 "see modelgit.adapters.defaults)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     max_grad_norm: float = _opt(1.0, "clip the gradient norm to this (0: no clipping)")
     batch_size: int = _opt(4, "examples per step")
@@ -97,8 +100,9 @@ class TrainConfig:
             out.append(f"alpha is {self.alpha}: it must be positive")
         if not 0 <= self.dropout < 1:
             out.append(f"dropout is {self.dropout}: it must be in [0, 1)")
-        if self.lr <= 0:
-            out.append(f"lr is {self.lr}: it must be positive")
+        for name in ("lr", "head_lr"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                out.append(f"{name} is {getattr(self, name)}: it must be positive (or left unset)")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             out.append("weight_decay and max_grad_norm must not be negative")
         if self.task is not None and self.task not in TASKS:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..data import data_card, load_examples
 from ..errors import UsageError
@@ -22,6 +22,7 @@ from . import _batches
 from .._outputs import check_output
 from ._output import write_output
 from .config import TrainConfig
+from .defaults import resolve as resolve_schedule
 from .labels import label_ids, label_mapping
 from .loading import (architecture_task, check_task, load_model, load_tokenizer, model_type,
                       quiet_transformers, supported_tasks)
@@ -125,23 +126,39 @@ def _window(steps: int) -> int:
     return max(1, min(50, -(-steps // 10)))
 
 
-def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress) -> dict:
+def _is_head(name: str) -> bool:
+    """A classifier head's parameter (PEFT's modules_to_save copy of classifier / score)."""
+    return ".modules_to_save." in name and any(f".{h}." in name for h in _CLASSIFIER_HEADS)
+
+
+def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress,
+          validate=None) -> dict:
     import torch
 
     from ..progress import progress_bar
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    head = [p for n, p in named if config.head_lr is not None and _is_head(n)]
+    rest = [p for n, p in named if not (config.head_lr is not None and _is_head(n))]
+    groups = [{"params": rest, "lr": config.lr}] + ([{"params": head, "lr": config.head_lr}] if head else [])
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     model.train()
-    losses, tokens, seen = [], 0, 0
+    losses, tokens, seen, curve_valid = [], 0, 0, []
     start = time.perf_counter()
     window = _window(len(plan))
+    every = max(1, -(-len(plan) // 10))  # the held-out accuracy ten times a run
     with progress_bar(len(plan), "train", progress, unit="step") as bar:
         for step, batch in enumerate(_batches.iterate(plan, ids, pad_id, labels), 1):
+            if validate is not None and step > 1 and (step - 1) % every == 0:
+                accuracy = validate()["accuracy"]
+                curve_valid.append({"step": step - 1, "accuracy": accuracy})
+                bar.set_postfix(valid_acc=accuracy)
             loss = model(**batch).loss
             if not torch.isfinite(loss):
                 raise UsageError(f"the training loss became {loss.item()} at step {step}: lower --lr "
-                                 f"(now {config.lr}) or --max-length")
+                                 f"(now {config.lr}) or --head-lr (now {config.head_lr}) or "
+                                 "--max-length")
             loss.backward()
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -164,6 +181,7 @@ def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress) 
             "min_loss": min(losses), "loss_curve": curve, "seconds": round(seconds, 3),
             "steps_per_second": len(losses) / seconds if seconds else None,
             "tokens_per_second": tokens / seconds if seconds else None,
+            **({"validation_curve": curve_valid} if curve_valid else {}),
             "trainable_parameters": sum(p.numel() for p in params),
             "total_parameters": sum(p.numel() for p in model.parameters())}
 
@@ -228,6 +246,18 @@ def _labelled(config: TrainConfig, records, ids) -> tuple[dict | None, list | No
     return id2label, label_ids([r.label for r in records], id2label)
 
 
+def _hold_out(ids: list, labels: list, count: int, seed: int) -> tuple[list, list, tuple]:
+    """(training ids, training labels, (held-out ids, labels)): ``count`` examples chosen by
+    the seed, kept out of training to report validation accuracy."""
+    import numpy as np
+
+    chosen = set(int(i) for i in np.random.default_rng(seed + 1).permutation(len(ids))[:count])
+    keep = [i for i in range(len(ids)) if i not in chosen]
+    held = sorted(chosen)
+    return ([ids[i] for i in keep], [labels[i] for i in keep],
+            ([ids[i] for i in held], [labels[i] for i in held]))
+
+
 def _validation_set(config: TrainConfig, tokenizer, task: str, id2label) -> tuple[list, list | None]:
     """Token ids (and class indices) of ``config.validation``, prepared as the training data."""
     records = load_examples(config.validation, config.text_field, config.label_field,
@@ -277,15 +307,23 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     check_task(config.base, task)
     tokenizer = load_tokenizer(config.base)
     ids = _batches.encode(tokenizer, [r.text for r in records], config.max_length)
-    labels = id2label = None
+    schedule = resolve_schedule(config, task, [len(seq) for seq in ids])
+    asked = config
+    config = replace(config, lr=schedule.lr, head_lr=schedule.head_lr, steps=schedule.steps,
+                     epochs=schedule.epochs, max_length=schedule.max_length)
+    if schedule.max_length < asked.max_length:  # the data's own length (see .defaults)
+        ids = _batches.encode(tokenizer, [r.text for r in records], config.max_length)
+    labels = id2label = held = None
     if task == "classification":
         id2label, labels = _labelled(config, records, ids)
+        if schedule.holdout:
+            ids, labels, held = _hold_out(ids, labels, schedule.holdout, config.seed)
     else:  # a causal LM learns nothing from a single token
         ids = [seq for seq in ids if len(seq) >= 2]
         if not ids:
             raise UsageError(f"every example of {config.data!r} is shorter than 2 tokens: "
                              "a causal LM needs longer texts (or try --text-unit paragraph)")
-    valid = _validation_set(config, tokenizer, task, id2label) if config.validation else None
+    valid = _validation_set(config, tokenizer, task, id2label) if config.validation else held
     with _seeded(config.seed, config.threads), quiet_transformers():
         import torch
 
@@ -303,7 +341,9 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
                                    config.epochs)
         before = _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size) \
             if valid else None
-        metrics = _loop(model, plan, ids, labels, tokenizer.pad_token_id, config, progress)
+        check = (lambda: _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size)) \
+            if valid and task == "classification" else None
+        metrics = _loop(model, plan, ids, labels, tokenizer.pad_token_id, config, progress, check)
         if valid:
             after = _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size)
             metrics["validation"] = {**after, "loss_before": before["loss"],
@@ -315,5 +355,10 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     resolved = {"task": task, "target_modules": list(targets) if isinstance(targets, tuple) else targets,
                 "num_labels": len(id2label) if id2label else None,
                 "base_fingerprint": fingerprint_dir(config.base)}
-    write_output(config, model, tokenizer, id2label, card, metrics, resolved)
+    if task == "classification" and not config.full:  # what was chosen from the data
+        resolved.update(lr=config.lr, head_lr=config.head_lr, max_length=config.max_length,
+                        steps=len(plan), epochs=config.epochs, holdout=schedule.holdout)
+    if held is not None:
+        metrics["validation"]["source"] = f"{schedule.holdout} examples held out of the data"
+    write_output(asked, model, tokenizer, id2label, card, metrics, resolved)
     return TrainResult(config.output, task, config.full, targets, metrics, card)

@@ -124,6 +124,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _classifies(base: str, adapter: str | None) -> bool:
+    """Whether the model can only be evaluated as a classifier: a sequence classifier, an
+    encoder with no language-model head, or an adapter with a classifier's labels.json."""
+    from ..adapters.loading import LABELS_FILE, supported_tasks
+
+    if adapter and os.path.isfile(os.path.join(adapter, LABELS_FILE)):
+        return True
+    try:
+        return supported_tasks(base) == ("classification",)
+    except UsageError:  # no config.json: the evaluation says so
+        return False
+
+
 def _suites_from_args(args) -> list:
     from ..eval import METRICS, SuiteConfig, load_suites
 
@@ -131,6 +144,8 @@ def _suites_from_args(args) -> list:
         raise UsageError("give --suites FILE (a YAML/JSON list of suites) or --data FILE, not both")
     if args.suites:
         return load_suites(args.suites, args.suite)
+    if args.task is None and args.metric is None and _classifies(args.base, args.adapter):
+        args.task = "classification"  # a sequence classifier (a released classifier project)
     metric = args.metric or ("accuracy" if args.task == "classification" else "perplexity")
     task = METRICS[metric][0]
     if args.task and args.task != task:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import os
 
-from ..adapters.labels import label_ids
-from ..adapters.loading import load_model, load_tokenizer
+from ..adapters.labels import label_ids, label_mapping
+from ..adapters.loading import architecture_task, load_model, load_tokenizer
 from ..data import data_card, load_examples
 from .bootstrap import interval
 from .metrics import accuracy, macro_f1, nll_per_document, perplexity_of, predict_classes
@@ -23,11 +23,23 @@ class _Models:
         self.tokenizer = load_tokenizer(model_dir)
         self._by_task: dict = {}
 
-    def get(self, task: str):
-        if task not in self._by_task:
-            self._by_task[task] = load_model(self.model_dir, task, adapter_dir=self.adapter_dir,
-                                             pad_token_id=self.tokenizer.pad_token_id)
-        return self._by_task[task]
+    def get(self, task: str, id2label: dict[int, str] | None = None):
+        """The model for ``task``; ``id2label`` names the classes of a new head (a headless
+        base), initialised from a fixed seed so that the base's scores are the same every run."""
+        import torch
+
+        key = (task, tuple(sorted(id2label.items())) if id2label else None)
+        if key not in self._by_task:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self._by_task[key] = load_model(self.model_dir, task, id2label=id2label,
+                                                adapter_dir=self.adapter_dir,
+                                                pad_token_id=self.tokenizer.pad_token_id)
+        return self._by_task[key]
+
+    def headless(self) -> bool:
+        """A bare encoder with no adapter: no classifier head, so no class names of its own."""
+        return self.adapter_dir is None and architecture_task(self.model_dir) != "classification"
 
 
 def _eval_threads(model, suite: SuiteConfig) -> int:
@@ -44,7 +56,11 @@ def _run(models: _Models, suite: SuiteConfig, progress: bool | None, confidence:
     examples = load_examples(suite.data, suite.text_field, suite.label_field, suite.text_unit)
     records = examples.take(suite.max_examples)
     texts = [r.text for r in records]
-    model, tokenizer = models.get(suite.task), models.tokenizer
+    headless = suite.task == "classification" and models.headless()
+    # a bare encoder (a classification project's base) gets a seeded new head over the suite's
+    # classes: its scores are the chance level the adapters are compared with
+    model = models.get(suite.task, label_mapping([r.label for r in records]) if headless else None)
+    tokenizer = models.tokenizer
     torch.set_num_threads(_eval_threads(model, suite))
     desc = f"eval {suite.name}"
     if suite.task == "causal_lm":

@@ -48,6 +48,7 @@ from .parameters import layer_index, layer_position, method_params, resolve
 from .recipe import Recipe, model_inputs, same_model
 from .sources import Source, lazy_tensor, open_source
 from .._outputs import check_output
+from .task_heads import TaskModel, heads_files, label_problems, task_config
 from .vocabulary import TOKENIZER_FILES, local_directory, tokenizer_problems, tokenizer_spec
 from .writer import DEFAULT_SHARD_BYTES, MARKER, PlannedTensor, ShardedWriter
 
@@ -70,6 +71,19 @@ class OutputTensor:
     copy_only: bool = False  # non-float tensors are copied from the first input
     position: float = 0.0  # depth t of the tensor, for gradients (modelgit.merge.parameters)
     levels: tuple[dict, ...] = ()  # parameter mappings between the models' and the top level (a slice's)
+    head: bool = False  # a task head: the mean of the models' heads (see modelgit.merge.task_heads)
+
+
+@dataclass(frozen=True)
+class TaskHeads:
+    """Task heads the merged adapters bring (see :mod:`.task_heads`): the rule the merge
+    follows for them, the task model, its classes (``average``) or the sources whose heads are
+    kept (``keep``)."""
+
+    rule: str
+    task: TaskModel
+    labels: dict[int, str] | None
+    kept: tuple[int, ...] = ()  # indices of the sources whose heads `keep` writes
 
 
 @dataclass
@@ -82,6 +96,7 @@ class MergePlan:
     num_layers: int = 0
     fisher_sources: dict = field(default_factory=dict)
     opened: dict = field(default_factory=dict)  # every source opened, by spec (open_source's)
+    heads: TaskHeads | None = None  # the task heads of classifier adapters, and their rule
 
     def close(self) -> None:
         everything = [*self.sources, *self.opened.values(), *self.fisher_sources.values()]
@@ -136,26 +151,34 @@ def plan_merge(recipe: Recipe) -> MergePlan:
     if plan.problems:
         return plan
     infos = [s.tensors() for s in plan.sources]
+    head_names = {n for s in plan.sources for n in getattr(s, "heads", ())}
     if recipe.slices:
+        if head_names:
+            plan.problems.append("the adapters carry task heads (e.g. a classifier's), which a "
+                                 "merge by slices does not handle: merge them with `models:`")
         _plan_slices(plan, infos)
     else:
         reference = base_index if base_index is not None else model_indices[0]
         plan.num_layers = _layer_count(infos[reference])
         for name, info in infos[reference].items():
+            if name in head_names:
+                continue
             base = (base_index, name) if base_index is not None else None
             models = [(i, name, (e.parameters,)) for i, e in zip(model_indices, entries)]
             plan.outputs.append(OutputTensor(name, _out_dtype(recipe, info.dtype), info.shape, base, models,
                                              info.dtype not in FLOAT_DTYPES,
                                              layer_position(name, plan.num_layers)))
         for i, e in zip(model_indices, entries):
-            missing = sorted(set(infos[reference]) - set(infos[i]))
-            extra = sorted(set(infos[i]) - set(infos[reference]))
+            missing = sorted(set(infos[reference]) - set(infos[i]) - head_names)
+            extra = sorted(set(infos[i]) - set(infos[reference]) - head_names)
             if missing:
                 plan.problems.append(f"{e.model} lacks {len(missing)} tensors of the reference model, "
                                      f"e.g. {missing[:3]} (a different architecture?)")
             if extra:
                 plan.problems.append(f"{e.model} has {len(extra)} tensors the reference lacks, e.g. "
                                      f"{extra[:3]}; they are not in the output")
+        if head_names:
+            _plan_heads(plan, infos, entries, model_indices)
     _check_shapes(plan, infos)
     _check_architectures(plan)
     if recipe.tokenizer_source is not None:
@@ -163,6 +186,45 @@ def plan_merge(recipe: Recipe) -> MergePlan:
     if method.needs_base and base_index is None and not recipe.slices:
         plan.problems.append(f"{method.name} needs a base_model")
     return plan
+
+
+def _plan_heads(plan: MergePlan, infos, entries, model_indices: list[int]) -> None:
+    """Plan the task heads by the recipe's ``heads:`` rule (:mod:`.task_heads`): check that the
+    adapters were trained for one task model and, to average, that they name the same classes
+    with heads of one shape; name the body's outputs as the task model's."""
+    bearers = [(i, e) for i, e in zip(model_indices, entries) if getattr(plan.sources[i], "heads", ())]
+    tasks = {plan.sources[i].task for i, _ in bearers}
+    if len(tasks) != 1:
+        listing = ", ".join(f"{e.model}: {plan.sources[i].task.architecture}" for i, e in bearers)
+        plan.problems.append(f"the adapters were trained for different task models ({listing})")
+        return
+    task = tasks.pop()
+    rule = plan.recipe.heads or "average"
+    if rule == "keep":
+        plan.heads = TaskHeads(rule, task, None, tuple(i for i, _ in bearers))
+        return
+    problems = label_problems([(e.model, plan.sources[i].labels) for i, e in bearers])
+    if problems:
+        plan.problems.extend(problems)
+        return
+    plan.heads = TaskHeads(rule, task, plan.sources[bearers[0][0]].labels)
+    names = sorted({n for i, _ in bearers for n in plan.sources[i].heads})
+    for name in names:
+        shapes = {e.model: infos[i].get(name) for i, e in bearers}
+        if len({None if v is None else v.shape for v in shapes.values()}) != 1:
+            listing = ", ".join(f"{m}: {list(v.shape) if v else 'none'}" for m, v in shapes.items())
+            plan.problems.append(f"task head {name}: the adapters' heads differ ({listing}); "
+                                 "give the recipe `heads: keep`")
+            return
+        info = infos[bearers[0][0]][name]
+        plan.outputs.append(OutputTensor(name, _out_dtype(plan.recipe, info.dtype), info.shape, None,
+                                         [(i, name, (e.parameters,)) for i, e in bearers], head=True,
+                                         position=1.0))
+    prefix = task.prefix + "."
+    if not any(o.name.startswith(prefix) for o in plan.outputs if not o.head):  # a bare base
+        for o in plan.outputs:
+            if not o.head:
+                o.name = prefix + o.name
 
 
 def _out_dtype(recipe: Recipe, dtype: str) -> str:
@@ -331,6 +393,9 @@ def _merged_pieces(plan: MergePlan, out: OutputTensor) -> Iterator[torch.Tensor]
         index, name = out.models[0][:2] if out.models else out.base
         yield plan.sources[index].load(name).reshape(-1)
         return
+    if out.head:  # new in every adapter, with no base to take task vectors against: the mean
+        yield torch.stack([plan.sources[i].load(n).float() for i, n, _ in out.models]).mean(0).reshape(-1)
+        return
     per_model, options = _params_for(plan, out)
     if method.stream is not None:
         base = lazy_tensor(plan.sources[out.base[0]], out.base[1]) if out.base else None
@@ -409,6 +474,15 @@ def _extra_files(plan: MergePlan) -> dict[str, bytes]:
                         config[key] = plan.num_layers
                 data = (json.dumps(config, indent=2) + "\n").encode()
             files[name] = data
+    heads = plan.heads
+    if heads is not None and heads.rule == "average":
+        config = task_config(ref_dir, heads.task, heads.labels)
+        if config is not None:
+            files["config.json"] = config
+    elif heads is not None:  # keep: each adapter's head beside the merged body
+        files.update(heads_files([(plan.specs[i], plan.sources[i].labels,
+                                   {n: plan.sources[i].load(n) for n in plan.sources[i].heads})
+                                  for i in heads.kept]))
     return files
 
 
@@ -436,6 +510,10 @@ def run_merge(recipe: Recipe, out: str, dry_run: bool = False, progress: bool | 
             raise UsageError("cannot merge:\n  " + "\n  ".join(plan.problems))
         if dry_run:
             return plan
+        if adapter_rank and plan.heads is not None:
+            raise UsageError("--to-adapter cannot carry the adapters' task heads (a LoRA adapter "
+                             "holds one head as modules_to_save, not a merge of several): merge "
+                             "to full weights instead (without --to-adapter)")
         if adapter_rank:
             return _run_to_adapter(plan, out, adapter_rank, progress, force)
         planned = [PlannedTensor(o.name, o.dtype, o.shape) for o in plan.outputs]

@@ -60,6 +60,8 @@ class Adapter:
     lora: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {A, B, embedding}
     saved: dict[str, torch.Tensor] = field(default_factory=dict)  # base tensor name -> replacement
     digest: str = ""
+    # tensors no base has: a task head (modules_to_save) by its task-model name (see task_heads)
+    heads: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def scale(self, module: str) -> float:
         r = pattern_value(self.config.get("rank_pattern"), module, self.config["r"])
@@ -97,8 +99,15 @@ class Adapter:
         return self.digest
 
 
-def load_adapter(path: str, base_tensors: dict | None = None) -> Adapter:
+def load_adapter(path: str, base_tensors: dict | None = None, prefix: str | None = None) -> Adapter:
     """Read a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
+
+    Args:
+        base_tensors: the names of the base's tensors: the adapter's names are mapped onto them.
+        prefix: the ``base_model_prefix`` of the task model the adapter was trained on (see
+            :func:`.task_heads.task_model`): its body's names are mapped onto a base saved
+            with or without that prefix, and ``modules_to_save`` tensors the base lacks are
+            the adapter's task head (``Adapter.heads``).
 
     Raises:
         FormatError: not a LoRA adapter, a config that is not strict JSON or has unusable values
@@ -149,11 +158,36 @@ def load_adapter(path: str, base_tensors: dict | None = None) -> Adapter:
                           f"{list(adapter.lora[module]['B'].shape)}; A must be (r, in) and B "
                           f"(out, r)): the adapter file is damaged")
     if base_tensors is not None:
+        _align(adapter, base_tensors, prefix)
         unknown = sorted(n for n in [*adapter.targets(), *adapter.saved] if n not in base_tensors)
         if unknown:
             raise FormatError(f"{path}: the adapter changes tensors the base model does not have: "
                               f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''} (wrong base model?)")
     return adapter
+
+
+def _align(adapter: Adapter, base_tensors, prefix: str | None) -> None:
+    """Rename the adapter's modules and saved tensors to the base's names (a task model's body
+    onto a bare base, or the other way); with a task ``prefix``, saved tensors the base has no
+    counterpart for become ``adapter.heads``. Names that fit nothing are left for the caller's
+    check to report."""
+    from .task_heads import align_name
+
+    lora = {}
+    for module, parts in adapter.lora.items():
+        target = align_name(f"{module}.weight", base_tensors, prefix)
+        lora[target[: -len(".weight")] if target else module] = parts
+    adapter.lora = lora
+    saved = {}
+    for name, tensor in adapter.saved.items():
+        target = align_name(name, base_tensors, prefix)
+        if target is not None:
+            saved[target] = tensor
+        elif prefix:
+            adapter.heads[name] = tensor
+        else:
+            saved[name] = tensor
+    adapter.saved = saved
 
 
 def low_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

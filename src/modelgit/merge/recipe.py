@@ -15,6 +15,8 @@ output)::
     tokenizer_source: base | union | MODEL               # or tokenizer: {source: ...}
     name: first-merge                                    # a label (mergekit-multi's)
     seed: 0                                              # modelgit: seed of random methods
+    heads: average | keep                                # modelgit: task heads of classifier
+                                                         # adapters (see merge.task_heads)
 
     slices:                            # layer ranges of models, merged slice by slice and stacked
       - sources:
@@ -50,6 +52,7 @@ import yaml
 
 from ..errors import UsageError
 from .base import MergeMethod
+from .task_heads import HEAD_RULES
 from .parameters import check_parameters, closest, layer_position, resolve_value
 
 __all__ = ["Recipe", "ModelEntry", "Slice", "load_recipe", "parse_recipe", "resolve_value", "layer_position",
@@ -58,7 +61,7 @@ __all__ = ["Recipe", "ModelEntry", "Slice", "load_recipe", "parse_recipe", "reso
 DTYPE_NAMES = {"float16": "F16", "fp16": "F16", "half": "F16", "bfloat16": "BF16", "bf16": "BF16",
                "float32": "F32", "fp32": "F32", "float": "F32", "float64": "F64"}
 _TOP_KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "seed",
-             "name", "tokenizer_source", "tokenizer")
+             "name", "tokenizer_source", "tokenizer", "heads")
 _REFUSED_TOP = {
     "chat_template": "modelgit copies the tokenizer files of the base as they are; set the template "
                      "in the output's tokenizer_config.json",
@@ -104,6 +107,7 @@ class Recipe:
     text: str = ""  # the YAML as given, recorded with every output
     name: str | None = None
     tokenizer_source: str | None = None  # base, union or a model; None: the base's files, copied
+    heads: str | None = None  # task heads: average | keep; None: average when the classes agree
 
 
 def same_model(a: str, b: str) -> bool:
@@ -319,6 +323,11 @@ def parse_recipe(data: dict, text: str = "") -> Recipe:
     name = data.get("name")
     if name is not None and not isinstance(name, str):
         problems.append(f"name: expected a string, got {name!r}")
+    heads = data.get("heads")
+    if heads is not None and heads not in HEAD_RULES:
+        problems.append(f"heads: expected one of {', '.join(HEAD_RULES)}, got {heads!r}"
+                        f"{closest(str(heads), HEAD_RULES)}")
+        heads = None
     if method is not None and not problems:
         _check_inputs(method, base, models, slices, problems, warnings)
         _no_effect(method, [params, *(m.parameters for m in models), *(s.parameters for s in slices),
@@ -326,7 +335,7 @@ def parse_recipe(data: dict, text: str = "") -> Recipe:
     if problems:
         raise UsageError("invalid merge recipe:\n  " + "\n  ".join(problems))
     return Recipe(method.name, base, tuple(models), dict(params), dtype, seed, tuple(slices), tuple(warnings),
-                  text, name, tokenizer_source)
+                  text, name, tokenizer_source, heads)
 
 
 def load_recipe(path: str) -> Recipe:

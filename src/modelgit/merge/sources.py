@@ -251,20 +251,34 @@ class AdapterSource:
 
     def __init__(self, base: Source, adapter_dir: str, owns_base: bool = True):
         from .lora import load_adapter
+        from .lora_config import read_lora_config
+        from .task_heads import labels_of, task_model
+        from .vocabulary import local_directory
 
         self.label = f"{base.label}+{adapter_dir}"
         self._base = base
         self._owns_base = owns_base
-        self._adapter = load_adapter(adapter_dir, base.tensors())
+        #: the task model (e.g. a sequence classifier) the adapter was trained on, if any
+        self.task = task_model(local_directory(base.label), read_lora_config(adapter_dir)[0])
+        self._adapter = load_adapter(adapter_dir, base.tensors(), self.task.prefix if self.task else None)
         self._changed = {*self._adapter.targets(), *self._adapter.saved}
+        #: names of the task-head tensors the adapter brings (the base has none of them)
+        self.heads = tuple(sorted(self._adapter.heads))
+        #: the classes of the adapter's head (its labels.json), if it recorded them
+        self.labels = labels_of(adapter_dir) if self.heads or self.task else None
 
     def tensors(self) -> dict[str, TensorInfo]:
-        return self._base.tensors()
+        heads = {name: TensorInfo(_dtype_name(t), tuple(t.shape)) for name, t in self._adapter.heads.items()}
+        return {**self._base.tensors(), **heads}
 
     def load(self, name: str) -> torch.Tensor:
+        if name in self._adapter.heads:
+            return self._adapter.heads[name]
         return self._adapter.apply(name, self._base.load(name))
 
     def open_tensor(self, name: str) -> LazyTensor:
+        if name in self._adapter.heads:
+            return WholeTensor(lambda: self.load(name), self.tensors()[name], (self, name))
         if name not in self._changed:  # the base's own tensor, and its key: see open_source
             return lazy_tensor(self._base, name)
         return WholeTensor(lambda: self.load(name), self._base.tensors()[name], (self, name))
@@ -277,6 +291,14 @@ class AdapterSource:
     def close(self) -> None:
         if self._owns_base:
             self._base.close()
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    """The safetensors dtype name of a torch tensor."""
+    for name, dtype in DTYPES.items():
+        if getattr(torch, dtype.torch_name, None) == tensor.dtype:
+            return name
+    raise FormatError(f"a tensor of dtype {tensor.dtype} cannot be merged")
 
 
 def _revision_source(spec: str) -> Source:

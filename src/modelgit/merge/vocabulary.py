@@ -37,7 +37,21 @@ def local_directory(spec: str) -> str:
         path = path.split("+", 1)[0]
     if not os.path.exists(path) and "@" in path:
         path = path.rsplit("@", 1)[0]
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):  # ADAPTER alone: its base's
+        path = _adapter_base(path) or path
     return path if os.path.isdir(path) else os.path.dirname(path)
+
+
+def _adapter_base(adapter_dir: str) -> str | None:
+    """The local base directory an adapter's config names (what ``open_source`` merges it
+    onto), or None."""
+    from .lora_config import read_lora_config
+
+    try:
+        base = read_lora_config(adapter_dir)[0].get("base_model_name_or_path")
+    except FormatError:
+        return None
+    return base if isinstance(base, str) and os.path.isdir(base) else None
 
 
 def tokenizer_spec(source: str | None, base: str | None) -> str | None:

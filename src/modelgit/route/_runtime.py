@@ -54,10 +54,20 @@ class Runtime:
         self.library = library
         self.task = task or _library_task(library)
         self.tokenizer = load_tokenizer(library.base_dir)
-        base = load_model(library.base_dir, self.task, id2label=_labels(library, self.task),
+        #: each classification adapter's classes (its labels.json), by adapter name
+        self.adapter_labels = _adapter_labels(library) if self.task == "classification" else {}
+        distinct = {tuple(sorted(v.items())) for v in self.adapter_labels.values() if v}
+        shared = next((v for v in self.adapter_labels.values() if v), None) if len(distinct) == 1 else None
+        widest = max((v for v in self.adapter_labels.values() if v), key=len, default=None)
+        base = load_model(library.base_dir, self.task, id2label=shared or widest,
                           pad_token_id=self.tokenizer.pad_token_id)
+        #: per-adapter heads when the adapters name different classes (see _heads), else None
+        self.heads = None
         with quiet_transformers():
-            self.model = _attach_all(base, library)
+            if len(distinct) > 1:
+                self.model, self.heads = _attach_with_own_heads(base, library, self.adapter_labels)
+            else:
+                self.model = _attach_all(base, library)
         self.model.eval()
         self.context = self._context()
         self.max_length = min(max_length or self.context, self.context)
@@ -193,38 +203,57 @@ def _library_task(library) -> str:
     return tasks.pop()
 
 
-def _labels(library, task: str):
-    """The classes of the classification adapters (they must agree: one head size)."""
-    if task != "classification":
-        return None
+def _adapter_labels(library) -> dict:
+    """{adapter name: its id2label (labels.json), or None}."""
     from ..adapters.loading import read_labels
 
-    found = {a.name: read_labels(a.directory) for a in library.adapters}
-    known = {name: labels for name, labels in found.items() if labels}
-    sizes = {len(labels) for labels in known.values()}
-    if len(sizes) > 1:
-        raise UsageError("the classification adapters have heads of different sizes ("
-                         + ", ".join(f"{n}: {len(l)}" for n, l in sorted(known.items()))
-                         + "): one routed model has one head size")
-    return next(iter(known.values())) if known else None
+    return {a.name: read_labels(a.directory) for a in library.adapters}
 
 
-def _attach_all(base, library):
-    """A PeftModel with every adapter of the library under its name."""
+def _attach_with_own_heads(base, library, labels: dict):
+    """(PeftModel with every adapter attached without its head, the heads kept aside): for
+    classifiers whose classes differ (see :mod:`._heads`)."""
+    import tempfile
+
+    from ._heads import AdapterHeads, strip_head
+
+    heads, directories = {}, {}
+    with tempfile.TemporaryDirectory(prefix="modelgit-heads-") as tmp:
+        for index, adapter in enumerate(library.adapters):
+            _check_files(adapter)
+            directories[adapter.name] = os.path.join(tmp, str(index))
+            heads[adapter.name] = strip_head(adapter.directory, directories[adapter.name])
+        missing = sorted(name for name, parts in heads.items() if not parts or not labels.get(name))
+        if missing:
+            raise UsageError(f"classification adapter(s) {', '.join(missing)} carry no head or no "
+                             "labels.json: a library of classifiers of different classes needs "
+                             "both in every adapter (train them with `modelgit train`)")
+        model = _attach_all(base, library, directories)
+    return model, AdapterHeads(model.get_base_model(), heads, labels)
+
+
+def _check_files(adapter) -> None:
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        if not os.path.isfile(os.path.join(adapter.directory, file)):
+            raise UsageError(f"adapter {adapter.name!r}: {adapter.directory!r} has no {file} "
+                             "(pickled adapters are never loaded)")
+
+
+def _attach_all(base, library, directories: dict | None = None):
+    """A PeftModel with every adapter of the library under its name (loaded from
+    ``directories[name]`` when given: an adapter's copy without its head)."""
     from peft import PeftModel
 
     model = None
     for adapter in library.adapters:
-        for file in ("adapter_config.json", "adapter_model.safetensors"):
-            if not os.path.isfile(os.path.join(adapter.directory, file)):
-                raise UsageError(f"adapter {adapter.name!r}: {adapter.directory!r} has no {file} "
-                                 "(pickled adapters are never loaded)")
+        _check_files(adapter)
+        source = (directories or {}).get(adapter.name, adapter.directory)
         try:
             if model is None:
-                model = PeftModel.from_pretrained(base, adapter.directory, adapter_name=adapter.name,
+                model = PeftModel.from_pretrained(base, source, adapter_name=adapter.name,
                                                   is_trainable=False)
             else:
-                model.load_adapter(adapter.directory, adapter_name=adapter.name, is_trainable=False)
+                model.load_adapter(source, adapter_name=adapter.name, is_trainable=False)
         except (RuntimeError, ValueError, KeyError) as exc:
             from ..adapters.loading import _short
 

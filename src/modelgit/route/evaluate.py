@@ -46,7 +46,6 @@ class _Suite:
 
 
 def _load_suite(suite, model) -> _Suite:
-    from ..adapters.labels import label_ids
     from ..data import load_examples
 
     records = load_examples(suite.data, suite.text_field, suite.label_field,
@@ -56,8 +55,19 @@ def _load_suite(suite, model) -> _Suite:
         raise UsageError(f"suite {suite.name!r}: {suite.data} holds no text")
     labels = None
     if suite.task == "classification":
-        id2label = {int(k): v for k, v in model.runtime.model.get_base_model().config.id2label.items()}
-        labels = label_ids([r.label for r in records], id2label, where=f"suite {suite.name!r}")
+        # by name: each adapter names its own classes (adapters of different tasks have
+        # different classes), and a prediction is named by the adapter that made it
+        known = {str(v) for labels in model.runtime.adapter_labels.values() if labels
+                 for v in labels.values()}
+        if not known:
+            known = {str(v) for v in model.runtime.model.get_base_model().config.id2label.values()}
+        labels = [None if r.label is None else str(r.label) for r in records]
+        unknown = sorted({label for label in labels if label not in known}, key=str)
+        if unknown:
+            raise UsageError(f"suite {suite.name!r}: {len(unknown)} label(s) no adapter has a class "
+                             f"for ({', '.join(map(str, unknown[:10]))}; the adapters' classes: "
+                             f"{', '.join(sorted(known)[:20])}): evaluate with data labelled like "
+                             "the adapters' training data")
     return _Suite(suite, texts, labels)
 
 
@@ -84,7 +94,7 @@ def _value(suite: _Suite, outcomes: list) -> float:
         if not tokens:
             raise UsageError(f"suite {config.name!r}: no text has two tokens")
         return math.exp(sum(s.nll * s.tokens for s in outcomes if s.tokens) / tokens)
-    predicted = [c.label_id for c in outcomes]
+    predicted = [c.label for c in outcomes]
     return (accuracy if config.metric == "accuracy" else macro_f1)(suite.labels, predicted)
 
 

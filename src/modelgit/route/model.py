@@ -256,15 +256,24 @@ class RoutedModel:
                                                              {d.adapter: 1.0}, d.scores)
                      for d in (decisions or self.route(texts))]
         id2label = self.runtime.model.get_base_model().config.id2label
+        own = self.runtime.adapter_labels  # each adapter's classes name its predictions
+        heads = self.runtime.heads  # adapters of different classes: each row gets its own head
         out, encoded = [], []
         for start in range(0, len(texts), batch_size):
             chunk = self.runtime.encode(texts[start:start + batch_size], max_length)
             encoded.append(chunk)
             part = decisions[start:start + batch_size]
-            probs = torch.softmax(self._run(chunk.batch, part).logits.float(), -1)  # (b, classes)
+            if heads is not None:
+                heads.rows = [d.adapter if d.adapter in own else None for d in part]
+            try:
+                probs = torch.softmax(self._run(chunk.batch, part).logits.float(), -1)  # (b, classes)
+            finally:
+                if heads is not None:
+                    heads.rows = None
             for row, decision in enumerate(part):
                 best = int(probs[row].argmax())
-                out.append(Classification(str(id2label.get(best, best)), best,
+                names = own.get(decision.adapter) or id2label
+                out.append(Classification(str(names.get(best, best)), best,
                                           float(probs[row, best]), decision))
         if max_length is None or max_length > self.runtime.max_length:
             self.runtime.warn_truncated(encoded)

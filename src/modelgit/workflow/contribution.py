@@ -107,6 +107,19 @@ def training_base_problems(adapter_dir: str, claimed: str, base_rev: str) -> lis
     return []
 
 
+def model_type_rev(repo: GitRepo, rev: str, model_path: str) -> str | None:
+    """The ``model_type`` in the base's config.json at ``rev`` (None when it has none)."""
+    import json
+
+    data = repo.read_blob(f"{rev}:{model_path}/config.json")
+    try:
+        config = json.loads(data) if data and len(data) < 4 * 1024 * 1024 else None
+    except ValueError:
+        return None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def contribute(repo: GitRepo, adapter_dir: str, name: str, message: str, author: str | None = None,
                base_rev: str = "HEAD", domain: str | None = None, remote: str | None = "origin",
                replace: bool = False) -> Contribution:
@@ -135,7 +148,8 @@ def contribute(repo: GitRepo, adapter_dir: str, name: str, message: str, author:
     problems = training_base_problems(adapter_dir, fingerprint, base_rev)
     try:
         summary = validate_adapter(adapter_dir, tensor_infos_rev(repo, base_commit, project.model),
-                                   project.limits, project.labels)
+                                   project.limits, project.labels,
+                                   model_type_rev(repo, base_commit, project.model))
     except ContributionError as exc:
         problems.extend(exc.problems)
     if problems:

@@ -246,7 +246,20 @@ def _install_weights(merged: str, model_dir: str) -> list[str]:
         if name.endswith(".safetensors") or name == "model.safetensors.index.json":
             shutil.move(os.path.join(merged, name), os.path.join(model_dir, name))
             written.append(name)
+    # a merge of classifier adapters onto a bare encoder is the task model: its config names
+    # the task architecture and the classes (see modelgit.merge.task_heads)
+    config = os.path.join(merged, "config.json")
+    if os.path.isfile(config) and not _same_file(config, os.path.join(model_dir, "config.json")):
+        shutil.move(config, os.path.join(model_dir, "config.json"))
+        written.append("config.json")
     return written
+
+
+def _same_file(a: str, b: str) -> bool:
+    if not os.path.isfile(b):
+        return False
+    with open(a, "rb") as first, open(b, "rb") as second:
+        return first.read() == second.read()
 
 
 def _contribution_entry(review: dict, record: dict) -> dict:

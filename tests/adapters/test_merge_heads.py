@@ -1,0 +1,183 @@
+"""Classification adapters trained by `modelgit train` merged by `modelgit merge` (issue 17).
+
+The base directory holds a bare ``BertModel``; the adapters were trained on the task model
+(``BertForSequenceClassification``: body under ``bert.``, a new head in ``modules_to_save``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from modelgit.adapters import TrainConfig, train
+from modelgit.cli.main import main
+from modelgit.merge.task_heads import align_name
+
+POS = ["good great fine nice", "great nice good", "nice fine great good", "fine good nice"]
+NEG = ["bad awful poor sad", "awful sad bad", "poor bad sad awful", "sad poor awful"]
+MID = ["plain okay fine", "okay plain so so", "so so okay", "plain so okay"]
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    """A bare BertModel directory (names without ``bert.``, no head) with its tokenizer."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from modelgit.adapters.tiny import tiny_classifier
+
+    root = tmp_path_factory.mktemp("encoder")
+    cls = tiny_classifier(root / "cls", POS + NEG + MID, seed=0)
+    BertForSequenceClassification.from_pretrained(cls).bert.save_pretrained(root / "bert")
+    AutoTokenizer.from_pretrained(cls).save_pretrained(root / "bert")
+    return str(root / "bert")
+
+
+def _data(path, groups) -> str:
+    rows = [{"text": t, "label": label} for label, texts in groups.items() for t in texts]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def adapters(encoder, tmp_path_factory):
+    """Adapters ``a`` and ``b`` (classes neg, pos; different seeds) and ``c`` (neg, ok, pos)."""
+    root = tmp_path_factory.mktemp("adapters")
+    out = {}
+    for name, groups, seed in (("a", {"pos": POS, "neg": NEG}, 0), ("b", {"pos": POS, "neg": NEG}, 1),
+                               ("c", {"pos": POS, "neg": NEG, "ok": MID}, 0)):
+        out[name] = train(TrainConfig(base=encoder, data=_data(root / f"{name}.jsonl", groups),
+                                      output=str(root / name), steps=6, lr=1e-2, seed=seed,
+                                      threads=1, task="classification"), progress=False).output
+    return out
+
+
+def _logits(model_dir, tokenizer_dir, adapter=None):
+    import torch
+
+    from modelgit.adapters.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    batch = tokenizer(POS[:2] + NEG[:2], return_tensors="pt", padding=True)
+    model = load_model(model_dir, "classification", adapter_dir=adapter)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_one_classifier_adapter_merged_onto_the_bare_encoder_is_the_peft_model(
+        encoder, adapters, tmp_path, capsys):
+    """Failed before: "the adapter changes tensors the base model does not have"."""
+    import torch
+
+    out = tmp_path / "merged"
+    assert main(["--no-progress", "merge", "--method", "linear", "--model",
+                 f"{encoder}+{adapters['a']}", "-o", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+    # the merged directory is the classifier PEFT builds from the base and the adapter
+    assert torch.allclose(_logits(str(out), str(out)), _logits(encoder, encoder, adapters["a"]), atol=1e-5)
+    capsys.readouterr()
+    data = _data(tmp_path / "eval.jsonl", {"pos": POS, "neg": NEG})
+    assert main(["--no-progress", "eval", str(out), "--data", data, "--task", "classification"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_heads_of_adapters_with_the_same_classes_are_averaged(encoder, adapters, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ties"
+    assert main(["--no-progress", "merge", "--method", "ties", "--base", encoder, "--density", "0.5",
+                 "--model", f"{encoder}+{adapters['a']}", "--model", f"{encoder}+{adapters['b']}",
+                 "-o", str(out)]) == 0
+    merged = load_file(str(out / "model.safetensors"))
+    heads = [load_file(f"{adapters[n]}/adapter_model.safetensors") for n in "ab"]
+    for name in ("classifier.weight", "classifier.bias"):
+        key = f"base_model.model.{name}"
+        assert not torch_equal(heads[0][key], heads[1][key])
+        assert torch_close(merged[name], (heads[0][key] + heads[1][key]) / 2)
+    # the body is named as the task model's, every tensor of the base is there
+    base = load_file(f"{encoder}/model.safetensors")
+    assert {f"bert.{n}" for n in base} | {"classifier.weight", "classifier.bias"} == set(merged)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def torch_close(a, b) -> bool:
+    import torch
+
+    return bool(torch.allclose(a, b, atol=1e-6))
+
+
+def test_adapters_naming_different_classes_are_refused_unless_heads_are_kept(
+        encoder, adapters, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    specs = [f"{encoder}+{adapters['a']}", f"{encoder}+{adapters['c']}"]
+    assert main(["--no-progress", "merge", "--method", "ties", "--base", encoder, "--model", specs[0],
+                 "--model", specs[1], "--density", "0.5", "-o", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert f"only in {specs[1]}: ok" in err and "heads: keep" in err
+    assert not (tmp_path / "no").exists()
+    recipe = {"merge_method": "ties", "base_model": encoder, "heads": "keep",
+              "models": [{"model": s, "parameters": {"weight": 1.0, "density": 0.5}} for s in specs]}
+    (tmp_path / "keep.yaml").write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "keep"
+    assert main(["--no-progress", "merge", str(tmp_path / "keep.yaml"), "-o", str(out)]) == 0
+    record = json.loads((out / "heads.json").read_text())["heads"]
+    assert [(h["model"], h["id2label"]) for h in record] == [
+        (specs[0], {"0": "neg", "1": "pos"}), (specs[1], {"0": "neg", "1": "ok", "2": "pos"})]
+    heads = load_file(str(out / "heads.safetensors"))
+    assert heads["1/classifier.weight"].shape[0] == 3 and heads["0/classifier.weight"].shape[0] == 2
+    # the body keeps the base's names and architecture: a bare encoder again
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
+    assert set(load_file(str(out / "model.safetensors"))) == set(load_file(f"{encoder}/model.safetensors"))
+
+
+def test_a_misspelled_head_rule_names_the_valid_ones(encoder, adapters, tmp_path, capsys):
+    recipe = {"merge_method": "linear", "heads": "avrage", "models": [{"model": f"{encoder}+{adapters['a']}"}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["--no-progress", "merge", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "o")]) == 2
+    assert "heads: expected one of average, keep, got 'avrage' (did you mean `average`?)" in \
+        capsys.readouterr().err
+
+
+def test_an_adapter_merged_alone_carries_its_base_config_and_tokenizer(encoder, adapters, tmp_path,
+                                                                        capsys):
+    """Failed before: ``--model ADAPTER`` (its base named in adapter_config.json) wrote weights
+    only, and `modelgit eval` of the output could not load a tokenizer."""
+    out = tmp_path / "alone"
+    assert main(["--no-progress", "merge", "--method", "linear", "--model", adapters["a"],
+                 "-o", str(out)]) == 0
+    assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+    data = _data(tmp_path / "eval.jsonl", {"pos": POS, "neg": NEG})
+    capsys.readouterr()
+    assert main(["--no-progress", "eval", str(out), "--data", data, "--task", "classification"]) == 0
+
+
+def test_a_base_saved_as_the_task_model_takes_the_adapter_without_renaming(encoder, adapters,
+                                                                             tmp_path):
+    """The other way: a base that already is the classifier (a release's weights) keeps its
+    names, and the adapter's head replaces the base's."""
+    import torch
+
+    first = tmp_path / "first"
+    assert main(["--no-progress", "merge", "--method", "linear", "--model",
+                 f"{encoder}+{adapters['a']}", "-o", str(first)]) == 0
+    again = tmp_path / "again"
+    assert main(["--no-progress", "merge", "--method", "linear", "--model",
+                 f"{first}+{adapters['b']}", "-o", str(again)]) == 0
+    assert torch.allclose(_logits(str(again), str(again)), _logits(str(first), str(first), adapters["b"]),
+                          atol=1e-5)
+
+
+def test_names_are_mapped_both_ways_by_the_task_models_prefix():
+    bare, prefixed = {"encoder.x.weight"}, {"bert.encoder.x.weight"}
+    assert align_name("bert.encoder.x.weight", bare, "bert") == "encoder.x.weight"
+    assert align_name("encoder.x.weight", prefixed, "bert") == "bert.encoder.x.weight"
+    assert align_name("classifier.weight", bare, "bert") is None
+    assert align_name("bert.encoder.x.weight", bare, None) is None
