@@ -60,5 +60,83 @@ def model_repo(tmp_path, tiny_base):
                           Project(name="tiny", base_model="example/tiny-llama"), remote=remote)
 
 
-SETTINGS = {"rank": 4, "alpha": 8.0, "steps": 4, "lr": 2e-2, "batch_size": 4, "threads": 1,
-            "min_clients": 2}
+class InProcessGrid:
+    """A Flower ``Grid`` delivering each message to an in-process client: the ClientApp of
+    modelgit, or a hostile replacement per node (``behaviours``: node -> function(message,
+    context) returning a reply, or None for no reply, i.e. a drop-out or a timeout)."""
+
+    def __new__(cls, *args, **kwargs):
+        from flwr.serverapp import Grid
+
+        class _Grid(Grid):
+            def __init__(self, app, nodes, behaviours=None):
+                self.app, self.nodes, self.behaviours = app, list(nodes), dict(behaviours or {})
+                self.sent = []
+
+            def set_run(self, run):  # pragma: no cover - Flower's runtime only
+                pass
+
+            @property
+            def run(self):  # pragma: no cover
+                return None
+
+            def create_message(self, *a, **k):  # pragma: no cover
+                raise NotImplementedError
+
+            def get_node_ids(self):
+                return list(self.nodes)
+
+            def push_messages(self, messages):  # pragma: no cover
+                raise NotImplementedError
+
+            def pull_messages(self, message_ids):  # pragma: no cover
+                raise NotImplementedError
+
+            def send_and_receive(self, messages, *, timeout=None):
+                from flwr.app import Context, Error, Message, RecordDict
+                from flwr.supercore.task_identity import TaskIdentity
+
+                replies = []
+                for index, message in enumerate(messages):
+                    node = message.metadata.dst_node_id
+                    self.sent.append(message)
+                    TaskIdentity.node_id = node
+                    context = Context(run_id=1, node_id=node, state=RecordDict(), run_config={},
+                                      node_config={"partition-id": self.nodes.index(node)})
+                    handler = self.behaviours.get(node, self.app)
+                    try:
+                        reply = handler(message, context)
+                    except Exception as exc:  # as a SuperNode reports a ClientApp's exception
+                        reply = Message(Error(0, f"{type(exc).__name__}: {exc}"), reply_to=message)
+                    finally:
+                        TaskIdentity.node_id = 0
+                    if reply is not None:
+                        replies.append(reply)
+                return replies
+
+        return _Grid(*args, **kwargs)
+
+
+@pytest.fixture
+def flower_identity():
+    """What Flower's runtime sets before a ServerApp runs: the task identity of messages."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+@pytest.fixture
+def grid(flower_identity, tiny_base, client_data):
+    """A function: an InProcessGrid of the three domain clients (nodes 11, 12, 13) plus any
+    ``extra`` hostile nodes ({node: behaviour})."""
+    from modelgit.federate.client import make_client_app
+
+    def make(extra=None, clients=None):
+        datasets = tuple(clients or client_data.values())
+        app = make_client_app((tiny_base,), datasets + tuple("unused" for _ in (extra or {})))
+        nodes = [11 + i for i in range(len(datasets))] + list(extra or {})
+        return InProcessGrid(app, nodes, extra)
+
+    return make

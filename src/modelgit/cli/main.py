@@ -363,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--delete", metavar="NAME", help="delete a ref and its history")
     p.add_argument("--json", action="store_true")
 
-    from . import (library_commands, merge_commands, route_commands, train_commands,  # (see main: not for git's filter)
-                   workflow_commands)
+    from . import (federate_commands, library_commands, merge_commands, route_commands,  # (see main: not for git's filter)
+                   train_commands, workflow_commands)
 
     git_commands.register(sub, _command)
     merge_commands.register(sub, _command)
@@ -373,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     workflow_commands.register(sub, _command)
     route_commands.register(sub, _command)
     library_commands.register(sub, _command)
+    federate_commands.register(sub, _command)
 
     return parser
 

@@ -51,7 +51,8 @@ def _opt(default, help: str):
 class FederateConfig:
     """One federated run: rounds of LoRA training on the clients, aggregated on the server."""
 
-    repo: str = _opt(".", "the model repository (its base model is what the clients adapt)")
+    repo: str = field(default=".", metadata={"help": "the model repository (its base model is "
+                                             "what the clients adapt)", "positional": True})
     run: str = _opt("run", "the run's name: rounds are committed on branch fed/<run>")
     rounds: int = _opt(3, "rounds to reach (a resumed run continues up to this round)")
     method: str = _opt("fedavg", "aggregation: " + ", ".join(AGGREGATORS) + ", or a merge "
