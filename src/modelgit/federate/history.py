@@ -48,13 +48,28 @@ def _salt(repo, run: str) -> str:
     """The run's anonymisation salt: local to this repository (never committed), kept so that a
     resumed run gives the same clients the same ids."""
     path = os.path.join(repo.git_dir, "modelgit", "federate", f"{run}.salt")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().strip()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    salt = secrets.token_hex(16)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(salt)
+    if not os.path.isfile(path):
+        from .._outputs import remove, temporary_path
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = temporary_path(path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(secrets.token_hex(16))
+                handle.flush()
+                os.fsync(handle.fileno())
+            # a hard link never replaces: of two processes starting the run, one salt wins and
+            # both read it back; a killed process leaves no half-written salt
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            remove(tmp)
+    with open(path, encoding="utf-8") as handle:
+        salt = handle.read().strip()
+    if len(salt) != 32:
+        raise UsageError(f"{path} does not hold a run's salt: remove it (the run's clients then "
+                         "get new anonymous ids)")
     return salt
 
 
