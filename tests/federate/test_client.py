@@ -57,3 +57,21 @@ def test_a_round_trains_from_the_servers_lora(tiny_base, client_data, tmp_path):
         assert not parts["B"].any() and result.lora[module]["B"].any()
         assert result.lora[module]["A"].shape == parts["A"].shape
         assert all((f >= 0).all() for f in result.fisher[module].values())
+
+
+def test_cli_table_shows_rounds_exclusions_and_scores():
+    from modelgit.cli.federate_commands import _table
+    from modelgit.federate.server import FederateResult
+
+    evaluation = [{"suite": "animals", "metric": "perplexity", "value": 9.5}]
+    record = {"round": 2, "participants": [{"client": "c-1"}, {"client": "c-2"}],
+              "excluded": [{"client": "c-3", "reason": "NaN or infinite values"}],
+              "bytes": {"down": 300, "up": 200}, "seconds": 1.25, "evaluation": evaluation}
+    result = FederateResult("r", "fed/r", 2, (record,),
+                            ({"suite": "animals", "metric": "perplexity", "value": 12.0},))
+    lines = _table(result).splitlines()
+    assert lines[0].split() == ["round", "clients", "excluded", "down", "B", "up", "B", "s",
+                                "animals"]
+    assert lines[1].split() == ["base", "12"] and lines[2].split() == \
+        ["2", "2", "1", "300", "200", "1.2", "9.5"]
+    assert lines[3] == "round 2: excluded c-3: NaN or infinite values"
