@@ -206,3 +206,17 @@ def test_every_method_commits_a_loadable_adapter(grid, model_repo, suites_file, 
         assert per_client == 2 * record["bytes"]["down"] // 3
     else:
         assert per_client == record["bytes"]["down"] // 3
+
+
+def test_the_last_round_is_contributed_like_any_adapter(grid, model_repo):
+    from modelgit.federate.server import run_rounds
+    from modelgit.workflow.contribution import contribute
+    from modelgit.workflow.gitops import export_dir
+
+    run_rounds(grid(), _config(model_repo))
+    adapter = export_dir(model_repo, "fed/t", "federated/t/adapter",
+                         os.path.join(model_repo.root, "..", "to-contribute"))
+    made = contribute(model_repo, adapter, "fed-t", "the federated run t, round 1",
+                      author="Maintainer <m@example.org>", domain=None)
+    assert made.branch == "contrib/fed-t"
+    assert model_repo.rev_parse("refs/heads/contrib/fed-t")
