@@ -35,12 +35,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="steps per client per round")
     parser.add_argument("--method")
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--max-length", type=int, help="tokens per example")
+    parser.add_argument("--train", type=int, help="training texts per client")
     parser.add_argument("--workdir")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     changes = {k: v for k, v in (("rounds", args.rounds), ("steps", args.steps),
-                                 ("method", args.method), ("lr", args.lr)) if v is not None}
+                                 ("method", args.method), ("lr", args.lr),
+                                 ("max_length", args.max_length), ("train", args.train))
+               if v is not None}
     settings = dataclasses.replace(settings, **changes)
     wall, cpu = time.perf_counter(), time.process_time()
     figures = run_federated_demo(quick=args.quick, workdir=args.workdir, keep=bool(args.workdir),
@@ -61,6 +65,7 @@ def main() -> int:
           f"{figures['central_seconds']} s; process {figures['process']}")
     kept = figures["kept"]
     ok = all(v is not None and v >= 0.95 for v in kept.values())
+    print(f"settings: {figures['settings']}")
     print(f"target (>= 95% of the central gain per domain and on average): "
           f"{'met' if ok else 'NOT met'}")
     if args.json:
