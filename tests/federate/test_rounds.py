@@ -220,3 +220,16 @@ def test_the_last_round_is_contributed_like_any_adapter(grid, model_repo):
                       author="Maintainer <m@example.org>", domain=None)
     assert made.branch == "contrib/fed-t"
     assert model_repo.rev_parse("refs/heads/contrib/fed-t")
+
+
+def test_outliers_leave_the_honest_spread_of_few_clients_alone():
+    from modelgit.federate.aggregate import ClientUpdate
+    from modelgit.federate.screen import _outliers
+
+    updates = [ClientUpdate(c, 1, {}) for c in "abcd"]
+    # the norms of three honest non-IID SmolLM2 clients, measured: the raw MAD (0.1) is tiny
+    honest = {"a": 3.24, "b": 3.345, "c": 3.663}
+    assert _outliers(updates[:3], honest, 3.0) == {}
+    poisoned = {**honest, "d": 3345.0}
+    assert list(_outliers(updates, poisoned, 3.0)) == ["d"]
+    assert _outliers(updates, poisoned, 0.0) == {}  # k = 0: off
