@@ -141,7 +141,7 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
                                 method=settings.method, rank=settings.rank,
                                 alpha=2.0 * settings.rank, steps=settings.steps, lr=settings.lr,
                                 batch_size=settings.batch_size, max_length=settings.max_length,
-                                suites=suites_file, threads=1, min_clients=len(splits))
+                                suites=suites_file, threads=1, min_clients=2)
         fed_started = time.perf_counter()
         result = federate(config, {d: files["train"] for d, files in splits.items()}, base=base)
         fed_seconds = time.perf_counter() - fed_started
@@ -152,7 +152,8 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
         figures = {"method": settings.method, "base": values(result.base_evaluation),
                    "rounds": [{"round": r["round"], "perplexity": values(r["evaluation"]),
                                "seconds": r["seconds"], "bytes": r["bytes"],
-                               "clients": len(r["participants"])} for r in result.rounds],
+                               "clients": len(r["participants"]), "excluded": r["excluded"]}
+                              for r in result.rounds],
                    "central": values(central), "federated_seconds": round(fed_seconds, 1),
                    "central_seconds": round(central_seconds, 1),
                    "full_weights_bytes": result.rounds[0].get("base", {}).get(
