@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..errors import UsageError
+from ..errors import ModelgitError, UsageError
 from .config import FederateConfig
 
 __all__ = ["federate", "simulation_resources"]
@@ -61,9 +61,17 @@ def federate(config: FederateConfig, clients: dict[str, str], base: str | None =
     client = make_client_app((os.path.abspath(base_dir),), datasets)
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    run_simulation(server, client, num_supernodes=len(clients),
-                   backend_config=simulation_resources(len(clients), config.threads),
-                   verbose_logging=verbose)
+    try:
+        run_simulation(server, client, num_supernodes=len(clients),
+                       backend_config=simulation_resources(len(clients), config.threads),
+                       verbose_logging=verbose)
+    except RuntimeError as exc:  # Ray could not start (e.g. its start-up timed out under load)
+        if "error" in outcome or "result" in outcome:
+            pass
+        else:
+            raise ModelgitError(f"Flower's simulation failed to run ({exc}): run the same command "
+                                "again (the run resumes from its last committed round); "
+                                "--verbose shows Ray's log") from None
     if "error" in outcome:
         raise outcome["error"]
     if "result" not in outcome:
