@@ -363,9 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--delete", metavar="NAME", help="delete a ref and its history")
     p.add_argument("--json", action="store_true")
 
-    from . import (export_commands, library_commands, merge_commands,  # (see main: not for git's filter)
-                   predict_commands, route_commands, serve_commands, train_commands,
-                   workflow_commands)
+    from . import (export_commands, federate_commands, library_commands,  # (see main: not for git's filter)
+                   merge_commands, predict_commands, route_commands, serve_commands,
+                   train_commands, workflow_commands)
 
     git_commands.register(sub, _command)
     merge_commands.register(sub, _command)
@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_commands.register(sub, _command)
     serve_commands.register(sub, _command)
     predict_commands.register(sub, _command)
+    federate_commands.register(sub, _command)
 
     return parser
 

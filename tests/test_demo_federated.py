@@ -1,0 +1,44 @@
+"""`modelgit demo --federated`: the table's arithmetic, and the quick demo end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from modelgit.demo_federated import format_table, kept_gains
+
+
+def test_kept_gains_are_shares_of_the_central_gain():
+    base = {"a": 20.0, "b": 10.0}
+    kept = kept_gains(base, {"a": 15.0, "b": 9.0}, {"a": 10.0, "b": 10.0})
+    assert kept["a"] == 0.5 and kept["b"] is None  # the central LoRA gained nothing on b
+    assert kept["mean"] == pytest.approx((15 - 12) / (15 - 10))
+
+
+def test_table_lists_base_rounds_and_central():
+    figures = {"method": "fedavg", "base": {"a": 20.0}, "central": {"a": 10.0},
+               "rounds": [{"round": 1, "perplexity": {"a": 12.0}}], "kept": {"a": 0.8, "mean": 0.8}}
+    text = format_table(figures)
+    import re
+
+    assert re.search(r"^round 1 \(fedavg\) +12\.00 +12\.00$", text, re.M)
+    assert re.search(r"^central LoRA \(union\) +10\.00 +10\.00$", text, re.M)
+    assert "keeps 80% of the central LoRA's perplexity gain on a\n" in text
+    assert text.endswith("keeps 80% of the central LoRA's perplexity gain on average")
+
+
+@pytest.mark.slow  # Ray and three clients on a tiny model: about two minutes on 2 loaded cores
+def test_quick_federated_demo(capsys, tmp_path):
+    pytest.importorskip("flwr")
+    from modelgit.cli.main import main
+
+    assert main(["demo", "--federated", "--quick", "--json", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    figures = json.loads(out[out.index("\n{") + 1:])
+    assert [r["round"] for r in figures["rounds"]] == [1, 2]
+    assert set(figures["base"]) == set(figures["central"]) == {"python", "debian", "manpages"}
+    for domain, base in figures["base"].items():  # both learn something on every domain
+        assert figures["rounds"][-1]["perplexity"][domain] < base
+        assert figures["central"][domain] < base
+    assert figures["rounds"][0]["bytes"]["down"] < figures["full_weights_bytes"]
