@@ -378,7 +378,7 @@ def router_specs(paths: dict, scores_file: str) -> dict[str, list[str]]:
     suites = [a for d in COVERED for a in ("--suite", d)]
     return {
         "arrow": ["--kind", "arrow"],  # data-free: no threshold (nothing to calibrate it on)
-        "arrow-calibrated": ["--kind", "arrow", *examples],  # examples only set the threshold
+        "arrow-calibrated": ["--kind", "arrow", *examples],  # unlabelled: offset + threshold
         "examples-base": ["--kind", "examples", "--embedder", "base:1", *examples],
         "examples-minilm": ["--kind", "examples", "--embedder", "minilm", *examples],
         "reviews": ["--kind", "reviews", "--suites", paths["suites"], *suites,
