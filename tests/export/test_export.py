@@ -158,6 +158,22 @@ def test_export_both_layouts_load_without_modelgit(released, tmp_path):
         ".modelgit-tmp-" in p for p in os.listdir(tmp_path))
 
     _refusals(repo, tmp_path)
+    _served_names(repo)
+
+
+def _served_names(repo) -> None:
+    """`serve` of this release (it merged its contributions: new weights) serves its library on
+    the base the adapters were reviewed on, named by that base's tag, and refuses the release's
+    own tag with the command that serves its weights, rather than answering with other weights
+    (the export above is that command's other half)."""
+    from modelgit.errors import UsageError
+    from modelgit.serve.catalog import open_catalog
+
+    catalog = open_catalog(repo.root, "v2")
+    assert catalog.names == ["base", "v1", "animals-lora", "cooking-lora", "auto"]
+    assert catalog.resolve("v1").kind == "base"
+    with pytest.raises(UsageError, match="v2 merged its contributions.*modelgit export v2 --merged"):
+        catalog.resolve("v2")
 
 
 def torch_equal(a, b) -> bool:

@@ -6,13 +6,17 @@ Sources: a model repository (its release's library, read and materialized by
 (its ``library.json``), a :class:`~modelgit.route.library.Library`, or a plain transformers
 directory (the base alone).
 
-Names: ``base`` (and the release's tag, an alias of it: the library's base, the weights its
-adapters were reviewed on), each adapter's name, and ``auto`` when there is a router (each
-input goes to the adapter the router picks for it).
+Names: ``base`` (the library's base, the weights its adapters were reviewed on), each adapter's
+name, and ``auto`` when there is a router (each input goes to the adapter the router picks for
+it). The release's tag is an alias of ``base`` only when the release's weights *are* that base
+(a release of specialists only). A release that merged contributions has new weights, which
+are not the base its library's adapters apply to: its tag is then refused with the command that
+serves those weights (one server, one base), never answered by other weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
@@ -52,6 +56,8 @@ class Catalog:
     release: str | None = None
     library: object = None
     router: object = field(default=None, compare=False)
+    #: a release whose merged weights this server does not serve (its tag is refused)
+    unserved_release: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -67,6 +73,13 @@ class Catalog:
         """
         if name == AUTO and self.router:
             return Target(AUTO)
+        if name is not None and name == self.unserved_release:
+            raise UsageError(f"the release {name} merged its contributions into new weights, "
+                             "which this server does not serve: it serves the release's adapter "
+                             f"library ({', '.join(self.names)}) on the base they were reviewed "
+                             f"on. Serve {name}'s own weights with `modelgit serve REPO/model` "
+                             f"in a checkout of {name} (or `modelgit export {name} --merged -o DIR` "
+                             "and serve DIR)")
         if name in (BASE, self.release):
             return Target(BASE)
         if name in self.adapters:
@@ -124,7 +137,14 @@ def _from_repository(source: str, rev: str | None, task) -> Catalog:
     from ..route import load
     from ..route.release_library import materialize_library, read_release
 
+    from ..fingerprint import fingerprint_rev
+    from ..route.release_library import _repo
+
     release = read_release(source, rev)
     library = materialize_library(source, release)
     router = (lambda: load(source, release.tag)) if release.router else None
-    return _from_library(library, release.tag, router, task)
+    own = fingerprint_rev(_repo(source), release.commit, release.record["base"]["model"])
+    if own == library.base_fingerprint:
+        return _from_library(library, release.tag, router, task)
+    catalog = _from_library(library, release.record["base"].get("tag"), router, task)
+    return dataclasses.replace(catalog, unserved_release=release.tag)
