@@ -29,9 +29,11 @@ from math import prod
 from typing import Callable, Iterable, Iterator
 
 from ..dtypes import DTYPES, FLOAT_DTYPES
-from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageError
+from ..errors import (CorruptObjectError, DerivedFunctionError, ObjectMissingError, StoreError,
+                      UsageError)
 from .backends import Backend, LocalBackend, open_backend
 from .encodings import DELTA, DELTA_ADVANTAGE, encode_delta, encode_standalone, sum_of_squares
+from .derived import DERIVED, DERIVED_FORMAT, Recipe, compute, parse_recipe, recipe_input_ids
 from .ids import is_object_id, object_id
 from .objectfile import ObjectHeader, pack_header, unpack_header
 from . import refs as refs_history
@@ -45,6 +47,9 @@ STORE_FORMAT = 1  # a store whose headers tell the true depth of every delta cha
 #: A modelgit that trusts header depths (format 1 only) must not write to such a store.
 NEWEST_WHOLE_FORMAT = 2
 NEWEST_WHOLE = "newest-whole"
+#: the newest format this modelgit reads: 3 for a store holding derived objects (:mod:`.derived`)
+MAX_FORMAT = DERIVED_FORMAT
+DERIVED_CACHE = "cache/derived"  # computed bytes of derived objects: ``cache/derived/<id>``
 CONFIG_KEY = "modelgit-store.json"
 MAX_DELTA_DEPTH = 8  # a checkout decodes at most this many ancestors of an object
 #: no object modelgit writes is larger: a tensor's chunks are at most CHUNK_BYTES (4 MiB), blobs
@@ -55,7 +60,8 @@ _STALE_TMP_SECONDS = 3600
 QUARANTINE = "quarantine"  # where damaged objects are moved: ``quarantine/<id>``
 
 
-def decode_object(oid: str, blob, parent_content=None) -> tuple[ObjectHeader, object]:
+def decode_object(oid: str, blob, parent_content=None,
+                  inputs: Callable[[object], object] | None = None) -> tuple[ObjectHeader, object]:
     """(header, content) of the stored bytes ``blob`` of object ``oid``, checked against the id.
 
     This is how an object in transit is verified before it is written anywhere.
@@ -63,10 +69,21 @@ def decode_object(oid: str, blob, parent_content=None) -> tuple[ObjectHeader, ob
     Args:
         parent_content: the decoded content of the object's delta parent (its header names
             it), for a delta; ignored otherwise.
+        inputs: for a derived object, gives the verified content of an input
+            (:class:`~.derived.InputRef`); it may raise ObjectMissingError.
     Raises:
         ValueError: with the reason, when ``blob`` does not decode to content with id ``oid``.
+        DerivedFunctionError: a derived object's function is unknown here.
     """
     head = _parse(blob)
+    if head.encoding is DERIVED:
+        if inputs is None:
+            raise ValueError("a derived object, whose inputs were not given")
+        recipe = parse_recipe(memoryview(blob)[head.payload_offset:], head.dtype, head.shape)
+        raw = compute(recipe, head.dtype, head.shape, inputs)
+        if object_id(head.dtype, head.shape, raw) != oid:
+            raise ValueError(f"computing its recipe ({recipe.fn}) does not reproduce its id")
+        return head, raw
     if head.parent is not None and parent_content is None:
         raise ValueError(f"delta against {head.parent}, whose content was not given")
     raw = _decode_payload(head, blob, parent_content if head.parent is not None else None)
@@ -158,10 +175,10 @@ class Store:
         backend = open_backend(location)
         if backend.exists(CONFIG_KEY):
             config = json.loads(backend.read(CONFIG_KEY))
-            if config.get("format", 0) > NEWEST_WHOLE_FORMAT:
+            if config.get("format", 0) > MAX_FORMAT:
                 raise StoreError(
                     f"the store at {location} has format {config['format']}, newer than this "
-                    f"modelgit understands ({NEWEST_WHOLE_FORMAT}); upgrade modelgit"
+                    f"modelgit understands ({MAX_FORMAT}); upgrade modelgit"
                 )
             return cls(backend, quarantine, config)
         if create:
@@ -194,9 +211,25 @@ class Store:
         if self.newest_whole:
             return
         legacy = next(iter(self.backend.list("objects")), None) is not None
-        config = dict(self.config, format=NEWEST_WHOLE_FORMAT, layout=NEWEST_WHOLE)
+        config = dict(self.config, format=max(NEWEST_WHOLE_FORMAT, self.config.get("format", 1)),
+                      layout=NEWEST_WHOLE)
         if legacy:
             config["legacy_heads"] = True
+        self.backend.write_atomic(CONFIG_KEY, json.dumps(config).encode())
+        self.config = config
+
+    @property
+    def holds_derived(self) -> bool:
+        """Whether the store may hold derived objects (format 3, see :mod:`.derived`)."""
+        return bool(self.config.get("derived"))
+
+    def use_derived(self) -> None:
+        """Mark the store as holding derived objects (format 3) before the first is written; a
+        no-op when it is. A modelgit that does not know them then refuses the store ("upgrade
+        modelgit") instead of taking a derived object for a damaged one."""
+        if self.holds_derived:
+            return
+        config = dict(self.config, format=DERIVED_FORMAT, derived=True)
         self.backend.write_atomic(CONFIG_KEY, json.dumps(config).encode())
         self.config = config
 
@@ -312,10 +345,144 @@ class Store:
         one adds a link under every delta that decodes through it)."""
         if not parent or parent == oid or not self.has(parent):
             return None
+        if loaded is None and self.header(parent).encoding is DERIVED:
+            return None  # a delta never decodes through a computation (see .derived)
         header, raw, stored, depth = loaded or self._load(parent, with_size=True)
-        if header.dtype != dtype or header.raw_len != raw_len or depth >= MAX_DELTA_DEPTH:
+        if header.dtype != dtype or header.raw_len != raw_len or depth >= MAX_DELTA_DEPTH \
+                or header.encoding is DERIVED:
             return None
         return header, raw, stored, depth
+
+    # ---------------------------------------------------------------- derived objects
+    def put_derived(self, recipe: Recipe, dtype: str, shape: tuple[int, ...],
+                    expected=None) -> PutResult | None:
+        """Store the object that ``recipe`` computes as that recipe (see :mod:`.derived`).
+
+        The bytes are computed here from the inputs as stored (each read back and verified),
+        and the recipe is stored only when they equal ``expected`` (the bytes the caller
+        wants to store, when it has them): a computation that does not reproduce them is never
+        relied on. An object already present (whatever its encoding) is kept.
+
+        Returns:
+            The put's result, or None when the computation does not give ``expected`` (the
+            caller then stores the bytes with :meth:`put`).
+        Raises:
+            ObjectMissingError: an input is not in the store.
+            StoreError: the recipe is malformed (a modelgit bug).
+        """
+        payload = recipe.to_bytes()
+        try:
+            parse_recipe(payload, dtype, tuple(shape))  # the checks a reader makes
+            raw = compute(recipe, dtype, tuple(shape), lambda ref: self._derived_input("new", ref))
+        except ValueError as exc:
+            raise StoreError(f"cannot store a derived object of {recipe.fn}: {exc} "
+                             "(a modelgit bug)") from None
+        if expected is not None and bytes(memoryview(expected).cast("B")) != raw:
+            return None
+        oid = object_id(dtype, tuple(shape), raw)
+        if self.freshen(oid):
+            return PutResult(oid, False, 0, None)
+        self.use_derived()
+        head = pack_header(DERIVED, 0, dtype, tuple(shape), len(raw), None,
+                           sum_of_squares(raw, dtype))
+        if self._writers and hasattr(self.backend, "stage"):
+            self.backend.stage(self._key(oid), head, payload)
+        else:
+            self.backend.write_atomic(self._key(oid), head + payload)
+        self._cache_put(oid, raw)
+        return PutResult(oid, True, len(head) + len(payload), DERIVED.name)
+
+    def derived_inputs(self, oid: str, head: ObjectHeader | None = None) -> list[str]:
+        """The ids of the inputs of ``oid`` when it is a derived object, else ``[]`` (an
+        unknown function's inputs too: gc and transfers keep and move them all the same).
+
+        Raises:
+            CorruptObjectError: the object is derived but its recipe does not parse.
+        """
+        head = head or self.header(oid)
+        if head.encoding is not DERIVED:
+            return []
+        blob = self._read(oid)
+        try:
+            return recipe_input_ids(memoryview(blob)[unpack_header(blob).payload_offset:])
+        except ValueError as exc:
+            raise self._corrupt(oid, str(exc), blob) from None
+
+    def _derived_input(self, oid: str, ref, fn: str = ""):
+        """The verified content of input ``ref`` of derived object ``oid``."""
+        try:
+            head = self.header(ref.oid)
+            if head.encoding is DERIVED:
+                raise ValueError(f"its input {ref.oid} is derived itself (a recipe is one step)")
+            if head.dtype != ref.dtype or tuple(head.shape) != ref.shape:
+                raise ValueError(f"its input {ref.oid} is {head.dtype} {list(head.shape)}, not "
+                                 f"{ref.dtype} {list(ref.shape)} as the recipe says")
+            return self._load(ref.oid)[1]
+        except ObjectMissingError as exc:
+            if exc.oid != ref.oid:
+                raise
+            raise ObjectMissingError(
+                f"object {ref.oid}, an input of derived object {oid} ({fn or 'a recipe'}), is "
+                f"missing from the store at {self.url}; fetch it (`modelgit fetch`, or "
+                "`modelgit checkout` in a repository) from the remote that has the derived "
+                "object", ref.oid) from None
+
+    def _load_derived(self, oid: str, head: ObjectHeader, blob, with_size: bool):
+        """(header, content) of derived object ``oid``: from the cache, else computed from
+        its inputs, checked against the id either way."""
+        try:
+            recipe = parse_recipe(memoryview(blob)[head.payload_offset:], head.dtype, head.shape)
+        except ValueError as exc:
+            raise self._corrupt(oid, f"bad recipe: {exc}", blob) from None
+        raw = self._cache_get(oid, head)
+        if raw is None:
+            try:
+                raw = compute(recipe, head.dtype, head.shape,
+                              lambda ref: self._derived_input(oid, ref, recipe.fn))
+            except ValueError as exc:
+                raise self._corrupt(oid, f"its recipe ({recipe.fn}) cannot run: {exc}", blob) from None
+            if object_id(head.dtype, head.shape, raw) != oid:
+                raise self._corrupt(
+                    oid, f"computing its recipe ({recipe.fn}) from its inputs does not reproduce "
+                    "its id: the recipe was changed, or this machine computes differently", blob)
+            self._cache_put(oid, raw)
+        if with_size:
+            return head, raw, len(blob) - head.payload_offset, 0
+        return head, raw
+
+    def _cache_on(self) -> bool:
+        import os
+
+        return (self.quarantine and isinstance(self.backend, LocalBackend)
+                and os.environ.get("MODELGIT_DERIVED_CACHE", "1") != "0")
+
+    def _cache_get(self, oid: str, head: ObjectHeader):
+        """The cached content of derived ``oid``, verified; None when absent or damaged."""
+        if not self._cache_on():
+            return None
+        key = f"{DERIVED_CACHE}/{oid}"
+        try:
+            raw = self.backend.read(key)
+        except (FileNotFoundError, OSError):
+            return None
+        if len(raw) != head.raw_len or object_id(head.dtype, head.shape, raw) != oid:
+            self.backend.delete(key)  # damaged: computed again
+            return None
+        return raw
+
+    def _cache_put(self, oid: str, raw) -> None:
+        if self._cache_on():
+            with contextlib.suppress(OSError, StoreError):  # a cache: a full disk only costs time
+                self.backend.write_atomic(f"{DERIVED_CACHE}/{oid}", raw)
+
+    def drop_derived_cache(self, keep: set[str] = frozenset()) -> int:
+        """Delete the cached content of derived objects (all but ``keep``); returns how many."""
+        dropped = 0
+        for key in list(self.backend.list(DERIVED_CACHE)):
+            if key.rsplit("/", 1)[-1] not in keep:
+                self.backend.delete(key)
+                dropped += 1
+        return dropped
 
     def put_blob(self, data: bytes) -> str:
         """Store a small byte string (a manifest, a file header) and return its id."""
@@ -423,6 +590,8 @@ class Store:
             head = _parse(blob)
         except ValueError as exc:
             raise self._corrupt(oid, str(exc), blob) from None
+        if head.encoding is DERIVED:
+            return self._load_derived(oid, head, blob, with_size)
         parent_raw, depth = None, 0
         if head.parent is not None:
             if _depth >= MAX_DELTA_DEPTH:  # some header of the chain lies about its depth
@@ -599,9 +768,11 @@ class Store:
                     continue
                 keep.add(oid)
                 with contextlib.suppress(CorruptObjectError, ObjectMissingError):
-                    parent = self.header(oid, quarantine=False).parent
-                    if parent and parent in present:
-                        todo.append(parent)
+                    head = self.header(oid, quarantine=False)
+                    if head.parent and head.parent in present:
+                        todo.append(head.parent)
+                    # a derived object needs its inputs (see .derived)
+                    todo += [i for i in self.derived_inputs(oid, head) if i in present]
             removed = freed = 0
             for oid in sorted(present - keep):
                 removed += 1
@@ -621,6 +792,7 @@ class Store:
             if not dry_run:
                 for key in quarantined:
                     self.backend.delete(key)
+                self.drop_derived_cache(keep)
             return GcResult(len(keep), removed, freed, removed_tmp, len(young - set(live)),
                             len(quarantined))
 

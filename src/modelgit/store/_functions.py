@@ -1,0 +1,101 @@
+"""The registered derived functions (see :mod:`.derived` for the rules every one follows).
+
+``lora_merge/1`` — rows ``[r0, r1)`` of ``W + sum_i c_i B_i A_i``: a base weight plus LoRA
+products, which is what a linear or task-arithmetic merge of LoRA adapters into their base gives
+(``c_i`` folds the adapter's ``alpha/r`` scale, its weight, ``lambda`` and a linear merge's
+normalisation). Inputs: ``inputs[0]`` the base chunk (its shape is the output's, 2-D, rows
+``r0..r1`` of the whole weight), then the factors the terms name: ``A`` (rank, columns) and ``B``
+(rows of the whole weight, rank). Params::
+
+    {"rows":[r0,r1],"terms":[{"a":1,"b":2,"c":"0x1.0p-1"},...]}
+"""
+
+from __future__ import annotations
+
+from .derived import (DerivedFunction, InputRef, numpy_dtype, read_float, register_function,
+                      round_to, to_float64)
+
+_FLOATS = ("F16", "BF16", "F32", "F64")
+MAX_TERMS = 256
+
+
+def _check_lora_merge(params: dict, inputs: tuple[InputRef, ...], dtype: str,
+                      shape: tuple[int, ...]) -> None:
+    if set(params) != {"rows", "terms"}:
+        raise ValueError("lora_merge/1 takes exactly the params rows and terms")
+    rows, terms = params["rows"], params["terms"]
+    if not (isinstance(rows, list) and len(rows) == 2 and all(type(r) is int for r in rows)
+            and 0 <= rows[0] < rows[1]):
+        raise ValueError(f"lora_merge/1: rows {rows!r} is not [start, stop] with start < stop")
+    base = inputs[0]
+    if dtype not in _FLOATS or base.dtype != dtype or len(shape) != 2 or base.shape != shape \
+            or shape[0] != rows[1] - rows[0]:
+        raise ValueError(f"lora_merge/1: the base input ({base.dtype} {list(base.shape)}) and "
+                         f"the output ({dtype} {list(shape)}, rows {rows}) do not agree")
+    if not isinstance(terms, list) or not 0 < len(terms) <= MAX_TERMS:
+        raise ValueError(f"lora_merge/1 needs 1 to {MAX_TERMS} terms")
+    used = {0}
+    for term in terms:
+        if not isinstance(term, dict) or set(term) != {"a", "b", "c"}:
+            raise ValueError("a lora_merge/1 term is {a, b, c}")
+        a, b = term["a"], term["b"]
+        if not all(type(i) is int and 0 < i < len(inputs) for i in (a, b)):
+            raise ValueError(f"lora_merge/1: term inputs {a!r}, {b!r} out of range")
+        read_float(term["c"], "lora_merge/1 coefficient")
+        A, B = inputs[a], inputs[b]
+        if len(A.shape) != 2 or len(B.shape) != 2 or A.dtype not in _FLOATS \
+                or B.dtype not in _FLOATS or A.shape[1] != shape[1] or B.shape[1] != A.shape[0] \
+                or B.shape[0] < rows[1] or A.shape[0] > 4096:
+            raise ValueError(f"lora_merge/1: factors A {list(A.shape)} and B {list(B.shape)} do "
+                             f"not fit rows {rows} of a weight with {shape[1]} columns")
+        used |= {a, b}
+    if used != set(range(len(inputs))):
+        raise ValueError("lora_merge/1: every input must be used by a term")
+
+
+def _run_lora_merge(arrays: list, params: dict, dtype: str, shape: tuple[int, ...]) -> bytes:
+    import numpy as np
+
+    r0, r1 = params["rows"]
+    acc = to_float64(arrays[0], dtype)  # (rows, columns), a fresh array
+    product = np.empty(shape, dtype=np.float64)
+    outer = np.empty(shape, dtype=np.float64)
+    for term in params["terms"]:
+        a = to_float64(arrays[term["a"]], _dtype_of(arrays[term["a"]]))  # (rank, columns)
+        b = to_float64(arrays[term["b"]][r0:r1], _dtype_of(arrays[term["b"]]))  # (rows, rank)
+        product.fill(0.0)
+        for k in range(a.shape[0]):  # rank order, one correctly rounded op per element each
+            np.multiply(b[:, k:k + 1], a[k:k + 1, :], out=outer)
+            np.add(product, outer, out=product)
+        np.multiply(product, read_float(term["c"], "coefficient"), out=product)
+        np.add(acc, product, out=acc)
+    return round_to(acc, dtype)
+
+
+def _dtype_of(array) -> str:
+    # the factor's dtype as recorded (bf16 is held as uint16, see numpy_dtype)
+    return "BF16" if array.dtype == numpy_dtype("BF16") else {2: "F16", 4: "F32", 8: "F64"}[array.dtype.itemsize]
+
+
+LORA_MERGE = register_function(DerivedFunction(
+    "lora_merge/1", _check_lora_merge, _run_lora_merge,
+    "rows of W + sum_i c_i B_i A_i, float64, rank order, rounded once"))
+
+
+def lora_merge_recipe(base: InputRef, rows: tuple[int, int],
+                      terms: list[tuple[InputRef, InputRef, float]]) -> "Recipe":
+    """The ``lora_merge/1`` recipe of rows ``rows`` of ``base + sum c B A`` (terms
+    ``(A, B, c)`` in the order they are added; a factor named twice is one input)."""
+    from .derived import Recipe, hex_float
+
+    inputs: list[InputRef] = [base]
+    index: dict[InputRef, int] = {}
+
+    def position(ref: InputRef) -> int:
+        if ref not in index:
+            index[ref] = len(inputs)
+            inputs.append(ref)
+        return index[ref]
+
+    out = [{"a": position(a), "b": position(b), "c": hex_float(c)} for a, b, c in terms]
+    return Recipe("lora_merge/1", tuple(inputs), {"rows": [int(rows[0]), int(rows[1])], "terms": out})
