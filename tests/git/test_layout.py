@@ -277,7 +277,7 @@ def test_the_store_is_marked_so_that_an_older_modelgit_refuses_it(tmp_path):
     push_objects(local, remote, set(ids))
     config = json.loads((tmp_path / "remote" / "modelgit-store.json").read_text())
     assert config == {"format": 2, "layout": "newest-whole"}
-    (tmp_path / "remote" / "modelgit-store.json").write_text(json.dumps({"format": 3}))
+    (tmp_path / "remote" / "modelgit-store.json").write_text(json.dumps({"format": 4}))  # 3 is a store with derived objects
     with pytest.raises(Exception, match="upgrade modelgit"):
         Store.open(str(tmp_path / "remote"))
 

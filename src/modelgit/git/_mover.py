@@ -191,8 +191,9 @@ class Mover:
                         self.retry.add(oid)
                     tree.failed(oid, parent_content)
                     continue
+                inputs = self._inputs(item)
                 try:
-                    _, content = decode_object(oid, blob, parent_content)
+                    _, content = decode_object(oid, blob, parent_content, inputs)
                 except ValueError:
                     if oid != root or parent is None:
                         raise
@@ -200,9 +201,14 @@ class Mover:
                     if parent_content is None:
                         tree.discard(handle)
                         continue
-                    _, content = decode_object(oid, blob, parent_content)
-            except ObjectMissingError:
+                    _, content = decode_object(oid, blob, parent_content, inputs)
+            except ObjectMissingError as exc:
                 tree.discard(handle)
+                if exc.oid not in (oid, None):  # an input of a derived object
+                    self._fail_tree(oid, f"derived object {oid} was not {self.verb}: its input "
+                                         f"{exc.oid} is on neither side ({exc})", corrupt=False)
+                    tree.failed(oid, parent_content)
+                    continue
                 self._fail_tree(oid, f"object {oid} vanished from {item.source.label} during the "
                                      f"transfer; it was not {self.verb}", corrupt=False)
                 tree.failed(oid, parent_content)
@@ -217,6 +223,12 @@ class Mover:
                 self.sent.append((oid, len(blob)))
                 self.bar.update(len(blob))
             stack += [(child, content) for child in self.children.get(oid, ())]
+
+    def _inputs(self, item: Item):
+        """How a derived object in transit reads its inputs: verified, from the destination
+        when it has them, else from the source (see :mod:`modelgit.store.derived`)."""
+        stores = [self.dst, item.source.store]
+        return lambda ref: content_of(stores, ref.oid)
 
     def _outside_parent(self, root: str, parent: str, verify: bool):
         """The content of ``root``'s delta parent, which does not travel; None (the tree is
