@@ -197,3 +197,11 @@ def test_unknown_function_in_a_new_recipe_is_refused(store):
     base, base_ref, terms = _lora(store)
     with pytest.raises(DerivedFunctionError, match="upgrade"):
         store.put_derived(Recipe("nosuch/1", (base_ref,), {}), "F32", (12, 10))
+
+
+def test_inputs_written_in_the_same_batch_are_read_back(store):
+    with store.writing():  # staged writes: visible only once flushed
+        base, base_ref, terms = _lora(store)
+        put = store.put_derived(lora_merge_recipe(base_ref, (0, 12), terms), "F32", (12, 10))
+    store.drop_derived_cache()
+    assert object_id("F32", (12, 10), store.get(put.oid)) == put.oid

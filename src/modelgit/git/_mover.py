@@ -24,6 +24,7 @@ from ..store import Store
 from ..dtypes import DTYPES, FLOAT_DTYPES
 from ..store.encodings import encode_standalone
 from ..store.objectfile import ObjectHeader, pack_header, unpack_header
+from ..store.derived import DERIVED
 from ..store.store import MAX_DELTA_DEPTH, QUARANTINE, decode_object
 
 __all__ = ["TransferResult", "Side", "Item", "Failures", "Mover", "Retry", "local_damage",
@@ -132,7 +133,21 @@ class Mover:
         """Move every tree; the first error that is not a damaged or missing object (a full
         disk, a network failure) is raised once every task has stopped. Objects in a delta
         cycle (damaged parent ids) belong to no tree and fail."""
-        futures = [pool.submit(self._tree, root) for root in self.roots]
+        # derived objects last: their inputs, moved first, are then read at the destination
+        # rather than downloaded a second time to verify them
+        stored = [r for r in self.roots if self.items[r].header.encoding is not DERIVED]
+        derived = [r for r in self.roots if self.items[r].header.encoding is DERIVED]
+        self._run_trees(pool, stored)
+        if derived:
+            self.sink.visible()
+            self._run_trees(pool, derived)
+        done = {oid for oid, _ in self.sent} | set(self.failures.messages) | self.dropped()
+        for oid in sorted(set(self.items) - done):
+            self.failures.add(oid, f"object {oid} on {self.items[oid].source.label} is corrupt "
+                              "(its delta chain is a cycle); it was not " + self.verb, True)
+
+    def _run_trees(self, pool: ThreadPoolExecutor, roots: list[str]) -> None:
+        futures = [pool.submit(self._tree, root) for root in roots]
         error = None
         for future in futures:
             try:
@@ -144,10 +159,6 @@ class Mover:
         wait(futures)
         if error is not None:
             raise error
-        done = {oid for oid, _ in self.sent} | set(self.failures.messages) | self.dropped()
-        for oid in sorted(set(self.items) - done):
-            self.failures.add(oid, f"object {oid} on {self.items[oid].source.label} is corrupt "
-                              "(its delta chain is a cycle); it was not " + self.verb, True)
 
     def dropped(self) -> set[str]:
         """Roots left for a retry, and their descendants (neither sent nor failed)."""
@@ -319,6 +330,10 @@ class CopySink:
 
     def tree(self, root: str) -> "_CopyTree":
         return _CopyTree(self)
+
+    def visible(self) -> None:
+        """Make what was written so far readable (staged objects are not until committed)."""
+        self.dst.flush()
 
 
 class _CopyTree:

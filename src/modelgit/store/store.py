@@ -371,6 +371,8 @@ class Store:
             StoreError: the recipe is malformed (a modelgit bug).
         """
         payload = recipe.to_bytes()
+        if self._writers and not all(self.has(ref.oid) for ref in recipe.inputs):
+            self.flush()  # inputs written in this batch (staged) become readable
         try:
             parse_recipe(payload, dtype, tuple(shape))  # the checks a reader makes
             raw = compute(recipe, dtype, tuple(shape), lambda ref: self._derived_input("new", ref))
