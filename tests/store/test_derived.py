@@ -205,3 +205,39 @@ def test_inputs_written_in_the_same_batch_are_read_back(store):
         put = store.put_derived(lora_merge_recipe(base_ref, (0, 12), terms), "F32", (12, 10))
     store.drop_derived_cache()
     assert object_id("F32", (12, 10), store.get(put.oid)) == put.oid
+
+
+def _ties_reference(base, deltas, weights, densities, lam):
+    """TIES as the paper and modelgit.merge's ties define it, on whole float64 tensors."""
+    kept = []
+    for d, w, density in zip(deltas, weights, densities):
+        k = max(1, int(density * d.size))
+        threshold = np.sort(np.abs(d).ravel())[::-1][k - 1]
+        kept.append(np.where(np.abs(d) >= threshold, d, 0.0) * w)
+    positive = sum(kept) >= 0
+    agree = [np.where(positive, x > 0, x < 0) for x in kept]
+    merged = sum(np.where(a, x, 0.0) for a, x in zip(agree, kept))
+    divisor = sum(np.where(a, w, 0.0) for a, w in zip(agree, weights))
+    divisor[divisor == 0] = 1.0
+    return base.astype(np.float64) + lam * merged / divisor
+
+
+def test_ties_lora_matches_a_reference_and_is_chunk_local(store):
+    from modelgit.store._functions import lora_product, ties_lora_recipe, ties_threshold
+
+    base, base_ref, terms = _lora(store, rows=40, cols=16, rank=4, n=3, seed=3)
+    weights, densities = [1.0, 0.5, 2.0], [0.5, 0.3, 0.9]
+    arrays = [(np.frombuffer(store.get(a.oid), np.float32).reshape(a.shape),
+               np.frombuffer(store.get(b.oid), np.float32).reshape(b.shape)) for a, b, _c in terms]
+    deltas = [lora_product(a, b, c) for (a, b), (_A, _B, c) in zip(arrays, terms)]
+    thresholds = [ties_threshold(np.abs(d), dens) for d, dens in zip(deltas, densities)]
+    full = [(a, b, c, w, t) for (a, b, c), w, t in zip(terms, weights, thresholds)]
+    expected = _ties_reference(base, deltas, weights, densities, 0.8).astype(np.float32)
+    # two chunks of rows, each computed from its own rows of the base and B
+    for r0, r1 in ((0, 25), (25, 40)):
+        chunk = base[r0:r1]
+        ref = InputRef(store.put("F32", chunk.shape, chunk.tobytes()).oid, "F32", chunk.shape)
+        put = store.put_derived(ties_lora_recipe(ref, (r0, r1), full, 0.8, True), "F32", chunk.shape)
+        store.drop_derived_cache()
+        got = np.frombuffer(store.get(put.oid), np.float32).reshape(chunk.shape)
+        np.testing.assert_array_equal(got, expected[r0:r1])

@@ -41,7 +41,7 @@ def _tensors(path):
         reader.close()
 
 
-@pytest.mark.parametrize("method", ["task_arithmetic", "linear"])
+@pytest.mark.parametrize("method", ["task_arithmetic", "linear", "ties"])
 def test_a_release_stores_its_merged_tensors_as_recipes(accepted, suites, tmp_path, method):
     repo = accepted
     store = repo.store()
@@ -73,9 +73,9 @@ def test_a_release_stores_its_merged_tensors_as_recipes(accepted, suites, tmp_pa
     assert all(remote.header(o).encoding is DERIVED for t in changed for o in t.chunks)
 
 
-def test_ties_keeps_the_delta_path(accepted, suites):
+def test_dare_keeps_the_delta_path(accepted, suites):
     repo = accepted
-    done = release(repo, suites, method="ties")
+    done = release(repo, suites, method="dare_ties")
     store = repo.store()
     new = _weights_manifest(repo, done.commit)
     assert not any(store.header(o).encoding is DERIVED for f in new.files for t in f.tensors

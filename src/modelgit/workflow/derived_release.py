@@ -1,7 +1,9 @@
 """Releases that cost what their adapters cost: merged tensors recorded as derived objects.
 
 A release that merges LoRA adapters into the base with ``linear`` (normalised) or
-``task_arithmetic`` changes each targeted weight to ``W + sum_i c_i B_i A_i``. Right after the
+``task_arithmetic`` changes each targeted weight to ``W + sum_i c_i B_i A_i``; with ``ties`` to
+the TIES merge of those task vectors (``ties_lora/1``, whose trim thresholds are computed here
+over the whole tensor and recorded). Right after the
 merge engine has written a candidate, :func:`derive_merge` recomputes every such tensor with
 the store's deterministic ``lora_merge/1`` (:mod:`modelgit.store.derived`) chunk by chunk and
 writes those bytes over the engine's (the same sum, in float64 in a fixed order, rounded once:
@@ -16,7 +18,7 @@ finds each chunk present and stores nothing more. A chunk that does not reproduc
 pretraining rewrote the weights, a base chunk missing from the store) is stored by the filter
 as before, a delta on the base.
 
-Other methods (TIES, DARE, DELLA, breadcrumbs, SLERP...) and adapters with ``fan_in_fan_out``,
+Other methods (DARE, DELLA, breadcrumbs, SLERP...) and adapters with ``fan_in_fan_out``,
 embedding LoRAs or ``modules_to_save`` on a tensor keep the delta path for those tensors.
 """
 
@@ -30,15 +32,15 @@ from .._files import write_atomic
 from ..formats.safetensors_format import open_safetensors
 from ..store import Store
 from ..store.chunking import chunk_layout
-from ..store.derived import InputRef, Recipe, compute
-from ..store._functions import lora_merge_recipe
+from ..store.derived import InputRef, Recipe, compute, numpy_dtype
+from ..store._functions import lora_merge_recipe, lora_product, ties_lora_recipe, ties_threshold
 from ..store.ids import object_id
 from ..dtypes import DTYPES
 
-__all__ = ["DERIVABLE_METHODS", "PLAN_FILE", "DerivedSummary", "derive_merge", "record_derived",
-           "merge_terms"]
+__all__ = ["DERIVABLE_METHODS", "PLAN_FILE", "DerivedSummary", "TiesForm", "derive_merge",
+           "record_derived", "merge_terms"]
 
-DERIVABLE_METHODS = ("linear", "task_arithmetic")
+DERIVABLE_METHODS = ("linear", "task_arithmetic", "ties")
 PLAN_FILE = "derived-plan.json"
 _FLOATS = ("F16", "BF16", "F32", "F64")
 _MAX_FACTOR_BYTES = 4 * 1024 * 1024  # a factor is one object (one chunk)
@@ -52,25 +54,46 @@ class DerivedSummary:
     stored_bytes: int = 0  # bytes of recipes and factors written to the store
 
 
-def merge_terms(recipe: dict, root: str) -> list[tuple[str, float]] | None:
+@dataclass(frozen=True)
+class TiesForm:
+    """A TIES merge of LoRA task vectors: per adapter (directory, weight, density)."""
+    models: tuple[tuple[str, float, float], ...]
+    lam: float
+    normalize: bool
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def merge_terms(recipe: dict, root: str) -> "list[tuple[str, float]] | TiesForm | None":
     """``[(adapter directory, weight factor)]`` when ``recipe`` (a release's merge recipe, paths
     relative to ``root``) is ``base + sum_i f_i delta_i`` with each model ``BASE+ADAPTER``:
     ``task_arithmetic`` (``f_i = lambda w_i``, divided by ``sum w`` when normalised) or a
-    normalised ``linear`` (``f_i = w_i / sum w``). None for anything else."""
+    normalised ``linear`` (``f_i = w_i / sum w``); a :class:`TiesForm` for ``ties``. None for
+    anything else."""
     method = recipe.get("merge_method")
     options = recipe.get("parameters") or {}
     models = recipe.get("models") or []
     if method not in DERIVABLE_METHODS or not models:
         return None
-    weights, dirs = [], []
+    weights, dirs, densities = [], [], []
     for model in models:
-        weight = (model.get("parameters") or {}).get("weight", 1.0)
+        params = model.get("parameters") or {}
+        weight, density = params.get("weight", 1.0), params.get("density", 1.0)
         source = model.get("model", "")
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or source.count("+") != 1:
+        if not _number(weight) or not _number(density) or source.count("+") != 1:
             return None
         weights.append(float(weight))
+        densities.append(float(density))
         dirs.append(os.path.join(root, source.split("+", 1)[1]))
     total = sum(weights)
+    if method == "ties":
+        lam, normalize = options.get("lambda", 1.0), options.get("normalize", True)
+        if not _number(lam) or type(normalize) is not bool or options.get("rescale", False) is not False \
+                or not all(0.0 < d <= 1.0 for d in densities):
+            return None
+        return TiesForm(tuple(zip(dirs, weights, densities)), float(lam), normalize)
     if method == "linear":
         if options.get("normalize", True) is not True or total == 0.0 or "base_model" in recipe:
             return None
@@ -148,6 +171,9 @@ def derive_merge(recipe: dict, root: str, base_dir: str, merged_dir: str) -> Der
     terms = merge_terms(recipe, root)
     if terms is None:
         return DerivedSummary(0, 0, 0)
+    ties = terms if isinstance(terms, TiesForm) else None
+    if ties is not None:  # the scale only: weights and densities are TIES's own
+        terms = [(d, 1.0) for d, _w, _density in ties.models]
     per_adapter = [(d, _adapter_factors(d, f)) for d, f in terms]
     if any(factors is None for _, factors in per_adapter):
         return DerivedSummary(0, 0, 0)
@@ -163,7 +189,7 @@ def derive_merge(recipe: dict, root: str, base_dir: str, merged_dir: str) -> Der
             if entry.dtype not in _FLOATS or len(entry.shape) != 2 or \
                     (m_entry.dtype, m_entry.shape) != (entry.dtype, entry.shape):
                 continue
-            tensor = _derive_tensor(name, entry, base, merged, m_file, per_adapter)
+            tensor = _derive_tensor(name, entry, base, merged, m_file, per_adapter, ties)
             if tensor:
                 plan.append(tensor)
                 chunk_count += len(tensor["chunks"])
@@ -174,7 +200,7 @@ def derive_merge(recipe: dict, root: str, base_dir: str, merged_dir: str) -> Der
     return DerivedSummary(len(plan), chunk_count, 0)
 
 
-def _derive_tensor(name, entry, base, merged, m_file, per_adapter) -> dict | None:
+def _derive_tensor(name, entry, base, merged, m_file, per_adapter, ties=None) -> dict | None:
     """Compute tensor ``name`` chunk by chunk, write it into the merged file; its plan entry."""
     import numpy as np
 
@@ -182,8 +208,8 @@ def _derive_tensor(name, entry, base, merged, m_file, per_adapter) -> dict | Non
     contents: dict[str, object] = {}
     terms = []
     factor_files = []
-    for directory, factors in per_adapter:
-        if name not in factors:
+    for index, (directory, factors) in enumerate(per_adapter):
+        if name not in factors:  # its task vector is 0 here: it adds nothing, and 0 never votes
             continue
         a_key, b_key, coefficient = factors[name]
         adapter_file = os.path.join(directory, "adapter_model.safetensors")
@@ -201,7 +227,14 @@ def _derive_tensor(name, entry, base, merged, m_file, per_adapter) -> dict | Non
                 refs.append(ref)
         finally:
             a_reader.close()
-        terms.append((refs[0], refs[1], coefficient))
+        if ties is None:
+            terms.append((refs[0], refs[1], coefficient))
+        else:  # the trim threshold over the whole tensor, from the very products chunks compute
+            _d, weight, density = ties.models[index]
+            a = np.frombuffer(contents[refs[0].oid], numpy_dtype(refs[0].dtype)).reshape(refs[0].shape)
+            b = np.frombuffer(contents[refs[1].oid], numpy_dtype(refs[1].dtype)).reshape(refs[1].shape)
+            threshold = ties_threshold(np.abs(lora_product(a, b, coefficient)), density)
+            terms.append((refs[0], refs[1], coefficient, weight, threshold))
         factor_files.append([adapter_file, a_key, b_key])
     chunks = _tensor_plan(entry)
     if not terms or not chunks:
@@ -217,7 +250,8 @@ def _derive_tensor(name, entry, base, merged, m_file, per_adapter) -> dict | Non
             reader.read_into(name, chunk["start"], base_bytes)
             base_ref = InputRef(object_id(entry.dtype, shape, base_bytes), entry.dtype, shape)
             contents[base_ref.oid] = base_bytes
-            recipe = lora_merge_recipe(base_ref, tuple(chunk["rows"]), terms)
+            recipe = (lora_merge_recipe(base_ref, tuple(chunk["rows"]), terms) if ties is None else
+                      ties_lora_recipe(base_ref, tuple(chunk["rows"]), terms, ties.lam, ties.normalize))
             raw = compute(recipe, entry.dtype, shape, lambda ref: contents[ref.oid])
             out.seek(offset + chunk["start"])
             out.write(raw)
