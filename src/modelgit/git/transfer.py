@@ -227,7 +227,7 @@ def _remote_copy_damaged(local: Store, remote: Store, oid: str) -> bool:
         blob = remote._read(oid)
         parent = unpack_header(blob).parent
         parent_content = content_of([local, remote], parent) if parent else None
-        decode_object(oid, blob, parent_content)
+        decode_object(oid, blob, parent_content, lambda ref: content_of([local, remote], ref.oid))
     except (ValueError, CorruptObjectError, ObjectMissingError):
         return True
     return False
