@@ -108,3 +108,26 @@ def test_an_unknown_function_on_the_remote_asks_for_an_upgrade(tmp_path):
     with pytest.raises(DerivedFunctionError, match="upgrade modelgit"):
         fetch_objects(clone, [("origin", remote)], {merged})
     assert not clone.has(merged)
+
+
+def test_verifying_the_remote_computes_its_derived_copies(tmp_path):
+    local = Store.open(str(tmp_path / "local"), create=True)
+    remote = Store.open(str(tmp_path / "remote"), create=True)
+    base, merged, factors = _release(local)
+    push_objects(local, remote, {merged})
+    again = push_objects(local, remote, {merged}, verify_remote=True)
+    assert again.objects == 0 and again.replaced == 0
+    _tamper(remote, merged, lambda body: body["params"]["terms"][1].update(c=(2.0).hex()))
+    repaired = push_objects(local, remote, {merged}, verify_remote=True)
+    assert repaired.replaced == 1
+    assert Store.open(remote.url).get(merged) == local.get(merged)
+
+
+def test_gc_of_the_remote_keeps_what_its_derived_objects_need(tmp_path):
+    local = Store.open(str(tmp_path / "local"), create=True)
+    remote = Store.open(str(tmp_path / "remote"), create=True)
+    base, merged, factors = _release(local)
+    push_objects(local, remote, {merged})
+    result = remote.gc({merged})
+    assert result.removed == 0 and result.kept == 2 + len(factors)
+    assert remote.get(merged) == local.get(merged)
