@@ -25,8 +25,13 @@ drop out; ``merged = sum_i w_i d_i [agrees]``, divided by ``sum_i w_i [agrees]``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .derived import (DerivedFunction, InputRef, numpy_dtype, read_float, register_function,
                       round_to, to_float64)
+
+if TYPE_CHECKING:
+    from .derived import Recipe
 
 _FLOATS = ("F16", "BF16", "F32", "F64")
 MAX_TERMS = 256

@@ -304,4 +304,4 @@ def read_float(text, what: str) -> float:
     return value
 
 
-from . import _functions  # noqa: E402,F401  (registers the functions)
+from . import _functions  # noqa: E402,F401  # pyflakes: ignore (registers the functions)
