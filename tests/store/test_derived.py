@@ -185,12 +185,19 @@ def test_an_old_reader_refuses_a_store_with_derived_objects(store, monkeypatch):
         Store.open(store.url)
 
 
-def test_a_recipe_naming_itself_or_a_derived_input_is_refused(store):
+def test_a_release_on_a_derived_base_chains_and_a_loop_of_recipes_fails(store):
     base, base_ref, terms = _lora(store)
     oid = store.put_derived(lora_merge_recipe(base_ref, (0, 12), terms), "F32", (12, 10)).oid
     derived_ref = InputRef(oid, "F32", (12, 10))
-    with pytest.raises(StoreError, match="derived itself"):
-        store.put_derived(lora_merge_recipe(derived_ref, (0, 12), terms), "F32", (12, 10))
+    second = store.put_derived(lora_merge_recipe(derived_ref, (0, 12), terms), "F32", (12, 10))
+    store.drop_derived_cache()
+    assert object_id("F32", (12, 10), store.get(second.oid)) == second.oid
+    assert store.gc({second.oid}).removed == 0  # the first release and its inputs are kept
+    # a forged pair of recipes naming each other: refused, never a loop
+    _rewrite_payload(store, oid, lambda body: body["inputs"][0].update(id=second.oid))
+    store.drop_derived_cache()
+    with pytest.raises(CorruptObjectError, match="derived more than 8 deep"):
+        store.get(second.oid)
 
 
 def test_unknown_function_in_a_new_recipe_is_refused(store):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from typing import TYPE_CHECKING
 
 from ..errors import ObjectMissingError, StoreError
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["DerivedObjects", "DERIVED_CACHE"]
 
 DERIVED_CACHE = "cache/derived"  # computed bytes of derived objects: ``cache/derived/<id>``
+#: how deep derived inputs may nest (a release merged onto a release's derived weights...)
+MAX_DERIVED_DEPTH = 8
+_nesting = threading.local()  # the depth of the computation this thread is in
 
 
 class DerivedObjects:
@@ -85,13 +89,16 @@ class DerivedObjects:
 
     def _derived_input(self, oid: str, ref, fn: str = ""):
         """The verified content of input ``ref`` of derived object ``oid``."""
+        depth = getattr(_nesting, "depth", 0)
         try:
             head = self.header(ref.oid)
-            if head.encoding is DERIVED:
-                raise ValueError(f"its input {ref.oid} is derived itself (a recipe is one step)")
             if head.dtype != ref.dtype or tuple(head.shape) != ref.shape:
                 raise ValueError(f"its input {ref.oid} is {head.dtype} {list(head.shape)}, not "
                                  f"{ref.dtype} {list(ref.shape)} as the recipe says")
+            if head.encoding is DERIVED and depth >= MAX_DERIVED_DEPTH:
+                # a release on a release on ... is a chain; a loop of recipes ends here too
+                raise ValueError(f"its inputs are derived more than {MAX_DERIVED_DEPTH} deep")
+            _nesting.depth = depth + 1
             return self._load(ref.oid)[1]
         except ObjectMissingError as exc:
             if exc.oid != ref.oid:
@@ -101,6 +108,8 @@ class DerivedObjects:
                 f"missing from the store at {self.url}; fetch it (`modelgit fetch`, or "
                 "`modelgit checkout` in a repository) from the remote that has the derived "
                 "object", ref.oid) from None
+        finally:
+            _nesting.depth = depth
 
     def _load_derived(self, oid: str, head: ObjectHeader, blob, with_size: bool):
         """(header, content) of derived object ``oid``: from the cache, else computed from

@@ -17,8 +17,9 @@ floats as ``float.hex()`` strings so that they are exact)::
 * ``fn`` names a function of this module's registry, with its version (``lora_merge/1``). A
   function never changes once released: a different computation is a new version. A recipe never
   names code outside modelgit's registry (no import paths, nothing from the object store).
-* ``inputs`` are stored objects by id, each with the dtype and shape it must have. An input is
-  never itself derived (a computation is one step; cycles cannot happen).
+* ``inputs`` are stored objects by id, each with the dtype and shape it must have. An input may
+  be derived itself (the base of a release is the previous release's derived weights), at most
+  8 deep: a deeper chain, or a loop of recipes (which only a forged store can hold), fails.
 * ``params`` are the function's parameters, checked by the function before anything is read.
 
 **Reading** (:meth:`~modelgit.store.store.Store.get`) reads the inputs (each verified against its
