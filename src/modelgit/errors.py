@@ -16,6 +16,7 @@ __all__ = [
     "UnsupportedFileError",
     "FileChangedError",
     "ManifestError",
+    "DerivedFunctionError",
     "ManifestVersionError",
     "StoreError",
     "ObjectMissingError",
@@ -99,6 +100,14 @@ class CorruptObjectError(StoreError):
         self.oid = oid
         self.quarantined = quarantined
         self.reason = reason
+
+
+class DerivedFunctionError(StoreError):
+    """A derived object names a function this modelgit does not know (``fn``): upgrade."""
+
+    def __init__(self, message: str, fn: str | None = None):
+        super().__init__(message)
+        self.fn = fn
 
 
 class StoreFullError(StoreError):

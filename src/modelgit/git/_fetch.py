@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..errors import CorruptObjectError, ObjectMissingError
 from ..progress import progress_bar
 from ..store import Store
+from ..store.derived import DERIVED, recipe_input_ids
 from ..store.objectfile import unpack_header
 from ..store.store import MAX_DELTA_DEPTH
 from ._mover import Failures, Item, Mover, Retry, Side, TransferResult
@@ -57,6 +58,7 @@ def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str]
         skipped = len(wanted) - len(missing)
         for oid in sorted(wanted - missing):
             missing |= missing_ancestors(local, oid)
+            missing |= _missing_inputs(local, oid)
         located = dict(zip(sorted(missing), pool.map(lambda o: _locate(sides, o, context),
                                                      sorted(missing))))
         thin = _fetch_thin(pool, local, located, bar)
@@ -66,6 +68,8 @@ def fetch_objects(local: Store, remotes: list[tuple[str, Store]], oids: set[str]
         for _attempt in range(MAX_DELTA_DEPTH + 2):  # a pass per damaged local parent found
             items = _plan_fetch(pool, local, sides, missing, failures, context, located)
             located = {}
+            if any(item.header.encoding is DERIVED for item in items.values()):
+                local.use_derived()  # before the first is written (see store.derived)
             mover = Mover(local, items, lambda p, v: _local_parent(local, p, v), failures,
                            "fetched", bar)
             mover.run(pool)
@@ -165,6 +169,9 @@ def _plan_fetch(pool, local: Store, sides: list[Side], missing: set[str], failur
                 failures.add(oid, problem[0], problem[1])
                 continue
             items[oid] = item
+            if item.header.encoding is DERIVED:
+                # a recipe travels with the inputs this store lacks, never with computed bytes
+                following |= {i for i in _inputs(item) if not local.has(i)}
             parent = item.header.parent
             if parent and parent not in items:
                 if not local.has(parent):
@@ -188,6 +195,24 @@ def _plan_fetch(pool, local: Store, sides: list[Side], missing: set[str], failur
                 del items[oid]
                 failed = True
     return items
+
+
+def _missing_inputs(local: Store, oid: str) -> set[str]:
+    """Inputs of ``oid`` (present; a derived object) that the local store lacks."""
+    try:
+        return {i for i in local.derived_inputs(oid) if not local.has(i)}
+    except (CorruptObjectError, ObjectMissingError):
+        return set()  # found damaged (moved aside) or gone: reading it reports it
+
+
+def _inputs(item: Item) -> list[str]:
+    """The input ids of derived ``item`` as its remote copy names them ([] when that copy does
+    not parse: verifying it fails later and names it)."""
+    blob = item.blob if item.blob is not None else item.source.store.backend.read(Store._key(item.oid))
+    try:
+        return recipe_input_ids(memoryview(blob)[unpack_header(blob).payload_offset:])
+    except ValueError:
+        return []
 
 
 def _locate(sides: list[Side], oid: str, context: str) -> tuple[Item | None, tuple[str, bool] | None]:

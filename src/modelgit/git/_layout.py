@@ -220,6 +220,9 @@ class LayoutSink:
         self.bytes = self.linked = self.reencoded = 0
         self._lock = threading.Lock()
 
+    def visible(self) -> None:
+        """What was written so far is readable already: a tree is published when it is done."""
+
     def tree(self, root: str) -> "_LayoutTree":
         return _LayoutTree(self)
 

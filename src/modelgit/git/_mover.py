@@ -24,6 +24,7 @@ from ..store import Store
 from ..dtypes import DTYPES, FLOAT_DTYPES
 from ..store.encodings import DELTA16, encode_standalone
 from ..store.objectfile import ObjectHeader, pack_header, unpack_header
+from ..store.derived import DERIVED
 from ..store.store import MAX_DELTA_DEPTH, QUARANTINE, decode_object
 
 __all__ = ["TransferResult", "Side", "Item", "Failures", "Mover", "Retry", "local_damage",
@@ -132,7 +133,21 @@ class Mover:
         """Move every tree; the first error that is not a damaged or missing object (a full
         disk, a network failure) is raised once every task has stopped. Objects in a delta
         cycle (damaged parent ids) belong to no tree and fail."""
-        futures = [pool.submit(self._tree, root) for root in self.roots]
+        # derived objects last: their inputs, moved first, are then read at the destination
+        # rather than downloaded a second time to verify them
+        stored = [r for r in self.roots if self.items[r].header.encoding is not DERIVED]
+        derived = [r for r in self.roots if self.items[r].header.encoding is DERIVED]
+        self._run_trees(pool, stored)
+        if derived:
+            self.sink.visible()
+            self._run_trees(pool, derived)
+        done = {oid for oid, _ in self.sent} | set(self.failures.messages) | self.dropped()
+        for oid in sorted(set(self.items) - done):
+            self.failures.add(oid, f"object {oid} on {self.items[oid].source.label} is corrupt "
+                              "(its delta chain is a cycle); it was not " + self.verb, True)
+
+    def _run_trees(self, pool: ThreadPoolExecutor, roots: list[str]) -> None:
+        futures = [pool.submit(self._tree, root) for root in roots]
         error = None
         for future in futures:
             try:
@@ -144,10 +159,6 @@ class Mover:
         wait(futures)
         if error is not None:
             raise error
-        done = {oid for oid, _ in self.sent} | set(self.failures.messages) | self.dropped()
-        for oid in sorted(set(self.items) - done):
-            self.failures.add(oid, f"object {oid} on {self.items[oid].source.label} is corrupt "
-                              "(its delta chain is a cycle); it was not " + self.verb, True)
 
     def dropped(self) -> set[str]:
         """Roots left for a retry, and their descendants (neither sent nor failed)."""
@@ -191,8 +202,9 @@ class Mover:
                         self.retry.add(oid)
                     tree.failed(oid, parent_content)
                     continue
+                inputs = self._inputs(item)
                 try:
-                    _, content = decode_object(oid, blob, parent_content)
+                    _, content = decode_object(oid, blob, parent_content, inputs)
                 except ValueError:
                     if oid != root or parent is None:
                         raise
@@ -200,9 +212,14 @@ class Mover:
                     if parent_content is None:
                         tree.discard(handle)
                         continue
-                    _, content = decode_object(oid, blob, parent_content)
-            except ObjectMissingError:
+                    _, content = decode_object(oid, blob, parent_content, inputs)
+            except ObjectMissingError as exc:
                 tree.discard(handle)
+                if exc.oid not in (oid, None):  # an input of a derived object
+                    self._fail_tree(oid, f"derived object {oid} was not {self.verb}: its input "
+                                         f"{exc.oid} is on neither side ({exc})", corrupt=False)
+                    tree.failed(oid, parent_content)
+                    continue
                 self._fail_tree(oid, f"object {oid} vanished from {item.source.label} during the "
                                      f"transfer; it was not {self.verb}", corrupt=False)
                 tree.failed(oid, parent_content)
@@ -217,6 +234,12 @@ class Mover:
                 self.sent.append((oid, len(blob)))
                 self.bar.update(len(blob))
             stack += [(child, content) for child in self.children.get(oid, ())]
+
+    def _inputs(self, item: Item):
+        """How a derived object in transit reads its inputs: verified, from the destination
+        when it has them, else from the source (see :mod:`modelgit.store.derived`)."""
+        stores = [self.dst, item.source.store]
+        return lambda ref: content_of(stores, ref.oid)
 
     def _outside_parent(self, root: str, parent: str, verify: bool):
         """The content of ``root``'s delta parent, which does not travel; None (the tree is
@@ -307,6 +330,10 @@ class CopySink:
 
     def tree(self, root: str) -> "_CopyTree":
         return _CopyTree(self)
+
+    def visible(self) -> None:
+        """Make what was written so far readable (staged objects are not until committed)."""
+        self.dst.flush()
 
 
 class _CopyTree:

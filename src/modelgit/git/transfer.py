@@ -46,6 +46,7 @@ from typing import Callable
 from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageError
 from ..progress import progress_bar
 from ..store import Store
+from ..store.derived import DERIVED
 from ..store.objectfile import ObjectHeader, unpack_header
 from ..store.store import decode_object
 from ._fetch import HEAD_BYTES, TRANSFER_THREADS, fetch_objects
@@ -107,14 +108,21 @@ def _local_headers(local: Store, oids: set[str], failures: Failures) -> dict[str
     damaged (moved to quarantine) are failures. Their delta ancestors are not needed: the
     remote stores each object standalone or as a delta on a newer one (see :mod:`._layout`)."""
     out: dict[str, ObjectHeader] = {}
-    for oid in sorted(oids):
+    todo = sorted(oids)
+    while todo:
+        oid = todo.pop()
+        if oid in out or oid in failures.messages:
+            continue
         try:
             out[oid] = local.header(oid)
+            # a derived object travels with its inputs (the remote may lack them), never with
+            # the bytes it computes (see modelgit.store.derived)
+            todo += local.derived_inputs(oid, out[oid])
         except ObjectMissingError:
             failures.add(oid, f"object {oid} is not in the local store at {local.url}", False)
         except CorruptObjectError as exc:
             failures.add(oid, local_damage(exc, local, "uploaded"), True)
-    return out
+    return dict(sorted(out.items()))
 
 
 def push_objects(local: Store, remote: Store, oids: set[str], progress: bool | None = None,
@@ -151,6 +159,8 @@ def push_objects(local: Store, remote: Store, oids: set[str], progress: bool | N
         send += damaged
         if send:
             remote.use_newest_whole()
+        if any(headers[oid].encoding is DERIVED for oid in send):
+            remote.use_derived()  # before the first is written (see store.derived)
         plan = plan_layout({oid: headers[oid] for oid in send},
                            _remote_predecessors(pool, there.store, headers, send),
                            remote.legacy_heads, set(damaged))
@@ -217,7 +227,7 @@ def _remote_copy_damaged(local: Store, remote: Store, oid: str) -> bool:
         blob = remote._read(oid)
         parent = unpack_header(blob).parent
         parent_content = content_of([local, remote], parent) if parent else None
-        decode_object(oid, blob, parent_content)
+        decode_object(oid, blob, parent_content, lambda ref: content_of([local, remote], ref.oid))
     except (ValueError, CorruptObjectError, ObjectMissingError):
         return True
     return False

@@ -33,6 +33,8 @@ from ..errors import CorruptObjectError, ObjectMissingError, StoreError, UsageEr
 from .backends import Backend, LocalBackend, open_backend
 from .encodings import (DELTA16, DELTA16_FORMAT, DELTA_ADVANTAGE, encode_best_delta,
                         encode_standalone, sum_of_squares)
+from ._derived_io import DerivedObjects
+from .derived import DERIVED, DERIVED_FORMAT, compute, parse_recipe
 from .ids import is_object_id, object_id
 from .objectfile import ObjectHeader, pack_header, unpack_header
 from . import refs as refs_history
@@ -46,8 +48,9 @@ STORE_FORMAT = 1  # a store whose headers tell the true depth of every delta cha
 #: A modelgit that trusts header depths (format 1 only) must not write to such a store.
 NEWEST_WHOLE_FORMAT = 2
 NEWEST_WHOLE = "newest-whole"
-#: the newest format this modelgit reads: 3 for a store holding delta16 objects (bf16/fp16 deltas)
-MAX_FORMAT = DELTA16_FORMAT
+#: the newest format this modelgit reads: 3 for a store holding delta16 objects (bf16/fp16
+#: deltas, :mod:`.half_codec`) or derived objects (:mod:`.derived`)
+MAX_FORMAT = max(DELTA16_FORMAT, DERIVED_FORMAT)
 CONFIG_KEY = "modelgit-store.json"
 MAX_DELTA_DEPTH = 8  # a checkout decodes at most this many ancestors of an object
 #: no object modelgit writes is larger: a tensor's chunks are at most CHUNK_BYTES (4 MiB), blobs
@@ -58,7 +61,8 @@ _STALE_TMP_SECONDS = 3600
 QUARANTINE = "quarantine"  # where damaged objects are moved: ``quarantine/<id>``
 
 
-def decode_object(oid: str, blob, parent_content=None) -> tuple[ObjectHeader, object]:
+def decode_object(oid: str, blob, parent_content=None,
+                  inputs: Callable[[object], object] | None = None) -> tuple[ObjectHeader, object]:
     """(header, content) of the stored bytes ``blob`` of object ``oid``, checked against the id.
 
     This is how an object in transit is verified before it is written anywhere.
@@ -66,10 +70,21 @@ def decode_object(oid: str, blob, parent_content=None) -> tuple[ObjectHeader, ob
     Args:
         parent_content: the decoded content of the object's delta parent (its header names
             it), for a delta; ignored otherwise.
+        inputs: for a derived object, gives the verified content of an input
+            (:class:`~.derived.InputRef`); it may raise ObjectMissingError.
     Raises:
         ValueError: with the reason, when ``blob`` does not decode to content with id ``oid``.
+        DerivedFunctionError: a derived object's function is unknown here.
     """
     head = _parse(blob)
+    if head.encoding is DERIVED:
+        if inputs is None:
+            raise ValueError("a derived object, whose inputs were not given")
+        recipe = parse_recipe(memoryview(blob)[head.payload_offset:], head.dtype, head.shape)
+        raw = compute(recipe, head.dtype, head.shape, inputs)
+        if object_id(head.dtype, head.shape, raw) != oid:
+            raise ValueError(f"computing its recipe ({recipe.fn}) does not reproduce its id")
+        return head, raw
     if head.parent is not None and parent_content is None:
         raise ValueError(f"delta against {head.parent}, whose content was not given")
     raw = _decode_payload(head, blob, parent_content if head.parent is not None else None)
@@ -130,7 +145,7 @@ class GcResult:
     removed_quarantined: int = 0  # damaged objects that had been moved aside
 
 
-class Store:
+class Store(DerivedObjects):
     """A tensor object store on a :class:`Backend`. Open one with :meth:`Store.open`."""
 
     def __init__(self, backend: Backend, quarantine: bool = True, config: dict | None = None):
@@ -213,10 +228,23 @@ class Store:
         """Mark the store as holding delta16 objects (format 3) before the first is written; a
         no-op when it is. A modelgit that does not know the encoding then refuses the store
         ("upgrade modelgit") instead of taking such an object for a damaged one."""
-        if self.holds_delta16:
+        self._mark_format("delta16", DELTA16_FORMAT)
+
+    @property
+    def holds_derived(self) -> bool:
+        """Whether the store may hold derived objects (format 3, see :mod:`.derived`)."""
+        return bool(self.config.get("derived"))
+
+    def use_derived(self) -> None:
+        """Mark the store as holding derived objects (format 3) before the first is written; a
+        no-op when it is. A modelgit that does not know them then refuses the store ("upgrade
+        modelgit") instead of taking a derived object for a damaged one."""
+        self._mark_format("derived", DERIVED_FORMAT)
+
+    def _mark_format(self, flag: str, version: int) -> None:
+        if self.config.get(flag):
             return
-        config = dict(self.config, format=max(DELTA16_FORMAT, self.config.get("format", 1)),
-                      delta16=True)
+        config = dict(self.config, format=max(version, self.config.get("format", 1)), **{flag: True})
         self.backend.write_atomic(CONFIG_KEY, json.dumps(config).encode())
         self.config = config
 
@@ -334,8 +362,11 @@ class Store:
         one adds a link under every delta that decodes through it)."""
         if not parent or parent == oid or not self.has(parent):
             return None
+        if loaded is None and self.header(parent).encoding is DERIVED:
+            return None  # a delta never decodes through a computation (see .derived)
         header, raw, stored, depth = loaded or self._load(parent, with_size=True)
-        if header.dtype != dtype or header.raw_len != raw_len or depth >= MAX_DELTA_DEPTH:
+        if header.dtype != dtype or header.raw_len != raw_len or depth >= MAX_DELTA_DEPTH \
+                or header.encoding is DERIVED:
             return None
         return header, raw, stored, depth
 
@@ -445,6 +476,8 @@ class Store:
             head = _parse(blob)
         except ValueError as exc:
             raise self._corrupt(oid, str(exc), blob) from None
+        if head.encoding is DERIVED:
+            return self._load_derived(oid, head, blob, with_size)
         parent_raw, depth = None, 0
         if head.parent is not None:
             if _depth >= MAX_DELTA_DEPTH:  # some header of the chain lies about its depth
@@ -621,9 +654,11 @@ class Store:
                     continue
                 keep.add(oid)
                 with contextlib.suppress(CorruptObjectError, ObjectMissingError):
-                    parent = self.header(oid, quarantine=False).parent
-                    if parent and parent in present:
-                        todo.append(parent)
+                    head = self.header(oid, quarantine=False)
+                    if head.parent and head.parent in present:
+                        todo.append(head.parent)
+                    # a derived object needs its inputs (see .derived)
+                    todo += [i for i in self.derived_inputs(oid, head) if i in present]
             removed = freed = 0
             for oid in sorted(present - keep):
                 removed += 1
@@ -643,6 +678,7 @@ class Store:
             if not dry_run:
                 for key in quarantined:
                     self.backend.delete(key)
+                self.drop_derived_cache(keep)
             return GcResult(len(keep), removed, freed, removed_tmp, len(young - set(live)),
                             len(quarantined))
 

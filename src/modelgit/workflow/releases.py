@@ -39,6 +39,7 @@ from .policy import relative_gain
 from .project import Project, read_project
 from ..untrusted import dumps_json, load_json_file, loads_json
 from .contribution import check_name
+from .derived_release import PLAN_FILE, derive_merge, record_derived
 from .library import (ROUTERS_DIR, RouterJob, build_router as _build_router, install_router as _install_router,
                       library_record, pending_specialists)
 from .metadata import record_problems
@@ -453,6 +454,9 @@ def _candidate(plan: _Plan, method: str, index: int, count: int) -> _Candidate:
     merged = os.path.join(plan.work, f"merged-{method}")
     note(f"release: merging with {method} ({index} of {count})", plan.progress)
     _merge(plan.repo, recipe, merged, plan.progress)
+    # linear / task arithmetic of LoRAs: the exact bytes a derived object reproduces (a release
+    # then stores its adapters and recipes, not deltas: see .derived_release)
+    derive_merge(recipe, plan.repo.root, os.path.join(plan.repo.root, plan.project.model), merged)
     results = evaluate_suites(merged, None, plan.suites, plan.progress)
     valid, valid_base = plan.selection
     judged = evaluate_suites(merged, None, valid, plan.progress) if valid else results
@@ -555,6 +559,7 @@ def release(repo: GitRepo, suites, method="ties", parameters: dict | None = None
             return ReleaseResult(tag, None, record, None, dry_run=True)
         if accepted:
             _install_weights(merged, model_dir)
+            record_derived(repo.store(), os.path.join(merged, PLAN_FILE), model_dir)
         if router_dir:
             _install_router(repo, tag, router_dir[0])
     title = message or (f"Release {tag}: merge {len(names)} contribution(s) with {record['method']}"
