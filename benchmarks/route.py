@@ -380,6 +380,8 @@ def router_specs(paths: dict, scores_file: str) -> dict[str, list[str]]:
         "arrow": ["--kind", "arrow"],  # data-free: no threshold (nothing to calibrate it on)
         "arrow-calibrated": ["--kind", "arrow", *examples],  # unlabelled: offset + threshold
         "examples-base": ["--kind", "examples", "--embedder", "base:1", *examples],
+        "examples-base-knn": ["--kind", "examples", "--embedder", "base:1", "--method", "knn",
+                              *examples],
         "examples-minilm": ["--kind", "examples", "--embedder", "minilm", *examples],
         "reviews": ["--kind", "reviews", "--suites", paths["suites"], *suites,
                     "--scores", scores_file],
@@ -470,6 +472,8 @@ def route_classifiers(work: Work, minilm: str, classifiers: dict, paths: dict) -
         examples += ["--examples", f"{task}={path}"]
     specs = {"arrow": ["--kind", "arrow"],
              "examples-base": ["--kind", "examples", "--embedder", "base:1", *examples],
+             "examples-base-knn": ["--kind", "examples", "--embedder", "base:1", "--method",
+                                   "knn", *examples],
              "examples-minilm": ["--kind", "examples", "--embedder", "minilm", *examples]}
     dirs = []
     for label, extra in specs.items():

@@ -7,7 +7,7 @@ the same per-batch function as a callable class for Ray Data's ``map_batches``. 
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 # torch and pyarrow load on first use (the CLI's parser imports this package)
 _LAZY = {"predict": "run", "PredictRequest": "run", "PredictResult": "run",
@@ -16,12 +16,4 @@ _LAZY = {"predict": "run", "PredictRequest": "run", "PredictResult": "run",
          "BatchPredictor": "batch", "FORMATS": "inputs"}
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

@@ -8,7 +8,7 @@ adapter alone and the oracle. See README.md, "Routing".
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 # torch/transformers load on first use (the CLI's parser imports this package)
 _LAZY = {"BASE": "library", "Library": "library", "LibraryAdapter": "library",
@@ -21,12 +21,4 @@ _LAZY = {"BASE": "library", "Library": "library", "LibraryAdapter": "library",
          "read_texts": "texts"}
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

@@ -10,19 +10,11 @@ variants. See README.md, "Serving".
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 # fastapi, torch and transformers load on first use (the CLI's parser imports this package)
 _LAZY = {"create_app": "app", "ServeConfig": "config", "Rollout": "rollout",
          "parse_rollout": "rollout", "BackgroundServer": "server", "run": "server"}
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _LAZY = {"Project": "project", "Policy": "project", "Limits": "project", "read_project": "project",
          "create_project": "create", "contribute": "contribution", "Contribution": "contribution",
@@ -19,12 +19,4 @@ _LAZY = {"Project": "project", "Policy": "project", "Limits": "project", "read_p
          "render_model_card": "card"}
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)
