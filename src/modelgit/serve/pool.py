@@ -29,11 +29,10 @@ class AdapterPool:
 
     def __init__(self, catalog, max_adapters: int, on_load=None, on_evict=None):
         from ..adapters.loading import load_model, load_tokenizer
-        from ..route._runtime import _labels
-
         self.catalog, self.max_adapters = catalog, max_adapters
         self.tokenizer = load_tokenizer(catalog.base_dir)
-        labels = _labels(catalog.library, catalog.task) if catalog.library else None
+        labels = _shared_labels(catalog.library) if catalog.library and \
+            catalog.task == "classification" else None
         self.model = load_model(catalog.base_dir, catalog.task, id2label=labels,
                                 pad_token_id=self.tokenizer.pad_token_id)
         self._loaded: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -156,3 +155,22 @@ def _context(model, tokenizer) -> int:
               getattr(tokenizer, "model_max_length", None)]
     limits = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < 1_000_000]
     return min(limits) if limits else 2048
+
+
+def _shared_labels(library) -> dict | None:
+    """The classes the library's classifiers share (one head serves them all).
+
+    Raises:
+        UsageError: adapters that name different classes (a router's model gives each its own
+            head; a served model keeps one).
+    """
+    from ..route._runtime import _adapter_labels
+
+    found = {name: labels for name, labels in _adapter_labels(library).items() if labels}
+    if len({tuple(sorted(labels.items())) for labels in found.values()}) > 1:
+        raise UsageError("the classification adapters name different classes ("
+                         + "; ".join(f"{n}: {', '.join(map(str, l.values()))}"
+                                     for n, l in sorted(found.items()))
+                         + "): serve adapters of one task (one label set) per server")
+    return next(iter(found.values()), None)
+
