@@ -13,6 +13,9 @@ from modelgit.store import Store
 from helpers import float_weights, write_safetensors
 
 os.environ.setdefault("MODELGIT_PROGRESS", "0")
+# Ray (federated simulation, Ray Data) gives its GCS server 30 s of wall time to start: a wall
+# time limit, which a loaded machine misses; tests must not depend on wall time
+os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "900")
 
 # No test may depend on wall time: this machine (and CI's) is shared and loaded, so an example
 # that takes 202 ms is not a failure. Every hypothesis test runs without a deadline and without

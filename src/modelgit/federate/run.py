@@ -15,6 +15,10 @@ from .config import FederateConfig
 
 __all__ = ["federate", "simulation_resources"]
 
+#: Ray waits 30 s (wall) for its GCS server to start, and fails the run past it; on a loaded
+#: 2-core machine it takes longer. A user's own setting wins.
+RAY_START_WAIT_S = "600"
+
 
 def simulation_resources(clients: int, threads: int | None) -> dict:
     """Ray resources: each client reserves the CPUs it trains with, so that at most
@@ -61,6 +65,7 @@ def federate(config: FederateConfig, clients: dict[str, str], base: str | None =
     client = make_client_app((os.path.abspath(base_dir),), datasets)
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", RAY_START_WAIT_S)
     try:
         run_simulation(server, client, num_supernodes=len(clients),
                        backend_config=simulation_resources(len(clients), config.threads),
