@@ -15,7 +15,12 @@ from helpers import float_weights, write_safetensors
 os.environ.setdefault("MODELGIT_PROGRESS", "0")
 # Ray (federated simulation, Ray Data) gives its GCS server 30 s of wall time to start: a wall
 # time limit, which a loaded machine misses; tests must not depend on wall time
-os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "900")
+os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "300")
+# Ray 2.60 turns on token authentication at the first local ray.init() of a process (it sets
+# RAY_AUTH_MODE=token for the process and writes ~/.ray/auth_token); every test has its own HOME
+# (gitutil.git_env), so the next test's cluster finds no token and its GCS server aborts. The
+# test clusters listen on localhost only: no authentication.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 # No test may depend on wall time: this machine (and CI's) is shared and loaded, so an example
 # that takes 202 ms is not a failure. Every hypothesis test runs without a deadline and without
