@@ -49,7 +49,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import merge as measuring  # noqa: E402  (benchmarks/merge.py: WRAPPER, TreeSampler)
+import merge as measuring  # noqa: E402  (benchmarks/merge.py: run_measured)
 
 
 def minilm() -> str:
@@ -59,29 +59,12 @@ def minilm() -> str:
 
 
 def run(argv: list[str], log: str) -> dict:
-    """Run ``argv`` measured (wall, CPU-s, peak tree RSS, load before); raise on failure."""
-    load = os.getloadavg()[0]
-    fd, result_path = tempfile.mkstemp(prefix="cls-bench-", suffix=".json")
-    os.close(fd)
-    with open(log, "ab") as handle:
-        handle.write(("\n$ " + " ".join(argv) + "\n").encode())
-    try:
-        spec = {"argv": argv, "log": log, "result": result_path}
-        wrapper = subprocess.Popen([sys.executable, "-c", measuring.WRAPPER, json.dumps(spec)])
-        sampler = measuring.TreeSampler(wrapper.pid, skip_root=True)
-        sampler.start()
-        wrapper.wait()
-        sampler.stop.set()
-        sampler.join()
-        with open(result_path) as handle:
-            result = json.load(handle)
-    finally:
-        os.remove(result_path)
-    if result["rc"] != 0:
-        with open(log, errors="replace") as handle:
-            raise RuntimeError(f"failed: {' '.join(argv)}\n{handle.read()[-3000:]}")
+    """Run ``argv`` measured (wall, CPU-s, peak tree RSS, load before) by benchmarks/merge.py's
+    ``run_measured``, without waiting for other benchmarks; raise on failure."""
+    measuring.WAIT_FOR_OTHERS = False
+    result = measuring.run_measured(argv, log)
     return {"wall_s": result["wall_s"], "cpu_s": result["user_s"] + result["sys_s"],
-            "peak_rss_mb": sampler.peak["rss"] / measuring.MB, "load": load}
+            "peak_rss_mb": result["peak_rss_mb"], "load": result["load_before"]}
 
 
 def modelgit(*args: str) -> list[str]:
