@@ -13,20 +13,13 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 from gitutil import git_env  # noqa: E402,F401  (autouse: private HOME and git identity)
 from model_fixtures import one_thread  # noqa: E402,F401  (autouse)
+from workflow.conftest import tiny_base  # noqa: E402,F401  (the workflow tests' tiny Llama)
 from workflow_helpers import DOMAINS  # noqa: E402
 
 
 def _jsonl(path, texts) -> str:
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     return str(path)
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory):
-    from modelgit.adapters.tiny import tiny_causal_lm
-
-    words = [t for texts in DOMAINS.values() for t in texts]
-    return tiny_causal_lm(tmp_path_factory.mktemp("base") / "base", words, seed=0)
 
 
 @pytest.fixture(scope="session")
