@@ -181,10 +181,7 @@ def _release_model(source: str, rev: str | None, progress) -> str:
     repo = find_repo(source)
     commit = rl.read_release(repo, rev).commit
     project = read_project(repo, commit)
-    tree = rl._tree_id(repo, commit, project.model)  # the cache is keyed by git tree
-    if tree is None:
-        raise UsageError(f"release commit {commit[:12]} has no model directory {project.model}/")
-    return rl._cached(repo, f"model-{tree}", commit, project.model, lambda d: None, progress)
+    return rl.materialize_tree(repo, commit, project.model, "model", progress=progress)
 
 
 def load_engine(choice: ModelChoice, task: str, progress: bool | None = False) -> Engine:

@@ -31,8 +31,8 @@ from ..git.export import path_problem
 from ..untrusted import dumps_json, load_json_file, loads_json
 from .library import Library, LibraryAdapter, adapter_content_id, check_adapter_name
 
-__all__ = ["ReleaseLibrary", "is_repository", "library", "load_release", "read_release",
-           "fetch_adapters", "materialize_library"]
+__all__ = ["ReleaseLibrary", "is_repository", "open_repository", "library", "load_release",
+           "read_release", "fetch_adapters", "materialize_library", "materialize_tree", "tree_id"]
 
 RELEASES_DIR = "releases"
 PROJECT_FILE = "modelgit.yaml"
@@ -71,7 +71,13 @@ def is_repository(source) -> bool:
             and os.path.isfile(os.path.join(source, PROJECT_FILE)))
 
 
-def _repo(source):
+def open_repository(source):
+    """The :class:`~modelgit.git.repo.GitRepo` of ``source`` (a GitRepo or a model repository's
+    directory).
+
+    Raises:
+        UsageError: ``source`` is not a model repository (see :func:`is_repository`).
+    """
     from ..git.repo import GitRepo
 
     if isinstance(source, GitRepo):
@@ -133,7 +139,7 @@ def read_release(repo, rev: str | None = None) -> ReleaseLibrary:
             a release without a library (made by an older modelgit).
         FormatError: a record that is not strict JSON or whose library is malformed.
     """
-    repo = _repo(repo)
+    repo = open_repository(repo)
     commit = repo.resolve(rev or "HEAD", "--rev")  # an unknown one names the closest tag
     records = _records(repo, commit)
     if not records:
@@ -233,7 +239,7 @@ def materialize_library(repo, release: ReleaseLibrary, names=None,
         UsageError: an unknown name, a directory that does not match its record, no adapter.
         ObjectMissingError: an object no store has.
     """
-    repo = _repo(repo)
+    repo = open_repository(repo)
     record = release.record
     base = record["base"]
     entries = [e for e in record.get("adapters") or []]
@@ -258,7 +264,7 @@ def materialize_library(repo, release: ReleaseLibrary, names=None,
     for entry in entries:
         # keyed by the whole directory's git tree too: a rebased adapter keeps its weights (and
         # content id) but records another base in its metadata
-        tree = _tree_id(repo, base["commit"], entry["path"])
+        tree = tree_id(repo, base["commit"], entry["path"])
         if tree is None:
             raise UsageError(f"adapter {entry['name']!r}: {entry['path']}/ is not a directory of "
                              f"{base['commit'][:12]}: the release record does not match its commit")
@@ -278,16 +284,39 @@ def materialize_library(repo, release: ReleaseLibrary, names=None,
 def library(repo, rev: str | None = None, names=None, progress: bool | None = False) -> Library:
     """The adapter library of the release at ``rev`` (None: the newest), materialized and
     checked (see the module docstring); ``Library.refused`` lists what the release refused."""
-    repo = _repo(repo)
+    repo = open_repository(repo)
     return materialize_library(repo, read_release(repo, rev), names, progress)
 
 
-def _tree_id(repo, commit: str, path: str) -> str | None:
-    """The git tree id of ``commit:path`` (None when it is not a directory there)."""
+def tree_id(repo, commit: str, path: str) -> str | None:
+    """The git tree id of ``commit:path`` (None when it is not a directory there): the key of a
+    directory in the cache (equal trees, equal files)."""
     tree = repo.git("rev-parse", "-q", "--verify", f"{commit}:{path}", check=False).decode().strip()
     if tree and repo.git("cat-file", "-t", tree).decode().strip() == "tree":
         return tree
     return None
+
+
+def materialize_tree(repo, commit: str, path: str, kind: str, check=None,
+                     progress: bool | None = False) -> str:
+    """The directory ``commit:path`` exported into the repository's cache as
+    ``<kind>-<git tree id>/`` (written once, checked, stamped; see the module docstring).
+
+    Args:
+        repo: a GitRepo or a model repository's directory.
+        kind: the entry's prefix (``model``, ``router``...): letters only.
+        check: called with the exported directory before it is installed; raises to refuse it.
+    Raises:
+        UsageError: ``path`` is not a directory of ``commit``; ``check``'s refusal.
+        ObjectMissingError: an object no store has.
+    """
+    if not kind.isalpha():
+        raise ValueError(f"kind {kind!r}: letters only")
+    repo = open_repository(repo)
+    tree = tree_id(repo, commit, path)
+    if tree is None:
+        raise UsageError(f"commit {commit[:12]} has no directory {path}/")
+    return _cached(repo, f"{kind}-{tree}", commit, path, check or (lambda d: None), progress)
 
 
 def _router_dir(repo, release: ReleaseLibrary, progress) -> str:
@@ -295,7 +324,7 @@ def _router_dir(repo, release: ReleaseLibrary, progress) -> str:
     if not isinstance(router, dict) or not isinstance(router.get("path"), str):
         raise UsageError(f"release {release.tag} has no router: build one with `modelgit "
                          "release --router KIND` (or `modelgit adapters router build`)")
-    tree = _tree_id(repo, release.commit, router["path"])
+    tree = tree_id(repo, release.commit, router["path"])
     if tree is None:
         raise UsageError(f"release {release.tag} names the router {router['path']}/, which its "
                          f"commit {release.commit[:12]} does not hold")
@@ -318,7 +347,7 @@ def load_release(repo, rev: str | None = None, mode: str | None = None, top_k: i
     from .model import RoutedModel
     from .router import Router
 
-    repo = _repo(repo)
+    repo = open_repository(repo)
     release = read_release(repo, rev)
     directory = _router_dir(repo, release, progress)
     router = load_router(directory)

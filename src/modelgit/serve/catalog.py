@@ -138,12 +138,12 @@ def _from_repository(source: str, rev: str | None, task) -> Catalog:
     from ..route.release_library import materialize_library, read_release
 
     from ..fingerprint import fingerprint_rev
-    from ..route.release_library import _repo
+    from ..route.release_library import open_repository
 
     release = read_release(source, rev)
     library = materialize_library(source, release)
     router = (lambda: load(source, release.tag)) if release.router else None
-    own = fingerprint_rev(_repo(source), release.commit, release.record["base"]["model"])
+    own = fingerprint_rev(open_repository(source), release.commit, release.record["base"]["model"])
     if own == library.base_fingerprint:
         return _from_library(library, release.tag, router, task)
     catalog = _from_library(library, release.record["base"].get("tag"), router, task)
