@@ -61,7 +61,8 @@ def cmd_serve(args) -> int:
     service = app.state.service
     described = {"models": service.names, "task": service.catalog.task,
                  "context": service.context, "threads": service.threads, "rollouts": {
-                     r.name: dict(r.variants) for r in config.rollouts}}
+                     r.name: dict(r.variants) for r in config.rollouts},
+                 "revisions": service.revision_commits}
     if args.check:
         print(json.dumps(described, indent=2) if args.json else
               f"would serve {', '.join(service.names)} ({service.catalog.task}, context "
@@ -83,6 +84,7 @@ def register(sub, command) -> None:
                 "modelgit serve --base base/ --adapter py=ad/py --adapter sh=ad/sh\n"
                 "modelgit serve routers/ex            # a router directory: `auto` routes\n"
                 "modelgit serve my-model/ --rollout chat=base:0.9,shell-lora:0.1\n"
+                "modelgit serve my-model/ --rev v2 --rollout chat=v1:0.1,v2:0.9   # two releases\n"
                 "curl localhost:8000/v1/completions -H 'content-type: application/json' \\\n"
                 "    -d '{\"model\": \"shell-lora\", \"prompt\": \"ls -la\", \"max_tokens\": 16}'")
     p.add_argument("source", nargs="?", metavar="REPO_OR_DIR",
@@ -104,7 +106,8 @@ def register(sub, command) -> None:
     p.add_argument("--max-tokens-limit", type=int,
                    help="largest max_tokens accepted (default: the model's context)")
     p.add_argument("--rollout", action="append", metavar="NAME=A:W,B:W|FILE.yaml",
-                   help="a model name splitting its traffic between served models by weight "
+                   help="a model name splitting its traffic between served models, or "
+                   "revisions of the repository (each then held in memory too), by weight "
                    "(repeat; or a YAML file {rollouts: {NAME: {MODEL: WEIGHT}}})")
     p.add_argument("--sticky-header", default="x-modelgit-user",
                    help="request header pinning a client to one rollout variant "

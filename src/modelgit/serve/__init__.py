@@ -5,7 +5,8 @@
 events), ``/v1/embeddings``, ``/v1/classify``, ``/health`` and ``/metrics``. Concurrent requests
 for different adapters share one forward pass (PEFT's ``adapter_names``); adapters load on
 demand and are evicted under an LRU bound; rollouts split a model name's traffic between
-variants. See README.md, "Serving".
+variants (served models, or other revisions of the repository, held as well). See README.md,
+"Serving".
 """
 
 from __future__ import annotations

@@ -22,13 +22,15 @@ def create_app(source, rev: str | None = None, config=None, task: str | None = N
     Args:
         source: a model repository (its release ``rev``), a router directory, a plain model
             directory, or a :class:`~modelgit.route.library.Library`.
-        rev: the release of a repository (None: its newest).
+        rev: the release of a repository (None: its newest); rollouts may name other revisions
+            of the repository, each then served as well (see :mod:`.revisions`).
         config: a :class:`~.config.ServeConfig` (default settings when None).
         task: force ``causal_lm`` or ``classification``.
     Returns:
         A ``fastapi.FastAPI``; ``app.state.service`` holds the model, the batcher and metrics.
     Raises:
-        UsageError: nothing servable at ``source``, an unknown release, a bad rollout.
+        UsageError: nothing servable at ``source``, an unknown release, a bad rollout (one
+            naming an unknown model or revision).
     """
     import contextlib
 
@@ -38,13 +40,13 @@ def create_app(source, rev: str | None = None, config=None, task: str | None = N
     from .config import ServeConfig
     from .service import Service
 
-    service = Service(open_catalog(source, rev, task), config or ServeConfig())
+    service = Service(open_catalog(source, rev, task), config or ServeConfig(), source)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        service.batcher.start()
+        service.start()
         yield
-        await service.batcher.stop()
+        await service.stop()
 
     app = FastAPI(title="modelgit serve", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -131,7 +133,7 @@ def _basic_routes(app, service) -> None:
     @app.get("/health")
     async def health():
         return {"status": "ok", "models": service.names, "adapters_loaded": service.pool.loaded,
-                "task": service.catalog.task}
+                "task": service.catalog.task, "revisions": service.revision_commits}
 
     @app.get("/metrics")
     async def metrics():

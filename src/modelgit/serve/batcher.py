@@ -32,16 +32,20 @@ class Batcher:
     """Args:
         engine: an :class:`~.engine.Engine`; metrics: :class:`~.metrics.Metrics`.
         window_ms: the batching window; max_batch: the most requests per batch.
+        executor: the one-thread executor running the engine, shared with other batchers
+            (None: this batcher makes its own and shuts it down when it stops).
     """
 
-    def __init__(self, engine, metrics, window_ms: float, max_batch: int):
+    def __init__(self, engine, metrics, window_ms: float, max_batch: int, executor=None):
         self.engine, self.metrics = engine, metrics
         self.window, self.max_batch = window_ms / 1000.0, max_batch
         self._pending: list[_Pending] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         # one thread: the model is used by one batch at a time
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="modelgit-engine")
+        self._owns_executor = executor is None
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="modelgit-engine")
 
     def start(self) -> None:
         self._wake = asyncio.Event()
@@ -54,7 +58,8 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self.executor.shutdown(wait=True)
+        if self._owns_executor:
+            self.executor.shutdown(wait=True)
 
     async def submit(self, kind: str, job):
         """The result of ``job``; raises its error."""

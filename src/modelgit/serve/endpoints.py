@@ -33,15 +33,15 @@ def add_endpoints(app, service) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request):
         body, choice = await _start(request, service)
-        service.need_task("causal_lm", "/v1/completions")
+        choice.backend.need_task("causal_lm", "/v1/completions")
         prompts = text_inputs(body, "prompt", service.config.max_inputs)
-        jobs = [_gen_job(service, body, choice, prompt, service.tokenize(prompt),
+        jobs = [_gen_job(body, choice, prompt, choice.backend.tokenize(prompt),
                          _DEFAULT_COMPLETION) for prompt in prompts]
         if flag(body, "stream"):
             if len(jobs) > 1:
                 raise bad_request("streaming answers one prompt: send a single string", "prompt")
             return _stream(request, service, choice, jobs[0], chat=False)
-        results = await _all(service, "generate", jobs)
+        results = await _all(choice, "generate", jobs)
         record(service, request, 200, _usage_of(results))
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": choice.served,
@@ -52,12 +52,12 @@ def add_endpoints(app, service) -> None:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body, choice = await _start(request, service)
-        service.need_task("causal_lm", "/v1/chat/completions")
-        text, ids = service.chat_prompt(messages(body))
-        job = _gen_job(service, body, choice, text, ids, _DEFAULT_CHAT)
+        choice.backend.need_task("causal_lm", "/v1/chat/completions")
+        text, ids = choice.backend.chat_prompt(messages(body))
+        job = _gen_job(body, choice, text, ids, _DEFAULT_CHAT)
         if flag(body, "stream"):
             return _stream(request, service, choice, job, chat=True)
-        result = (await _all(service, "generate", [job]))[0]
+        result = (await _all(choice, "generate", [job]))[0]
         record(service, request, 200, _usage_of([result]))
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                 "created": int(time.time()), "model": choice.served,
@@ -72,7 +72,7 @@ def add_endpoints(app, service) -> None:
         if encoding not in ("float", "base64"):
             raise bad_request(f"'encoding_format' is {encoding!r:.40}: give float or base64",
                               "encoding_format", "invalid_value")
-        results = await _all(service, "embed", _text_jobs(service, body, choice))
+        results = await _all(choice, "embed", _text_jobs(service, body, choice))
         size = len(results[0].vector)
         if body.get("dimensions") not in (None, size):
             raise bad_request(f"'dimensions' is {body['dimensions']!r:.20}; this model's "
@@ -87,8 +87,8 @@ def add_endpoints(app, service) -> None:
     @app.post("/v1/classify")
     async def classify(request: Request):
         body, choice = await _start(request, service)
-        service.need_task("classification", "/v1/classify")
-        results = await _all(service, "classify", _text_jobs(service, body, choice))
+        choice.backend.need_task("classification", "/v1/classify")
+        results = await _all(choice, "classify", _text_jobs(service, body, choice))
         tokens = sum(r.tokens for r in results)
         record(service, request, 200, (tokens, 0))
         return {"object": "list", "model": choice.served,
@@ -128,11 +128,11 @@ def _adapter(choice):
     return (choice.target.adapter, AUTO if choice.target.kind == AUTO else None)
 
 
-def _gen_job(service, body, choice, text: str, ids: list, default: int) -> GenJob:
+def _gen_job(body, choice, text: str, ids: list, default: int) -> GenJob:
     adapter, route = _adapter(choice)
     if not ids:
         raise bad_request("the prompt is empty after tokenization: give some text", "prompt")
-    budget = service.budget(body, len(ids), default)
+    budget = choice.backend.budget(body, len(ids), default)
     return GenJob(adapter, ids, budget, stops(body), sampling(body).key, text, route=route)
 
 
@@ -140,16 +140,16 @@ def _text_jobs(service, body, choice) -> list[TextJob]:
     adapter, route = _adapter(choice)
     jobs = []
     for text in text_inputs(body, "input", service.config.max_inputs):
-        ids = service.tokenize(text)
-        service.check_input(ids)
+        ids = choice.backend.tokenize(text)
+        choice.backend.check_input(ids)
         if not ids:
             raise bad_request("an input is empty after tokenization: give some text", "input")
         jobs.append(TextJob(adapter, ids, text, route))
     return jobs
 
 
-async def _all(service, kind: str, jobs: list) -> list:
-    results = await asyncio.gather(*(service.batcher.submit(kind, job) for job in jobs),
+async def _all(choice, kind: str, jobs: list) -> list:
+    results = await asyncio.gather(*(choice.backend.batcher.submit(kind, job) for job in jobs),
                                    return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
@@ -198,7 +198,7 @@ def _stream(request, service, choice, job: GenJob, chat: bool):
         return "data: " + json.dumps({"id": ident, "object": kind, "created": created,
                                       "model": choice.served, "choices": [piece]}) + "\n\n"
 
-    task = asyncio.ensure_future(service.batcher.submit("generate", job))
+    task = asyncio.ensure_future(choice.backend.batcher.submit("generate", job))
     task.add_done_callback(lambda _: loop.call_soon(queue.put_nowait, None))
 
     async def events():

@@ -5,7 +5,8 @@ for ``NAME`` go to model ``A`` nine times in ten and to ``B`` once. A request ca
 header (``x-modelgit-user`` by default) always goes to the same variant for the same header
 value: the variant is chosen by a hash of the rollout's name and that value, so a user keeps
 one variant across requests and server restarts. Requests without it draw from a seeded random
-generator (reproducible for a given order of requests).
+generator (reproducible for a given order of requests). A variant may also name a revision of
+the served repository (an A/B test between two releases): see :mod:`.revisions`.
 """
 
 from __future__ import annotations

@@ -1,63 +1,91 @@
-"""The state one app serves with: the catalog, the model pool, the engine and its batcher,
-metrics and rollouts; and the request-level checks shared by the endpoints (model names,
-token budgets)."""
+"""The state one app serves with: the catalog, its backend (model pool, engine and batcher),
+the backends of the revisions its rollouts name, metrics and rollouts; and the choice of the
+backend answering a request."""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from .api_errors import APIError, bad_request, not_found
-from .catalog import Target
+from .api_errors import not_found
+from .catalog import BASE, Target
 
 __all__ = ["Service", "Choice"]
 
 
 @dataclass(frozen=True)
 class Choice:
-    """A request's model: the name it asked for, the model serving it, and its target."""
+    """A request's model: the name it asked for, the model serving it, its target and the
+    :class:`~.backend.Backend` holding that model."""
 
     asked: str
     served: str
     target: Target
     rollout: str | None = None
+    backend: object = field(default=None, compare=False)
 
 
 class Service:
     """Args:
         catalog: a :class:`~.catalog.Catalog`; config: a :class:`~.config.ServeConfig`.
+        source: the repository the catalog was read from (rollout variants may name its
+            revisions; None: they name served models only).
     Raises:
-        UsageError: a rollout naming a model the catalog lacks (naming the closest), or a
-            rollout whose name hides a served model.
+        UsageError: a rollout naming neither a served model nor a revision of ``source``
+            (naming the closest), or a rollout whose name hides a served model.
     """
 
-    def __init__(self, catalog, config):
-        from .batcher import Batcher
-        from .engine import Engine
+    def __init__(self, catalog, config, source=None):
+        from .backend import Backend
         from .metrics import Metrics
-        from .pool import AdapterPool
         from .rollout import Chooser
 
         self.catalog, self.config = catalog, config
         self.metrics = Metrics()
         self.rollouts = {r.name: r for r in config.rollouts}
-        self._check_rollouts()
+        found = self._check_rollouts(source)
         events = self.metrics.adapter_events
-        self.pool = AdapterPool(catalog, config.max_adapters,
-                                on_load=lambda n: (events.labels("load").inc(), self._gauge()),
-                                on_evict=lambda n: (events.labels("evict").inc(), self._gauge()))
+        self.main = Backend(catalog, config, self.metrics,
+                            on_load=lambda n: (events.labels("load").inc(), self._gauge()),
+                            on_evict=lambda n: (events.labels("evict").inc(), self._gauge()))
+        main = self.main
+        self.pool, self.engine, self.batcher = main.pool, main.engine, main.batcher
+        self.context, self.max_tokens_limit = main.context, main.max_tokens_limit
         self.threads = _set_threads(self.pool.model, config)
-        self.engine = Engine(self.pool, catalog.router)
-        self.batcher = Batcher(self.engine, self.metrics, config.batch_window_ms, config.max_batch)
+        #: {revision name: (backend, target)} of the revisions rollouts name
+        self.revisions = self._open_revisions(source, found)
+        #: {revision name: commit} (what ``--check`` reports)
+        self.revision_commits = {name: r.commit for name, r in found.items()}
         self.chooser = Chooser(config.seed)
-        self.context = self.pool.context
-        self.max_tokens_limit = min(config.max_tokens_limit or self.context, self.context - 1)
 
     def _gauge(self) -> None:
         self.metrics.adapters_loaded.set(len(self.pool.loaded))
 
-    def _check_rollouts(self) -> None:
+    @property
+    def backends(self) -> list:
+        """Every backend, the served release's first."""
+        out = [self.main]
+        for backend, _ in self.revisions.values():
+            if all(backend is not b for b in out):
+                out.append(backend)
+        return out
+
+    def start(self) -> None:
+        for backend in self.backends:
+            backend.batcher.start()
+
+    async def stop(self) -> None:
+        for backend in reversed(self.backends):  # the main batcher owns the engine thread
+            await backend.batcher.stop()
+
+    def _check_rollouts(self, source) -> dict:
+        """The rollouts' variants that are revisions of ``source`` rather than served models:
+        ``{name: Revision}``."""
+        from ..route.release_library import is_repository
+        from .revisions import find_revision
+
+        found = {}
         for rollout in self.rollouts.values():
             if rollout.name in self.catalog.names:
                 raise UsageError(f"rollout {rollout.name!r} has the name of a served model: "
@@ -65,12 +93,50 @@ class Service:
             for variant, _ in rollout.variants:
                 try:
                     self.catalog.resolve(variant)  # an unknown one names the closest
+                    continue
                 except UsageError as exc:
-                    raise UsageError(f"rollout {rollout.name!r}: {exc}") from None
+                    if source is None or not is_repository(source):
+                        raise UsageError(f"rollout {rollout.name!r}: {exc}") from None
+                if variant not in found:
+                    try:
+                        found[variant] = find_revision(source, variant)
+                    except UsageError as exc:
+                        raise UsageError(
+                            f"rollout {rollout.name!r}: {variant!r} is neither a model this "
+                            f"server serves ({', '.join(self.catalog.names)}) nor a revision "
+                            f"of {source}: {exc}") from None
+        clash = sorted(set(found) & set(self.rollouts))
+        if clash:
+            raise UsageError(f"rollout {clash[0]!r} has the name of a revision a rollout "
+                             "serves: give the rollout another name")
+        return found
+
+    def _open_revisions(self, source, found: dict) -> dict:
+        """A backend for each revision, sharing weights where the fingerprints are equal (the
+        served base's answers a revision with the same weights)."""
+        from ..adapters.loading import architecture_task
+        from .backend import Backend
+        from .catalog import Catalog
+        from .revisions import revision_model_dir
+
+        library = self.catalog.library
+        shared = {library.base_fingerprint: self.main} if library is not None else {}
+        out = {}
+        for name, revision in found.items():
+            backend = shared.get(revision.fingerprint)
+            if backend is None:
+                model_dir = revision_model_dir(source, revision)
+                catalog = Catalog(model_dir, {}, architecture_task(model_dir) or self.catalog.task,
+                                  release=name)
+                backend = shared[revision.fingerprint] = Backend(
+                    catalog, self.config, self.metrics, executor=self.batcher.executor)
+            out[name] = (backend, Target(BASE))
+        return out
 
     @property
     def names(self) -> list[str]:
-        return self.catalog.names + list(self.rollouts)
+        held = [n for n in self.revisions if n not in self.catalog.names]
+        return self.catalog.names + held + list(self.rollouts)
 
     def choose(self, name: str, headers) -> Choice:
         """The model serving a request for ``name`` (a rollout picks a variant).
@@ -82,62 +148,18 @@ class Service:
         served = name
         if rollout is not None:
             served = self.chooser.choose(rollout, headers.get(self.config.sticky_header))
-        try:
-            target = self.catalog.resolve(served)
-        except UsageError:
-            match = difflib.get_close_matches(name, self.names, n=1)
-            hint = f" (did you mean {match[0]!r}?)" if match else ""
-            raise not_found(f"The model {name!r} does not exist{hint}. This server serves: "
-                            f"{', '.join(self.names)}.", "model", "model_not_found") from None
-        return Choice(name, served, target, rollout.name if rollout else None)
-
-    def need_task(self, task: str, endpoint: str) -> None:
-        if self.catalog.task != task:
-            what = {"causal_lm": "a language model", "classification": "a classifier"}
-            raise bad_request(f"{endpoint} needs {what[task]}; this server holds "
-                              f"{what[self.catalog.task]}", "model", "unsupported_model")
-
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
-        return self.pool.tokenizer(text, add_special_tokens=special)["input_ids"]
-
-    def budget(self, body: dict, prompt_tokens: int, default: int) -> int:
-        """The request's ``max_tokens`` (or ``max_completion_tokens``), checked against the limit
-        and against the context left after the prompt.
-
-        Raises:
-            APIError: not an integer, out of range, or prompt + completion beyond the context.
-        """
-        from .parsing import optional_int
-
-        name = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
-            else "max_tokens"
-        asked = optional_int(body, name, 1, self.max_tokens_limit)
-        if asked is None:
-            asked = max(1, min(default, self.context - prompt_tokens))
-        if prompt_tokens + asked > self.context:
-            raise APIError(400, f"This model's maximum context length is {self.context} tokens. "
-                           f"However, you requested {prompt_tokens + asked} tokens "
-                           f"({prompt_tokens} in the prompt, {asked} in the completion). Please "
-                           "reduce the length of the prompt or completion.",
-                           param="messages" if "messages" in body else "prompt",
-                           code="context_length_exceeded")
-        return asked
-
-    def check_input(self, ids: list[int], param: str = "input") -> None:
-        if len(ids) > self.context:
-            raise APIError(400, f"This model's maximum context length is {self.context} tokens; "
-                           f"an input has {len(ids)} tokens. Please shorten it.", param=param,
-                           code="context_length_exceeded")
-
-    def chat_prompt(self, chat: list[dict]) -> tuple[str, list[int]]:
-        """The prompt text and ids of a conversation: the tokenizer's chat template, or (when it
-        has none) ``role: content`` lines ending with ``assistant:``."""
-        tokenizer = self.pool.tokenizer
-        if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-            return text, self.tokenize(text, special=False)
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in chat) + "assistant:"
-        return text, self.tokenize(text)
+        if served in self.revisions:
+            backend, target = self.revisions[served]
+        else:
+            backend = self.main
+            try:
+                target = self.catalog.resolve(served)
+            except UsageError:
+                match = difflib.get_close_matches(name, self.names, n=1)
+                hint = f" (did you mean {match[0]!r}?)" if match else ""
+                raise not_found(f"The model {name!r} does not exist{hint}. This server serves: "
+                                f"{', '.join(self.names)}.", "model", "model_not_found") from None
+        return Choice(name, served, target, rollout.name if rollout else None, backend)
 
 
 def _set_threads(model, config) -> int:
