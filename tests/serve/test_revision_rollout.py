@@ -150,3 +150,30 @@ def test_an_unknown_revision_is_refused_at_start(two_releases, capsys):
     assert described["models"] == ["base", "v1", "animals-lora", "v2", "ab"]
     assert list(described["revisions"]) == ["v2"]
     assert described["rollouts"] == {"ab": {"v1": 0.25, "v2": 0.75}}
+
+
+def test_the_first_release_has_no_library_and_is_served_and_predicted(two_releases, serve,
+                                                                        tmp_path):
+    """v1 (made by `modelgit create`) records no library: its own weights are served (as
+    `base` and `v1`) and predicted, and a rollout can still reach v2."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from modelgit.predict import predict
+
+    server = serve(two_releases, "v1", batch_window_ms=0,
+                   rollouts=(parse_rollout("ab=v1:1,v2:1"),))
+    assert [m["id"] for m in httpx.get(server.url + "/v1/models").json()["data"]] == \
+        ["base", "v1", "v2", "ab"]
+    with httpx.Client(base_url=server.url, timeout=None) as client:
+        vectors = {m: client.post("/v1/embeddings", json={"model": m, "input": "the cat"})
+                   .json()["data"][0]["embedding"] for m in ("base", "v1", "v2")}
+    assert vectors["base"] == vectors["v1"] and vectors["v1"] != vectors["v2"]
+    texts = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": ["the cat sat on the mat", "the dog ran"]}), texts)
+    scores = {}
+    for rev in ("v1", "v2"):
+        predict(source=two_releases, rev=rev, input=str(texts), task="score",
+                output=str(tmp_path / f"{rev}.parquet"))
+        scores[rev] = pq.read_table(tmp_path / f"{rev}.parquet").column("nll").to_pylist()
+    assert scores["v1"] != scores["v2"]

@@ -179,7 +179,7 @@ def _release_model(source: str, rev: str | None, progress) -> str:
     from ..workflow.project import read_project
 
     repo = find_repo(source)
-    commit = rl.read_release(repo, rev).commit
+    commit = rl.read_release(repo, rev, need_library=False).commit  # the weights alone
     project = read_project(repo, commit)
     return rl.materialize_tree(repo, commit, project.model, "model", progress=progress)
 

@@ -47,16 +47,17 @@ class ReleaseLibrary:
 
     Attributes:
         tag: the release's tag; commit: the commit the record was read from.
-        record: the ``library`` of ``releases/<tag>.json`` (checked for shape).
+        record: the ``library`` of ``releases/<tag>.json`` (checked for shape); None for a
+            release without one (read with ``need_library=False``).
     """
 
     tag: str
     commit: str
-    record: dict
+    record: dict | None
 
     @property
     def router(self) -> dict | None:
-        return self.record.get("router")
+        return self.record.get("router") if self.record else None
 
 
 def is_repository(source) -> bool:
@@ -130,13 +131,17 @@ def _shape_problems(library) -> list[str]:
     return problems
 
 
-def read_release(repo, rev: str | None = None) -> ReleaseLibrary:
+def read_release(repo, rev: str | None = None, need_library: bool = True) -> ReleaseLibrary:
     """The library record of the release at ``rev`` (a tag or commit; None: the newest release
     of HEAD).
 
+    Args:
+        need_library: False: a release without a library is returned with ``record`` None
+            (for callers that want the release's own weights only).
     Raises:
         UsageError: an unknown revision (naming the closest tag), a revision without a release,
-            a release without a library (made by an older modelgit).
+            a release without a library (``need_library``: the first release, made by
+            ``modelgit create``, or one of an older modelgit).
         FormatError: a record that is not strict JSON or whose library is malformed.
     """
     repo = open_repository(repo)
@@ -151,8 +156,11 @@ def read_release(repo, rev: str | None = None) -> ReleaseLibrary:
         tag = max(records, key=lambda t: (str(records[t].get("date") or ""), t))
     library_record = records[tag].get("library")
     if library_record is None:
-        raise UsageError(f"release {tag} records no adapter library (it was made by an older "
-                         "modelgit): the next `modelgit release` records one")
+        if not need_library:
+            return ReleaseLibrary(tag, commit, None)
+        raise UsageError(f"release {tag} records no adapter library (the base made by "
+                         "`modelgit create`, or a release of an older modelgit): the next "
+                         "`modelgit release` records one")
     problems = _shape_problems(library_record)
     if problems:
         raise FormatError(f"{commit[:12]}:{RELEASES_DIR}/{tag}.json: its library is malformed: "

@@ -11,7 +11,9 @@ name, and ``auto`` when there is a router (each input goes to the adapter the ro
 it). The release's tag is an alias of ``base`` only when the release's weights *are* that base
 (a release of specialists only). A release that merged contributions has new weights, which
 are not the base its library's adapters apply to: its tag is then refused with the command that
-serves those weights (one server, one base), never answered by other weights.
+serves those weights (one server, one base), never answered by other weights. A release
+without a library (the first one, made by ``modelgit create``) serves its own weights as
+``base`` and its tag.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class Catalog:
     router: object = field(default=None, compare=False)
     #: a release whose merged weights this server does not serve (its tag is refused)
     unserved_release: str | None = None
+    #: the fingerprint of the base's weights, when known (rollouts share weights by it)
+    base_fingerprint: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -130,17 +134,24 @@ def _from_library(library, release, router, task) -> Catalog:
     from ..route._runtime import _library_task
 
     return Catalog(library.base_dir, {a.name: a.directory for a in library.adapters},
-                   task or _library_task(library), release, library, router)
+                   task or _library_task(library), release, library, router,
+                   base_fingerprint=library.base_fingerprint)
 
 
 def _from_repository(source: str, rev: str | None, task) -> Catalog:
-    from ..route import load
-    from ..route.release_library import materialize_library, read_release
-
     from ..fingerprint import fingerprint_rev
-    from ..route.release_library import open_repository
+    from ..route import load
+    from ..route.release_library import materialize_library, open_repository, read_release
 
-    release = read_release(source, rev)
+    release = read_release(source, rev, need_library=False)
+    if release.record is None:  # the base of `modelgit create` (or an old release): its weights
+        from ..adapters.loading import architecture_task
+        from .revisions import find_revision, revision_model_dir
+
+        revision = find_revision(source, release.tag, release.commit)
+        model_dir = revision_model_dir(source, revision)
+        return Catalog(model_dir, {}, task or architecture_task(model_dir) or "causal_lm",
+                       release.tag, base_fingerprint=revision.fingerprint)
     library = materialize_library(source, release)
     router = (lambda: load(source, release.tag)) if release.router else None
     own = fingerprint_rev(open_repository(source), release.commit, release.record["base"]["model"])

@@ -37,9 +37,11 @@ class Revision:
     fingerprint: str
 
 
-def find_revision(source, name: str) -> Revision:
+def find_revision(source, name: str, commit: str | None = None) -> Revision:
     """The revision ``name`` of the repository ``source``.
 
+    Args:
+        commit: the commit ``name`` stands for, when the caller resolved it already.
     Raises:
         UsageError: ``name`` is no revision (naming the closest branch or tag), or its commit
             holds no model directory.
@@ -51,7 +53,7 @@ def find_revision(source, name: str) -> Revision:
     repo = open_repository(source)
     if not name or name.startswith("-") or any(c.isspace() or not c.isprintable() for c in name):
         raise UsageError(f"{name!r} is not a revision name")
-    commit = repo.resolve(name, "revision")  # an unknown one names the closest tag
+    commit = commit or repo.resolve(name, "revision")  # an unknown one names the closest tag
     model_path = read_project(repo, commit).model
     if tree_id(repo, commit, model_path) is None:
         raise UsageError(f"revision {name} ({commit[:12]}) has no model directory "

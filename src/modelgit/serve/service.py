@@ -119,8 +119,8 @@ class Service:
         from .catalog import Catalog
         from .revisions import revision_model_dir
 
-        library = self.catalog.library
-        shared = {library.base_fingerprint: self.main} if library is not None else {}
+        known = self.catalog.base_fingerprint
+        shared = {known: self.main} if known else {}
         out = {}
         for name, revision in found.items():
             backend = shared.get(revision.fingerprint)
