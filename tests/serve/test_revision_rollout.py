@@ -136,6 +136,14 @@ def test_a_rollout_between_two_releases_over_http(two_releases, serve):
 def test_an_unknown_revision_is_refused_at_start(two_releases, capsys):
     from modelgit.cli.main import main
     from modelgit.serve import ServeConfig, create_app
+    from modelgit.serve.api_errors import APIError
+
+    # without a rollout naming it, v2's merged weights are not held: its 404 says how to
+    plain = create_app(two_releases, "v2").state.service
+    with pytest.raises(APIError) as unserved:
+        plain.choose("v2", {})
+    assert unserved.value.status == 404 and "--rollout ab=v1:0.5,v2:0.5" in \
+        unserved.value.detail.message
 
     with pytest.raises(UsageError, match="nor a revision of .*did you mean 'v2'"):
         create_app(two_releases, "v2", ServeConfig(rollouts=(parse_rollout("ab=v1:1,v22:1"),)))

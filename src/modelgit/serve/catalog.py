@@ -83,7 +83,9 @@ class Catalog:
                              f"library ({', '.join(self.names)}) on the base they were reviewed "
                              f"on. Serve {name}'s own weights with `modelgit serve REPO/model` "
                              f"in a checkout of {name} (or `modelgit export {name} --merged -o DIR` "
-                             "and serve DIR)")
+                             "and serve DIR), or hold them beside this library by naming "
+                             f"{name} in a rollout (--rollout "
+                             f"ab={self.release or BASE}:0.5,{name}:0.5)")
         if name in (BASE, self.release):
             return Target(BASE)
         if name in self.adapters:

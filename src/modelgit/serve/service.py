@@ -154,7 +154,9 @@ class Service:
             backend = self.main
             try:
                 target = self.catalog.resolve(served)
-            except UsageError:
+            except UsageError as exc:
+                if served == self.catalog.unserved_release:  # says how to serve its weights
+                    raise not_found(str(exc), "model", "model_not_found") from None
                 match = difflib.get_close_matches(name, self.names, n=1)
                 hint = f" (did you mean {match[0]!r}?)" if match else ""
                 raise not_found(f"The model {name!r} does not exist{hint}. This server serves: "
