@@ -109,6 +109,11 @@ def test_classify_on_a_classifier_library(serve, cls_library):
     assert [d["label_id"] for d in data] == [1, 0] and all(0.5 < d["probability"] <= 1 for d in data)
     refused = httpx.post(server.url + "/v1/completions", json={"model": "sentiment", "prompt": "x"})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_model"
+    # an encoder's embeddings: its last hidden states mean-pooled, the adapter applied
+    vectors = {m: httpx.post(server.url + "/v1/embeddings", json={"model": m, "input": "good"})
+               .json()["data"][0]["embedding"] for m in ("sentiment", "base")}
+    assert abs(sum(x * x for x in vectors["sentiment"]) - 1) < 1e-4
+    assert vectors["sentiment"] != pytest.approx(vectors["base"], abs=1e-6)
 
 
 def test_auto_routes_each_prompt_to_its_adapter(serve, lm_library, tmp_path, alone):
