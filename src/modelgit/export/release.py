@@ -35,6 +35,7 @@ from .._outputs import (check_output, normal_modes, remove, scratch_directory,
 from ..errors import UsageError
 from ..git.repo import GitRepo
 from ..progress import note
+from ..route.release_library import CACHE_STAMP
 from ..untrusted import dumps_json
 from .onnx import DEFAULT_TOLERANCE, OnnxCheck, export_onnx, require_onnx
 
@@ -42,8 +43,7 @@ __all__ = ["EXPORT_RECORD", "ExportResult", "export_release"]
 
 #: what the export was made of, written into its directory
 EXPORT_RECORD = "modelgit_export.json"
-_STAMP = ".modelgit-verified.json"  # the library cache's check stamp (route.release_library)
-_DROPPED = (_STAMP, ".gitattributes")
+_DROPPED = (CACHE_STAMP, ".gitattributes")
 
 
 @dataclass(frozen=True)

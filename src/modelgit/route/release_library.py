@@ -31,14 +31,16 @@ from ..git.export import path_problem
 from ..untrusted import dumps_json, load_json_file, loads_json
 from .library import Library, LibraryAdapter, adapter_content_id, check_adapter_name
 
-__all__ = ["ReleaseLibrary", "is_repository", "open_repository", "library", "load_release",
-           "read_release", "fetch_adapters", "materialize_library", "materialize_tree", "tree_id"]
+__all__ = ["CACHE_STAMP", "ReleaseLibrary", "is_repository", "open_repository", "library",
+           "load_release", "read_release", "fetch_adapters", "materialize_library",
+           "materialize_tree", "tree_id"]
 
 RELEASES_DIR = "releases"
 PROJECT_FILE = "modelgit.yaml"
 _MAX_RECORD_BYTES = 16 * 1024 * 1024
 _HEX = re.compile(r"^[0-9a-f]{40,64}$")
-_STAMP = ".modelgit-verified.json"
+#: the file a cache entry records its check in (what copies out of the cache leave behind)
+CACHE_STAMP = ".modelgit-verified.json"
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ def _cache_root(repo) -> str:
 def _stamp(directory: str) -> dict:
     return {name: [os.path.getsize(os.path.join(directory, name)),
                    os.stat(os.path.join(directory, name)).st_mtime_ns]
-            for name in sorted(os.listdir(directory)) if name != _STAMP}
+            for name in sorted(os.listdir(directory)) if name != CACHE_STAMP}
 
 
 def _cached(repo, key: str, commit: str, path: str, check, progress) -> str:
@@ -190,7 +192,7 @@ def _cached(repo, key: str, commit: str, path: str, check, progress) -> str:
 
     root = _cache_root(repo)
     final = os.path.join(root, key)
-    stamp = os.path.join(final, _STAMP)
+    stamp = os.path.join(final, CACHE_STAMP)
     if os.path.isfile(stamp):
         try:
             if load_json_file(stamp, stamp, 1024 * 1024) == _stamp(final):
@@ -201,7 +203,7 @@ def _cached(repo, key: str, commit: str, path: str, check, progress) -> str:
     try:
         built = export_dir(repo, commit, path, os.path.join(scratch, "d"), progress=progress)
         check(built)
-        with open(os.path.join(built, _STAMP), "w", encoding="utf-8") as handle:
+        with open(os.path.join(built, CACHE_STAMP), "w", encoding="utf-8") as handle:
             handle.write(dumps_json(_stamp(built)))
         if os.path.lexists(final):  # stale or damaged: replaced whole
             shutil.rmtree(final, ignore_errors=True)
@@ -389,7 +391,7 @@ def fetch_adapters(repo, rev: str | None, names=None, output: str = ".", base: b
         tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=output)
         try:
             staged = os.path.join(tmp, "d")
-            shutil.copytree(source, staged, ignore=shutil.ignore_patterns(_STAMP))
+            shutil.copytree(source, staged, ignore=shutil.ignore_patterns(CACHE_STAMP))
             if os.path.lexists(targets[name]):
                 shutil.rmtree(targets[name])
             os.replace(staged, targets[name])
