@@ -162,18 +162,30 @@ def _run_ties_lora(arrays: list, params: dict, dtype: str, shape: tuple[int, ...
         np.multiply(d, read_float(term["w"], "w"), out=d)
         np.add(total, d, out=total)
         weighted.append(d)
-    positive = total >= 0  # the elected sign; 0 counts as +
-    merged = np.zeros(shape, dtype=np.float64)
-    divisor = np.zeros(shape, dtype=np.float64)
-    for term, d in zip(params["terms"], weighted):
-        agrees = np.where(positive, d > 0, d < 0)  # zeros never count
-        np.add(merged, np.where(agrees, d, 0.0), out=merged)
-        np.add(divisor, np.where(agrees, read_float(term["w"], "w"), 0.0), out=divisor)
-    if params["normalize"]:
-        divisor[divisor == 0.0] = 1.0
-        np.divide(merged, divisor, out=merged)
+    merged = sign_consensus(total, weighted, [read_float(t["w"], "w") for t in params["terms"]],
+                            params["normalize"])
     np.multiply(merged, read_float(params["lambda"], "lambda"), out=merged)
     return round_to(np.add(to_float64(arrays[0], dtype), merged), dtype)
+
+
+def sign_consensus(total, weighted: list, weights: list[float], normalize: bool):
+    """TIES's consensus of weighted task vectors ``weighted`` (float64, summing to ``total``):
+    the entries that agree with the elected sign (that of ``total``, 0 counting as +; zeros
+    never agree), summed in order, divided by the agreeing weights (1 where none) when
+    ``normalize``."""
+    import numpy as np
+
+    positive = total >= 0  # the elected sign; 0 counts as +
+    merged = np.zeros(total.shape, dtype=np.float64)
+    divisor = np.zeros(total.shape, dtype=np.float64)
+    for weight, d in zip(weights, weighted):
+        agrees = np.where(positive, d > 0, d < 0)  # zeros never count
+        np.add(merged, np.where(agrees, d, 0.0), out=merged)
+        np.add(divisor, np.where(agrees, weight, 0.0), out=divisor)
+    if normalize:
+        divisor[divisor == 0.0] = 1.0
+        np.divide(merged, divisor, out=merged)
+    return merged
 
 
 TIES_LORA = register_function(DerivedFunction(
@@ -203,3 +215,6 @@ def ties_lora_recipe(base: InputRef, rows: tuple[int, int],
     return Recipe("ties_lora/1", plain.inputs,
                   {"lambda": hex_float(lam), "normalize": bool(normalize), "rows": plain.params["rows"],
                    "terms": out})
+
+
+from . import _dare  # noqa: E402,F401  # registers dare_lora/1 (it builds on the functions above)
