@@ -42,7 +42,7 @@ from ..store.ids import object_id
 from ..dtypes import DTYPES
 
 __all__ = ["DERIVABLE_METHODS", "PLAN_FILE", "DerivedSummary", "TiesForm", "DareForm", "derive_merge",
-           "record_derived", "merge_terms"]
+           "record_derived", "merge_terms", "derive_output"]
 
 DERIVABLE_METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 _DARE_OPTIONS = {"normalize", "rescale", "lambda", "int8_mask", "seed"}
@@ -173,11 +173,16 @@ def _adapter_factors(directory: str, factor: float) -> dict[str, tuple[str, str,
 
 
 class _Tensors:
-    """Tensors of the safetensors files of one directory, by name."""
+    """Tensors of the safetensors files of one directory (or of one file), by name."""
 
     def __init__(self, directory: str):
         self.readers, self.where = [], {}
-        for name in sorted(os.listdir(directory)):
+        if os.path.isfile(directory):
+            directory, names = os.path.split(directory)
+            names = [names]
+        else:
+            names = sorted(os.listdir(directory))
+        for name in names:
             if name.endswith(".safetensors"):
                 reader = open_safetensors(os.path.join(directory, name))
                 self.readers.append(reader)
@@ -337,6 +342,8 @@ def record_derived(store: Store, plan_path: str, model_dir: str) -> DerivedSumma
                     recipe = Recipe(body["fn"], tuple(InputRef(i["id"], i["dtype"], tuple(i["shape"]))
                                                       for i in body["inputs"]), body["params"])
                     shape = tuple(chunk["shape"])
+                    if reader is not None and not all(store.has(i.oid) for i in recipe.inputs):
+                        store.flush()  # factors new to the store are staged until then
                     if reader is None or entry.dtype != tensor["dtype"] \
                             or not all(store.has(i.oid) for i in recipe.inputs):
                         fallback += 1
@@ -366,3 +373,41 @@ def _put_factors(store: Store, adapter_file: str, keys: list[str]) -> int:
     finally:
         reader.close()
     return written
+
+
+def derive_output(recipe: dict, root: str, output: str, store: Store) -> DerivedSummary:
+    """``modelgit merge --derived``: recompute the tensors that ``recipe`` (a merge of
+    ``BASE+ADAPTER`` models of one base, paths relative to ``root``) merged into ``output`` with
+    the derived functions, as a release does (:func:`derive_merge`: the output's bytes become the
+    recipes'), and store their factors and recipes in ``store`` (:func:`record_derived`), so that
+    adding ``output`` to the store then finds those chunks present. Nothing for other recipes.
+    """
+    base = _common_base(recipe, root)
+    if base is None:
+        return DerivedSummary(0, 0, 0)
+    plan = os.path.join(output, PLAN_FILE)
+    if os.path.lexists(plan):
+        os.remove(plan)  # only a plan written just now is followed (it names files to read)
+    derive_merge(recipe, root, base, output)
+    try:
+        return record_derived(store, plan, output)
+    finally:
+        if os.path.isfile(plan):
+            os.remove(plan)  # not a file of the model: added with it, it would be committed
+
+
+def _common_base(recipe: dict, root: str) -> str | None:
+    """The base every ``BASE+ADAPTER`` model of ``recipe`` names (and ``base_model``, if set),
+    as a path under ``root``; None when they differ or it is not a local file or directory."""
+    bases = set()
+    for model in recipe.get("models") or []:
+        source = model.get("model", "") if isinstance(model, dict) else ""
+        if not isinstance(source, str) or source.count("+") != 1:
+            return None
+        bases.add(os.path.normpath(source.split("+", 1)[0]))
+    if isinstance(recipe.get("base_model"), str):
+        bases.add(os.path.normpath(recipe["base_model"]))
+    if len(bases) != 1:
+        return None
+    path = os.path.join(root, bases.pop())
+    return path if os.path.exists(path) else None
