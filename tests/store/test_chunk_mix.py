@@ -57,3 +57,12 @@ def test_a_changed_coefficient_or_a_mismatched_input_fails(store):
     _rewrite_payload(store, oid, lambda body: body["params"].update(c=[(0.5).hex()]))
     with pytest.raises(CorruptObjectError, match="bad recipe.*one coefficient per input"):
         store.get(oid)
+
+
+def test_every_registered_function_has_its_tests():
+    # a function added to the registry must come with round-trip and tamper tests like these
+    from modelgit.store.derived import FUNCTIONS
+
+    tested = {"lora_merge/1": "test_derived.py", "ties_lora/1": "test_derived.py",
+              "dare_lora/1": "test_dare.py", "chunk_mix/1": "test_chunk_mix.py"}
+    assert set(FUNCTIONS) == set(tested)
