@@ -145,7 +145,7 @@ def store_release(store: Store, base_ids: dict, weights: dict, loras: list, dtyp
 def counting(store: Store) -> list[int]:
     """Count the bytes read from ``store``'s backend (what a fetch downloads); no hard links."""
     backend, total = store.backend, [0]
-    for name in ("read", "read_head"):
+    for name in ("read", "read_head", "read_from"):
         original = getattr(backend, name, None)
         if original is not None:
             def wrapped(*args, _original=original, **kwargs):

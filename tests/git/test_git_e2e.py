@@ -331,3 +331,25 @@ def test_merge_inputs_from_revisions(committed, tmp_path):
     merged = load_file(str(out / "model.safetensors"))
     np.testing.assert_allclose(merged["norm"], v1["norm"] + 1, rtol=1e-6)
     np.testing.assert_array_equal(merged["layers.0.w"], v1["layers.0.w"])
+
+
+@pytest.mark.parametrize("strategy, expected", [("average", 2.0), ("task_arithmetic", 4.0)])
+def test_a_merged_tensor_is_stored_as_recipes_over_the_sides_chunks(committed, strategy, expected):
+    from modelgit.store.derived import DERIVED
+
+    repo = committed
+    base = _base()
+    _branch_edit(repo, "left", "main", norm=base["norm"] + 1)
+    _branch_edit(repo, "right", "main", norm=base["norm"] + 3)
+    git(repo, "-c", f"modelgit.merge.strategy={strategy}", "merge", "-m", "merge", "left")
+    merged = load_file(str(repo / "model.safetensors"))
+    np.testing.assert_allclose(merged["norm"], base["norm"] + expected, rtol=1e-6)
+    found = find_repo(str(repo))
+    manifest = Manifest.loads(found.git("show", "HEAD:model.safetensors"), "merged")
+    store = found.store()
+    norm = next(t for t in manifest.files[0].tensors if t.name == "norm")
+    head = store.header(norm.chunks[0])
+    assert head.encoding is DERIVED  # a recipe over ours, theirs (and the base): no delta
+    assert store.stored_size(norm.chunks[0]) < 600
+    store.drop_derived_cache()
+    assert store.get(norm.chunks[0]) == merged["norm"].tobytes()

@@ -2,11 +2,12 @@
 other side lacks travel, never the computed bytes; each side verifies by computing."""
 
 import json
+import uuid
 
 import numpy as np
 import pytest
 
-from modelgit.errors import DerivedFunctionError, ObjectMissingError
+from modelgit.errors import CorruptObjectError, DerivedFunctionError, ObjectMissingError
 from modelgit.git.transfer import fetch_objects, push_objects
 from modelgit.store import Store
 from modelgit.store._functions import lora_merge_recipe
@@ -131,3 +132,52 @@ def test_gc_of_the_remote_keeps_what_its_derived_objects_need(tmp_path):
     result = remote.gc({merged})
     assert result.removed == 0 and result.kept == 2 + len(factors)
     assert remote.get(merged) == local.get(merged)
+
+
+def _counting_reads(store) -> list[int]:
+    """Count the bytes read from ``store``'s backend (a remote: what a fetch downloads), and
+    copy instead of hard-linking, as over a network."""
+    backend, total = store.backend, [0]
+    for name in ("read", "read_head", "read_from"):
+        original = getattr(backend, name, None)
+        if original is not None:
+            def counted(*args, _original=original, **kwargs):
+                data = _original(*args, **kwargs)
+                total[0] += len(data)
+                return data
+            setattr(backend, name, counted)
+    backend.path_of = None
+    return total
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_a_fetch_downloads_each_object_once(tmp_path, kind):
+    # the header read that locates an object is not read again: the move reads the rest only
+    local = Store.open(str(tmp_path / "local"), create=True)
+    url = str(tmp_path / "remote") if kind == "local" else f"memory://mg-{uuid.uuid4().hex}"
+    remote = Store.open(url, create=True)
+    base, merged, factors = _release(local, adapters=3)
+    push_objects(local, remote, {merged})
+    clone = Store.open(str(tmp_path / "clone"), create=True)
+    wire = _counting_reads(remote)
+    result = fetch_objects(clone, [("origin", remote)], {merged})
+    stored = sum(remote.stored_size(oid) for oid in [base, merged, *factors])
+    assert result.objects == 2 + len(factors) and result.bytes == stored
+    assert wire[0] == stored  # 24 KiB factors and a 512 KiB base: no 4 KiB read twice
+    assert clone.get(merged) == local.get(merged)
+
+
+def test_damage_after_the_header_of_a_remote_copy_is_still_caught(tmp_path):
+    local = Store.open(str(tmp_path / "local"), create=True)
+    remote = Store.open(str(tmp_path / "remote"), create=True)
+    base, merged, factors = _release(local)
+    push_objects(local, remote, {merged})
+    key = Store._key(factors[1])
+    blob = bytearray(remote.backend.read(key))
+    blob[-3] ^= 0x10  # past the first 4 KiB: only the rest, read apart, holds the damage
+    remote.backend.write_atomic(key, bytes(blob))
+    clone = Store.open(str(tmp_path / "clone"), create=True)
+    _counting_reads(remote)
+    with pytest.raises(CorruptObjectError, match=factors[1]):
+        fetch_objects(clone, [("origin", remote)], {merged})
+    assert not clone.has(factors[1]) and not clone.has(merged)

@@ -1,4 +1,4 @@
-"""A release merging LoRAs with linear or task arithmetic stores recipes, not deltas
+"""A release merging LoRAs with linear, task arithmetic, TIES or DARE stores recipes, not deltas
 (modelgit.workflow.derived_release), and a clone of it moves the adapters and the recipes."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _tensors(path):
         reader.close()
 
 
-@pytest.mark.parametrize("method", ["task_arithmetic", "linear", "ties"])
+@pytest.mark.parametrize("method", ["task_arithmetic", "linear", "ties", "dare_ties"])
 def test_a_release_stores_its_merged_tensors_as_recipes(accepted, suites, tmp_path, method):
     repo = accepted
     store = repo.store()
@@ -73,10 +73,27 @@ def test_a_release_stores_its_merged_tensors_as_recipes(accepted, suites, tmp_pa
     assert all(remote.header(o).encoding is DERIVED for t in changed for o in t.chunks)
 
 
-def test_dare_keeps_the_delta_path(accepted, suites):
+def test_della_keeps_the_delta_path(accepted, suites):
     repo = accepted
-    done = release(repo, suites, method="dare_ties")
+    done = release(repo, suites, method="della")
     store = repo.store()
     new = _weights_manifest(repo, done.commit)
     assert not any(store.header(o).encoding is DERIVED for f in new.files for t in f.tensors
                    for o in t.chunks)
+
+
+def test_dare_recipes_become_dare_forms_and_unknown_options_fall_back():
+    from modelgit.workflow.derived_release import DareForm, merge_terms
+
+    models = [{"model": "base+a1", "parameters": {"weight": 1.0, "density": 0.5}},
+              {"model": "base+a2", "parameters": {"weight": 3.0, "density": 1.5}}]
+    form = merge_terms({"merge_method": "dare_linear", "models": models,
+                        "parameters": {"normalize": True, "lambda": 2.0, "seed": 9}}, "/r")
+    assert isinstance(form, DareForm) and form.consensus == "none" and form.seed == 9
+    assert not form.normalize and form.lam == 0.5  # lambda / sum of weights, as the engine divides
+    assert [m[2] for m in form.models] == [0.5, 1.0] and form.rescale
+    ties = merge_terms({"merge_method": "dare_ties", "models": models, "seed": 4}, "/r")
+    assert ties.consensus == "sum" and ties.seed == 4 and ties.lam == 1.0
+    for parameters in ({"seed": True}, {"seed": 1.5}, {"rescale": "yes"}, {"epsilon": 0.1}):
+        assert merge_terms({"merge_method": "dare_linear", "models": models,
+                            "parameters": parameters}, "/r") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import yaml
@@ -63,6 +64,9 @@ def cmd_merge(args) -> int:
         print(f"modelgit: warning: {warning}", file=sys.stderr)
     if not args.dry_run and not args.output:
         raise UsageError("give -o OUT (or --dry-run)")
+    if args.derived and (args.dry_run or args.to_adapter):
+        raise UsageError("--derived stores merged weights: not with --dry-run or --to-adapter")
+    repo = _repo_of(args.output) if args.derived else None  # before merging: fails early
     result = run_merge(recipe, args.output, dry_run=args.dry_run, progress=args.progress,
                        max_shard_bytes=_parse_size(args.shard_size), adapter_rank=args.to_adapter,
                        force=args.force)
@@ -74,9 +78,30 @@ def cmd_merge(args) -> int:
               f"ok: {len(plan.outputs)} tensors from {len(plan.specs)} inputs would be merged with "
               f"{recipe.merge_method}")
         return 0
-    print(json.dumps(result.__dict__) if args.json else
-          f"merged {result.tensors} tensors ({result.bytes / 2**20:.1f} MiB) into {result.output}")
+    summary = dict(result.__dict__)
+    if repo is not None:
+        from ..workflow.derived_release import derive_output
+
+        data = yaml.safe_load(recipe.text) if recipe.text else _recipe_from_flags(args)
+        derived = derive_output(data, os.getcwd(), args.output, repo.store())
+        summary["derived"] = {"tensors": derived.tensors, "chunks": derived.chunks,
+                              "fallback": derived.fallback, "stored_bytes": derived.stored_bytes}
+    print(json.dumps(summary) if args.json else
+          f"merged {result.tensors} tensors ({result.bytes / 2**20:.1f} MiB) into {result.output}"
+          + (f"; {summary['derived']['chunks']} chunks of {summary['derived']['tensors']} tensors "
+             f"stored as recipes ({summary['derived']['stored_bytes'] / 2**20:.2f} MiB)"
+             if repo is not None else ""))
     return 0
+
+
+def _repo_of(output: str):
+    """The modelgit repository that will hold ``output`` (for ``--derived``)."""
+    from ..git.repo import find_repo
+
+    parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    return find_repo(parent)
 
 
 def cmd_extract_lora(args) -> int:
@@ -151,7 +176,8 @@ def register(sub, command) -> None:
                 "modelgit merge --method ties --base base/ --model a/ --model b/ --density 0.5 -o out/\n"
                 "modelgit merge --method linear --model base/+adapter/ -o merged/   # apply a LoRA\n"
                 "modelgit merge recipe.yaml --to-adapter 16 -o merged-adapter/\n"
-                "modelgit merge recipe.yaml -o merged/ --force  # again: replaces the earlier output's files")
+                "modelgit merge recipe.yaml -o merged/ --force  # again: replaces the earlier output's files\n"
+                "modelgit merge --method ties --base base/ --model base/+a/ --model base/+b/ -o model/ --derived")
     p.add_argument("recipe", nargs="?", help="YAML recipe in mergekit's schema")
     p.add_argument("-o", "--output", help="output directory (sharded safetensors + index); "
                    "created, or an empty directory")
@@ -169,6 +195,12 @@ def register(sub, command) -> None:
     p.add_argument("--shard-size", default="5GB", help="largest output shard (default 5GB)")
     p.add_argument("--to-adapter", type=int, metavar="RANK",
                    help="write a PEFT LoRA adapter of this rank (SVD of the merged update) instead")
+    p.add_argument("--derived", action="store_true",
+                   help="OUTPUT is in a modelgit repository: store the tensors merged from "
+                   "BASE+ADAPTER LoRAs (linear, task_arithmetic, ties, dare_linear, dare_ties) in "
+                   "its store as recipes over the adapters' factors, so `git add OUTPUT` costs the "
+                   "adapters; those tensors' bytes are then the recipes' (float64, within an ulp "
+                   "of the engine's; DARE's mask is modelgit's own)")
     p.add_argument("--json", action="store_true")
     p = command(sub, "fisher", cmd_fisher,
                 "Estimate a causal LM's diagonal Fisher on a data sample (for `merge_method: fisher`).",

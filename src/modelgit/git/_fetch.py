@@ -208,7 +208,9 @@ def _missing_inputs(local: Store, oid: str) -> set[str]:
 def _inputs(item: Item) -> list[str]:
     """The input ids of derived ``item`` as its remote copy names them ([] when that copy does
     not parse: verifying it fails later and names it)."""
-    blob = item.blob if item.blob is not None else item.source.store.backend.read(Store._key(item.oid))
+    if item.blob is None:
+        item.blob = item.read()  # kept: the move reads it from there, not from the remote again
+    blob = item.blob
     try:
         return recipe_input_ids(memoryview(blob)[unpack_header(blob).payload_offset:])
     except ValueError:
@@ -224,20 +226,22 @@ def _locate(sides: list[Side], oid: str, context: str) -> tuple[Item | None, tup
         read_head = getattr(side.store.backend, "read_head", None)
         try:
             head = read_head(key, HEAD_BYTES) if read_head else side.store.backend.read(key)
+            whole = not read_head or len(head) < HEAD_BYTES
             try:
                 header = unpack_header(head)
             except ValueError:
-                if len(head) < HEAD_BYTES:
+                if whole:
                     raise
-                head = side.store.backend.read(key)  # a header longer than HEAD_BYTES
+                head, whole = side.store.backend.read(key), True  # a header over HEAD_BYTES
                 header = unpack_header(head)
         except FileNotFoundError:
             continue
         except ValueError as exc:
             damaged.append(f"object {oid} on {side.label} is corrupt ({exc}); it was not fetched")
             continue
-        whole = head if len(head) < HEAD_BYTES or not read_head else None
-        return Item(oid, side, header, whole), None
+        if whole:
+            return Item(oid, side, header, head), None
+        return Item(oid, side, header, head=head), None  # the move reads only the rest
     if damaged:
         return None, ("; ".join(damaged), True)
     names = ", ".join(side.label for side in sides) or "(no remotes)"

@@ -64,11 +64,32 @@ class Side:
 
 @dataclass
 class Item:
-    """An object to transfer: where it is read from, its header, its bytes if already read."""
+    """An object to transfer: where it is read from, its header, its bytes if already read
+    (``blob``: all of them; ``head``: the first ones, read to locate it)."""
     oid: str
     source: Side
     header: ObjectHeader
     blob: bytes | None = None
+    head: bytes | None = None
+
+    def read(self) -> bytes:
+        """All the bytes of the source's copy: ``blob``, else the rest after ``head`` (one
+        ranged read: what was read to locate the object is not read again), else all of it.
+        Verified by the caller like any copy, so two reads never yield an unchecked object.
+
+        Raises:
+            ObjectMissingError: the object vanished from the source.
+        """
+        if self.blob is not None:
+            return self.blob
+        store = self.source.store
+        read_from = getattr(store.backend, "read_from", None)
+        if not self.head or read_from is None:
+            return store._read(self.oid)
+        try:
+            return self.head + read_from(Store._key(self.oid), len(self.head))
+        except FileNotFoundError:
+            return store._read(self.oid)  # raises the missing object's error
 
 
 class Failures:
@@ -349,7 +370,7 @@ class _CopyTree:
                 return self.sink.dst.backend.read_temp(handle), handle
             except OSError:
                 self.discard(handle)
-        return item.source.store._read(item.oid), None
+        return item.read(), None
 
     def discard(self, handle) -> None:
         if handle is not None:

@@ -10,6 +10,13 @@ Never interactive, so it works in CI and on servers:
   without a strategy it is a conflict;
 * what cannot be merged (shapes or dtypes changed on both sides, or no strategy) is a conflict:
   the file keeps our version and the driver exits 1 with a message that says how to resolve it.
+
+With ``average`` and ``task_arithmetic``, a merged float tensor is stored as derived objects
+(:mod:`modelgit.store.derived`): per chunk, the ``chunk_mix/1`` recipe ``0.5 a + 0.5 b`` or
+``a + b - o`` over the chunks of ours, theirs and the merge base, which the store has already,
+so the merge commit costs its recipes instead of a delta per chunk (the bytes are the recipe's:
+the sum in float64, rounded once). ``ties`` and ``dare`` (selections over whole tensors) and
+integer tensors are computed by the merge engine and stored as deltas.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..dtypes import DTYPES
@@ -26,6 +34,8 @@ from ..formats.safetensors_format import MAX_HEADER_BYTES, MAX_HEADER_DEPTH, MET
 from ..manifest import FileRecord, Manifest, TensorRecord, is_manifest
 from ..merge import MergeInputs, get_method
 from ..store import Store, chunk_layout
+from ..store._functions import chunk_mix_recipe
+from ..store.derived import InputRef, compute, numpy_dtype, to_float64
 from ..tensor_math import from_torch, to_torch
 from ..untrusted import loads_json
 from .repo import GitRepo
@@ -34,6 +44,7 @@ __all__ = ["merge_manifests", "MergeOutcome", "run_merge_driver", "STRATEGIES"]
 
 STRATEGIES = ("ours", "theirs", "average", "task_arithmetic", "ties", "dare")
 _METHOD_OF = {"average": "linear", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare_linear"}
+_MIXABLE = ("F16", "BF16", "F32", "F64")  # dtypes chunk_mix/1 computes on
 
 
 @dataclass
@@ -67,6 +78,9 @@ def _merge_both(store, name, base, ours, theirs, strategy: str, params: dict) ->
         return ours
     if strategy == "theirs":
         return theirs
+    derived = _derived_merge(store, name, base, ours, theirs, strategy)
+    if derived is not None:
+        return derived
     method = get_method(_METHOD_OF[strategy])
     a, b = _load_tensor(store, ours), _load_tensor(store, theirs)
     o = _load_tensor(store, base) if base is not None else None
@@ -78,6 +92,37 @@ def _merge_both(store, name, base, ours, theirs, strategy: str, params: dict) ->
     if not torch.isfinite(merged.float()).all():
         raise ModelgitError(f"{name}: the {strategy} merge produced NaN or inf")
     return _store_tensor(store, name, ours.dtype, merged, ours)
+
+
+def _derived_merge(store, name, base, ours, theirs, strategy: str) -> TensorRecord | None:
+    """``average`` / ``task_arithmetic`` of a float tensor as ``chunk_mix/1`` recipes over the
+    stored chunks of the sides (module docstring); None for what the engine merges."""
+    if strategy == "average":
+        records, coefficients = [ours, theirs], [0.5, 0.5]
+    elif strategy == "task_arithmetic" and base is not None:
+        records, coefficients = [base, ours, theirs], [-1.0, 1.0, 1.0]  # o + (a - o) + (b - o)
+    else:
+        return None
+    dtype, shape = ours.dtype, tuple(ours.shape)
+    layout = chunk_layout(DTYPES[dtype].itemsize, shape) if dtype in _MIXABLE else []
+    if not layout or any(len(r.chunks) != len(layout) for r in records):
+        return None
+    ids = []
+    for index, chunk in enumerate(layout):
+        if any((h.dtype, tuple(h.shape)) != (dtype, tuple(chunk.shape))
+               for h in (store.header(r.chunks[index]) for r in records)):
+            return None  # a manifest whose chunks are not what it says: the engine reports it
+        recipe = chunk_mix_recipe([InputRef(r.chunks[index], dtype, tuple(chunk.shape)) for r in records],
+                                  coefficients)
+        raw = compute(recipe, dtype, tuple(chunk.shape), lambda ref: store.get(ref.oid))
+        values = to_float64(np.frombuffer(raw, numpy_dtype(dtype)), dtype)
+        if not np.isfinite(values).all():
+            raise ModelgitError(f"{name}: the {strategy} merge produced NaN or inf")
+        put = store.put_derived(recipe, dtype, tuple(chunk.shape), expected=raw)
+        if put is None:  # the store computed other bytes: never relied on
+            return None
+        ids.append(put.oid)
+    return TensorRecord(name, dtype, shape, tuple(ids))
 
 
 def _same_layout(a: TensorRecord | None, b: TensorRecord | None) -> bool:

@@ -21,6 +21,14 @@ drop out; ``merged = sum_i w_i d_i [agrees]``, divided by ``sum_i w_i [agrees]``
 
     {"lambda":"0x1.0p+0","normalize":true,"rows":[r0,r1],
      "terms":[{"a":1,"b":2,"c":"0x1.0p-1","t":"0x1.2p-9","w":"0x1.0p+0"},...]}
+
+``chunk_mix/1`` — ``sum_k c_k x_k`` of whole stored chunks of the output's dtype and shape (what
+the git merge driver's ``average`` and ``task_arithmetic`` strategies give: ``(a + b) / 2``,
+``o + lambda w ((a - o) + (b - o))``), summed in float64 in input order, rounded once. Params::
+
+    {"c":["0x1.0p-1","0x1.0p-1"]}
+
+``dare_lora/1`` is in :mod:`._dare`.
 """
 
 from __future__ import annotations
@@ -162,18 +170,30 @@ def _run_ties_lora(arrays: list, params: dict, dtype: str, shape: tuple[int, ...
         np.multiply(d, read_float(term["w"], "w"), out=d)
         np.add(total, d, out=total)
         weighted.append(d)
-    positive = total >= 0  # the elected sign; 0 counts as +
-    merged = np.zeros(shape, dtype=np.float64)
-    divisor = np.zeros(shape, dtype=np.float64)
-    for term, d in zip(params["terms"], weighted):
-        agrees = np.where(positive, d > 0, d < 0)  # zeros never count
-        np.add(merged, np.where(agrees, d, 0.0), out=merged)
-        np.add(divisor, np.where(agrees, read_float(term["w"], "w"), 0.0), out=divisor)
-    if params["normalize"]:
-        divisor[divisor == 0.0] = 1.0
-        np.divide(merged, divisor, out=merged)
+    merged = sign_consensus(total, weighted, [read_float(t["w"], "w") for t in params["terms"]],
+                            params["normalize"])
     np.multiply(merged, read_float(params["lambda"], "lambda"), out=merged)
     return round_to(np.add(to_float64(arrays[0], dtype), merged), dtype)
+
+
+def sign_consensus(total, weighted: list, weights: list[float], normalize: bool):
+    """TIES's consensus of weighted task vectors ``weighted`` (float64, summing to ``total``):
+    the entries that agree with the elected sign (that of ``total``, 0 counting as +; zeros
+    never agree), summed in order, divided by the agreeing weights (1 where none) when
+    ``normalize``."""
+    import numpy as np
+
+    positive = total >= 0  # the elected sign; 0 counts as +
+    merged = np.zeros(total.shape, dtype=np.float64)
+    divisor = np.zeros(total.shape, dtype=np.float64)
+    for weight, d in zip(weights, weighted):
+        agrees = np.where(positive, d > 0, d < 0)  # zeros never count
+        np.add(merged, np.where(agrees, d, 0.0), out=merged)
+        np.add(divisor, np.where(agrees, weight, 0.0), out=divisor)
+    if normalize:
+        divisor[divisor == 0.0] = 1.0
+        np.divide(merged, divisor, out=merged)
+    return merged
 
 
 TIES_LORA = register_function(DerivedFunction(
@@ -203,3 +223,38 @@ def ties_lora_recipe(base: InputRef, rows: tuple[int, int],
     return Recipe("ties_lora/1", plain.inputs,
                   {"lambda": hex_float(lam), "normalize": bool(normalize), "rows": plain.params["rows"],
                    "terms": out})
+
+
+def _check_chunk_mix(params: dict, inputs: tuple[InputRef, ...], dtype: str,
+                     shape: tuple[int, ...]) -> None:
+    if set(params) != {"c"} or not isinstance(params["c"], list) or len(params["c"]) != len(inputs) \
+            or not 0 < len(inputs) <= MAX_TERMS:
+        raise ValueError("chunk_mix/1 takes exactly the param c, one coefficient per input")
+    for c in params["c"]:
+        read_float(c, "chunk_mix/1 coefficient")
+    if dtype not in _FLOATS or any(i.dtype != dtype or i.shape != tuple(shape) for i in inputs):
+        raise ValueError(f"chunk_mix/1: every input must be {dtype} {list(shape)} like the output")
+
+
+def _run_chunk_mix(arrays: list, params: dict, dtype: str, shape: tuple[int, ...]) -> bytes:
+    import numpy as np
+
+    acc = np.zeros(shape, dtype=np.float64)
+    for array, c in zip(arrays, params["c"]):  # recipe order, one rounding per operation
+        np.add(acc, np.multiply(to_float64(array, dtype), read_float(c, "c")), out=acc)
+    return round_to(acc, dtype)
+
+
+CHUNK_MIX = register_function(DerivedFunction(
+    "chunk_mix/1", _check_chunk_mix, _run_chunk_mix,
+    "sum_k c_k x_k of whole stored chunks, float64, in order, rounded once"))
+
+
+def chunk_mix_recipe(inputs: list[InputRef], coefficients: list[float]) -> "Recipe":
+    """The ``chunk_mix/1`` recipe of ``sum_k c_k x_k`` (inputs in the order they are added)."""
+    from .derived import Recipe, hex_float
+
+    return Recipe("chunk_mix/1", tuple(inputs), {"c": [hex_float(c) for c in coefficients]})
+
+
+from . import _dare  # noqa: E402,F401  # registers dare_lora/1 (it builds on the functions above)

@@ -134,6 +134,12 @@ class LocalBackend:
         with open(self._path(key), "rb") as handle:
             return handle.read(size)
 
+    def read_from(self, key: str, offset: int) -> bytes:
+        """The bytes from ``offset`` to the end (a fetch that read the head reads the rest)."""
+        with open(self._path(key), "rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+
     def _ensure_dir(self, path: str) -> None:
         if path not in self._made_dirs:
             os.makedirs(path, exist_ok=True)
@@ -401,6 +407,10 @@ class FsspecBackend:
     def read_head(self, key: str, size: int) -> bytes:
         """The first ``size`` bytes (fewer if the object is shorter): one ranged read."""
         return self.fs.cat_file(self._path(key), start=0, end=size)
+
+    def read_from(self, key: str, offset: int) -> bytes:
+        """The bytes from ``offset`` to the end: one ranged read."""
+        return self.fs.cat_file(self._path(key), start=offset)
 
     def write_atomic(self, key: str, data) -> None:
         tmp = self._path(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
