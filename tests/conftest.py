@@ -30,6 +30,19 @@ settings.register_profile("modelgit", deadline=None,
 settings.load_profile("modelgit")
 
 
+# The suite runs on two pytest-xdist workers (scripts/test.sh). Tests that start a local Ray
+# cluster (Flower's simulation, Ray Data) run on one worker, one after the other: two clusters at
+# once would compete for the same ports and /tmp/ray session directories.
+RAY_TEST_FILES = {"test_demo_federated.py", "test_ray.py", "test_simulation.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in RAY_TEST_FILES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture
 def store(tmp_path) -> Store:
     return Store.open(str(tmp_path / "store"), create=True)
