@@ -47,3 +47,11 @@ def test_train_holds_out_a_slice_and_reports_its_accuracy_as_it_goes(cls_base, t
     resolved = json.loads((tmp_path / "o" / "training_config.json").read_text())["resolved"]
     assert resolved["head_lr"] == HEAD_LR and resolved["holdout"] == 6
     assert done.metrics["examples"] == 54
+
+
+def test_the_held_out_examples_are_named_by_the_seed():
+    from modelgit.adapters.defaults import holdout_indices
+
+    held = holdout_indices(100, 10, seed=0)
+    assert len(set(held)) == 10 and held == sorted(held) and all(0 <= i < 100 for i in held)
+    assert holdout_indices(100, 10, seed=0) == held and holdout_indices(100, 10, seed=1) != held
