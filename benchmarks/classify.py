@@ -9,7 +9,9 @@ and ``--test`` test examples per label):
 
 1. **Baseline**: scikit-learn ``LogisticRegression`` on the base's mean-pooled last hidden
    states (frozen; attention-masked mean, 128 tokens), fitted on the training split, and
-   again on the examples the adapter of 2 trained on (the split but its held-out tenth).
+   again on the examples the adapter of 2 trained on (the split but its held-out tenth); and,
+   to see what the classifier's head starts from, on the first token's states and on the
+   pooler's output (``tanh(dense(h_CLS))``, what a BERT sequence classifier's head reads).
 2. **One adapter on all**: ``modelgit train BASE --data train --task classification`` with no
    other setting (the defaults of ``modelgit.adapters.defaults``), evaluated on the test split
    with ``modelgit eval``.
@@ -96,15 +98,19 @@ def embed_splits(base: str, train: list[dict], test: list[dict]) -> dict:
     model = AutoModel.from_pretrained(base).eval()
 
     def embed(texts):
-        out = []
+        out = {"mean": [], "cls": [], "pooler": []}
         for i in range(0, len(texts), 32):
             batch = tokenizer(texts[i:i + 32], truncation=True, max_length=128, padding=True,
                               return_tensors="pt")
             with torch.no_grad():
-                hidden = model(**batch).last_hidden_state  # (b, t, d)
+                outputs = model(**batch)
+            hidden = outputs.last_hidden_state  # (b, t, d)
             mask = batch["attention_mask"].unsqueeze(-1).float()  # (b, t, 1)
-            out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
-        return np.concatenate(out)
+            out["mean"].append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+            out["cls"].append(hidden[:, 0].numpy())  # what a BERT classifier's pooler reads
+            if outputs.pooler_output is not None:  # tanh(dense(h_CLS)): what its head reads
+                out["pooler"].append(outputs.pooler_output.numpy())
+        return {kind: np.concatenate(parts) for kind, parts in out.items() if parts}
 
     return {"train": embed([r["text"] for r in train]), "test": embed([r["text"] for r in test]),
             "train_labels": [str(r["label"]) for r in train],
@@ -113,17 +119,17 @@ def embed_splits(base: str, train: list[dict], test: list[dict]) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def baseline(embedded: dict, keep: list[int] | None = None) -> dict:
-    """Logistic regression on the frozen embeddings of the training examples ``keep`` (default
-    all of them), scored on the test split."""
+def baseline(embedded: dict, keep: list[int] | None = None, pooling: str = "mean") -> dict:
+    """Logistic regression on the frozen embeddings (``pooling``: mean, cls or pooler) of the
+    training examples ``keep`` (default all of them), scored on the test split."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
     keep = list(range(len(embedded["train_labels"]))) if keep is None else keep
     fitted = LogisticRegression(max_iter=3000).fit(
-        embedded["train"][keep], [embedded["train_labels"][i] for i in keep])
-    predicted = fitted.predict(embedded["test"])
+        embedded["train"][pooling][keep], [embedded["train_labels"][i] for i in keep])
+    predicted = fitted.predict(embedded["test"][pooling])
     truth = embedded["test_labels"]
     return {"accuracy": float(np.mean(predicted == np.array(truth))),
             "macro_f1": float(f1_score(truth, predicted, average="macro")), "examples": len(keep),
@@ -198,6 +204,10 @@ def one_task(task: str, args, work: str) -> dict:
     embedded = embed_splits(base, train_rows, test_rows)
     report["baseline"] = baseline(embedded)
     print(task, "baseline", report["baseline"], flush=True)
+    # what the classifier's head reads (the pooler of the first token) against the mean
+    report["pooling"] = {kind: baseline(embedded, pooling=kind)["accuracy"]
+                         for kind in embedded["train"]}
+    print(task, "LR accuracy by pooling", report["pooling"], flush=True)
     one = os.path.join(folder, "all")
     report["one"] = {**train(base, paths["train"], one, log, "--labels", labels),
                      **evaluate(base, one, paths["test"], log)}
