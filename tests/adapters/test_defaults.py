@@ -55,3 +55,22 @@ def test_the_held_out_examples_are_named_by_the_seed():
     held = holdout_indices(100, 10, seed=0)
     assert len(set(held)) == 10 and held == sorted(held) and all(0 <= i < 100 for i in held)
     assert holdout_indices(100, 10, seed=0) == held and holdout_indices(100, 10, seed=1) != held
+
+
+def test_a_classifier_reading_a_pooler_gets_it_adapted_unless_targets_are_given():
+    import transformers
+
+    from modelgit.adapters.targets import POOLER, resolve_targets
+
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=20, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2))
+    exclude = ("classifier",)
+    assert resolve_targets(model, "bert", None, exclude, classifier=True) == ("query", "value", POOLER)
+    assert resolve_targets(model, "bert", None, exclude) == ("query", "value")
+    assert resolve_targets(model, "bert", ("query",), exclude, classifier=True) == ("query",)
+    no_pooler = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=20, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2))
+    no_pooler.bert.pooler = None
+    assert resolve_targets(no_pooler, "bert", None, exclude, classifier=True) == ("query", "value")

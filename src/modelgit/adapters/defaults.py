@@ -10,6 +10,8 @@ length than the texts have. So, for ``--task classification``:
   between :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`;
 * the sequence length is the 95th percentile of the texts' token counts (rounded up to a
   multiple of 16), at most ``--max-length``;
+* without ``--targets``, a classifier that reads a pooler (BERT's ``tanh(dense(h_CLS))``) has
+  the pooler adapted too (:func:`modelgit.adapters.targets.resolve_targets`);
 * without ``--validation``, a held-out slice of the data (a tenth, at most
   :data:`MAX_HOLDOUT` examples, when there are at least :data:`MIN_FOR_HOLDOUT`) is kept out
   of training and its accuracy reported as the run goes.

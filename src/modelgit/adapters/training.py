@@ -98,7 +98,8 @@ def _wrap_lora(model, config: TrainConfig, task: str):
     from peft import LoraConfig, get_peft_model
 
     exclude = _CLASSIFIER_HEADS if task == "classification" else ()
-    targets = resolve_targets(model, model_type(config.base), config.target_modules, exclude)
+    targets = resolve_targets(model, model_type(config.base), config.target_modules, exclude,
+                              classifier=task == "classification")
     alpha = int(config.alpha) if float(config.alpha).is_integer() else config.alpha
     lora = LoraConfig(r=config.rank, lora_alpha=alpha, lora_dropout=config.dropout, bias="none",
                       target_modules=targets if isinstance(targets, str) else list(targets),
