@@ -8,7 +8,10 @@ One run, per task of ``modelgit.demo_tasks`` (``mansection``: 6 man-page section
 and ``--test`` test examples per label):
 
 1. **Baseline**: scikit-learn ``LogisticRegression`` on the base's mean-pooled last hidden
-   states (frozen; attention-masked mean, 128 tokens), fitted on the training split.
+   states (frozen; attention-masked mean, 128 tokens), fitted on the training split, and
+   again on the examples the adapter of 2 trained on (the split but its held-out tenth); and,
+   to see what the classifier's head starts from, on the first token's states and on the
+   pooler's output (``tanh(dense(h_CLS))``, what a BERT sequence classifier's head reads).
 2. **One adapter on all**: ``modelgit train BASE --data train --task classification`` with no
    other setting (the defaults of ``modelgit.adapters.defaults``), evaluated on the test split
    with ``modelgit eval``.
@@ -82,14 +85,12 @@ def write_rows(path: str, items: list[dict]) -> str:
     return path
 
 
-def baseline(base: str, train: list[dict], test: list[dict]) -> dict:
-    """Logistic regression on frozen mean-pooled embeddings (measured in this process)."""
+def embed_splits(base: str, train: list[dict], test: list[dict]) -> dict:
+    """The frozen base's mean-pooled embeddings of both splits (measured in this process)."""
     import resource
 
     import numpy as np
     import torch
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
     from transformers import AutoModel, AutoTokenizer
 
     start, cpu = time.perf_counter(), time.process_time()
@@ -97,24 +98,53 @@ def baseline(base: str, train: list[dict], test: list[dict]) -> dict:
     model = AutoModel.from_pretrained(base).eval()
 
     def embed(texts):
-        out = []
+        out = {"mean": [], "cls": [], "pooler": []}
         for i in range(0, len(texts), 32):
             batch = tokenizer(texts[i:i + 32], truncation=True, max_length=128, padding=True,
                               return_tensors="pt")
             with torch.no_grad():
-                hidden = model(**batch).last_hidden_state  # (b, t, d)
+                outputs = model(**batch)
+            hidden = outputs.last_hidden_state  # (b, t, d)
             mask = batch["attention_mask"].unsqueeze(-1).float()  # (b, t, 1)
-            out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
-        return np.concatenate(out)
+            out["mean"].append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+            out["cls"].append(hidden[:, 0].numpy())  # what a BERT classifier's pooler reads
+            if outputs.pooler_output is not None:  # tanh(dense(h_CLS)): what its head reads
+                out["pooler"].append(outputs.pooler_output.numpy())
+        return {kind: np.concatenate(parts) for kind, parts in out.items() if parts}
 
-    fitted = LogisticRegression(max_iter=3000).fit(embed([r["text"] for r in train]),
-                                                   [r["label"] for r in train])
-    predicted = fitted.predict(embed([r["text"] for r in test]))
-    truth = [r["label"] for r in test]
-    return {"accuracy": float(np.mean(predicted == np.array(truth))),
-            "macro_f1": float(f1_score(truth, predicted, average="macro")),
+    return {"train": embed([r["text"] for r in train]), "test": embed([r["text"] for r in test]),
+            "train_labels": [str(r["label"]) for r in train],
+            "test_labels": [str(r["label"]) for r in test],
             "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def baseline(embedded: dict, keep: list[int] | None = None, pooling: str = "mean") -> dict:
+    """Logistic regression on the frozen embeddings (``pooling``: mean, cls or pooler) of the
+    training examples ``keep`` (default all of them), scored on the test split."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    keep = list(range(len(embedded["train_labels"]))) if keep is None else keep
+    fitted = LogisticRegression(max_iter=3000).fit(
+        embedded["train"][pooling][keep], [embedded["train_labels"][i] for i in keep])
+    predicted = fitted.predict(embedded["test"][pooling])
+    truth = embedded["test_labels"]
+    return {"accuracy": float(np.mean(predicted == np.array(truth))),
+            "macro_f1": float(f1_score(truth, predicted, average="macro")), "examples": len(keep),
+            **{k: embedded[k] for k in ("wall_s", "cpu_s", "peak_rss_mb")}}
+
+
+def trained_on(adapter: str, total: int) -> list[int]:
+    """Indices of the training examples the adapter trained on: all but its held-out slice."""
+    from modelgit.adapters.defaults import holdout_indices
+
+    with open(os.path.join(adapter, "training_config.json")) as handle:
+        config = json.load(handle)
+    held = set(holdout_indices(total, config["resolved"].get("holdout") or 0,
+                               config["config"]["seed"]))
+    return [i for i in range(total) if i not in held]
 
 
 def evaluate(model: str, adapter: str | None, test: str, log: str) -> dict:
@@ -171,14 +201,22 @@ def one_task(task: str, args, work: str) -> dict:
     log = os.path.join(folder, "log.txt")
     report = {"task": task, "labels": task_labels(task), "train": len(train_rows),
               "test": len(test_rows)}
-    report["baseline"] = baseline(base, train_rows, test_rows)
+    embedded = embed_splits(base, train_rows, test_rows)
+    report["baseline"] = baseline(embedded)
     print(task, "baseline", report["baseline"], flush=True)
+    # what the classifier's head reads (the pooler of the first token) against the mean
+    report["pooling"] = {kind: baseline(embedded, pooling=kind)["accuracy"]
+                         for kind in embedded["train"]}
+    print(task, "LR accuracy by pooling", report["pooling"], flush=True)
     one = os.path.join(folder, "all")
     report["one"] = {**train(base, paths["train"], one, log, "--labels", labels),
                      **evaluate(base, one, paths["test"], log)}
     with open(os.path.join(one, "training_config.json")) as handle:
         report["one"]["resolved"] = json.load(handle)["resolved"]
     print(task, "one adapter", report["one"], flush=True)
+    # the adapter does not train on its held-out tenth: the baseline on the same examples
+    report["baseline_same"] = baseline(embedded, trained_on(one, len(train_rows)))
+    print(task, "baseline on the adapter's examples", report["baseline_same"], flush=True)
     if not args.contributors:
         return report
     classes = task_labels(task)
@@ -206,16 +244,17 @@ def one_task(task: str, args, work: str) -> dict:
 
 
 def table(reports: list[dict]) -> str:
-    lines = ["| task | train/test | LR on frozen embeddings (acc / F1) | `train` defaults (acc / F1) "
-             "| train CPU-s | train peak RSS | load | IID thirds merged (acc, of one) "
-             "| disjoint merged / routed (acc) |", "|" + "---|" * 9]
+    lines = ["| task | train/test | LR on frozen embeddings, all / adapter's examples (acc / F1) "
+             "| `train` defaults (acc / F1) | train CPU-s | train peak RSS | load "
+             "| IID thirds merged (acc, of one) | disjoint merged / routed (acc) |", "|" + "---|" * 9]
     for r in reports:
-        one, lr = r["one"], r["baseline"]
+        one, lr, same = r["one"], r["baseline"], r["baseline_same"]
         iid = f"{r['iid']['accuracy']:.3f} ({r['iid']['of_one']:.0%})" if "iid" in r else "not run"
         dis = (f"{r['disjoint']['accuracy']:.3f} / {r['disjoint']['routed']['accuracy']:.3f}"
                if "disjoint" in r else "not run")
         lines.append(f"| {r['task']} ({len(r['labels'])} classes) | {r['train']}/{r['test']} "
-                     f"| {lr['accuracy']:.3f} / {lr['macro_f1']:.3f} "
+                     f"| {lr['accuracy']:.3f} / {lr['macro_f1']:.3f}, {same['accuracy']:.3f} / "
+                     f"{same['macro_f1']:.3f} ({same['examples']}) "
                      f"| {one['accuracy']:.3f} / {one['macro_f1']:.3f} | {one['cpu_s']:.0f} "
                      f"| {one['peak_rss_mb']:.0f} MB | {one['load']:.1f} | {iid} | {dis} |")
     return "\n".join(lines)

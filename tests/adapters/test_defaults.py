@@ -47,3 +47,30 @@ def test_train_holds_out_a_slice_and_reports_its_accuracy_as_it_goes(cls_base, t
     resolved = json.loads((tmp_path / "o" / "training_config.json").read_text())["resolved"]
     assert resolved["head_lr"] == HEAD_LR and resolved["holdout"] == 6
     assert done.metrics["examples"] == 54
+
+
+def test_the_held_out_examples_are_named_by_the_seed():
+    from modelgit.adapters.defaults import holdout_indices
+
+    held = holdout_indices(100, 10, seed=0)
+    assert len(set(held)) == 10 and held == sorted(held) and all(0 <= i < 100 for i in held)
+    assert holdout_indices(100, 10, seed=0) == held and holdout_indices(100, 10, seed=1) != held
+
+
+def test_a_classifier_reading_a_pooler_gets_it_adapted_unless_targets_are_given():
+    import transformers
+
+    from modelgit.adapters.targets import POOLER, resolve_targets
+
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=20, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2))
+    exclude = ("classifier",)
+    assert resolve_targets(model, "bert", None, exclude, classifier=True) == ("query", "value", POOLER)
+    assert resolve_targets(model, "bert", None, exclude) == ("query", "value")
+    assert resolve_targets(model, "bert", ("query",), exclude, classifier=True) == ("query",)
+    no_pooler = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=20, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2))
+    no_pooler.bert.pooler = None
+    assert resolve_targets(no_pooler, "bert", None, exclude, classifier=True) == ("query", "value")

@@ -181,3 +181,26 @@ def test_names_are_mapped_both_ways_by_the_task_models_prefix():
     assert align_name("encoder.x.weight", prefixed, "bert") == "bert.encoder.x.weight"
     assert align_name("classifier.weight", bare, "bert") is None
     assert align_name("bert.encoder.x.weight", bare, None) is None
+
+
+def test_labels_spelled_as_numbers_travel_as_class_names(encoder, tmp_path, capsys):
+    """Man-page sections 1, 5, 8 as JSON numbers: three classes named "1", "5", "8" in the
+    adapter's labels.json, in the merged model's config.json, and in its evaluation (before,
+    a nine-way head whose classes 0, 2-4, 6, 7 never occurred)."""
+    data = _data(tmp_path / "sections.jsonl", {1: POS, 5: NEG, 8: MID})
+    out = train(TrainConfig(base=encoder, data=data, output=str(tmp_path / "a"), steps=20,
+                            lr=1e-2, head_lr=5e-2, threads=1, task="classification"),
+                progress=False).output
+    names = {"0": "1", "1": "5", "2": "8"}
+    assert json.loads((tmp_path / "a" / "labels.json").read_text()) == {"id2label": names}
+    merged = tmp_path / "merged"
+    assert main(["--no-progress", "merge", "--method", "linear", "--model", f"{encoder}+{out}",
+                 "-o", str(merged)]) == 0
+    assert json.loads((merged / "config.json").read_text())["id2label"] == names
+    scores = []
+    for argv in ([str(merged)], [encoder, "--adapter", out]):
+        capsys.readouterr()
+        assert main(["--no-progress", "eval", *argv, "--data", data, "--task", "classification",
+                     "--json"]) == 0  # labels 5 and 8 are classes, not indices out of range
+        scores.append(json.loads(capsys.readouterr().out)[0]["metrics"])
+    assert scores[0] == scores[1] and scores[0]["n"] == 12

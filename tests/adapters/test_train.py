@@ -79,7 +79,9 @@ def test_classifier_reaches_full_accuracy_on_separable_data(cls_base, cls_data, 
     out = tmp_path / "cls"
     result = train(TrainConfig(base=cls_base, data=cls_data, output=str(out), steps=30, lr=2e-2,
                                batch_size=8, seed=0, threads=1))
-    assert result.task == "classification" and result.target_modules == ("query", "value")
+    # the pooler the head reads is adapted too (see modelgit.adapters.targets.resolve_targets)
+    assert result.task == "classification" and result.target_modules == ("query", "value",
+                                                                          "pooler.dense")
     assert json.loads((out / "labels.json").read_text()) == {"id2label": {"0": "neg", "1": "pos"}}
     model = load_model(cls_base, "classification", adapter_dir=str(out))
     tokenizer = load_tokenizer(cls_base)

@@ -13,19 +13,49 @@ from modelgit.errors import UsageError
 def test_label_mapping():
     assert label_mapping(["pos", "neg", "pos"]) == {0: "neg", 1: "pos"}
     assert label_mapping([0, 2, 1]) == {0: "0", 1: "1", 2: "2"}
-    assert label_mapping([1, 1]) == {0: "0", 1: "1"}  # a classifier has at least two classes
+    assert label_mapping([1, 1]) == {0: "1", 1: "LABEL_1"}  # a classifier has at least two classes
     assert label_mapping(["b", "a"], num_labels=3) == {0: "a", 1: "b", 2: "LABEL_2"}
     # a base that already names its classes keeps its numbering
     assert label_mapping(["neg", "pos"], base_id2label={0: "pos", 1: "neg"}) == {0: "pos", 1: "neg"}
     assert label_mapping(["neg"], base_id2label={0: "LABEL_0", 1: "LABEL_1"}) == {0: "neg", 1: "LABEL_1"}
-    for labels, match in (([0, "a"], "mix"), ([-1, 0], "negative"), (["a", None], "1 of 2")):
+    for labels, kw, match in (([0, "a"], {"num_labels": 2}, "mix"),
+                              ([-1, 0], {"num_labels": 2}, "negative"), (["a", None], {}, "1 of 2")):
         with pytest.raises(UsageError, match=match):
-            label_mapping(labels)
+            label_mapping(labels, **kw)
     with pytest.raises(UsageError, match="raise --num-labels to at least 4"):
         label_mapping([3, 0], num_labels=2)
     assert label_ids(["pos", 0, "neg"], {0: "neg", 1: "pos"}) == [1, 0, 0]
     with pytest.raises(UsageError, match="1 label"):
         label_ids([5], {0: "neg", 1: "pos"})
+
+
+def test_labels_spelled_as_numbers_are_class_names():
+    """Man-page sections 1 2 3 5 7 8 are six classes, not indices into a nine-way head (issue 17)."""
+    sections = [1, 8, 2, 3, 5, 7, 10, 1]
+    id2label = label_mapping(sections)
+    assert id2label == {0: "1", 1: "2", 2: "3", 3: "5", 4: "7", 5: "8", 6: "10"}  # numeric order
+    assert label_ids(sections, id2label) == [0, 5, 1, 2, 3, 4, 6, 0]
+    assert label_ids(["7"], id2label) == [4]  # "7" in a CSV is the same class
+    with pytest.raises(UsageError, match="1 label"):  # not read as the index 4 ("7")
+        label_ids([4], id2label)
+    # a fixed list that names its classes with numbers: numbers are those names
+    fixed = ("1", "2", "3", "5", "7", "8")
+    assert label_mapping([7, 8, 1], fixed=fixed) == dict(enumerate(fixed))
+    assert label_ids([7, 8, 1], dict(enumerate(fixed))) == [4, 5, 0]
+    with pytest.raises(UsageError, match="not in the fixed list"):
+        label_mapping([4], fixed=fixed)
+    # labels 0..n-1 number the classes as before; numbers and names may mix
+    assert label_mapping([2, 0, 1]) == {0: "0", 1: "1", 2: "2"}
+    assert label_mapping([1, "other"]) == {0: "1", 1: "other"}
+
+
+def test_numbers_are_indices_when_the_user_says_so():
+    assert label_mapping([1, 5], num_labels=6) == {i: str(i) for i in range(6)}
+    assert label_ids([1, 5], {i: str(i) for i in range(6)}) == [1, 5]
+    # a fixed list or a base of named classes, numbered by the data
+    assert label_mapping([0, 1], fixed=("neg", "pos")) == {0: "neg", 1: "pos"}
+    assert label_ids([1, 0], {0: "neg", 1: "pos"}) == [1, 0]
+    assert label_mapping([1, 0], base_id2label={0: "neg", 1: "pos"}) == {0: "neg", 1: "pos"}
 
 
 def test_batch_plan_is_seeded_and_covers_every_epoch():

@@ -10,6 +10,8 @@ length than the texts have. So, for ``--task classification``:
   between :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`;
 * the sequence length is the 95th percentile of the texts' token counts (rounded up to a
   multiple of 16), at most ``--max-length``;
+* without ``--targets``, a classifier that reads a pooler (BERT's ``tanh(dense(h_CLS))``) has
+  the pooler adapted too (:func:`modelgit.adapters.targets.resolve_targets`);
 * without ``--validation``, a held-out slice of the data (a tenth, at most
   :data:`MAX_HOLDOUT` examples, when there are at least :data:`MIN_FOR_HOLDOUT`) is kept out
   of training and its accuracy reported as the run goes.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Schedule", "resolve", "CAUSAL_LR", "CLASSIFIER_LR", "HEAD_LR", "TARGET_STEPS",
+__all__ = ["Schedule", "resolve", "holdout_indices", "CAUSAL_LR", "CLASSIFIER_LR", "HEAD_LR", "TARGET_STEPS",
            "MIN_EPOCHS", "MAX_EPOCHS", "MAX_HOLDOUT", "MIN_FOR_HOLDOUT"]
 
 CAUSAL_LR = 2e-4
@@ -70,3 +72,11 @@ def resolve(config, task: str, lengths: list[int]) -> Schedule:
         per_epoch = max(1, -(-(len(lengths) - holdout) // config.batch_size))
         epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, -(-TARGET_STEPS // per_epoch)))
     return Schedule(lr, head_lr, length, steps, epochs, holdout)
+
+
+def holdout_indices(total: int, count: int, seed: int) -> list[int]:
+    """The indices (sorted) of the ``count`` examples of ``total`` that a run of ``seed`` holds
+    out (a benchmark fits its baselines on the same examples the adapter trains on)."""
+    import numpy as np
+
+    return sorted(int(i) for i in np.random.default_rng(seed + 1).permutation(total)[:count])

@@ -98,7 +98,8 @@ def _wrap_lora(model, config: TrainConfig, task: str):
     from peft import LoraConfig, get_peft_model
 
     exclude = _CLASSIFIER_HEADS if task == "classification" else ()
-    targets = resolve_targets(model, model_type(config.base), config.target_modules, exclude)
+    targets = resolve_targets(model, model_type(config.base), config.target_modules, exclude,
+                              classifier=task == "classification")
     alpha = int(config.alpha) if float(config.alpha).is_integer() else config.alpha
     lora = LoraConfig(r=config.rank, lora_alpha=alpha, lora_dropout=config.dropout, bias="none",
                       target_modules=targets if isinstance(targets, str) else list(targets),
@@ -249,11 +250,11 @@ def _labelled(config: TrainConfig, records, ids) -> tuple[dict | None, list | No
 def _hold_out(ids: list, labels: list, count: int, seed: int) -> tuple[list, list, tuple]:
     """(training ids, training labels, (held-out ids, labels)): ``count`` examples chosen by
     the seed, kept out of training to report validation accuracy."""
-    import numpy as np
+    from .defaults import holdout_indices
 
-    chosen = set(int(i) for i in np.random.default_rng(seed + 1).permutation(len(ids))[:count])
+    held = holdout_indices(len(ids), count, seed)
+    chosen = set(held)
     keep = [i for i in range(len(ids)) if i not in chosen]
-    held = sorted(chosen)
     return ([ids[i] for i in keep], [labels[i] for i in keep],
             ([ids[i] for i in held], [labels[i] for i in held]))
 

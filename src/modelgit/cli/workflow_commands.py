@@ -261,7 +261,10 @@ def cmd_demo(args) -> int:
         if args.json:
             print(json.dumps(figures, indent=2, sort_keys=True), file=sys.stdout)
         return 0
-    from ..demo import run_demo
+    if args.task == "classification":
+        from ..demo_classify import run_classify_demo as run_demo
+    else:
+        from ..demo import run_demo
 
     figures = run_demo(quick=args.quick, workdir=args.workdir, keep=args.keep, progress=args.progress)
     if args.json:
@@ -405,11 +408,15 @@ def register(sub, command) -> None:
                 "modelgit demo --quick      # a tiny model, under a minute\n"
                 "modelgit demo --workdir /tmp/mg-demo --keep\n"
                 "modelgit demo --store      # the object store on all-MiniLM-L6-v2\n"
-                "modelgit demo --federated  # Flower rounds of three clients vs a central LoRA")
+                "modelgit demo --federated  # Flower rounds of three clients vs a central LoRA\n"
+                "modelgit demo --task classification  # a classifier on all-MiniLM-L6-v2")
     p.add_argument("--quick", action="store_true", help="a tiny locally built model instead")
     p.add_argument("--store", action="store_true", help="the object-store demo instead")
     p.add_argument("--federated", action="store_true", help="the federated demo instead: three "
                    "clients, one text domain each, in Flower rounds beside a central LoRA")
+    p.add_argument("--task", choices=("causal_lm", "classification"), default="causal_lm",
+                   help="classification: a text classifier on all-MiniLM-L6-v2 through the loop "
+                   "(create --task classification, contribute, review, release, consumer eval)")
     p.add_argument("--workdir", help="where to work (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--json", action="store_true", help="print the figures as JSON at the end")

@@ -189,7 +189,9 @@ def _targets_problems(config: dict, modules: dict) -> list[str]:
     if isinstance(targets, str) or targets is None:
         return []  # a regex or all-linear: PEFT resolves it against the base
     names = set(targets)
-    stray = sorted(m for m in modules if m.rsplit(".", 1)[-1] not in names and m not in names)
+    # PEFT matches a target by the module name's suffix: "query", or "pooler.dense" (a classifier's)
+    stray = sorted(m for m in modules
+                   if m not in names and not any(m.endswith("." + t) for t in names))
     if stray:
         return [f"modules {stray[:3]} are not in adapter_config.json's target_modules "
                 f"{sorted(names)}: the config does not describe these weights"]
