@@ -34,10 +34,10 @@ Payload layout (all integers little-endian)::
 
 A writer MUST NOT use more than ``MAX_STEPS`` steps (items in one lane): the decoder's work is
 a numpy pass per step, and a payload from elsewhere must not buy minutes of it. A decoder MUST
-reject a version it does not know, a header that does not parse, more steps than that, lanes
-that do not tile the stream, a run that overshoots its lane, more steps than the header states,
-reads past the words, words left over, and a key outside 0..65535. The store checks the
-content id after decoding.
+reject a version it does not know, a header that does not parse, more than ``MAX_CLASSES``
+classes, more steps than ``MAX_STEPS``, lanes that do not tile the stream, a run that
+overshoots its lane, more steps than the header states, reads past the words, words left over,
+and a key outside 0..65535. The store checks the content id after decoding.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ NTOK = DIRECT + 4 * 26  # numbers up to 2**29 (runs of a 256 MiB object fit)
 EVENTS_PER_LANE = 384  # more lanes: fewer numpy steps, but 4-8 bytes of state and bounds each
 MAX_STEPS = 4096  # lanes of EVENTS_PER_LANE events take at most 2 * EVENTS_PER_LANE + 1
 BLOCK = 1 << 18  # items tokenised at a time (bounds the encoder's temporaries)
+MAX_CLASSES = 256  # a context's class is one byte
 CLASS_EVENTS = 3072  # a context class collects at least this many events (its table costs bytes)
 _PREFIX = struct.Struct("<BBI")
 _HEAD = struct.Struct("<HII")
@@ -356,6 +357,10 @@ def _parse(payload, n: int):
     sizes = [nctx, nclass * 2 * NTOK, 4 * (lanes + 1), 4 * lanes]
     if not nclass or not lanes or len(header) != _HEAD.size + sum(sizes) or steps > MAX_STEPS:
         raise ValueError("delta16 header does not match its counts")
+    if nclass > MAX_CLASSES:
+        # the class map is one byte a context: no writer has more; the decoder's symbol table
+        # costs 128 KiB a class, which a payload from elsewhere must not choose
+        raise ValueError(f"delta16 header has {nclass} classes, more than {MAX_CLASSES}")
     parts, at = [], _HEAD.size
     for size in sizes:
         parts.append(header[at:at + size])
