@@ -415,6 +415,9 @@ class _Reader:
         self.cum = np.concatenate([[0], cum.ravel(), [0]]).astype(np.uint32)
         token = np.concatenate([[0], np.tile(np.arange(NTOK), tables), [0]])
         self.base, self.nbits = _BASE[token], _NBITS[token]
+        # the first raw piece of each symbol, looked up rather than computed
+        first = np.minimum(self.nbits, RAW_PIECE)
+        self.shift0, self.low0 = _RAW_SHIFT[first], _RAW_LOW[first]
 
     def _renormalise(self, x):
         """Pull a word into every state that fell below RANS_LOW (``x`` in place)."""
@@ -442,18 +445,21 @@ class _Reader:
         self._renormalise(x)
         value = self.base.take(at)
         nbits = self.nbits.take(at)
+        if not nbits.any():
+            return value
+        shift, low = self.shift0.take(at), self.low0.take(at)
         for piece in range(3):
-            if not nbits.any():
-                break
-            k = np.minimum(nbits, RAW_PIECE)
-            shift = _RAW_SHIFT.take(k)
             slot = x & _MASK
             x >>= PROB_BITS
             x <<= shift
-            x += slot & _RAW_LOW.take(k)
+            x += slot & low
             self._renormalise(x)
             value += (slot >> shift).astype(np.int64) << (RAW_PIECE * piece)
-            nbits -= k
+            nbits -= RAW_PIECE
+            if piece == 2 or not (nbits > 0).any():
+                break
+            k = np.clip(nbits, 0, RAW_PIECE)
+            shift, low = _RAW_SHIFT.take(k), _RAW_LOW.take(k)
         return value
 
 
@@ -466,7 +472,7 @@ def _decode_events(reader, sclass, bounds, states, steps):
     run_key = sclass.astype(np.int64) << (PROB_BITS + 1)
     value_key = 1 << PROB_BITS
     pos, end, x = bounds[:-1].copy(), bounds[1:].copy(), states.astype(np.uint32)
-    out_pos, out_val = [], []
+    out_pos, out_val, out_event = [], [], []  # every lane's, and which of them are events
     done = pos >= end
     for step in range(steps + 1):
         if done.any():
@@ -480,15 +486,14 @@ def _decode_events(reader, sclass, bounds, states, steps):
             break
         hit = pos + reader.number(x, run_key.take(pos))
         is_event = hit < end
-        event = is_event.nonzero()[0]
-        if event.size:
+        if is_event.any():
             # lanes whose run ended at their lane's end decode the identity symbol
             keys = np.where(is_event, run_key.take(hit, mode="clip") | value_key,
                             reader.identity_key)
-            values = reader.number(x, keys)
-            out_pos.append(hit.take(event))
-            out_val.append(values.take(event))
-            hit += is_event
+            out_val.append(reader.number(x, keys))
+            out_pos.append(hit)
+            out_event.append(is_event)
+            hit = hit + is_event
         pos = hit
         done = pos >= end
     if pos.size:
@@ -497,7 +502,8 @@ def _decode_events(reader, sclass, bounds, states, steps):
         raise ValueError("delta16 payload does not end where its symbols do")
     if not out_pos:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(out_pos), np.concatenate(out_val) + 1
+    event = np.concatenate(out_event)
+    return np.concatenate(out_pos)[event], np.concatenate(out_val)[event] + 1
 
 
 def decode(payload, parent) -> np.ndarray:
