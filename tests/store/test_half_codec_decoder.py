@@ -14,7 +14,7 @@ from half_codec_reference import decode as reference_decode
 from modelgit.store import half_codec
 
 
-def _pair(n, seed, density, spread, dtype_bits):
+def _pair(n, seed, density, spread):
     """(parent, child) uint16: any parent, a sparse or dense update of any size; a few
     parents are real-looking weights (ordinary exponents), the others any bit pattern."""
     rng = np.random.default_rng(seed)
@@ -44,7 +44,7 @@ def _both(payload, parent):
 @settings(max_examples=30, deadline=None)
 def test_same_bytes_as_the_first_decoder(n, seed, density, spread, mbits):
     """Many lanes (up to ~50 at 20 000 dense elements), runs with raw pieces, wrap-around."""
-    parent, child = _pair(n, seed, density, spread, mbits)
+    parent, child = _pair(n, seed, density, spread)
     payload = half_codec.encode(child.tobytes(), parent.tobytes(), mbits)
     new, old = _both(payload, parent.tobytes())
     assert new == old == (child.tobytes(), False)
@@ -57,7 +57,7 @@ def test_same_bytes_as_the_first_decoder(n, seed, density, spread, mbits):
 def test_a_damaged_payload_is_refused_or_decoded_alike(seed, flips, density):
     """Flipped bytes anywhere (prefix, header, words): both refuse, or both give the same bytes
     (which the store's id check then rejects)."""
-    parent, child = _pair(4000, seed, density, 3, 7)
+    parent, child = _pair(4000, seed, density, 3)
     payload = bytearray(half_codec.encode(child.tobytes(), parent.tobytes(), 7))
     for where, flip in flips:
         payload[where % len(payload)] ^= flip
@@ -74,7 +74,7 @@ def _forge_header(payload, edit):
 
 def test_a_header_with_more_classes_than_a_byte_names_is_refused():
     """The decoder's symbol table grows with the classes: a payload may not choose 65 535."""
-    parent, child = _pair(20_000, 1, 0.5, 3, 7)
+    parent, child = _pair(20_000, 1, 0.5, 3)
     payload = half_codec.encode(child.tobytes(), parent.tobytes(), 7)
     nctx = (0x7FFF >> 5) + 1
 
@@ -92,7 +92,7 @@ def test_a_header_with_more_classes_than_a_byte_names_is_refused():
 
 def test_lanes_that_end_early_or_hold_nothing_decode():
     """A lane without events (all zero runs) beside dense ones, and an unchanged chunk."""
-    parent, child = _pair(30_000, 3, 0.8, 2, 7)
+    parent, child = _pair(30_000, 3, 0.8, 2)
     child[10_000:20_000] = parent[10_000:20_000]
     for c in (child, parent):
         payload = half_codec.encode(c.tobytes(), parent.tobytes(), 7)

@@ -258,8 +258,8 @@ def _code_steps(phases, lane_of, offsets, lanes: int):
     """rANS-code the items, last step first: (the words in the decoder's order, final states).
 
     Each step is one item per lane of some lanes (ascending), gathered once; an item without a
-    symbol in a phase (frequency 0 in ``phases``) takes the identity symbol (frequency
-    2**PROB_BITS, start 0: the state does not change and emits no word), so that every phase
+    symbol in a phase (frequency 0 in ``phases``, set to 2**PROB_BITS here, in place) takes the
+    identity symbol (start 0: the state does not change and emits no word), so that every phase
     works on the whole step. ``x // f`` is taken in float64: exact, as x < 2**32 and
     f <= 2**15 leave the quotient at least 2**-15 from the next integer, far above float64's
     rounding, and several times cheaper than integer division."""
