@@ -176,6 +176,19 @@ def test_selection_keeps_delta_when_it_is_smaller_and_for_other_dtypes():
     assert encode_best_delta(child.tobytes(), "BF16", 2, parent[:-1].tobytes()) is None
 
 
+def test_selection_keeps_delta_when_delta16_saves_less_than_five_percent(monkeypatch):
+    """delta16 decodes far slower than delta: a smaller payload by a hair does not pay for it."""
+    from modelgit.store import encodings
+
+    parent, child = fine_tune(1 << 14, "BF16")
+    plain = encode_delta(child.tobytes(), 2, parent.tobytes())
+    for size, chosen in [(int(len(plain) * 0.96), DELTA), (int(len(plain) * 0.95), DELTA16)]:
+        monkeypatch.setattr(encodings, "DELTA16", dataclasses.replace(
+            encodings.DELTA16, encode=lambda *args, size=size: bytes(size)))
+        assert encode_best_delta(child.tobytes(), "BF16", 2, parent.tobytes())[0].name == \
+            chosen.name
+
+
 def test_selection_does_not_try_delta16_on_unrelated_content(monkeypatch):
     """A tensor trained anew is no update of its parent: delta16 would cost time for nothing."""
     from modelgit.store import encodings

@@ -34,10 +34,10 @@ Payload layout (all integers little-endian)::
 
 A writer MUST NOT use more than ``MAX_STEPS`` steps (items in one lane): the decoder's work is
 a numpy pass per step, and a payload from elsewhere must not buy minutes of it. A decoder MUST
-reject a version it does not know, a header that does not parse, more steps than that, lanes
-that do not tile the stream, a run that overshoots its lane, more steps than the header states,
-reads past the words, words left over, and a key outside 0..65535. The store checks the
-content id after decoding.
+reject a version it does not know, a header that does not parse, more than ``MAX_CLASSES``
+classes, more steps than ``MAX_STEPS``, lanes that do not tile the stream, a run that
+overshoots its lane, more steps than the header states, reads past the words, words left over,
+and a key outside 0..65535. The store checks the content id after decoding.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ NTOK = DIRECT + 4 * 26  # numbers up to 2**29 (runs of a 256 MiB object fit)
 EVENTS_PER_LANE = 384  # more lanes: fewer numpy steps, but 4-8 bytes of state and bounds each
 MAX_STEPS = 4096  # lanes of EVENTS_PER_LANE events take at most 2 * EVENTS_PER_LANE + 1
 BLOCK = 1 << 18  # items tokenised at a time (bounds the encoder's temporaries)
+MAX_CLASSES = 256  # a context's class is one byte
 CLASS_EVENTS = 3072  # a context class collects at least this many events (its table costs bytes)
 _PREFIX = struct.Struct("<BBI")
 _HEAD = struct.Struct("<HII")
@@ -253,6 +254,39 @@ def _counts_and_tables(items, su, sclass, nclass):
     return codes, grids[0] + grids[1]
 
 
+def _code_steps(phases, lane_of, offsets, lanes: int):
+    """rANS-code the items, last step first: (the words in the decoder's order, final states).
+
+    Each step is one item per lane of some lanes (ascending), gathered once; an item without a
+    symbol in a phase (frequency 0 in ``phases``, set to 2**PROB_BITS here, in place) takes the
+    identity symbol (start 0: the state does not change and emits no word), so that every phase
+    works on the whole step. ``x // f`` is taken in float64: exact, as x < 2**32 and
+    f <= 2**15 leave the quotient at least 2**-15 from the next integer, far above float64's
+    rounding, and several times cheaper than integer division."""
+    for f_all, _ in phases:
+        f_all[f_all == 0] = 1 << PROB_BITS
+    x = np.full(lanes, RANS_LOW, dtype=np.int64)
+    words = []
+    for t in range(len(offsets) - 2, -1, -1):
+        lo, hi = offsets[t], offsets[t + 1]
+        step_lanes = lane_of[lo:hi].astype(np.intp)
+        xa = x.take(step_lanes)
+        for f_all, s_all in reversed(phases):
+            f = f_all[lo:hi]
+            emit = (xa >> (32 - PROB_BITS)) >= f
+            if emit.any():
+                # lanes in descending order: the whole stream is reversed at the end
+                words.append(xa[emit][::-1].astype("<u2"))  # the low 16 bits
+                xa[emit] >>= 16
+            q = (xa / f).astype(np.int64)
+            xa += q * ((1 << PROB_BITS) - f.astype(np.int64))
+            xa += s_all[lo:hi]
+        x[step_lanes] = xa
+    # reversed: the decoder reads step by step, phase by phase, lanes in ascending order
+    body = np.concatenate(words)[::-1] if words else np.zeros(0, "<u2")
+    return body, x
+
+
 def encode(raw, parent, mantissa_bits: int) -> bytes:
     """Payload of ``raw`` (uint16 floats) as a delta against ``parent`` of the same size.
 
@@ -294,31 +328,7 @@ def encode(raw, parent, mantissa_bits: int) -> bytes:
     offsets = np.searchsorted(items["step"], np.arange(steps + 1))
     del items, su, sclass
 
-    x = np.full(lanes, RANS_LOW, dtype=np.int64)
-    words = []
-    for t in range(steps - 1, -1, -1):
-        lo, hi = offsets[t], offsets[t + 1]
-        step_lanes = lane_of[lo:hi]
-        for f_all, s_all in reversed(phases):
-            f = f_all[lo:hi]
-            if f.all():
-                lanes_now, fa, sa = step_lanes, f.astype(np.int64), s_all[lo:hi].astype(np.int64)
-            else:
-                some = np.flatnonzero(f)
-                if not some.size:
-                    continue
-                lanes_now = step_lanes[some]
-                fa, sa = f[some].astype(np.int64), s_all[lo:hi][some].astype(np.int64)
-            xa = x[lanes_now]
-            emit = xa >= (fa << (32 - PROB_BITS))
-            if emit.any():
-                # lanes in descending order: the whole stream is reversed at the end
-                words.append(xa[emit][::-1].astype("<u2"))  # the low 16 bits
-                xa[emit] >>= 16
-            q, r = np.divmod(xa, fa)
-            x[lanes_now] = (q << PROB_BITS) + r + sa
-    # reversed: the decoder reads step by step, phase by phase, lanes in ascending order
-    body = np.concatenate(words)[::-1] if words else np.zeros(0, "<u2")
+    body, x = _code_steps(phases, lane_of, offsets, lanes)
     header = b"".join([_HEAD.pack(nclass, lanes, steps), cmap.tobytes(), codes.tobytes(),
                        bounds.astype("<u4").tobytes(), x.astype("<u4").tobytes()])
     zheader = zstandard.ZstdCompressor(level=19).compress(header)
@@ -347,6 +357,10 @@ def _parse(payload, n: int):
     sizes = [nctx, nclass * 2 * NTOK, 4 * (lanes + 1), 4 * lanes]
     if not nclass or not lanes or len(header) != _HEAD.size + sum(sizes) or steps > MAX_STEPS:
         raise ValueError("delta16 header does not match its counts")
+    if nclass > MAX_CLASSES:
+        # the class map is one byte a context: no writer has more; the decoder's symbol table
+        # costs 128 KiB a class, which a payload from elsewhere must not choose
+        raise ValueError(f"delta16 header has {nclass} classes, more than {MAX_CLASSES}")
     parts, at = [], _HEAD.size
     for size in sizes:
         parts.append(header[at:at + size])
@@ -364,48 +378,132 @@ def _parse(payload, n: int):
     return shift, cmap, codes, bounds, states, steps, words
 
 
+# a uniform symbol of k raw bits (k <= RAW_PIECE) has frequency 2**(PROB_BITS - k) and starts at
+# its bits << (PROB_BITS - k); k = 0 is the identity on a state (frequency 2**PROB_BITS, start 0)
+_RAW_SHIFT = (PROB_BITS - np.arange(RAW_PIECE + 1)).astype(np.uint32)
+_RAW_LOW = ((np.uint32(1) << _RAW_SHIFT) - np.uint32(1)).astype(np.uint32)
+
+
 class _Reader:
-    """Vectorised rANS decoding of one symbol per given lane."""
+    """Vectorised rANS decoding of one number per lane, for every open lane at once.
 
-    def __init__(self, states, words, freq, cum):
-        self.x, self.words, self.ptr = states.astype(np.int64), words, 0
-        self.freq, self.cum = freq.ravel(), cum.ravel()
-        # where each symbol's slots start, all tables on one axis (table t at t << PROB_BITS):
-        # the symbol of a slot is the last whose start is not above it (a symbol of frequency
-        # 0 starts where the next one does, so it is never the last); no per-slot table
-        self.starts = ((np.arange(freq.shape[0])[:, None] << PROB_BITS) + cum).ravel()
+    The caller keeps the states of the open lanes (uint32: a state stays below 2**32 through
+    every step), in ascending lane order: words are consumed in that order, as the encoder wrote
+    them. A chunk takes ~2 * EVENTS_PER_LANE steps of a few coding phases each, on arrays of
+    one element per lane, so the numpy calls per phase are kept few: a symbol is found with one
+    table lookup (no binary search), and a lane with nothing to decode in a phase takes the
+    identity symbol (frequency 2**PROB_BITS, start 0: the state does not change and reads no
+    word) instead of being gathered out and scattered back."""
 
-    def _advance(self, lanes, f, start, x):
-        x = f * (x >> PROB_BITS) + (x & _MASK) - start
-        need = np.flatnonzero(x < RANS_LOW)
+    def __init__(self, words, freq, cum):
+        self.words, self.ptr = words.astype(np.uint32), 0
+        tables = len(freq)
+        # the symbol of every slot of every table (table t at t << PROB_BITS), as its flat
+        # index + 1 into the lookups below; index 0 has frequency 0 and is refused: the slots
+        # of a table without symbols (an unused class) point there. One more table, the last,
+        # holds the identity symbol only.
+        flat = np.arange(1, tables * NTOK + 1, dtype=np.uint16).reshape(tables, NTOK)
+        reps = freq.copy()
+        absent = reps.sum(axis=1) == 0
+        flat[absent, 0], reps[absent, 0] = 0, 1 << PROB_BITS
+        identity = tables * NTOK + 1
+        self.symbol = np.concatenate([np.repeat(flat.ravel(), reps.ravel()),
+                                      np.full(1 << PROB_BITS, identity, np.uint16)])
+        self.identity_key = tables << PROB_BITS
+        self.check = bool(absent.any())
+        self.freq = np.concatenate([[0], freq.ravel(), [1 << PROB_BITS]]).astype(np.uint32)
+        self.cum = np.concatenate([[0], cum.ravel(), [0]]).astype(np.uint32)
+        token = np.concatenate([[0], np.tile(np.arange(NTOK), tables), [0]])
+        self.base, self.nbits = _BASE[token], _NBITS[token]
+        # the first raw piece of each symbol, looked up rather than computed
+        first = np.minimum(self.nbits, RAW_PIECE)
+        self.shift0, self.low0 = _RAW_SHIFT[first], _RAW_LOW[first]
+
+    def _renormalise(self, x):
+        """Pull a word into every state that fell below RANS_LOW (``x`` in place)."""
+        need = (x < RANS_LOW).nonzero()[0]
         if need.size:
             if self.ptr + need.size > len(self.words):
                 raise ValueError("delta16 payload ends before its last symbol")
-            x[need] = (x[need] << 16) | self.words[self.ptr:self.ptr + need.size]
+            x[need] = (x.take(need) << 16) | self.words[self.ptr:self.ptr + need.size]
             self.ptr += need.size
-        self.x[lanes] = x
 
-    def number(self, lanes, tables):
-        """Decode one number (a token and its raw pieces) in each of ``lanes``."""
-        x = self.x[lanes]
-        at = np.searchsorted(self.starts, (tables << PROB_BITS) + (x & _MASK), side="right") - 1
-        tok = at - tables * NTOK
-        f = self.freq[at]
-        if not f.all():
+    def number(self, x, table_key):
+        """Decode one number (a token and its raw pieces) from each state of ``x`` (uint32,
+        updated in place) under the tables ``table_key >> PROB_BITS`` (int64). Returns the
+        numbers (int64). Lookups use ``take`` with native indices: numpy's fancy indexing
+        costs several times more on arrays of this size."""
+        slot = x & _MASK
+        at = self.symbol.take(table_key | slot).astype(np.intp)
+        f = self.freq.take(at)
+        if self.check and not f.all():
             raise ValueError("delta16 symbol outside its table")
-        self._advance(lanes, f, self.cum[at], x)
-        value = _BASE[tok]
+        x >>= PROB_BITS
+        x *= f
+        x += slot
+        x -= self.cum.take(at)
+        self._renormalise(x)
+        value = self.base.take(at)
+        nbits = self.nbits.take(at)
+        if not nbits.any():
+            return value
+        shift, low = self.shift0.take(at), self.low0.take(at)
         for piece in range(3):
-            k = _PIECES[piece][tok]
-            some = np.flatnonzero(k)
-            if not some.size:
+            slot = x & _MASK
+            x >>= PROB_BITS
+            x <<= shift
+            x += slot & low
+            self._renormalise(x)
+            value += (slot >> shift).astype(np.int64) << (RAW_PIECE * piece)
+            nbits -= RAW_PIECE
+            if piece == 2 or not (nbits > 0).any():
                 break
-            sub, shift = lanes[some], PROB_BITS - k[some]
-            x = self.x[sub]
-            bits = (x & _MASK) >> shift
-            self._advance(sub, np.int64(1) << shift, bits << shift, x)
-            value[some] += bits << (RAW_PIECE * piece)
+            k = np.clip(nbits, 0, RAW_PIECE)
+            shift, low = _RAW_SHIFT.take(k), _RAW_LOW.take(k)
         return value
+
+
+def _decode_events(reader, sclass, bounds, states, steps):
+    """Walk the lanes step by step: (sorted positions, zig-zagged values) of every event.
+
+    The arrays of the open lanes (state, position, end) are kept compact, in ascending lane
+    order, and shrink only when a lane ends."""
+    # table keys: runs of an element of class c use table 2c, values table 2c + 1
+    run_key = sclass.astype(np.int64) << (PROB_BITS + 1)
+    value_key = 1 << PROB_BITS
+    pos, end, x = bounds[:-1].copy(), bounds[1:].copy(), states.astype(np.uint32)
+    out_pos, out_val, out_event = [], [], []  # every lane's, and which of them are events
+    done = pos >= end
+    for step in range(steps + 1):
+        if done.any():
+            # a lane is done when its runs reach its end; a run that overshoots it is damage
+            if np.any(x[done] != RANS_LOW) or np.any(pos[done] != end[done]):
+                raise ValueError("delta16 payload does not end where its symbols do, or a run "
+                                 "overshoots its lane")
+            live = ~done
+            pos, end, x = pos[live], end[live], x[live]
+        if not pos.size or step == steps:
+            break
+        hit = pos + reader.number(x, run_key.take(pos))
+        is_event = hit < end
+        if is_event.any():
+            # lanes whose run ended at their lane's end decode the identity symbol
+            keys = np.where(is_event, run_key.take(hit, mode="clip") | value_key,
+                            reader.identity_key)
+            out_val.append(reader.number(x, keys))
+            out_pos.append(hit)
+            out_event.append(is_event)
+            hit = hit + is_event
+        pos = hit
+        done = pos >= end
+    if pos.size:
+        raise ValueError(f"delta16 payload holds more than its {steps} steps")
+    if reader.ptr != len(reader.words):
+        raise ValueError("delta16 payload does not end where its symbols do")
+    if not out_pos:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    event = np.concatenate(out_event)
+    return np.concatenate(out_pos)[event], np.concatenate(out_val)[event] + 1
 
 
 def decode(payload, parent) -> np.ndarray:
@@ -420,35 +518,19 @@ def decode(payload, parent) -> np.ndarray:
     ctx = ((par & 0x7FFF) >> shift).astype(np.uint16)
     if ctx.size and int(ctx.max()) >= len(cmap):
         raise ValueError("delta16 parent has a context outside the header's map")
-    order = np.argsort(ctx, kind="stable")
-    sclass = cmap[ctx[order]]
+    # the class of each element of the sorted stream: contexts in order, each as often as the
+    # parent has it (no gather through the sort)
+    sclass = np.repeat(cmap, np.bincount(ctx, minlength=len(cmap)))
     freq = _freqs(codes).reshape(-1, NTOK)
     cum = np.concatenate([np.zeros((len(freq), 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]], 1)
-    reader = _Reader(states, words, freq, cum)
-    su = np.zeros(n, dtype=np.int32)
-    pos, end = bounds[:-1].copy(), bounds[1:]
-    active = np.flatnonzero(pos < end)
-    for _ in range(steps):
-        if not active.size:
-            break
-        p = pos[active]
-        run = reader.number(active, sclass[p].astype(np.int64) * 2)
-        hit = p + run
-        if np.any(hit > end[active]):
-            raise ValueError("delta16 run overshoots its lane")
-        event = hit < end[active]
-        ev_lanes, ev_pos = active[event], hit[event]
-        su[ev_pos] = reader.number(ev_lanes, sclass[ev_pos].astype(np.int64) * 2 + 1) + 1
-        pos[active] = np.where(event, hit + 1, hit)
-        active = active[pos[active] < end[active]]
-    if active.size:
-        raise ValueError(f"delta16 payload holds more than its {steps} steps")
-    if reader.ptr != len(words) or np.any(reader.x != RANS_LOW):
-        raise ValueError("delta16 payload does not end where its symbols do")
-    u = np.empty(n, dtype=np.int32)
-    u[order] = su
-    del su, order, sclass
-    keys = _keys(par) + ((u >> 1) ^ -(u & 1))
+    ev_pos, u = _decode_events(_Reader(words, freq, cum), sclass, bounds, states, steps)
+    del sclass
+    # only the changed elements are touched: the others are their parent's bits
+    at = np.argsort(ctx, kind="stable")[ev_pos]
+    del ctx
+    keys = _keys(par[at]) + ((u >> 1) ^ -(u & 1))
     if np.any((keys < 0) | (keys > 0xFFFF)):
         raise ValueError("delta16 payload decodes to keys outside 16 bits")
-    return _unkeys(keys).view(np.uint8)
+    out = par.astype("<u2")  # a copy
+    out[at] = _unkeys(keys)
+    return out.view(np.uint8)
