@@ -1,6 +1,7 @@
 """The ``examples`` router: a few texts per adapter, embedded (see :mod:`.embed`); an input goes
 to the adapter whose examples it is closest to (cosine), by nearest centroid or k nearest
-neighbours.
+neighbours, or to the class a linear probe fit on the examples gives the highest probability
+(``linear``: multinomial logistic regression, see :mod:`.probe`).
 
 Embeddings are centred on the mean of all examples before the cosine: hidden states of a
 language model share a large common direction (every text looks alike to a raw cosine), and
@@ -9,11 +10,16 @@ adapter should take) send similar inputs to the base model.
 
 The threshold under which an input goes to the base is calibrated on the examples themselves:
 each example's confidence is computed leaving it out (its class centroid or neighbours without
-it), and the threshold is a low quantile of those confidences (default 5%), so that inputs less
-like any adapter's examples than nearly all of them are left to the base.
+it; ``linear``: a probe fit on the other folds of a 5-fold split), and the threshold is a low
+quantile of those confidences (default 5%), so that inputs less like any adapter's examples
+than nearly all of them are left to the base. Scores are cosine similarities (``centroid``,
+``knn``) or log-probabilities (``linear``: a target's is the log of its classes' summed
+probability; soft weights at the default temperature 1 are the probe's probabilities of the
+top-k, renormalised).
 
 Tensors of ``router.safetensors``: ``center`` (dim,), and ``centroids`` (classes, dim) or
-``examples`` (n, dim) with ``example_class`` (n,) int64.
+``examples`` (n, dim) with ``example_class`` (n,) int64, or (``linear``) ``scale`` (dim,),
+``weight`` (classes, dim) and ``bias`` (classes,).
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ from __future__ import annotations
 from ..errors import UsageError
 from .embed import DEFAULT_EMBEDDER, embed, parse_embedder
 from .library import BASE
+from .probe import DEFAULT_L2, cross_validated_log_probs, fit_probe, probe_log_probs
 from .router import BuildRequest, Router, RouterSpec, calibrate_threshold, check_settings
 
 __all__ = ["build", "scores", "build_classes", "class_similarity", "METHODS"]
 
-METHODS = ("centroid", "knn")
+METHODS = ("centroid", "knn", "linear")
 #: softmax temperature of soft routing over cosine similarities
 DEFAULT_TEMPERATURE = 0.05
+#: ... and over the linear probe's log-probabilities (1: the probe's own probabilities)
+LINEAR_TEMPERATURE = 1.0
 MIN_EXAMPLES = 2
 
 
@@ -44,7 +53,8 @@ def build_classes(runtime, classes: dict[str, list[str]], targets: dict[str, str
     import torch
 
     if request.method not in METHODS:
-        raise UsageError(f"unknown method {request.method!r}: use centroid or knn")
+        raise UsageError(f"unknown method {str(request.method)[:20]!r}: use centroid, knn or "
+                         "linear")
     embedder = request.embedder or DEFAULT_EMBEDDER
     parse_embedder(embedder)
     names = list(classes)
@@ -58,28 +68,41 @@ def build_classes(runtime, classes: dict[str, list[str]], targets: dict[str, str
     center = vectors.mean(0)  # (dim,)
     unit = _normalize(vectors, center)
     tensors = {"center": center.contiguous()}
+    settings = {"method": request.method, "k": request.k, "route_tokens": request.route_tokens}
     if request.method == "centroid":
         tensors["centroids"] = torch.stack([unit[labels == i].mean(0) for i in range(len(names))])
-    else:
+    elif request.method == "knn":
         tensors.update(examples=unit.contiguous(), example_class=labels.to(torch.int64))
+    else:
+        settings["l2"] = _l2(request.l2)
+        tensors = fit_probe(vectors, labels, len(names), settings["l2"])
+    default_temperature = LINEAR_TEMPERATURE if request.method == "linear" else DEFAULT_TEMPERATURE
     spec = RouterSpec(kind=kind, mode=request.mode, top_k=request.top_k, threshold=None,
-                      temperature=request.temperature or DEFAULT_TEMPERATURE, embedder=embedder,
+                      temperature=request.temperature or default_temperature, embedder=embedder,
                       base_fingerprint=runtime.library.base_fingerprint,
                       adapters=tuple((a.name, a.adapter_id) for a in runtime.library.adapters),
-                      classes=tuple((n, targets[n]) for n in names),
-                      settings={"method": request.method, "k": request.k,
-                                "route_tokens": request.route_tokens})
+                      classes=tuple((n, targets[n]) for n in names), settings=settings)
     check_settings(spec.mode, spec.top_k, spec.temperature, len(spec.adapters))
     router = Router(spec, tensors)
     threshold = request.threshold
     if threshold == "auto":
-        own = _leave_one_out(unit, labels, spec)
+        own = _leave_one_out(unit, labels, spec) if request.method != "linear" else \
+            target_scores(router, cross_validated_log_probs(vectors, labels, len(names),
+                                                            settings["l2"])).max(1).values
         keep = torch.tensor([targets[names[int(i)]] != BASE for i in labels])
         threshold = calibrate_threshold(own[keep], request.calibration_quantile) \
             if bool(keep.any()) else None
         spec.settings["calibration"] = {"quantile": request.calibration_quantile,
                                         "examples": int(keep.sum())}
     return Router(spec.with_overrides(threshold=threshold), tensors)
+
+
+def _l2(value) -> float:
+    value = DEFAULT_L2 if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1e6:
+        raise UsageError(f"l2 is {value!r}: the linear probe's L2 strength must be a positive "
+                         "number (default 1, scikit-learn's C = 1)")
+    return float(value)
 
 
 def _leave_one_out(unit, labels, spec: RouterSpec):
@@ -108,11 +131,14 @@ def _leave_one_out(unit, labels, spec: RouterSpec):
 
 
 def class_similarity(router: Router, vectors):
-    """(inputs, classes) cosine similarities of embeddings to each class."""
+    """(inputs, classes) cosine similarities of embeddings to each class (``linear``: the
+    probe's log-probabilities)."""
     import torch
 
-    unit = _normalize(vectors, router.tensors["center"])  # (b, dim)
     spec = router.spec
+    if spec.settings.get("method") == "linear":
+        return probe_log_probs(router.tensors, vectors)
+    unit = _normalize(vectors, router.tensors["center"])  # (b, dim)
     if spec.settings.get("method", "centroid") == "centroid":
         centroids = torch.nn.functional.normalize(router.tensors["centroids"], dim=-1)
         return unit @ centroids.T  # (b, classes)
@@ -128,14 +154,16 @@ def class_similarity(router: Router, vectors):
 
 
 def target_scores(router: Router, class_sims):
-    """(inputs, targets) scores: each target's best class similarity (-inf: no class)."""
+    """(inputs, targets) scores: each target's best class similarity (``linear``: the log of
+    its classes' summed probability); -inf: no class."""
     import torch
 
     targets = router.spec.targets
+    combine = torch.logaddexp if router.spec.settings.get("method") == "linear" else torch.maximum
     out = torch.full((class_sims.shape[0], len(targets)), float("-inf"))
     for cls, (_, target) in enumerate(router.spec.classes):
         column = targets.index(target)
-        out[:, column] = torch.maximum(out[:, column], class_sims[:, cls])
+        out[:, column] = combine(out[:, column], class_sims[:, cls])
     return out
 
 
