@@ -10,12 +10,19 @@ adapter should take) send similar inputs to the base model.
 
 The threshold under which an input goes to the base is calibrated on the examples themselves:
 each example's confidence is computed leaving it out (its class centroid or neighbours without
-it; ``linear``: a probe fit on the other folds of a 5-fold split), and the threshold is a low
-quantile of those confidences (default 5%), so that inputs less like any adapter's examples
-than nearly all of them are left to the base. Scores are cosine similarities (``centroid``,
-``knn``) or log-probabilities (``linear``: a target's is the log of its classes' summed
+it), and the threshold is a low quantile of those confidences (default 5%), so that inputs less
+like any adapter's examples than nearly all of them are left to the base.
+
+``linear`` scores are log-probabilities (a target's is the log of its classes' summed
 probability; soft weights at the default temperature 1 are the probe's probabilities of the
-top-k, renormalised).
+top-k, renormalised), and ``auto`` gives it no threshold: a probe's low probability marks an
+input *between* adapters (a shell script full of usage text, between shell and manpages: soft
+routing mixes the two), not one outside all of them, which the probe cannot tell without having
+seen such texts. Examples of the class ``base`` teach it what the base should take; a number
+sets a threshold (a log-probability). Measured on SmolLM2's layer-1 states, a 5% quantile of the
+examples' cross-validated confidences sent 4-17% of held-out in-domain texts to the base. The
+router records the probe's 5-fold cross-validated accuracy on the examples
+(``settings.cross_validation``): how well they separate.
 
 Tensors of ``router.safetensors``: ``center`` (dim,), and ``centroids`` (classes, dim) or
 ``examples`` (n, dim) with ``example_class`` (n,) int64, or (``linear``) ``scale`` (dim,),
@@ -27,7 +34,7 @@ from __future__ import annotations
 from ..errors import UsageError
 from .embed import DEFAULT_EMBEDDER, embed, parse_embedder
 from .library import BASE
-from .probe import DEFAULT_L2, cross_validated_log_probs, fit_probe, probe_log_probs
+from .probe import DEFAULT_L2, FOLDS, cross_validated_log_probs, fit_probe, probe_log_probs
 from .router import BuildRequest, Router, RouterSpec, calibrate_threshold, check_settings
 
 __all__ = ["build", "scores", "build_classes", "class_similarity", "METHODS"]
@@ -83,12 +90,15 @@ def build_classes(runtime, classes: dict[str, list[str]], targets: dict[str, str
                       adapters=tuple((a.name, a.adapter_id) for a in runtime.library.adapters),
                       classes=tuple((n, targets[n]) for n in names), settings=settings)
     check_settings(spec.mode, spec.top_k, spec.temperature, len(spec.adapters))
-    router = Router(spec, tensors)
     threshold = request.threshold
+    if request.method == "linear":
+        held = cross_validated_log_probs(vectors, labels, len(names), settings["l2"])
+        settings["cross_validation"] = {"folds": FOLDS, "accuracy": round(
+            float((held.argmax(1) == labels).float().mean()), 4)}
+        if threshold == "auto":  # see the module docstring
+            return Router(spec.with_overrides(threshold=None), tensors)
     if threshold == "auto":
-        own = _leave_one_out(unit, labels, spec) if request.method != "linear" else \
-            target_scores(router, cross_validated_log_probs(vectors, labels, len(names),
-                                                            settings["l2"])).max(1).values
+        own = _leave_one_out(unit, labels, spec)
         keep = torch.tensor([targets[names[int(i)]] != BASE for i in labels])
         threshold = calibrate_threshold(own[keep], request.calibration_quantile) \
             if bool(keep.any()) else None
