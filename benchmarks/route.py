@@ -430,12 +430,14 @@ def review_scores(work: Work, scores: dict) -> str:
     return path
 
 
-def build_routers(work: Work, base: str, adapters: dict, paths: dict, scores: dict,
+def build_routers(work: Work, base: str, adapters: dict, paths: dict, scores: dict | None,
                   only: list[str] | None = None) -> dict[str, str]:
-    """Build each router of :func:`router_specs` (``only``: these labels)."""
+    """Build each router of :func:`router_specs` (``only``: these labels; ``scores``: the
+    evaluations the reviews router reads, None when it is not built)."""
     key = work.key(*EVAL_FIELDS, "train_examples", extra=domains_key() + route_code_key())
     library = [a for d, path in adapters.items() for a in ("--adapter", f"{d}={path}")]
-    specs = router_specs(paths, review_scores(work, scores), contributor_examples(work, paths))
+    scores_file = review_scores(work, scores) if scores else "(not evaluated)"
+    specs = router_specs(paths, scores_file, contributor_examples(work, paths))
     unknown = sorted(set(only or []) - set(specs))
     if unknown:
         raise SystemExit(f"--routers: unknown router(s) {', '.join(unknown)} (known: "
@@ -665,12 +667,18 @@ def run_all(work: Work, args) -> dict:
     base = prepare_base(work, paths, args.model_cache or work.path("models"))
     adapters = train_adapters(work, base, paths)
     merged = merge_release(work, base, adapters)
-    scores = evaluate_lms(work, base, adapters, merged, paths["suites"])
+    only = [r for r in args.routers.split(",") if r] if args.routers else None
+    # the routers' figures first, unless the reviews router needs the evaluations' scores
+    if only and "reviews" not in only:
+        routers = build_routers(work, base, adapters, paths, None, only)
+        report = evaluate_routers(work, routers, merged, paths["suites"])
+        scores = evaluate_lms(work, base, adapters, merged, paths["suites"])
+    else:
+        scores = evaluate_lms(work, base, adapters, merged, paths["suites"])
+        routers = build_routers(work, base, adapters, paths, scores, only)
+        report = evaluate_routers(work, routers, merged, paths["suites"])
     oracle = oracle_of(scores, adapters)
     classifiers = train_classifiers(work, minilm_dir(), paths)
-    only = [r for r in args.routers.split(",") if r] if args.routers else None
-    routers = build_routers(work, base, adapters, paths, scores, only)
-    report = evaluate_routers(work, routers, merged, paths["suites"])
     cls_report = route_classifiers(work, minilm_dir(), classifiers, paths)
     rows = router_figures(report)
     checks = {row: targets_of(r) for row, r in rows.items()}
