@@ -56,6 +56,10 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the steps' `python -m modelgit` runs this checkout's code (the one route_code_key hashes), not
+# whatever an installed modelgit points to
+os.environ["PYTHONPATH"] = os.pathsep.join([os.path.join(REPO, "src"),
+                                            *filter(None, [os.environ.get("PYTHONPATH")])])
 
 import merge as measuring  # noqa: E402  (benchmarks/merge.py: run_measured, TreeSampler)
 
