@@ -56,6 +56,10 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the steps' `python -m modelgit` runs this checkout's code (the one route_code_key hashes), not
+# whatever an installed modelgit points to
+os.environ["PYTHONPATH"] = os.pathsep.join([os.path.join(REPO, "src"),
+                                            *filter(None, [os.environ.get("PYTHONPATH")])])
 
 import merge as measuring  # noqa: E402  (benchmarks/merge.py: run_measured, TreeSampler)
 
@@ -89,6 +93,9 @@ class Settings:
     task_lr: float
     task_max_length: int
     seed: int = 0
+    # example texts per adapter from its own training split (the small file a contributor adds
+    # with the adapter), for the routers that learn from more than the suites' validation texts
+    train_examples: int = 64
 
 
 # FULL: modelgit demo's FULL settings (demo.py)
@@ -97,7 +104,7 @@ FULL = Settings(base="smollm2", train=200, heldout=24, validation=12, max_chars=
                 task_steps=60, task_lr=1e-3, task_max_length=128)
 QUICK = Settings(base="tiny", train=160, heldout=16, validation=8, max_chars=300, steps=60,
                  batch_size=8, max_length=64, lr=3e-3, rank=8, task_train=16, task_test=10,
-                 task_steps=20, task_lr=2e-3, task_max_length=64)
+                 task_steps=20, task_lr=2e-3, task_max_length=64, train_examples=32)
 
 
 # what each kind of step depends on (its cache key)
@@ -370,11 +377,34 @@ def route_code_key() -> str:
     return "-route-" + digest.hexdigest()[:12]
 
 
-def router_specs(paths: dict, scores_file: str) -> dict[str, list[str]]:
+def contributor_examples(work: Work, paths: dict) -> dict[str, str]:
+    """``{domain: file}``: the first ``train_examples`` texts of each covered domain's training
+    split: what a contributor would add beside the adapter (its own training data; disjoint
+    from the held-out texts the routers are measured on)."""
+    out = {}
+    for domain in COVERED:
+        path = work.path("data", domain, f"examples-{work.settings.train_examples}.jsonl")
+        with open(paths["domains"][domain]["train"], encoding="utf-8") as source:
+            lines = source.readlines()[:work.settings.train_examples]
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+        out[domain] = path
+    return out
+
+
+def _lines(path: str) -> int:
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for _ in handle)
+
+
+def router_specs(paths: dict, scores_file: str, contributed: dict[str, str]) -> dict[str, list[str]]:
     """``{label: route build arguments}``: each kind, each embedder. Examples are the covered
-    domains' validation texts (the maintainer's suites' validation data); the uncovered domain
-    is never shown to a router."""
+    domains' validation texts (the maintainer's suites' validation data), except for the
+    ``linear`` routers: a probe learns from ``contributed`` (a few dozen training texts per
+    adapter); the uncovered domain is never shown to a router."""
     examples = [a for d in COVERED for a in ("--examples", f"{d}={paths['domains'][d]['validation']}")]
+    more = [a for d in COVERED for a in ("--examples", f"{d}={contributed[d]}")]
+    count = ["--max-examples", str(max(50, *map(_lines, contributed.values())))]
     suites = [a for d in COVERED for a in ("--suite", d)]
     return {
         "arrow": ["--kind", "arrow"],  # data-free: no threshold (nothing to calibrate it on)
@@ -383,6 +413,10 @@ def router_specs(paths: dict, scores_file: str) -> dict[str, list[str]]:
         "examples-base-knn": ["--kind", "examples", "--embedder", "base:1", "--method", "knn",
                               *examples],
         "examples-minilm": ["--kind", "examples", "--embedder", "minilm", *examples],
+        "examples-base-linear": ["--kind", "examples", "--embedder", "base:1", "--method",
+                                 "linear", *more, *count],
+        "examples-base2-linear": ["--kind", "examples", "--embedder", "base:2", "--method",
+                                  "linear", *more, *count],
         "reviews": ["--kind", "reviews", "--suites", paths["suites"], *suites,
                     "--scores", scores_file],
     }
@@ -400,11 +434,22 @@ def review_scores(work: Work, scores: dict) -> str:
     return path
 
 
-def build_routers(work: Work, base: str, adapters: dict, paths: dict, scores: dict) -> dict[str, str]:
-    key = work.key(*EVAL_FIELDS, extra=domains_key() + route_code_key())
+def build_routers(work: Work, base: str, adapters: dict, paths: dict, scores: dict | None,
+                  only: list[str] | None = None) -> dict[str, str]:
+    """Build each router of :func:`router_specs` (``only``: these labels; ``scores``: the
+    evaluations the reviews router reads, None when it is not built)."""
+    key = work.key(*EVAL_FIELDS, "train_examples", extra=domains_key() + route_code_key())
     library = [a for d, path in adapters.items() for a in ("--adapter", f"{d}={path}")]
+    scores_file = review_scores(work, scores) if scores else "(not evaluated)"
+    specs = router_specs(paths, scores_file, contributor_examples(work, paths))
+    unknown = sorted(set(only or []) - set(specs))
+    if unknown:
+        raise SystemExit(f"--routers: unknown router(s) {', '.join(unknown)} (known: "
+                         f"{', '.join(specs)})")
     built = {}
-    for label, extra in router_specs(paths, review_scores(work, scores)).items():
+    for label, extra in specs.items():
+        if only and label not in only:
+            continue
         out = work.path("routers", label)
         work.run(f"route-build-{label}", modelgit("route", "build", "--base", base, *library,
                                                   *extra, "-o", out, "--force", "--json"),
@@ -418,7 +463,8 @@ def evaluate_routers(work: Work, routers: dict[str, str], merged: str, suites: s
     the merged release: its JSON report."""
     run = work.run("route-eval", modelgit("route", "eval", *routers.values(), "--suites", suites,
                                           "--merged", merged, "--mode", "both", "--json"),
-                   work.key(*EVAL_FIELDS, extra=domains_key() + route_code_key()))
+                   work.key(*EVAL_FIELDS, "train_examples",
+                            extra=domains_key() + route_code_key() + ",".join(routers)))
     return json_of(run)
 
 
@@ -568,6 +614,8 @@ def main(argv=None) -> int:
                         help=f"domains with an adapter (default {','.join(COVERED)})")
     parser.add_argument("--uncovered", default=UNCOVERED,
                         help=f"a domain no adapter covers (default {UNCOVERED})")
+    parser.add_argument("--routers", help="build and evaluate only these routers (comma-separated "
+                        "labels, e.g. arrow,examples-base,examples-base-linear; default all)")
     parser.add_argument("--no-wait", action="store_true",
                         help="do not wait for benchmarks/git.py or store.py to finish")
     args = parser.parse_args(argv)
@@ -623,11 +671,18 @@ def run_all(work: Work, args) -> dict:
     base = prepare_base(work, paths, args.model_cache or work.path("models"))
     adapters = train_adapters(work, base, paths)
     merged = merge_release(work, base, adapters)
-    scores = evaluate_lms(work, base, adapters, merged, paths["suites"])
+    only = [r for r in args.routers.split(",") if r] if args.routers else None
+    # the routers' figures first, unless the reviews router needs the evaluations' scores
+    if only and "reviews" not in only:
+        routers = build_routers(work, base, adapters, paths, None, only)
+        report = evaluate_routers(work, routers, merged, paths["suites"])
+        scores = evaluate_lms(work, base, adapters, merged, paths["suites"])
+    else:
+        scores = evaluate_lms(work, base, adapters, merged, paths["suites"])
+        routers = build_routers(work, base, adapters, paths, scores, only)
+        report = evaluate_routers(work, routers, merged, paths["suites"])
     oracle = oracle_of(scores, adapters)
     classifiers = train_classifiers(work, minilm_dir(), paths)
-    routers = build_routers(work, base, adapters, paths, scores)
-    report = evaluate_routers(work, routers, merged, paths["suites"])
     cls_report = route_classifiers(work, minilm_dir(), classifiers, paths)
     rows = router_figures(report)
     checks = {row: targets_of(r) for row, r in rows.items()}
@@ -654,7 +709,8 @@ def render(env: dict, settings: Settings, work: Work, figures: dict) -> str:
              f"{UNCOVERED}; {s.train} train / {s.heldout} held-out / {s.validation} validation "
              f"texts per domain of at most {s.max_chars} characters; LoRA rank {s.rank}, "
              f"{s.steps} steps of {s.batch_size}, max length {s.max_length}, lr {s.lr}. Router "
-             "examples: the covered domains' validation texts.",
+             f"examples: the covered domains' {s.validation} validation texts; `linear` routers: "
+             f"the first {s.train_examples} training texts of each adapter's domain.",
              "", "Per-domain perplexity on held-out text (lower is better); in parentheses the "
              "share of the oracle adapter's gain over the base kept (uncovered domain: change "
              "against the base). Adapters, base and release: `modelgit eval`; routers: "

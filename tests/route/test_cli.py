@@ -145,3 +145,13 @@ def test_loading_a_router_whose_library_lost_an_adapter_is_refused(tmp_path, bui
     (copy / "router.json").write_text('{"format": "modelgit-router", "format_version": 7}')
     assert _main("route", "which", copy, "the cat") == 1
     assert "upgrade modelgit" in capsys.readouterr().err
+
+
+def test_build_a_linear_probe_router(tmp_path, built, domains):
+    out = tmp_path / "linear"
+    assert _main("route", "build", "--kind", "examples", *built["common"], "--method", "linear",
+                 "--examples", f"animals={domains['files']['animals']}",
+                 "--examples", f"code={domains['files']['code']}", "-o", out) == 0
+    spec = json.loads((out / "router.json").read_text())
+    assert spec["settings"]["method"] == "linear" and spec["settings"]["l2"] == 1.0
+    assert spec["temperature"] == 1.0

@@ -17,12 +17,14 @@ from route_texts import ANIMALS, CODE
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, library, runtime):
-    """{"examples": dir, "knn": dir, "arrow": dir} of routers over the library."""
+    """{"examples": dir, "knn": dir, "linear": dir, "arrow": dir} of routers over the library."""
     root = tmp_path_factory.mktemp("routers")
     out = {}
     for label, request in (("examples", BuildRequest("examples", examples={"animals": ANIMALS,
                                                                            "code": CODE})),
                            ("knn", BuildRequest("examples", method="knn", examples={
+                               "animals": ANIMALS, "code": CODE})),
+                           ("linear", BuildRequest("examples", method="linear", examples={
                                "animals": ANIMALS, "code": CODE})),
                            ("arrow", BuildRequest("arrow"))):
         out[label] = save(build_router(library, request, runtime), str(root / label), library)
@@ -96,11 +98,15 @@ def test_strict_json_limits(tmp_path, saved):
     ("examples", lambda t: t.pop("center"), "center must be"),
     ("knn", lambda t: t["example_class"].fill_(7), "class indices"),
     ("knn", lambda t: t.update(examples=t["examples"][:, :3]), "examples must be"),
+    ("linear", lambda t: t.update(weight=t["weight"][:1]), "weight must be"),
+    ("linear", lambda t: t["scale"].fill_(0.0), "scale must be positive"),
+    ("linear", lambda t: t.pop("bias"), "bias must be"),
+    ("linear", lambda t: t["weight"].fill_(float("inf")), "NaN or infinite"),
     ("arrow", lambda t: t.update({"sigma.0": -t["sigma.0"]}), "negative singular"),
     ("arrow", lambda t: t.update({"directions.0": t["directions.0"][:1]}), "directions must be"),
     ("arrow", lambda t: t["directions.0"].fill_(float("inf")), "NaN or infinite"),
-], ids=["nan", "shape", "dtype", "missing", "class-index", "knn-shape", "sigma", "arrow-shape",
-        "inf"])
+], ids=["nan", "shape", "dtype", "missing", "class-index", "knn-shape", "linear-weight",
+        "linear-scale", "linear-bias", "linear-inf", "sigma", "arrow-shape", "inf"])
 def test_bad_tensors_are_refused(tmp_path, saved, router, change, message):
     directory = _copy(tmp_path, saved[router])
     _rewrite_tensors(directory, change)
@@ -163,3 +169,21 @@ def test_tensors_of_another_size_than_the_base_gives_are_refused(tmp_path, libra
     router = load_router(str(directory))  # consistent in itself
     with pytest.raises(UsageError, match="size 7"):
         RoutedModel(router, library, runtime=runtime)
+
+
+def test_a_linear_router_routes_the_same_after_saving(tmp_path, library, runtime, saved):
+    from modelgit.route.files import check_against
+
+    router = load_router(saved["linear"])
+    check_against(router, library)
+    assert router.spec.settings["method"] == "linear"
+    fresh = build_router(library, BuildRequest("examples", method="linear", examples={
+        "animals": ANIMALS, "code": CODE}), runtime)
+    loaded = RoutedModel(router, library, runtime=runtime).route(ANIMALS + CODE)
+    built = RoutedModel(fresh, library, runtime=runtime).route(ANIMALS + CODE)
+    assert [d.adapter for d in loaded] == [d.adapter for d in built]
+    assert [d.confidence for d in loaded] == pytest.approx([d.confidence for d in built], abs=1e-5)
+    directory = _copy(tmp_path, saved["linear"])
+    _edit_json(directory, lambda d: d["settings"].update(l2=-1))
+    with pytest.raises(FormatError, match="settings.l2"):
+        load_router(str(directory))

@@ -23,9 +23,10 @@ def _examples(**extra):
     BuildRequest("arrow", layers=2),  # the tiny base has 2 layers: read both
     _examples(),
     _examples(method="knn", k=2),
+    _examples(method="linear"),
     _examples(embedder="base:0"),
     _examples(embedder="minilm"),
-], ids=["arrow", "centroid", "knn", "embeddings-layer", "minilm"])
+], ids=["arrow", "centroid", "knn", "linear", "embeddings-layer", "minilm"])
 def test_each_kind_routes_each_domain_to_its_adapter(library, runtime, request_):
     model = _routed(library, runtime, request_)
     decisions = model.route(ANIMALS + CODE)
@@ -171,3 +172,36 @@ def test_router_of_kind_examples_needs_enough_texts(library, runtime):
     with pytest.raises(UsageError, match="unknown embedder"):
         build_router(library, _examples(embedder="bert"), runtime)
     assert isinstance(build_router(library, _examples(), runtime), Router)
+
+
+def test_linear_probe_scores_are_log_probabilities_and_soft_weights_its_probabilities(library,
+                                                                                       runtime):
+    """The linear method's target scores are the probe's log-probabilities (they sum to one over
+    the targets), its soft weights at the default temperature are those probabilities; `auto`
+    sets no threshold (low probability: between adapters, not outside them), and the router
+    records the probe's cross-validated accuracy on the examples."""
+    import math
+
+    model = _routed(library, runtime, _examples(method="linear", mode="soft"))
+    assert model.spec.temperature == 1.0 and model.spec.settings["l2"] == 1.0
+    assert model.spec.threshold is None
+    held_out = model.spec.settings["cross_validation"]
+    assert held_out["folds"] == 5 and 0.75 <= held_out["accuracy"] <= 1.0  # 12 examples
+    for decision in model.route(ANIMALS + CODE + SHOP):
+        probabilities = {t: math.exp(v) for t, v in decision.scores.items()}
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert decision.weights == pytest.approx(probabilities, abs=1e-5)
+
+
+def test_linear_probe_refuses_a_bad_l2(library, runtime):
+    with pytest.raises(UsageError, match="L2 strength must be a positive"):
+        build_router(library, _examples(method="linear", l2=0.0), runtime)
+
+
+def test_linear_probe_sends_inputs_like_its_base_examples_to_the_base(library, runtime):
+    request = BuildRequest("examples", method="linear",
+                           examples={"animals": ANIMALS, "code": CODE, "base": SHOP})
+    model = _routed(library, runtime, request)
+    assert [d.adapter for d in model.route(SHOP + ANIMALS)] == ["base"] * len(SHOP) + ["animals"] * len(ANIMALS)
+    never = model.with_settings(threshold=0.5)  # above every log-probability: all to the base
+    assert {d.adapter for d in never.route(CODE)} == {"base"}

@@ -151,7 +151,7 @@ def _router_options(p, prefix: str = "") -> None:
     p.add_argument(f"{dash}threshold", metavar="T|auto|none", help="confidence under which an "
                    "input goes to the base (default auto: calibrated on the examples)")
     p.add_argument(f"{dash}embedder", help="examples/reviews: base:LAYER (default base:2) or minilm")
-    p.add_argument(f"{dash}method", choices=["centroid", "knn"], help="examples: default centroid")
+    p.add_argument(f"{dash}method", choices=["centroid", "knn", "linear"], help="examples: default centroid")
     p.add_argument(f"{dash}examples", action="append", metavar="NAME=FILE",
                    help="example texts of an adapter (or NAME base: texts no adapter should "
                    "take), beside those of its domain suite")

@@ -228,7 +228,9 @@ def register(sub, command) -> None:
                    "goes to the base (default auto: calibrated on the examples; none without them)")
     b.add_argument("--temperature", type=float, help="softmax temperature of soft weights")
     b.add_argument("--embedder", help="examples/reviews: base:LAYER (default base:1) or minilm")
-    b.add_argument("--method", choices=["centroid", "knn"], default="centroid")
+    b.add_argument("--method", choices=["centroid", "knn", "linear"], default="centroid",
+                   help="examples/reviews: nearest centroid, k nearest neighbours, or a linear "
+                   "probe (logistic regression; wants 30+ examples per adapter)")
     b.add_argument("--k", type=int, default=5, help="neighbours of --method knn (default 5)")
     b.add_argument("--layers", type=int, help="arrow: layers read (default a tenth of the base's)")
     b.add_argument("--directions", type=int, default=4,

@@ -1,6 +1,7 @@
 """The ``examples`` router: a few texts per adapter, embedded (see :mod:`.embed`); an input goes
 to the adapter whose examples it is closest to (cosine), by nearest centroid or k nearest
-neighbours.
+neighbours, or to the class a linear probe fit on the examples gives the highest probability
+(``linear``: multinomial logistic regression, see :mod:`.probe`).
 
 Embeddings are centred on the mean of all examples before the cosine: hidden states of a
 language model share a large common direction (every text looks alike to a raw cosine), and
@@ -12,8 +13,20 @@ each example's confidence is computed leaving it out (its class centroid or neig
 it), and the threshold is a low quantile of those confidences (default 5%), so that inputs less
 like any adapter's examples than nearly all of them are left to the base.
 
+``linear`` scores are log-probabilities (a target's is the log of its classes' summed
+probability; soft weights at the default temperature 1 are the probe's probabilities of the
+top-k, renormalised), and ``auto`` gives it no threshold: a probe's low probability marks an
+input *between* adapters (a shell script full of usage text, between shell and manpages: soft
+routing mixes the two), not one outside all of them, which the probe cannot tell without having
+seen such texts. Examples of the class ``base`` teach it what the base should take; a number
+sets a threshold (a log-probability). Measured on SmolLM2's layer-1 states, a 5% quantile of the
+examples' cross-validated confidences sent 4-17% of held-out in-domain texts to the base. The
+router records the probe's 5-fold cross-validated accuracy on the examples
+(``settings.cross_validation``): how well they separate.
+
 Tensors of ``router.safetensors``: ``center`` (dim,), and ``centroids`` (classes, dim) or
-``examples`` (n, dim) with ``example_class`` (n,) int64.
+``examples`` (n, dim) with ``example_class`` (n,) int64, or (``linear``) ``scale`` (dim,),
+``weight`` (classes, dim) and ``bias`` (classes,).
 """
 
 from __future__ import annotations
@@ -21,13 +34,16 @@ from __future__ import annotations
 from ..errors import UsageError
 from .embed import DEFAULT_EMBEDDER, embed, parse_embedder
 from .library import BASE
+from .probe import DEFAULT_L2, FOLDS, cross_validated_log_probs, fit_probe, probe_log_probs
 from .router import BuildRequest, Router, RouterSpec, calibrate_threshold, check_settings
 
 __all__ = ["build", "scores", "build_classes", "class_similarity", "METHODS"]
 
-METHODS = ("centroid", "knn")
+METHODS = ("centroid", "knn", "linear")
 #: softmax temperature of soft routing over cosine similarities
 DEFAULT_TEMPERATURE = 0.05
+#: ... and over the linear probe's log-probabilities (1: the probe's own probabilities)
+LINEAR_TEMPERATURE = 1.0
 MIN_EXAMPLES = 2
 
 
@@ -44,7 +60,8 @@ def build_classes(runtime, classes: dict[str, list[str]], targets: dict[str, str
     import torch
 
     if request.method not in METHODS:
-        raise UsageError(f"unknown method {request.method!r}: use centroid or knn")
+        raise UsageError(f"unknown method {str(request.method)[:20]!r}: use centroid, knn or "
+                         "linear")
     embedder = request.embedder or DEFAULT_EMBEDDER
     parse_embedder(embedder)
     names = list(classes)
@@ -58,20 +75,28 @@ def build_classes(runtime, classes: dict[str, list[str]], targets: dict[str, str
     center = vectors.mean(0)  # (dim,)
     unit = _normalize(vectors, center)
     tensors = {"center": center.contiguous()}
+    settings = {"method": request.method, "k": request.k, "route_tokens": request.route_tokens}
     if request.method == "centroid":
         tensors["centroids"] = torch.stack([unit[labels == i].mean(0) for i in range(len(names))])
-    else:
+    elif request.method == "knn":
         tensors.update(examples=unit.contiguous(), example_class=labels.to(torch.int64))
+    else:
+        settings["l2"] = _l2(request.l2)
+        tensors = fit_probe(vectors, labels, len(names), settings["l2"])
+    default_temperature = LINEAR_TEMPERATURE if request.method == "linear" else DEFAULT_TEMPERATURE
     spec = RouterSpec(kind=kind, mode=request.mode, top_k=request.top_k, threshold=None,
-                      temperature=request.temperature or DEFAULT_TEMPERATURE, embedder=embedder,
+                      temperature=request.temperature or default_temperature, embedder=embedder,
                       base_fingerprint=runtime.library.base_fingerprint,
                       adapters=tuple((a.name, a.adapter_id) for a in runtime.library.adapters),
-                      classes=tuple((n, targets[n]) for n in names),
-                      settings={"method": request.method, "k": request.k,
-                                "route_tokens": request.route_tokens})
+                      classes=tuple((n, targets[n]) for n in names), settings=settings)
     check_settings(spec.mode, spec.top_k, spec.temperature, len(spec.adapters))
-    router = Router(spec, tensors)
     threshold = request.threshold
+    if request.method == "linear":
+        held = cross_validated_log_probs(vectors, labels, len(names), settings["l2"])
+        settings["cross_validation"] = {"folds": FOLDS, "accuracy": round(
+            float((held.argmax(1) == labels).float().mean()), 4)}
+        if threshold == "auto":  # see the module docstring
+            return Router(spec.with_overrides(threshold=None), tensors)
     if threshold == "auto":
         own = _leave_one_out(unit, labels, spec)
         keep = torch.tensor([targets[names[int(i)]] != BASE for i in labels])
@@ -80,6 +105,14 @@ def build_classes(runtime, classes: dict[str, list[str]], targets: dict[str, str
         spec.settings["calibration"] = {"quantile": request.calibration_quantile,
                                         "examples": int(keep.sum())}
     return Router(spec.with_overrides(threshold=threshold), tensors)
+
+
+def _l2(value) -> float:
+    value = DEFAULT_L2 if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1e6:
+        raise UsageError(f"l2 is {value!r}: the linear probe's L2 strength must be a positive "
+                         "number (default 1, scikit-learn's C = 1)")
+    return float(value)
 
 
 def _leave_one_out(unit, labels, spec: RouterSpec):
@@ -108,11 +141,14 @@ def _leave_one_out(unit, labels, spec: RouterSpec):
 
 
 def class_similarity(router: Router, vectors):
-    """(inputs, classes) cosine similarities of embeddings to each class."""
+    """(inputs, classes) cosine similarities of embeddings to each class (``linear``: the
+    probe's log-probabilities)."""
     import torch
 
-    unit = _normalize(vectors, router.tensors["center"])  # (b, dim)
     spec = router.spec
+    if spec.settings.get("method") == "linear":
+        return probe_log_probs(router.tensors, vectors)
+    unit = _normalize(vectors, router.tensors["center"])  # (b, dim)
     if spec.settings.get("method", "centroid") == "centroid":
         centroids = torch.nn.functional.normalize(router.tensors["centroids"], dim=-1)
         return unit @ centroids.T  # (b, classes)
@@ -128,14 +164,16 @@ def class_similarity(router: Router, vectors):
 
 
 def target_scores(router: Router, class_sims):
-    """(inputs, targets) scores: each target's best class similarity (-inf: no class)."""
+    """(inputs, targets) scores: each target's best class similarity (``linear``: the log of
+    its classes' summed probability); -inf: no class."""
     import torch
 
     targets = router.spec.targets
+    combine = torch.logaddexp if router.spec.settings.get("method") == "linear" else torch.maximum
     out = torch.full((class_sims.shape[0], len(targets)), float("-inf"))
     for cls, (_, target) in enumerate(router.spec.classes):
         column = targets.index(target)
-        out[:, column] = torch.maximum(out[:, column], class_sims[:, cls])
+        out[:, column] = combine(out[:, column], class_sims[:, cls])
     return out
 
 

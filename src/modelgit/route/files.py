@@ -15,7 +15,8 @@ tensors). Nothing in them is executed or unpickled; both are read as untrusted i
 Readers MUST refuse: a file over 1 MiB or nested over 8 levels, non-strict JSON (NaN,
 duplicate keys), another ``format``, a ``format_version`` above theirs (a message to upgrade), an
 unknown kind or mode, an unusable adapter or class name, a tensor that is not float32 (int64 for
-``example_class``), not finite, or shaped other than the kind needs, and a safetensors file over
+``example_class``), not finite, or shaped other than the kind needs (a linear probe's ``scale``
+not positive), and a safetensors file over
 256 MiB. Loading against a library further refuses a router built for another base fingerprint
 or naming an adapter the library lacks (:func:`check_against`).
 """
@@ -249,10 +250,29 @@ def _tensor_problems(spec: RouterSpec, tensors: dict) -> list[str]:
             problems.append(f"example_class values must be class indices 0..{classes - 1}")
         if number_problem(spec.settings.get("k"), "settings.k", 1, 10_000, integer=True):
             problems.append("settings.k must be a positive integer")
+    elif method == "linear":
+        problems += _probe_problems(tensors, classes, dim)
+        if number_problem(spec.settings.get("l2"), "settings.l2", 0, 1e6, above_minimum=True):
+            problems.append("settings.l2 must be a positive number")
     else:
-        problems.append(f"settings.method {str(method)[:20]!r} is not centroid or knn")
+        problems.append(f"settings.method {str(method)[:20]!r} is not centroid, knn or linear")
     if not classes:
         problems.append("an examples or reviews router needs classes")
+    return problems
+
+
+def _probe_problems(tensors: dict, classes: int, dim: int) -> list[str]:
+    """A linear probe's tensors: scale (dim,) positive, weight (classes, dim), bias (classes,)."""
+    problems = []
+    scale, weight, bias = tensors.get("scale"), tensors.get("weight"), tensors.get("bias")
+    if scale is None or tuple(scale.shape) != (dim,):
+        problems.append(f"scale must be a vector of {dim} values")
+    elif bool((scale <= 0).any()):
+        problems.append("scale must be positive")
+    if weight is None or tuple(weight.shape) != (classes, dim):
+        problems.append(f"weight must be (classes={classes}, {dim})")
+    if bias is None or tuple(bias.shape) != (classes,):
+        problems.append(f"bias must be a vector of one value per class ({classes})")
     return problems
 
 

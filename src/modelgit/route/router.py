@@ -109,6 +109,8 @@ class BuildRequest:
         examples: ``{class: [texts]}`` (examples: a class per adapter, or ``base``).
         suites: ``{suite: [texts]}`` and ``suite_scores``: ``{adapter: {suite: {"base",
             "adapter"}}}`` with ``higher_is_better``: ``{suite: bool}`` (reviews).
+        method: examples/reviews: ``centroid``, ``knn`` (``k`` neighbours) or ``linear`` (a
+            logistic-regression probe, L2 strength ``l2``, default 1: see :mod:`.probe`).
         calibration_quantile: the threshold is this quantile of the examples' confidences.
     """
 
@@ -124,6 +126,7 @@ class BuildRequest:
     higher_is_better: dict = field(default_factory=dict, hash=False, compare=False)
     method: str = "centroid"
     k: int = 5
+    l2: float | None = None
     layers: int | None = None
     directions: int = 4
     route_tokens: int = 128
