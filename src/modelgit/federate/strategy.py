@@ -105,7 +105,8 @@ class ModelgitStrategy(Strategy):
                               f"(excluded: {reasons}); nothing was committed: fix or add clients, "
                               f"or lower --min-clients, and run again to resume")
         merged = aggregate(cfg.method, self._start, list(accepted), rank=cfg.rank, alpha=cfg.alpha,
-                           density=cfg.density, trim=cfg.trim, seed=cfg.seed + server_round)
+                           density=cfg.density, trim=cfg.trim, seed=cfg.seed + server_round,
+                           server_lr=cfg.server_lr)
         examples = sum(u.examples for u in accepted)
         return lora_to_arrays(merged), MetricRecord({"clients": len(accepted),
                                                      "examples": examples})
@@ -118,6 +119,7 @@ class ModelgitStrategy(Strategy):
 
     def summary(self) -> None:
         cfg = self.config
-        _LOG.info("ModelgitStrategy: method %s, rank %d, min %d clients, outlier k %g",
-                  cfg.method, cfg.rank, cfg.min_clients, cfg.outlier_k)
+        _LOG.info("ModelgitStrategy: method %s, server lr %g, rank %d, min %d clients, "
+                  "outlier k %g", cfg.method, cfg.server_lr, cfg.rank, cfg.min_clients,
+                  cfg.outlier_k)
 
