@@ -118,8 +118,9 @@ def main() -> int:
         print(f"  round {r['round']}: {r['bytes']['down']:,} B down, {r['bytes']['up']:,} B up "
               f"= {both / (2 * r['clients'] * full):.2%} of full weights "
               f"({2 * r['clients'] * full:,} B); {r['seconds']:.0f} s")
+    reused = f" (reused from {args.central_from})" if args.central_from else ""
     print(f"federated total {figures['federated_seconds']} s; central LoRA "
-          f"{figures['central_seconds']} s; process {figures['process']}")
+          f"{figures['central_seconds']} s{reused}; process {figures['process']}")
     kept = figures["kept"]
     ok = all(v is not None and v >= 0.95 for v in kept.values())
     print(f"settings: {figures['settings']}")
