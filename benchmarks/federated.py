@@ -5,11 +5,16 @@ non-IID), train in Flower rounds (local Ray simulation, `modelgit federate`); th
 sees the same examples for the same total number of steps. Reported: held-out perplexity per
 domain after every round and for the central LoRA, the share of the central LoRA's perplexity
 gain the last round keeps (target >= 95% per domain and on average), bytes per round against
-sending the full weights, time per round, and this process's wall, CPU seconds and peak RSS
-(the clients train in Ray worker processes: their CPU time is in the wall time, not in this
-process's CPU seconds).
+sending the full weights, time per round, wall time, CPU seconds and peak RSS of this process
+and of its whole process tree (the clients train in Ray worker processes; the tree is sampled
+every 5 s, so its CPU seconds are a lower bound), and the 1-minute load average over the run.
 
-    python3 benchmarks/federated.py [--quick] [--rounds N] [--steps S] [--method M] [--json out.json]
+    python3 benchmarks/federated.py [--quick] [--rounds N] [--steps S] [--method M]
+        [--server-lr X] [--central-from earlier.json] [--json out.json]
+
+``--central-from`` reuses the central LoRA's perplexities of an earlier run's ``--json`` when
+that run trained the same central LoRA (same data, total steps, batch, length, lr, rank: it is
+seeded), to compare aggregations without training it again.
 """
 
 from __future__ import annotations
@@ -20,10 +25,51 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class _TreeSampler(threading.Thread):
+    """Every few seconds: the load average, and the CPU seconds and RSS of every process below
+    this one (Ray's GCS, raylet and the ClientApp workers that train), so that the clients'
+    CPU time and memory are counted, not only this process's."""
+
+    def __init__(self, every: float = 5.0):
+        super().__init__(daemon=True)
+        self.every, self.stop = every, threading.Event()
+        self.cpu: dict[int, float] = {}  # pid -> last seen CPU seconds
+        self.peak_tree_rss = 0
+        self.loads: list[float] = []
+
+    def sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        rss = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                times, memory = proc.cpu_times(), proc.memory_info()
+            except psutil.Error:  # ended meanwhile
+                continue
+            self.cpu[proc.pid] = times.user + times.system
+            rss += memory.rss
+        self.peak_tree_rss = max(self.peak_tree_rss, rss)
+        self.loads.append(os.getloadavg()[0])
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.sample()
+
+    def figures(self) -> dict:
+        self.sample()
+        loads = self.loads or [os.getloadavg()[0]]
+        return {"tree_cpu_s": round(sum(self.cpu.values()), 1),
+                "peak_tree_rss_mb": round(self.peak_tree_rss / 2 ** 20, 1),
+                "load_average_1min": {"min": round(min(loads), 2), "max": round(max(loads), 2),
+                                      "mean": round(sum(loads) / len(loads), 2)}}
 
 
 def main() -> int:
@@ -35,6 +81,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="steps per client per round")
     parser.add_argument("--method")
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--server-lr", type=float, help="the server's learning rate")
+    parser.add_argument("--central-from", help="reuse the central LoRA of this earlier --json")
     parser.add_argument("--max-length", type=int, help="tokens per example")
     parser.add_argument("--train", type=int, help="training texts per client")
     parser.add_argument("--workdir")
@@ -43,16 +91,25 @@ def main() -> int:
     settings = QUICK if args.quick else FULL
     changes = {k: v for k, v in (("rounds", args.rounds), ("steps", args.steps),
                                  ("method", args.method), ("lr", args.lr),
+                                 ("server_lr", args.server_lr),
                                  ("max_length", args.max_length), ("train", args.train))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)
+    central = None
+    if args.central_from:
+        with open(args.central_from, encoding="utf-8") as handle:
+            central = json.load(handle)
+    sampler = _TreeSampler()
+    sampler.start()
     wall, cpu = time.perf_counter(), time.process_time()
     figures = run_federated_demo(quick=args.quick, workdir=args.workdir, keep=bool(args.workdir),
-                                 settings=settings)
+                                 settings=settings, central=central)
     figures["process"] = {"wall_s": round(time.perf_counter() - wall, 1),
                           "cpu_s": round(time.process_time() - cpu, 1),
                           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                               / 1024, 1)}
+                                               / 1024, 1),
+                          **sampler.figures()}
+    sampler.stop.set()
     full = figures["full_weights_bytes"]
     print("\nper round (3 clients): bytes down / up, and against sending the full float32 "
           "weights both ways")
@@ -61,8 +118,9 @@ def main() -> int:
         print(f"  round {r['round']}: {r['bytes']['down']:,} B down, {r['bytes']['up']:,} B up "
               f"= {both / (2 * r['clients'] * full):.2%} of full weights "
               f"({2 * r['clients'] * full:,} B); {r['seconds']:.0f} s")
+    reused = f" (reused from {args.central_from})" if args.central_from else ""
     print(f"federated total {figures['federated_seconds']} s; central LoRA "
-          f"{figures['central_seconds']} s; process {figures['process']}")
+          f"{figures['central_seconds']} s{reused}; process {figures['process']}")
     kept = figures["kept"]
     ok = all(v is not None and v >= 0.95 for v in kept.values())
     print(f"settings: {figures['settings']}")

@@ -42,3 +42,20 @@ def test_quick_federated_demo(capsys, tmp_path):
         assert figures["rounds"][-1]["perplexity"][domain] < base
         assert figures["central"][domain] < base
     assert figures["rounds"][0]["bytes"]["down"] < figures["full_weights_bytes"]
+
+
+def test_a_central_lora_is_reused_only_from_the_same_central_settings():
+    from dataclasses import asdict, replace
+
+    from modelgit.demo_federated import FULL, _check_reusable
+    from modelgit.errors import UsageError
+
+    earlier = {"base": {"a": 1.0, "b": 1.0, "c": 1.0}, "central": {"a": 0.5},
+               "central_seconds": 9.0, "settings": asdict(FULL)}
+    # other rounds x steps with the same total, another aggregation: the same central LoRA
+    _check_reusable(earlier, replace(FULL, rounds=FULL.rounds * 3, steps=FULL.steps // 3,
+                                     method="fedavg_full", server_lr=3.0))
+    with pytest.raises(UsageError, match="central LoRA was trained with"):
+        _check_reusable(earlier, replace(FULL, lr=FULL.lr * 2))
+    with pytest.raises(UsageError, match="lack the central LoRA"):
+        _check_reusable({"base": {}, "settings": {"rounds": 1}}, FULL)

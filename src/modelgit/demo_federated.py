@@ -32,6 +32,14 @@ class FederatedDemoSettings:
     lr: float
     rank: int
     method: str = "fedavg"
+    server_lr: float = 1.0
+
+    def central_settings(self, clients: int) -> dict:
+        """What defines the central LoRA (same data, same total steps): two settings with equal
+        values train the same central LoRA (it is seeded)."""
+        return {"train": self.train, "heldout": self.heldout, "max_chars": self.max_chars,
+                "steps": self.steps * self.rounds * clients, "batch_size": self.batch_size,
+                "max_length": self.max_length, "lr": self.lr, "rank": self.rank}
 
 
 QUICK = FederatedDemoSettings(train=60, heldout=12, max_chars=300, rounds=2, steps=10,
@@ -69,6 +77,21 @@ def _central(base: str, splits: dict, settings, work: str, suites) -> tuple[list
     return without_documents(evaluate_suites(base, out, suites)), seconds
 
 
+def _check_reusable(central: dict, settings: FederatedDemoSettings) -> None:
+    from .errors import UsageError
+
+    clients = len(central.get("base") or {})  # one client per domain
+    try:
+        earlier = FederatedDemoSettings(**central["settings"]).central_settings(clients)
+        central["central"], central["central_seconds"]
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"the earlier figures lack the central LoRA's settings or results "
+                         f"({exc}): train the central LoRA again") from None
+    if earlier != settings.central_settings(clients):
+        raise UsageError(f"the earlier run's central LoRA was trained with {earlier}, not "
+                         f"{settings.central_settings(clients)}: train it again")
+
+
 def kept_gains(base: dict, federated: dict, central: dict) -> dict:
     """{domain: share of the central LoRA's perplexity gain the federated model keeps} and
     ``mean`` (of the mean perplexities)."""
@@ -86,7 +109,9 @@ def format_table(figures: dict) -> str:
     domains = list(figures["base"])
     head = ["model", *domains, "mean"]
     rows = [("base", figures["base"])]
-    rows += [(f"round {r['round']} ({figures['method']})", r["perplexity"])
+    method = figures["method"] + (f", server lr {figures['server_lr']:g}"
+                                  if figures.get("server_lr", 1.0) != 1.0 else "")
+    rows += [(f"round {r['round']} ({method})", r["perplexity"])
              for r in figures["rounds"]]
     rows.append(("central LoRA (union)", figures["central"]))
     cells = [[name, *(f"{values[d]:.2f}" for d in domains),
@@ -102,13 +127,18 @@ def format_table(figures: dict) -> str:
 
 
 def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bool = False,
-                       settings: FederatedDemoSettings | None = None) -> dict:
+                       settings: FederatedDemoSettings | None = None,
+                       central: dict | None = None) -> dict:
     """Run the federated demo; returns its figures (perplexities, kept gains, bytes, times).
 
     Args:
         quick: a tiny model instead of SmolLM2-135M.
         workdir: where to work (default: a new temporary directory, removed unless ``keep``).
         settings: override :data:`QUICK` / :data:`FULL`.
+        central: the figures of an earlier run whose ``central_settings`` equal this one's: its
+            central LoRA's perplexities are reused instead of training the same LoRA again.
+    Raises:
+        UsageError: ``central`` comes from a run with other central settings.
     """
     from . import demo
     from .demo_data import write_domain_splits
@@ -117,6 +147,8 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
     from .workflow import Project, create_project
 
     settings = settings or (QUICK if quick else FULL)
+    if central is not None:
+        _check_reusable(central, settings)
     started = time.perf_counter()
     work = os.path.abspath(workdir) if workdir else tempfile.mkdtemp(prefix="modelgit-fed-demo-")
     os.makedirs(work, exist_ok=True)
@@ -140,21 +172,29 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
         config = FederateConfig(repo=repo.root, run="demo", rounds=settings.rounds,
                                 method=settings.method, rank=settings.rank,
                                 alpha=2.0 * settings.rank, steps=settings.steps, lr=settings.lr,
+                                server_lr=settings.server_lr,
                                 batch_size=settings.batch_size, max_length=settings.max_length,
                                 suites=suites_file, threads=1, min_clients=2)
         fed_started = time.perf_counter()
         result = federate(config, {d: files["train"] for d, files in splits.items()}, base=base)
         fed_seconds = time.perf_counter() - fed_started
-        _say(f"federated: {len(result.rounds)} rounds committed on {result.branch} "
-             f"({fed_seconds:.0f} s); training the central LoRA on the union...")
-        central, central_seconds = _central(base, splits, settings, work, load_suites(suites_file))
         values = lambda results: {e["suite"]: e["value"] for e in results}  # noqa: E731
-        figures = {"method": settings.method, "base": values(result.base_evaluation),
+        if central is None:
+            _say(f"federated: {len(result.rounds)} rounds committed on {result.branch} "
+                 f"({fed_seconds:.0f} s); training the central LoRA on the union...")
+            trained, central_seconds = _central(base, splits, settings, work,
+                                                load_suites(suites_file))
+            central_values = values(trained)
+        else:
+            central_values, central_seconds = central["central"], central["central_seconds"]
+        figures = {"method": settings.method, "server_lr": settings.server_lr,
+                   "base": values(result.base_evaluation),
                    "rounds": [{"round": r["round"], "perplexity": values(r["evaluation"]),
                                "seconds": r["seconds"], "bytes": r["bytes"],
                                "clients": len(r["participants"]), "excluded": r["excluded"]}
                               for r in result.rounds],
-                   "central": values(central), "federated_seconds": round(fed_seconds, 1),
+                   "central": central_values, "central_reused": central is not None,
+                   "federated_seconds": round(fed_seconds, 1),
                    "central_seconds": round(central_seconds, 1),
                    "full_weights_bytes": result.rounds[0].get("base", {}).get(
                        "full_weights_bytes_float32") if result.rounds else None,

@@ -74,3 +74,14 @@ def test_collate_masks_padding_for_causal_lm():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
     assert torch.equal(collate([[1], [2, 3]], 0, labels=[1, 0])["labels"], torch.tensor([1, 0]))
+
+
+
+def test_skip_steps_must_not_be_negative(tmp_path):
+    # the order it continues is tested where rounds use it (tests/federate/test_client.py)
+    from modelgit.adapters import TrainConfig
+
+    config = TrainConfig(base=str(tmp_path), data="d", output="o", skip_steps=-1)
+    assert any(p.startswith("skip_steps is -1") for p in config.problems())
+    with pytest.raises(UsageError, match="skip_steps is -1"):
+        config.validate()

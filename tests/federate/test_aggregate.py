@@ -108,3 +108,39 @@ def test_update_norm_measures_the_change_from_the_round_start():
     start = _lora(0)
     moved = {"m.q": {"A": start["m.q"]["A"] + 3.0, "B": start["m.q"]["B"]}}
     assert update_norm(moved, start) == pytest.approx(3.0 * (RANK * 6) ** 0.5)
+
+
+def test_server_lr_scales_the_averaged_step_of_the_factors():
+    start, ups = _lora(0), _updates()
+    plain = aggregate("fedavg", start, ups, rank=RANK, alpha=ALPHA)
+    same = aggregate("fedavg", start, ups, rank=RANK, alpha=ALPHA, server_lr=1.0)
+    assert all(torch.equal(same["m.q"][k], plain["m.q"][k]) for k in ("A", "B"))
+    out = aggregate("fedavg", start, ups, rank=RANK, alpha=ALPHA, server_lr=3.0)
+    for kind in ("A", "B"):
+        expected = start["m.q"][kind] + 3.0 * (plain["m.q"][kind] - start["m.q"][kind])
+        torch.testing.assert_close(out["m.q"][kind], expected)
+
+
+def test_server_lr_on_full_updates_scales_before_refactoring():
+    # clients sharing the start's A: the start, the mean and the step all have rank <= r, so the
+    # re-factored global is exactly start + server_lr x (mean - start)
+    start = _lora(0)
+    shared = start["m.q"]["A"]
+    ups = [ClientUpdate(f"c{i}", 1, {"m.q": {"A": shared, "B": _lora(i + 1)["m.q"]["B"]}})
+           for i in range(3)]
+    out = aggregate("fedavg_full", start, ups, rank=RANK, alpha=ALPHA, server_lr=2.5)
+    begin = full_update(start["m.q"], SCALE)
+    mean = sum(full_update(u.lora["m.q"], SCALE) for u in ups) / 3
+    torch.testing.assert_close(full_update(out["m.q"], SCALE), begin + 2.5 * (mean - begin),
+                               atol=1e-4, rtol=1e-4)
+    before = {k: t.clone() for k, t in start["m.q"].items()}
+    aggregate("median", start, ups, rank=RANK, alpha=ALPHA, server_lr=2.0)
+    assert all(torch.equal(start["m.q"][k], before[k]) for k in before)
+
+
+def test_server_lr_is_validated_and_part_of_the_recipe():
+    from modelgit.federate import FederateConfig
+
+    assert FederateConfig(server_lr=3.0).recipe()["server_lr"] == 3.0
+    for bad in (0.0, -1.0, 1000.0):
+        assert any("server_lr" in p for p in FederateConfig(server_lr=bad).problems())

@@ -9,7 +9,7 @@ from modelgit.federate.local import RoundSettings, base_fingerprint, train_round
 
 GOOD = {"server-round": 1, "steps": 2, "lr": 0.01, "batch-size": 2, "max-length": 32,
         "max-examples": 0, "seed": 1, "rank": 2, "alpha": 4.0, "fingerprint": "x" * 64,
-        "fisher": False, "fisher-examples": 4, "threads": 1}
+        "fisher": False, "fisher-examples": 4, "threads": 1, "data-offset": 0}
 
 
 def test_settings_out_of_limits_are_all_reported():
@@ -57,6 +57,28 @@ def test_a_round_trains_from_the_servers_lora(tiny_base, client_data, tmp_path):
         assert not parts["B"].any() and result.lora[module]["B"].any()
         assert result.lora[module]["A"].shape == parts["A"].shape
         assert all((f >= 0).all() for f in result.fisher[module].values())
+
+
+def test_rounds_walk_one_shuffled_order_of_the_clients_data(tiny_base, client_data, tmp_path,
+                                                            monkeypatch):
+    from modelgit.adapters import _batches, training
+    from modelgit.federate import FederateConfig
+    from modelgit.federate.strategy import round_settings
+
+    plans, loop = [], training._loop
+    monkeypatch.setattr(training, "_loop", lambda model, plan, *rest: plans.append(plan)
+                        or loop(model, plan, *rest))
+    lora, fingerprint = _lora(tiny_base), base_fingerprint(tiny_base)
+    config = FederateConfig(steps=3, batch_size=4, seed=5, lr=0.01, rank=2, alpha=4.0)
+    for number in (1, 2, 3):
+        sent = {**round_settings(config, number, fingerprint), "threads": 1}
+        train_round(tiny_base, next(iter(client_data.values())), lora, RoundSettings.parse(sent),
+                    str(tmp_path / f"round-{number}"), progress=False)
+    # three rounds of 3 steps = one 9-step run's order: 36 draws of 24 examples, each seen once
+    # before any is seen twice (a fresh order per round would repeat some in the first 24)
+    walked = [batch for plan in plans for batch in plan]
+    assert walked == _batches.batch_plan(24, 4, 5, 9, None)
+    assert sorted(i for batch in walked[:6] for i in batch) == list(range(24))
 
 
 def test_cli_table_shows_rounds_exclusions_and_scores():

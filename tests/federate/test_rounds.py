@@ -233,3 +233,27 @@ def test_outliers_leave_the_honest_spread_of_few_clients_alone():
     poisoned = {**honest, "d": 3345.0}
     assert list(_outliers(updates, poisoned, 3.0)) == ["d"]
     assert _outliers(updates, poisoned, 0.0) == {}  # k = 0: off
+
+
+def test_server_lr_extrapolates_the_round_step_and_is_recorded(grid, model_repo):
+    from modelgit.federate.payload import arrays_to_lora
+    from modelgit.federate.server import run_rounds
+    from modelgit.merge.lora import load_adapter
+    from modelgit.workflow.gitops import export_dir
+
+    def committed(run):
+        out = os.path.join(model_repo.root, "..", f"out-{run}")
+        lora = load_adapter(export_dir(model_repo, f"fed/{run}", f"federated/{run}/adapter", out))
+        return lora.lora
+
+    plain_grid = grid()
+    run_rounds(plain_grid, _config(model_repo, run="plain"))
+    run_rounds(grid(), _config(model_repo, run="fast", server_lr=2.0))
+    start = arrays_to_lora(plain_grid.sent[0].content["arrays"])
+    plain, fast = committed("plain"), committed("fast")
+    for module, parts in start.items():
+        for kind in ("A", "B"):  # the same seeded clients: the same step, taken twice as far
+            expected = parts[kind] + 2.0 * (plain[module][kind].float() - parts[kind])
+            torch.testing.assert_close(fast[module][kind].float(), expected, atol=1e-5, rtol=1e-4)
+    record = json.loads(model_repo.git("show", "fed/fast:federated/fast/round.json"))
+    assert record["recipe"]["server_lr"] == 2.0

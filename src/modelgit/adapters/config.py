@@ -55,6 +55,8 @@ class TrainConfig:
     seed: int = _opt(0, "seed of the initialisation, data order and dropout")
     threads: int | None = _opt(None, "CPU threads (default: torch's; 1 is fastest for tiny "
                                "models and on a busy machine)")
+    skip_steps: int = _opt(0, "start the seed's data order this many steps in (continue a run's "
+                           "pass over the data, as each round of `modelgit federate` does)")
     init_adapter: str | None = _opt(None, "continue training this LoRA adapter directory instead of "
                                     "starting a new one (its rank and targets apply), e.g. after "
                                     "`modelgit rebase`")
@@ -94,6 +96,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 out.append(f"{name} is {value}: it must be at least 1 (or left unset)")
+        if self.skip_steps < 0:
+            out.append(f"skip_steps is {self.skip_steps}: it must be 0 or more")
         if self.num_labels == 1:
             out.append("num_labels is 1: a classifier needs at least 2 classes")
         if self.alpha <= 0:

@@ -338,8 +338,9 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
             model, targets = _resume_lora(model, config)
         else:
             model, targets = _wrap_lora(model, config, task)
-        plan = _batches.batch_plan(len(ids), config.batch_size, config.seed, config.steps,
-                                   config.epochs)
+        skip = config.skip_steps  # the steps an earlier run (or round) took in this order
+        plan = _batches.batch_plan(len(ids), config.batch_size, config.seed,
+                                   config.steps and config.steps + skip, config.epochs)[skip:]
         before = _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size) \
             if valid else None
         check = (lambda: _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size)) \

@@ -14,6 +14,14 @@ every client of a run uses the same rank and alpha, so the update of a module is
   its base, so that task vectors are what each client changed this round. The result is
   re-factored to the round's rank by truncated SVD (:func:`modelgit.merge.lora.low_rank`).
 
+``server_lr`` is FedOpt's server learning rate (Reddi et al. 2021, "Adaptive Federated
+Optimization", https://arxiv.org/abs/2003.00295, with plain SGD on the server): the aggregate
+is read as a step from the round's start and the new global is ``start + server_lr · (aggregate
+- start)``, on the factors for ``fedavg`` / ``fisher`` and on the full updates (before the
+re-factoring) for the others. Averaging C clients' updates moves the global as far as one
+client's ``steps`` steps, where a central run on the union takes ``C · steps`` steps in the same
+compute; ``server_lr = C`` gives the global the sum of the clients' steps instead.
+
 Nothing here modifies its inputs.
 """
 
@@ -27,7 +35,7 @@ from ..errors import UsageError
 from ..merge.base import MergeInputs, get_method
 from ..merge.lora import low_rank
 
-__all__ = ["ClientUpdate", "aggregate", "full_update", "update_norm"]
+__all__ = ["ClientUpdate", "aggregate", "full_update", "server_step", "update_norm"]
 
 LoraState = dict[str, dict[str, torch.Tensor]]
 
@@ -85,6 +93,14 @@ def _fisher_average(updates: list[ClientUpdate], weights: list[float]) -> LoraSt
     return out
 
 
+def server_step(start: torch.Tensor, merged: torch.Tensor, server_lr: float) -> torch.Tensor:
+    """``start + server_lr · (merged - start)``: the aggregate as a step, scaled (FedOpt's server
+    SGD). ``server_lr`` 1 returns ``merged`` itself."""
+    if server_lr == 1.0:
+        return merged
+    return start.float() + server_lr * (merged - start.float())
+
+
 def _robust(deltas: list[torch.Tensor], method: str, trim: float) -> torch.Tensor:
     stacked = torch.stack(deltas)  # (clients, out, in)
     if method == "median":
@@ -119,7 +135,8 @@ def _refactored(update: torch.Tensor, rank: int, scale: float) -> dict[str, torc
 
 
 def aggregate(method: str, start: LoraState, updates: list[ClientUpdate], *, rank: int,
-              alpha: float, density: float = 0.5, trim: float = 0.2, seed: int = 0) -> LoraState:
+              alpha: float, density: float = 0.5, trim: float = 0.2, seed: int = 0,
+              server_lr: float = 1.0) -> LoraState:
     """The next global LoRA from the round's accepted client updates.
 
     Args:
@@ -129,6 +146,7 @@ def aggregate(method: str, start: LoraState, updates: list[ClientUpdate], *, ran
         updates: at least one accepted update, with the same modules and shapes as ``start``.
         rank, alpha: the run's LoRA rank and alpha.
         density, trim, seed: settings of sparsifying methods and of ``trimmed_mean``.
+        server_lr: the server's learning rate on the aggregated step (see the module docstring).
     Returns:
         The new LoRA state, float32.
     Raises:
@@ -137,15 +155,15 @@ def aggregate(method: str, start: LoraState, updates: list[ClientUpdate], *, ran
     if not updates:
         raise UsageError("no client update to aggregate")
     weights = _weights(updates)
-    if method == "fedavg":
-        return _factor_average(updates, weights)
-    if method == "fisher":
-        return _fisher_average(updates, weights)
+    if method in ("fedavg", "fisher"):
+        merged = (_factor_average if method == "fedavg" else _fisher_average)(updates, weights)
+        return {module: {kind: server_step(start[module][kind], tensor, server_lr)
+                         for kind, tensor in parts.items()} for module, parts in merged.items()}
     scale = alpha / rank
     out: LoraState = {}
     for module, parts in start.items():
         begin = full_update(parts, scale)
         deltas = [full_update(u.lora[module], scale) for u in updates]
         merged = _combine_full(method, begin, deltas, weights, density, trim, seed, module)
-        out[module] = _refactored(merged, rank, scale)
+        out[module] = _refactored(server_step(begin, merged, server_lr), rank, scale)
     return out

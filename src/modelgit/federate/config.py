@@ -62,6 +62,10 @@ class FederateConfig:
     targets: tuple[str, ...] | None = _opt(None, "module names to adapt (default: per architecture)")
     steps: int = _opt(20, "optimizer steps per client per round")
     lr: float = _opt(2e-4, "clients' learning rate")
+    server_lr: float = _opt(1.0, "server learning rate: the new global is start + server_lr x "
+                            "(aggregate - start) (FedOpt's server SGD); the number of clients "
+                            "gives the global the sum of the clients' steps, as far as a central "
+                            "run on their union moves in the same number of steps")
     batch_size: int = _opt(4, "examples per step")
     max_length: int = _opt(256, "truncate examples to this many tokens")
     max_examples: int | None = _opt(None, "use only the first N examples of each client's data")
@@ -105,6 +109,8 @@ class FederateConfig:
                 out.append(f"{name} is {value}: it must be at least 1 (or left unset)")
         if self.alpha <= 0 or self.lr <= 0 or self.timeout <= 0:
             out.append("alpha, lr and timeout must be positive")
+        if not 0 < self.server_lr <= 100:
+            out.append(f"server_lr is {self.server_lr}: it must be in (0, 100] (1: plain FedAvg)")
         if not 0 < self.density <= 1:
             out.append(f"density is {self.density}: it must be in (0, 1]")
         if not 0 <= self.trim < 0.5:
@@ -125,8 +131,8 @@ class FederateConfig:
 
     def recipe(self) -> dict:
         """The settings that define the run's model (a resume must keep them)."""
-        keep = ("method", "rank", "alpha", "targets", "steps", "lr", "batch_size", "max_length",
-                "max_examples", "seed", "density", "trim", "min_clients", "outlier_k",
+        keep = ("method", "rank", "alpha", "targets", "steps", "lr", "server_lr", "batch_size",
+                "max_length", "max_examples", "seed", "density", "trim", "min_clients", "outlier_k",
                 "fisher_examples")
         data = {k: v for k, v in asdict(self).items() if k in keep}
         data["targets"] = list(self.targets) if self.targets else None

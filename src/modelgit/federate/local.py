@@ -22,7 +22,8 @@ __all__ = ["RoundSettings", "RoundResult", "train_round", "base_fingerprint", "w
 
 _LIMITS = {"steps": (1, 1_000_000), "batch-size": (1, 4096), "max-length": (2, 1_000_000),
            "max-examples": (0, 10 ** 9), "seed": (0, 2 ** 31), "rank": (1, 4096),
-           "fisher-examples": (1, 100_000), "threads": (0, 1024), "server-round": (1, 10 ** 6)}
+           "fisher-examples": (1, 100_000), "threads": (0, 1024), "server-round": (1, 10 ** 6),
+           "data-offset": (0, 10 ** 12)}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class RoundSettings:
     fisher: bool
     fisher_examples: int
     threads: int | None
+    data_offset: int  # steps this client took in earlier rounds: its data order continues there
 
     @classmethod
     def parse(cls, settings: dict) -> "RoundSettings":
@@ -60,7 +62,8 @@ class RoundSettings:
         s = settings
         return cls(s["server-round"], s["steps"], float(s["lr"]), s["batch-size"], s["max-length"],
                    s["max-examples"] or None, s["seed"], s["rank"], float(s["alpha"]),
-                   s["fingerprint"], s["fisher"], s["fisher-examples"], s["threads"] or None)
+                   s["fingerprint"], s["fisher"], s["fisher-examples"], s["threads"] or None,
+                   s["data-offset"])
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,7 @@ def train_round(base: str, data: str, lora: dict, settings: RoundSettings, workd
                                init_adapter=start, steps=settings.steps, lr=settings.lr,
                                batch_size=settings.batch_size, max_length=settings.max_length,
                                max_examples=settings.max_examples, seed=settings.seed,
+                               skip_steps=settings.data_offset,
                                threads=settings.threads), progress=progress)
     trained = {m: {"A": p["A"], "B": p["B"]} for m, p in load_adapter(out).lora.items()}
     fisher = _fisher(base, out, data, settings) if settings.fisher else None

@@ -48,10 +48,17 @@ class RoundReport:
 
 
 def round_settings(config: FederateConfig, server_round: int, fingerprint: str) -> dict:
-    """The ConfigRecord every client gets: what to train, and on which base."""
+    """The ConfigRecord every client gets: what to train, and on which base.
+
+    The seed is the run's and ``data-offset`` the steps of the earlier rounds, so that a client's
+    rounds walk one shuffled order of its data, epoch after epoch, as one local run of
+    ``rounds · steps`` steps (or a central run on the union) does: a fresh order every round
+    would draw the first ``steps · batch`` examples of a new permutation each time, some twice
+    and others never."""
     return {"server-round": server_round, "steps": config.steps, "lr": config.lr,
             "batch-size": config.batch_size, "max-length": config.max_length,
-            "max-examples": config.max_examples or 0, "seed": config.seed + server_round,
+            "max-examples": config.max_examples or 0, "seed": config.seed,
+            "data-offset": (server_round - 1) * config.steps,
             "rank": config.rank, "alpha": config.alpha, "fingerprint": fingerprint,
             "fisher": config.needs_fisher, "fisher-examples": config.fisher_examples,
             "threads": config.threads or 0}
@@ -105,7 +112,8 @@ class ModelgitStrategy(Strategy):
                               f"(excluded: {reasons}); nothing was committed: fix or add clients, "
                               f"or lower --min-clients, and run again to resume")
         merged = aggregate(cfg.method, self._start, list(accepted), rank=cfg.rank, alpha=cfg.alpha,
-                           density=cfg.density, trim=cfg.trim, seed=cfg.seed + server_round)
+                           density=cfg.density, trim=cfg.trim, seed=cfg.seed + server_round,
+                           server_lr=cfg.server_lr)
         examples = sum(u.examples for u in accepted)
         return lora_to_arrays(merged), MetricRecord({"clients": len(accepted),
                                                      "examples": examples})
@@ -118,6 +126,7 @@ class ModelgitStrategy(Strategy):
 
     def summary(self) -> None:
         cfg = self.config
-        _LOG.info("ModelgitStrategy: method %s, rank %d, min %d clients, outlier k %g",
-                  cfg.method, cfg.rank, cfg.min_clients, cfg.outlier_k)
+        _LOG.info("ModelgitStrategy: method %s, server lr %g, rank %d, min %d clients, "
+                  "outlier k %g", cfg.method, cfg.server_lr, cfg.rank, cfg.min_clients,
+                  cfg.outlier_k)
 
