@@ -15,6 +15,7 @@ its own domain the release and the router keep.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -211,6 +212,26 @@ def _pull_release(work: str) -> dict:
             "stored_bytes": after.stored_bytes - before.stored_bytes, "model_bytes": model}
 
 
+
+@contextlib.contextmanager
+def demo_workdir(prefix: str, workdir: str | None, keep: bool):
+    """A demo's work directory, and the process environment the demo changes (a private HOME and
+    git identity, see :func:`_git_env`) restored when it ends: a new temporary directory unless
+    ``workdir`` is given, removed at the end unless it was given or ``keep`` is set."""
+    work = os.path.abspath(workdir) if workdir else tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(work, exist_ok=True)
+    saved_env = dict(os.environ)
+    try:
+        yield work
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        if not keep and not workdir:
+            shutil.rmtree(work, ignore_errors=True)
+        elif keep:
+            print(f"kept {work}", file=sys.stderr)
+
+
 def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False,
              progress: bool | None = None) -> dict:
     """Run the loop; returns the figures (table values, kept gains, wall time, peak memory).
@@ -228,10 +249,7 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
 
     settings = QUICK if quick else FULL
     started = time.perf_counter()
-    work = os.path.abspath(workdir) if workdir else tempfile.mkdtemp(prefix="modelgit-demo-")
-    os.makedirs(work, exist_ok=True)
-    saved_env = dict(os.environ)
-    try:
+    with demo_workdir("modelgit-demo-", workdir, keep) as work:
         if not quick:  # before _git_env: the model cache lives under the user's real HOME
             from .smollm2 import HUB_ID, prepare_smollm2
 
@@ -314,10 +332,3 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
         _say(f"\nmerge: ties {record['parameters']}; wall time {figures['seconds']:.0f} s; "
              f"peak memory {figures['peak_rss_mb']:.0f} MB")
         return figures
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
-        if not keep and not workdir:
-            shutil.rmtree(work, ignore_errors=True)
-        elif keep:
-            print(f"kept {work}", file=sys.stderr)

@@ -18,8 +18,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -147,7 +145,7 @@ def run_classify_demo(quick: bool = False, workdir: str | None = None, keep: boo
         UsageError: no MiniLM package (full run), too few texts on this machine, or a review
             that accepted nothing.
     """
-    from .demo import _git_env
+    from .demo import _git_env, demo_workdir
     from .demo_store import minilm_dir
     from .demo_tasks import task_labels
     from .errors import UsageError
@@ -158,10 +156,7 @@ def run_classify_demo(quick: bool = False, workdir: str | None = None, keep: boo
 
     settings = QUICK if quick else FULL
     started, cpu = time.perf_counter(), time.process_time()
-    work = os.path.abspath(workdir) if workdir else tempfile.mkdtemp(prefix="modelgit-demo-cls-")
-    os.makedirs(work, exist_ok=True)
-    saved_env = dict(os.environ)
-    try:
+    with demo_workdir("modelgit-demo-cls-", workdir, keep) as work:
         base = None if quick else minilm_dir()  # before _git_env changes HOME
         _git_env(work)
         _say(f"modelgit demo --task classification ({'quick: a tiny BERT' if quick else 'all-MiniLM-L6-v2'})"
@@ -216,10 +211,3 @@ def run_classify_demo(quick: bool = False, workdir: str | None = None, keep: boo
         _say(f"\nmerge: ties {record['parameters']}; wall time {figures['seconds']:.0f} s; "
              f"CPU {figures['cpu_seconds']:.0f} s; peak memory {figures['peak_rss_mb']:.0f} MB")
         return figures
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
-        if not keep and not workdir:
-            shutil.rmtree(work, ignore_errors=True)
-        elif keep:
-            print(f"kept {work}", file=sys.stderr)

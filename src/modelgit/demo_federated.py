@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -150,10 +149,7 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
     if central is not None:
         _check_reusable(central, settings)
     started = time.perf_counter()
-    work = os.path.abspath(workdir) if workdir else tempfile.mkdtemp(prefix="modelgit-fed-demo-")
-    os.makedirs(work, exist_ok=True)
-    saved_env = dict(os.environ)
-    try:
+    with demo.demo_workdir("modelgit-fed-demo-", workdir, keep) as work:
         if not quick:  # before the private HOME: the model cache lives under the real one
             from .smollm2 import prepare_smollm2
 
@@ -204,8 +200,3 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
         figures["wall_seconds"] = round(time.perf_counter() - started, 1)
         _say(format_table(figures))
         return figures
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
-        if not keep and not workdir:
-            shutil.rmtree(work, ignore_errors=True)
