@@ -208,7 +208,7 @@ def _overhead(args, stream) -> dict:
         client.post("/v1/completions", json={"model": sample[0][0], "prompt": sample[0][1],
                                              "max_tokens": args.max_tokens})  # warm-up
         for adapter, prompt in sample:  # alternate, so both see the same machine load
-            job = GenJob(adapter, service.tokenize(prompt), args.max_tokens)
+            job = GenJob(adapter, service.main.tokenize(prompt), args.max_tokens)
             c0, t0 = time.process_time(), time.perf_counter()
             service.engine.run("generate", [job])
             direct.append(time.perf_counter() - t0)
