@@ -31,3 +31,19 @@ def random_bytes(seed: int, n: int) -> bytes:
 
 def float_weights(seed: int, shape, dtype=np.float32) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(shape) * 0.02).astype(dtype)
+
+
+def rewrite_derived_recipe(store, oid, change) -> None:
+    """Rewrite the recipe of the derived object ``oid`` in ``store`` as a forger would: ``change``
+    edits the parsed recipe in place; it is written back as canonical JSON under the same header."""
+    from modelgit.store.derived import DERIVED
+    from modelgit.store.objectfile import pack_header, unpack_header
+
+    key = store._key(oid)
+    blob = store.backend.read(key)
+    head = unpack_header(blob)
+    body = json.loads(blob[head.payload_offset:])
+    change(body)
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    store.backend.write_atomic(key, pack_header(DERIVED, 0, head.dtype, head.shape, head.raw_len,
+                                                None, head.sumsq) + payload)

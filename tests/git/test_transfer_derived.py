@@ -1,7 +1,6 @@
 """Pushing and fetching derived objects (modelgit.store.derived): the recipe and the inputs the
 other side lacks travel, never the computed bytes; each side verifies by computing."""
 
-import json
 import uuid
 
 import numpy as np
@@ -12,7 +11,8 @@ from modelgit.git.transfer import fetch_objects, push_objects
 from modelgit.store import Store
 from modelgit.store._functions import lora_merge_recipe
 from modelgit.store.derived import DERIVED, DERIVED_FORMAT, InputRef
-from modelgit.store.objectfile import pack_header, unpack_header
+
+from helpers import rewrite_derived_recipe
 
 ROWS, COLS, RANK = 512, 256, 8  # a 512 KiB fp32 weight, rank-8 factors of 24 KiB
 
@@ -76,15 +76,6 @@ def test_a_fetch_completes_the_inputs_of_a_derived_object_already_here(tmp_path)
     assert result.objects == 1 and clone.get(merged) == local.get(merged)
 
 
-def _tamper(store, oid, change):
-    key = Store._key(oid)
-    blob = store.backend.read(key)
-    head = unpack_header(blob)
-    body = json.loads(blob[head.payload_offset:])
-    change(body)
-    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    store.backend.write_atomic(key, pack_header(DERIVED, 0, head.dtype, head.shape, head.raw_len,
-                                                None, head.sumsq) + payload)
 
 
 def test_a_tampered_recipe_on_the_remote_is_not_fetched(tmp_path):
@@ -92,7 +83,7 @@ def test_a_tampered_recipe_on_the_remote_is_not_fetched(tmp_path):
     remote = Store.open(str(tmp_path / "remote"), create=True)
     base, merged, factors = _release(local)
     push_objects(local, remote, {merged})
-    _tamper(remote, merged, lambda body: body["params"]["terms"][0].update(c=(0.5).hex()))
+    rewrite_derived_recipe(remote, merged, lambda body: body["params"]["terms"][0].update(c=(0.5).hex()))
     clone = Store.open(str(tmp_path / "clone"), create=True)
     with pytest.raises(Exception, match="does not reproduce its id"):
         fetch_objects(clone, [("origin", remote)], {merged})
@@ -104,7 +95,7 @@ def test_an_unknown_function_on_the_remote_asks_for_an_upgrade(tmp_path):
     remote = Store.open(str(tmp_path / "remote"), create=True)
     base, merged, factors = _release(local)
     push_objects(local, remote, {merged})
-    _tamper(remote, merged, lambda body: body.update(fn="ties_lora/7"))
+    rewrite_derived_recipe(remote, merged, lambda body: body.update(fn="ties_lora/7"))
     clone = Store.open(str(tmp_path / "clone"), create=True)
     with pytest.raises(DerivedFunctionError, match="upgrade modelgit"):
         fetch_objects(clone, [("origin", remote)], {merged})
@@ -118,7 +109,7 @@ def test_verifying_the_remote_computes_its_derived_copies(tmp_path):
     push_objects(local, remote, {merged})
     again = push_objects(local, remote, {merged}, verify_remote=True)
     assert again.objects == 0 and again.replaced == 0
-    _tamper(remote, merged, lambda body: body["params"]["terms"][1].update(c=(2.0).hex()))
+    rewrite_derived_recipe(remote, merged, lambda body: body["params"]["terms"][1].update(c=(2.0).hex()))
     repaired = push_objects(local, remote, {merged}, verify_remote=True)
     assert repaired.replaced == 1
     assert Store.open(remote.url).get(merged) == local.get(merged)

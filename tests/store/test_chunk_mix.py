@@ -1,26 +1,16 @@
 """``chunk_mix/1`` (modelgit.store._functions): a linear combination of stored chunks, the git
 merge driver's average and task arithmetic; exact, and checked like every recipe."""
 
-import json
-
 import numpy as np
 import pytest
 
 from modelgit.errors import CorruptObjectError
 from modelgit.store._functions import chunk_mix_recipe
 from modelgit.store.derived import DERIVED, InputRef, round_to
-from modelgit.store.objectfile import pack_header, unpack_header
+
+from helpers import rewrite_derived_recipe
 
 
-def _rewrite_payload(store, oid, change):
-    """Rewrite the recipe of derived ``oid`` as a forger would (canonical JSON, same header)."""
-    blob = store.backend.read(store._key(oid))
-    head = unpack_header(blob)
-    body = json.loads(blob[head.payload_offset:])
-    change(body)
-    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    store.backend.write_atomic(store._key(oid), pack_header(
-        DERIVED, 0, head.dtype, head.shape, head.raw_len, None, head.sumsq) + payload)
 
 
 def _chunks(store, dtype, n=3, shape=(16, 8), seed=0):
@@ -50,11 +40,11 @@ def test_a_changed_coefficient_or_a_mismatched_input_fails(store):
     raws, refs = _chunks(store, "F32")
     oid = store.put_derived(chunk_mix_recipe(refs[:2], [0.5, 0.5]), "F32", (16, 8)).oid
     store.drop_derived_cache()
-    _rewrite_payload(store, oid, lambda body: body["params"].update(c=[(0.5).hex(), (0.25).hex()]))
+    rewrite_derived_recipe(store, oid, lambda body: body["params"].update(c=[(0.5).hex(), (0.25).hex()]))
     with pytest.raises(CorruptObjectError, match="does not reproduce its id"):
         store.get(oid)
     oid = store.put_derived(chunk_mix_recipe(refs[:2], [0.5, 0.5]), "F32", (16, 8)).oid
-    _rewrite_payload(store, oid, lambda body: body["params"].update(c=[(0.5).hex()]))
+    rewrite_derived_recipe(store, oid, lambda body: body["params"].update(c=[(0.5).hex()]))
     with pytest.raises(CorruptObjectError, match="bad recipe.*one coefficient per input"):
         store.get(oid)
 

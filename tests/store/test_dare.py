@@ -1,8 +1,6 @@
 """``dare_lora/1`` (modelgit.store._dare): DARE over LoRA task vectors with a drop mask modelgit
 computes itself; round trips exact, chunk-local, and a recipe's seed cannot be changed unseen."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -11,7 +9,8 @@ from modelgit.store import object_id
 from modelgit.store._dare import dare_keep, dare_lora_recipe, dare_seed
 from modelgit.store._functions import lora_product
 from modelgit.store.derived import DERIVED, InputRef
-from modelgit.store.objectfile import pack_header, unpack_header
+
+from helpers import rewrite_derived_recipe
 
 MASK = (1 << 64) - 1
 
@@ -30,16 +29,6 @@ def _lora(store, rows, cols, rank, n, seed):
     return base, InputRef(store.put("F32", base.shape, base.tobytes()).oid, "F32", base.shape), terms
 
 
-def _rewrite_payload(store, oid, change):
-    """Rewrite the recipe of derived ``oid`` as a forger would (canonical JSON, same header)."""
-    key = store._key(oid)
-    blob = store.backend.read(key)
-    head = unpack_header(blob)
-    body = json.loads(blob[head.payload_offset:])
-    change(body)
-    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    store.backend.write_atomic(key, pack_header(DERIVED, 0, head.dtype, head.shape, head.raw_len,
-                                                None, head.sumsq) + payload)
 
 
 def _splitmix_keep(seed, j, density):
@@ -115,7 +104,7 @@ def _dare_object(store):
 
 def test_a_tampered_seed_fails_verification_and_is_quarantined(store):
     oid = _dare_object(store)
-    _rewrite_payload(store, oid, lambda body: body["params"]["terms"][0].update(
+    rewrite_derived_recipe(store, oid, lambda body: body["params"]["terms"][0].update(
         s=body["params"]["terms"][0]["s"] ^ 1))
     with pytest.raises(CorruptObjectError, match=r"computing its recipe \(dare_lora/1\) from its "
                                                  "inputs does not reproduce its id") as info:
@@ -134,6 +123,6 @@ def test_a_tampered_seed_fails_verification_and_is_quarantined(store):
 ])
 def test_a_malformed_dare_recipe_is_corrupt(store, change):
     oid = _dare_object(store)
-    _rewrite_payload(store, oid, lambda body: change(body["params"]))
+    rewrite_derived_recipe(store, oid, lambda body: change(body["params"]))
     with pytest.raises(CorruptObjectError, match="bad recipe"):
         store.get(oid)

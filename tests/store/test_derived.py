@@ -1,8 +1,6 @@
 """Derived objects (modelgit.store.derived): exact round trips, and every way a recipe can be
 wrong failing with a clear message and never giving wrong bytes."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -10,7 +8,8 @@ from modelgit.errors import CorruptObjectError, DerivedFunctionError, ObjectMiss
 from modelgit.store import Store, object_id
 from modelgit.store._functions import lora_merge_recipe
 from modelgit.store.derived import DERIVED, DERIVED_FORMAT, InputRef, Recipe, round_to
-from modelgit.store.objectfile import pack_header, unpack_header
+
+from helpers import rewrite_derived_recipe
 
 
 def _put(store, array, dtype="F32"):
@@ -92,22 +91,13 @@ def test_write_refuses_a_computation_that_does_not_give_the_expected_bytes(store
     assert store.put_derived(recipe, "F32", (12, 10), expected=bytes(wrong)) is None
 
 
-def _rewrite_payload(store, oid, change):
-    key = store._key(oid)
-    blob = store.backend.read(key)
-    head = unpack_header(blob)
-    body = json.loads(blob[head.payload_offset:])
-    change(body)
-    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    store.backend.write_atomic(key, pack_header(DERIVED, 0, head.dtype, head.shape, head.raw_len,
-                                                None, head.sumsq) + payload)
 
 
 def test_a_tampered_recipe_fails_and_is_quarantined(store):
     base, base_ref, terms = _lora(store)
     oid = store.put_derived(lora_merge_recipe(base_ref, (0, 12), terms), "F32", (12, 10)).oid
     store.drop_derived_cache()
-    _rewrite_payload(store, oid, lambda body: body["params"]["terms"][0].update(c=(0.75).hex()))
+    rewrite_derived_recipe(store, oid, lambda body: body["params"]["terms"][0].update(c=(0.75).hex()))
     with pytest.raises(CorruptObjectError, match="does not reproduce its id") as info:
         store.get(oid)
     assert info.value.quarantined and not store.has(oid)
@@ -116,7 +106,7 @@ def test_a_tampered_recipe_fails_and_is_quarantined(store):
 def test_a_malformed_recipe_is_corrupt(store):
     base, base_ref, terms = _lora(store)
     oid = store.put_derived(lora_merge_recipe(base_ref, (0, 12), terms), "F32", (12, 10)).oid
-    _rewrite_payload(store, oid, lambda body: body["params"].update(rows=[0, 99]))
+    rewrite_derived_recipe(store, oid, lambda body: body["params"].update(rows=[0, 99]))
     with pytest.raises(CorruptObjectError, match="bad recipe"):
         store.get(oid)
 
@@ -136,7 +126,7 @@ def test_an_unknown_function_asks_for_an_upgrade_and_quarantines_nothing(store):
     base, base_ref, terms = _lora(store)
     oid = store.put_derived(lora_merge_recipe(base_ref, (0, 12), terms), "F32", (12, 10)).oid
     store.drop_derived_cache()
-    _rewrite_payload(store, oid, lambda body: body.update(fn="lora_merge/9"))
+    rewrite_derived_recipe(store, oid, lambda body: body.update(fn="lora_merge/9"))
     with pytest.raises(DerivedFunctionError, match="upgrade modelgit"):
         store.get(oid)
     assert store.has(oid)
@@ -194,7 +184,7 @@ def test_a_release_on_a_derived_base_chains_and_a_loop_of_recipes_fails(store):
     assert object_id("F32", (12, 10), store.get(second.oid)) == second.oid
     assert store.gc({second.oid}).removed == 0  # the first release and its inputs are kept
     # a forged pair of recipes naming each other: refused, never a loop
-    _rewrite_payload(store, oid, lambda body: body["inputs"][0].update(id=second.oid))
+    rewrite_derived_recipe(store, oid, lambda body: body["inputs"][0].update(id=second.oid))
     store.drop_derived_cache()
     with pytest.raises(CorruptObjectError, match="derived more than 8 deep"):
         store.get(second.oid)
