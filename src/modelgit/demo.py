@@ -213,6 +213,24 @@ def _pull_release(work: str) -> dict:
 
 
 
+def review_and_push(repo, suites: list, work: str, progress):
+    """The maintainer's blind review of every contribution (the blind report printed first,
+    then the names), the recorded reviews pushed; a UsageError when nothing was accepted,
+    since a demo's release then has nothing to merge."""
+    from .errors import UsageError
+    from .workflow import review
+    from .workflow.reviews import format_blind_report, format_revealed
+
+    report = review(repo, suites, remote="origin", progress=progress,
+                    on_blind=lambda r: _say(format_blind_report(r)))
+    _say(format_revealed(report))
+    repo.git("push", "-q", "origin", "main")
+    if not any(e.decision == "accept" for e in report.entries):
+        raise UsageError("the policy accepted no contribution, so there is nothing to release: "
+                         f"see the review above (work directory: {work})")
+    return report
+
+
 @contextlib.contextmanager
 def demo_workdir(prefix: str, workdir: str | None, keep: bool):
     """A demo's work directory, and the process environment the demo changes (a private HOME and
@@ -240,12 +258,10 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
         progress: progress bars for training (None: when stderr is a terminal).
     """
     from .demo_data import write_domain_splits
-    from .errors import UsageError
     from .eval import load_suites
     from .git import setup
     from .route.release_router import ReleaseRouter
-    from .workflow import Project, create_project, release, review
-    from .workflow.reviews import format_blind_report, format_revealed
+    from .workflow import Project, create_project, release
 
     settings = QUICK if quick else FULL
     started = time.perf_counter()
@@ -278,13 +294,7 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
             _contribute(work, remote, base, splits, settings, who, author, domain, progress)
         _say(f"3. maintainer: blind review on held-out data (kept outside the repository) "
              f"[{time.perf_counter() - started:.0f} s]")
-        report = review(repo, suites, remote="origin", progress=progress,
-                        on_blind=lambda r: _say(format_blind_report(r)))
-        _say(format_revealed(report))
-        repo.git("push", "-q", "origin", "main")
-        if not any(e.decision == "accept" for e in report.entries):
-            raise UsageError("the policy accepted no contribution, so there is nothing to release: "
-                             f"see the review above (work directory: {work})")
+        report = review_and_push(repo, suites, work, progress)
         _say(f"4. maintainer: release v2 (TIES{', weights searched on validation data' if settings.search_budget else ''}) "
              f"[{time.perf_counter() - started:.0f} s]")
         done = release(repo, suites, method="ties", search=bool(settings.search_budget),
@@ -324,7 +334,7 @@ def run_demo(quick: bool = False, workdir: str | None = None, keep: bool = False
         _say("\nper-domain perplexity on held-out data (lower is better)")
         _say(format_table(base_scores, adapters, release_scores, kept, routed["perplexity"],
                           routed["kept"], f"router ({routed['kind']}, {routed['mode']})"))
-        _say(f"router: sends each input to one adapter of v2's library (or the base); inputs "
+        _say("router: sends each input to one adapter of v2's library (or the base); inputs "
              "sent to their domain's best adapter: "
              + ", ".join(f"{d} {a:.0%}" for d, a in routed["accuracy"].items())
              + (f"; routing costs {routed['cost']:.1%} of a base forward pass (CPU time)"

@@ -21,6 +21,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from .demo import _peak_mb, _say
+
 __all__ = ["ClassifyDemoSettings", "QUICK", "FULL", "run_classify_demo", "format_table"]
 
 CONTRIBUTORS = (("alice", "Alice Liddell <alice@example.org>"),
@@ -46,10 +48,6 @@ QUICK = ClassifyDemoSettings(train=8, heldout=5, max_chars=200, max_length=64, s
                              head_lr=1e-1)
 FULL = ClassifyDemoSettings(train=12, heldout=15, max_chars=300, max_length=128, steps=None,
                             lr=None, head_lr=None)
-
-
-def _say(text: str) -> None:
-    print(text, flush=True)
 
 
 def _write(path: str, rows: list[tuple[str, str]]) -> str:
@@ -130,13 +128,6 @@ def format_table(base: float, adapters: dict[str, float], release: float, consum
     return "\n".join([*lines, *(f"{name.ljust(width)}  {value}" for name, value in rows)])
 
 
-def _peak_mb() -> float:
-    import resource
-
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-
-
 def run_classify_demo(quick: bool = False, workdir: str | None = None, keep: bool = False,
                       progress: bool | None = None) -> dict:
     """Run the loop; returns the figures (accuracies, accepted contributions, wall, CPU, memory).
@@ -145,14 +136,12 @@ def run_classify_demo(quick: bool = False, workdir: str | None = None, keep: boo
         UsageError: no MiniLM package (full run), too few texts on this machine, or a review
             that accepted nothing.
     """
-    from .demo import _git_env, demo_workdir
+    from .demo import _git_env, demo_workdir, review_and_push
     from .demo_store import minilm_dir
     from .demo_tasks import task_labels
-    from .errors import UsageError
     from .eval import SuiteConfig, evaluate_suite
     from .git import setup
-    from .workflow import Project, create_project, release, review
-    from .workflow.reviews import format_blind_report, format_revealed
+    from .workflow import Project, create_project, release
 
     settings = QUICK if quick else FULL
     started, cpu = time.perf_counter(), time.process_time()
@@ -182,13 +171,7 @@ def run_classify_demo(quick: bool = False, workdir: str | None = None, keep: boo
             _contribute(work, remote, share, settings, who, author, progress)
         _say(f"3. maintainer: blind review on held-out examples (kept outside the repository) "
              f"[{time.perf_counter() - started:.0f} s]")
-        report = review(repo, [suite], remote="origin", progress=progress,
-                        on_blind=lambda r: _say(format_blind_report(r)))
-        _say(format_revealed(report))
-        repo.git("push", "-q", "origin", "main")
-        if not any(e.decision == "accept" for e in report.entries):
-            raise UsageError("the policy accepted no contribution, so there is nothing to release: "
-                             f"see the review above (work directory: {work})")
+        report = review_and_push(repo, [suite], work, progress)
         _say(f"4. maintainer: release v2 (TIES, heads averaged) [{time.perf_counter() - started:.0f} s]")
         done = release(repo, [suite], method="ties", push="origin", progress=progress)
         record = done.record
