@@ -10,8 +10,11 @@ and of its whole process tree (the clients train in Ray worker processes; the tr
 every 5 s, so its CPU seconds are a lower bound), and the 1-minute load average over the run.
 
     python3 benchmarks/federated.py [--quick] [--rounds N] [--steps S] [--method M]
-        [--server-lr X] [--central-from earlier.json] [--json out.json]
+        [--server-lr X] [--central-from earlier.json] [--central-steps N] [--json out.json]
 
+``--central-steps`` fixes the central LoRA's steps (default: as many as all clients together,
+equal compute), so that runs of more rounds are measured against one central LoRA; the table's
+last column is each round's share of its gain.
 ``--central-from`` reuses the central LoRA's perplexities of an earlier run's ``--json`` when
 that run trained the same central LoRA (same data, total steps, batch, length, lr, rank: it is
 seeded), to compare aggregations without training it again.
@@ -83,6 +86,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--server-lr", type=float, help="the server's learning rate")
     parser.add_argument("--central-from", help="reuse the central LoRA of this earlier --json")
+    parser.add_argument("--central-steps", type=int,
+                        help="the central LoRA's steps (default: as many as all clients together)")
     parser.add_argument("--max-length", type=int, help="tokens per example")
     parser.add_argument("--train", type=int, help="training texts per client")
     parser.add_argument("--workdir")
@@ -91,7 +96,7 @@ def main() -> int:
     settings = QUICK if args.quick else FULL
     changes = {k: v for k, v in (("rounds", args.rounds), ("steps", args.steps),
                                  ("method", args.method), ("lr", args.lr),
-                                 ("server_lr", args.server_lr),
+                                 ("server_lr", args.server_lr), ("central_steps", args.central_steps),
                                  ("max_length", args.max_length), ("train", args.train))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)

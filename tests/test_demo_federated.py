@@ -18,12 +18,16 @@ def test_kept_gains_are_shares_of_the_central_gain():
 
 def test_table_lists_base_rounds_and_central():
     figures = {"method": "fedavg", "base": {"a": 20.0}, "central": {"a": 10.0},
-               "rounds": [{"round": 1, "perplexity": {"a": 12.0}}], "kept": {"a": 0.8, "mean": 0.8}}
+               "rounds": [{"round": 1, "perplexity": {"a": 15.0}, "kept": {"a": 0.5, "mean": 0.5}},
+                          {"round": 2, "perplexity": {"a": 12.0}, "kept": {"a": 0.8, "mean": 0.8}}],
+               "kept": {"a": 0.8, "mean": 0.8}}
     text = format_table(figures)
     import re
 
-    assert re.search(r"^round 1 \(fedavg\) +12\.00 +12\.00$", text, re.M)
-    assert re.search(r"^central LoRA \(union\) +10\.00 +10\.00$", text, re.M)
+    assert re.search(r"^base +20\.00 +20\.00$", text, re.M)
+    assert re.search(r"^round 1 \(fedavg\) +15\.00 +15\.00 +50%$", text, re.M)
+    assert re.search(r"^round 2 \(fedavg\) +12\.00 +12\.00 +80%$", text, re.M)
+    assert re.search(r"^central LoRA \(union\) +10\.00 +10\.00 +100%$", text, re.M)
     assert "keeps 80% of the central LoRA's perplexity gain on a\n" in text
     assert text.endswith("keeps 80% of the central LoRA's perplexity gain on average")
 
@@ -55,6 +59,11 @@ def test_a_central_lora_is_reused_only_from_the_same_central_settings():
     # other rounds x steps with the same total, another aggregation: the same central LoRA
     _check_reusable(earlier, replace(FULL, rounds=FULL.rounds * 3, steps=FULL.steps // 3,
                                      method="fedavg_full", server_lr=3.0))
+    # more rounds against the same central LoRA: its steps named
+    total = FULL.rounds * FULL.steps * 3
+    _check_reusable(earlier, replace(FULL, rounds=20, steps=5, central_steps=total))
+    with pytest.raises(UsageError, match="central LoRA was trained with"):
+        _check_reusable(earlier, replace(FULL, rounds=20, steps=5))
     with pytest.raises(UsageError, match="central LoRA was trained with"):
         _check_reusable(earlier, replace(FULL, lr=FULL.lr * 2))
     with pytest.raises(UsageError, match="lack the central LoRA"):

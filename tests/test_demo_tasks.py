@@ -93,3 +93,54 @@ def test_a_subset_of_labels(tmp_path):
         task_examples("mansection", 3, labels=("4",))
     with pytest.raises(UsageError, match="two or more"):
         task_examples("language", 3, labels=("c",))
+
+
+_DUMP = """Package: foo
+Source: foo-src
+Section: games
+Description: a puzzle about falling blocks
+
+Package: foo-data
+Source: foo-src (1.2-3)
+Section: games
+Description: a puzzle about falling blocks (data files)
+
+Package: bar
+Section: contrib/games
+Description: race cars around a track
+
+Package: mutt
+Section: mail
+Description: text-based mail reader
+
+Package: old-net
+Section: net
+Description: transitional package
+
+Package: old-mail
+Section: mail
+Description: Transitional package
+
+Package: nodesc
+Section: net
+
+Package: ping2
+Section: net
+Description: send ICMP echo requests
+"""
+
+
+def test_debian_sections_come_from_one_description_per_source_package(monkeypatch):
+    from modelgit import demo_data
+
+    monkeypatch.setattr(demo_data, "_apt_dump", lambda: _DUMP)
+    monkeypatch.setattr(demo_tasks, "_DEB_CACHE", {})
+    games = demo_tasks._deb_section_texts("games", 2, 600, seed=0)
+    # one text per source (foo-data repeats foo-src), contrib/games is games
+    assert sorted(games) == ["a puzzle about falling blocks", "race cars around a track"]
+    # a description found in two sections names neither
+    assert demo_tasks._deb_section_texts("mail", 1, 600, 0) == ["text-based mail reader"]
+    assert demo_tasks._deb_section_texts("net", 1, 600, 0) == ["send ICMP echo requests"]
+    with pytest.raises(UsageError, match=r"found 1 package descriptions of Debian section 'net'.*2 were asked"):
+        demo_tasks._deb_section_texts("net", 2, 600, 0)
+    assert demo_tasks._deb_section_texts("games", 2, 10, 0)[0] in ("a puzzle a", "race cars ")

@@ -32,12 +32,17 @@ class FederatedDemoSettings:
     rank: int
     method: str = "fedavg"
     server_lr: float = 1.0
+    central_steps: int | None = None  # None: as many as all clients together (equal compute)
+
+    def central_total(self, clients: int) -> int:
+        """The central LoRA's steps: ``central_steps``, else the clients' steps together."""
+        return self.central_steps or self.steps * self.rounds * clients
 
     def central_settings(self, clients: int) -> dict:
         """What defines the central LoRA (same data, same total steps): two settings with equal
         values train the same central LoRA (it is seeded)."""
         return {"train": self.train, "heldout": self.heldout, "max_chars": self.max_chars,
-                "steps": self.steps * self.rounds * clients, "batch_size": self.batch_size,
+                "steps": self.central_total(clients), "batch_size": self.batch_size,
                 "max_length": self.max_length, "lr": self.lr, "rank": self.rank}
 
 
@@ -60,7 +65,8 @@ def _union(paths: list[str], out: str) -> str:
 
 
 def _central(base: str, splits: dict, settings, work: str, suites) -> tuple[list[dict], float]:
-    """A LoRA trained on the union for as many steps as all clients together, evaluated."""
+    """A LoRA trained on the union (for as many steps as all clients together unless the
+    settings name its steps), evaluated."""
     from .adapters import TrainConfig, train
     from .eval import evaluate_suites, without_documents
 
@@ -69,7 +75,7 @@ def _central(base: str, splits: dict, settings, work: str, suites) -> tuple[list
     started = time.perf_counter()
     out = os.path.join(work, "central-lora")
     train(TrainConfig(base=base, data=union, output=out, rank=settings.rank,
-                      alpha=2.0 * settings.rank, steps=settings.steps * settings.rounds * len(splits),
+                      alpha=2.0 * settings.rank, steps=settings.central_total(len(splits)),
                       lr=settings.lr, batch_size=settings.batch_size,
                       max_length=settings.max_length, seed=0, threads=1), progress=False)
     seconds = time.perf_counter() - started
@@ -106,15 +112,16 @@ def kept_gains(base: dict, federated: dict, central: dict) -> dict:
 def format_table(figures: dict) -> str:
     """The per-round perplexity table of :func:`run_federated_demo`'s figures."""
     domains = list(figures["base"])
-    head = ["model", *domains, "mean"]
-    rows = [("base", figures["base"])]
+    head = ["model", *domains, "mean", "kept (mean)"]
+    rows = [("base", figures["base"], "")]
     method = figures["method"] + (f", server lr {figures['server_lr']:g}"
                                   if figures.get("server_lr", 1.0) != 1.0 else "")
-    rows += [(f"round {r['round']} ({method})", r["perplexity"])
+    share = lambda r: "" if (r.get("kept") or {}).get("mean") is None else f"{r['kept']['mean']:.0%}"  # noqa: E731
+    rows += [(f"round {r['round']} ({method})", r["perplexity"], share(r))
              for r in figures["rounds"]]
-    rows.append(("central LoRA (union)", figures["central"]))
+    rows.append(("central LoRA (union)", figures["central"], "100%"))
     cells = [[name, *(f"{values[d]:.2f}" for d in domains),
-              f"{sum(values.values()) / len(values):.2f}"] for name, values in rows]
+              f"{sum(values.values()) / len(values):.2f}", kept] for name, values, kept in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *cells)]
     line = lambda row: "  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()  # noqa: E731
     out = [line(head), line(["-" * w for w in widths]), *map(line, cells)]
@@ -195,8 +202,9 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
                    "full_weights_bytes": result.rounds[0].get("base", {}).get(
                        "full_weights_bytes_float32") if result.rounds else None,
                    "settings": settings.__dict__, "wall_seconds": None}
-        figures["kept"] = kept_gains(figures["base"], figures["rounds"][-1]["perplexity"],
-                                     figures["central"])
+        for r in figures["rounds"]:
+            r["kept"] = kept_gains(figures["base"], r["perplexity"], figures["central"])
+        figures["kept"] = figures["rounds"][-1]["kept"]
         figures["wall_seconds"] = round(time.perf_counter() - started, 1)
         _say(format_table(figures))
         return figures

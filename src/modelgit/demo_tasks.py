@@ -4,7 +4,12 @@
   commands), ``2`` (system calls), ``3`` (library functions), ``5`` (file formats), ``7``
   (overviews, conventions), ``8`` (administration), from ``/usr/share/man/man<N>``;
 * ``language`` — the programming language of a piece of source: ``c``, ``perl``, ``python``,
-  ``shell`` (the texts of the :mod:`modelgit.demo_data` domains of those names).
+  ``shell`` (the texts of the :mod:`modelgit.demo_data` domains of those names);
+* ``debsection`` — the Debian archive section of a package from its one-line description
+  (``apt-cache dumpavail``'s ``Description:`` line, without the package's name): ``games``,
+  ``graphics``, ``mail``, ``net``, ``science``, ``sound``. One description per source package
+  (a source's binary packages repeat theirs with "(data files)" and the like), so that no split
+  holds near-copies of another's texts.
 
 Each label gets the same number of examples; examples are interleaved by label (one of each
 label in turn), deterministic for a seed on one machine.
@@ -15,18 +20,20 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from typing import Callable
 
 from .errors import UsageError
 
 __all__ = ["TASKS", "task_labels", "task_examples", "write_task_splits"]
 
-TASKS = ("mansection", "language")
+TASKS = ("mansection", "language", "debsection")
 
 _MAN_ROOT = "/usr/share/man"  # module-level so that tests can point it elsewhere
 _MAN_SECTIONS = ("1", "2", "3", "5", "7", "8")
 _LANGUAGES = ("c", "perl", "python", "shell")
-_LABELS = {"mansection": _MAN_SECTIONS, "language": _LANGUAGES}
+_DEB_SECTIONS = ("games", "graphics", "mail", "net", "science", "sound")
+_LABELS = {"mansection": _MAN_SECTIONS, "language": _LANGUAGES, "debsection": _DEB_SECTIONS}
 
 
 def task_labels(task: str) -> tuple[str, ...]:
@@ -65,7 +72,8 @@ def task_examples(task: str, per_label: int, max_chars: int = 600, seed: int = 0
     labels = _chosen(task, labels)
     if per_label < 0:
         raise UsageError(f"per_label must be >= 0, got {per_label}")
-    reader = _man_section_texts if task == "mansection" else _language_texts
+    reader = {"mansection": _man_section_texts, "language": _language_texts,
+              "debsection": _deb_section_texts}[task]
     by_label = {label: reader(label, per_label, max_chars, seed) for label in labels}
     seen: set[str] = set()
     for label, texts in by_label.items():
@@ -121,6 +129,57 @@ def _language_texts(label: str, count: int, max_chars: int, seed: int) -> list[s
     from .demo_data import domain_texts
 
     return domain_texts(label, count, max_chars, seed)
+
+
+_STANZA_FIELD = re.compile(r"^(Package|Source|Section|Description):[ \t]*(.*)$", re.M)
+
+
+def _deb_descriptions(dump: str) -> dict[str, dict[str, str]]:
+    """``{section: {source package: one-line description}}`` of an ``apt-cache dumpavail``
+    dump: the first description seen of each source package, sections without their area
+    (``contrib/net`` is ``net``); descriptions found in two sections are left out."""
+    out: dict[str, dict[str, str]] = {}
+    for stanza in dump.split("\n\n"):
+        fields = dict(_STANZA_FIELD.findall(stanza))
+        text = fields.get("Description", "").strip()
+        if not text or not fields.get("Section") or not fields.get("Package"):
+            continue
+        source = fields.get("Source", fields["Package"]).split(" ")[0]
+        out.setdefault(fields["Section"].rsplit("/", 1)[-1], {}).setdefault(source, text)
+    # a description of packages of two sections ("transitional package") names no section
+    sections_of: dict[str, set[str]] = {}
+    for section, sources in out.items():
+        for text in sources.values():
+            sections_of.setdefault(text.lower(), set()).add(section)
+    return {section: {name: text for name, text in sources.items()
+                      if len(sections_of[text.lower()]) == 1} for section, sources in out.items()}
+
+
+_DEB_CACHE: dict[str, dict[str, dict[str, str]]] = {}
+
+
+def _deb_section_texts(section: str, count: int, max_chars: int, seed: int) -> list[str]:
+    """``count`` distinct descriptions of section ``section``'s source packages, in the seed's
+    order."""
+    from .demo_data import _apt_dump
+
+    if "dump" not in _DEB_CACHE:  # one apt-cache run for all labels of a task
+        _DEB_CACHE["dump"] = _deb_descriptions(_apt_dump())
+    sources = _DEB_CACHE["dump"].get(section, {})
+    names = sorted(sources)
+    random.Random(f"{seed}:{section}").shuffle(names)
+    texts: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        text = sources[name][:max_chars]
+        if text.lower() not in seen:
+            seen.add(text.lower())
+            texts.append(text)
+            if len(texts) == count:
+                return texts
+    raise UsageError(f"task 'debsection': found {len(texts)} package descriptions of Debian "
+                     f"section {section!r} in `apt-cache dumpavail`, {count} were asked for: "
+                     "run `apt-get update` (the package lists), or ask for fewer")
 
 
 def _man_section_texts(section: str, count: int, max_chars: int, seed: int) -> list[str]:

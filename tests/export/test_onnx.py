@@ -51,15 +51,13 @@ def classifier(tmp_path_factory):
 def test_a_classifier_release_exports_to_onnx_within_tolerance(classifier, tmp_path):
     modelgit(tmp_path, "create", "proj", "--base", classifier)
     out = tmp_path / "onnx"
-    got = json.loads(modelgit(tmp_path / "proj", "export", "v1", "--merged", "--onnx", "-o",
-                              str(out), "--json").stdout)
-    check = got["onnx"]
+    # one export (each costs tens of seconds): its text output reports the measured difference,
+    # its record the whole check (what --json prints: tests/export/test_cli.py)
+    text = modelgit(tmp_path / "proj", "export", "v1", "--merged", "--onnx", "-o", str(out)).stdout
+    check = json.loads((out / "modelgit_export.json").read_text())["onnx"]
     assert check["task"] == "sequence-classification" and check["output"] == "logits"
     assert check["batches"] == 3 and 0 <= check["max_abs_diff"] <= check["tolerance"] == 1e-4
     assert (out / "model.onnx").is_file() and "## ONNX" in (out / "README.md").read_text()
-    assert json.loads((out / "modelgit_export.json").read_text())["onnx"]["task"] == check["task"]
-    # text output reports the measured difference
-    text = modelgit(tmp_path / "proj", "export", "--merged", "--onnx", "-o", str(tmp_path / "t")).stdout
     assert "max abs diff" in text and "tolerance 0.0001" in text
     # a check that fails leaves nothing: no output, no scratch directory beside it
     failed = modelgit(tmp_path / "proj", "export", "--merged", "--onnx", "--tolerance", "-1",
