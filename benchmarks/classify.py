@@ -220,7 +220,11 @@ def one_task(task: str, args, work: str) -> dict:
     if not args.contributors:
         return report
     classes = task_labels(task)
-    shares = {"iid": [train_rows[i::3] for i in range(3)],
+    # IID: each class's k-th example goes to contributor k mod 3 (the rows are interleaved by
+    # class, so every third row would give a task of 3 or 6 classes label-disjoint shares)
+    rank = [sum(1 for other in train_rows[:j] if other["label"] == r["label"])
+            for j, r in enumerate(train_rows)]
+    shares = {"iid": [[r for r, k in zip(train_rows, rank) if k % 3 == i] for i in range(3)],
               "disjoint": [[r for r in train_rows if classes.index(r["label"]) % 3 == i]
                            for i in range(3)]}
     for kind, parts in shares.items():
