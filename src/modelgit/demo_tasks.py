@@ -21,7 +21,7 @@ import json
 import os
 import random
 import re
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from .errors import UsageError
 
@@ -131,6 +131,20 @@ def _language_texts(label: str, count: int, max_chars: int, seed: int) -> list[s
     return domain_texts(label, count, max_chars, seed)
 
 
+def _distinct(texts: Iterable[str], count: int, key: Callable[[str], str] = str) -> list[str]:
+    """The first ``count`` texts of ``texts`` whose ``key`` was not seen before (fewer when
+    ``texts`` runs out); stops reading once it has them."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for text in texts:
+        if key(text) not in seen:
+            seen.add(key(text))
+            out.append(text)
+            if len(out) == count:
+                break
+    return out
+
+
 _STANZA_FIELD = re.compile(r"^(Package|Source|Section|Description):[ \t]*(.*)$", re.M)
 
 
@@ -168,15 +182,9 @@ def _deb_section_texts(section: str, count: int, max_chars: int, seed: int) -> l
     sources = _DEB_CACHE["dump"].get(section, {})
     names = sorted(sources)
     random.Random(f"{seed}:{section}").shuffle(names)
-    texts: list[str] = []
-    seen: set[str] = set()
-    for name in names:
-        text = sources[name][:max_chars]
-        if text.lower() not in seen:
-            seen.add(text.lower())
-            texts.append(text)
-            if len(texts) == count:
-                return texts
+    texts = _distinct((sources[name][:max_chars] for name in names), count, str.lower)
+    if len(texts) == count:
+        return texts
     raise UsageError(f"task 'debsection': found {len(texts)} package descriptions of Debian "
                      f"section {section!r} in `apt-cache dumpavail`, {count} were asked for: "
                      "run `apt-get update` (the package lists), or ask for fewer")
@@ -194,23 +202,21 @@ def _man_section_texts(section: str, count: int, max_chars: int, seed: int) -> l
     for family in families:
         rng.shuffle(family)
     min_chars = min(demo_data._MIN_CHARS, max_chars // 2)
-    texts: list[str] = []
-    seen: set[str] = set()
     pick: Callable = demo_data._pick
-    for round_ in range(max((len(f) for f in families), default=0)):
-        for family in families:
-            if round_ >= len(family):
-                continue
-            chunks = demo_data._man_chunks(demo_data._read_man(family[round_]), max_chars,
-                                           min_chars)
-            # the same license notice sits in pages of several sections: not a section's text
-            chunks = [c for c in chunks if not _LEGAL.search(c)]
-            for text in pick(rng, chunks, 1):
-                if text not in seen:
-                    seen.add(text)
-                    texts.append(text)
-                    if len(texts) == count:
-                        return texts
+
+    def candidates() -> Iterator[str]:  # one chunk of each family's next page, round by round
+        for round_ in range(max((len(f) for f in families), default=0)):
+            for family in families:
+                if round_ >= len(family):
+                    continue
+                chunks = demo_data._man_chunks(demo_data._read_man(family[round_]), max_chars,
+                                               min_chars)
+                # the same license notice sits in pages of several sections: not a section's text
+                yield from pick(rng, [c for c in chunks if not _LEGAL.search(c)], 1)
+
+    texts = _distinct(candidates(), count)
+    if len(texts) == count:
+        return texts
     raise UsageError(f"task 'mansection': found {len(texts)} texts of manual section {section} "
                      f"in {folder}, {count} were asked for: install manual pages with "
                      "`apt-get install man-db manpages manpages-dev`, or ask for fewer")
