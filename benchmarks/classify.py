@@ -4,7 +4,7 @@ against logistic regression on the frozen base's mean-pooled embeddings, merged 
 against one adapter on all the data, on all-MiniLM-L6-v2 and real labelled tasks of this machine.
 
 One run, per task of ``modelgit.demo_tasks`` (``mansection``: 6 man-page sections;
-``language``: 4 source languages), on disjoint train / test splits (``--per-label`` training
+``language``: 4 source languages; ``debsection``: 6 Debian sections), on disjoint train / test splits (``--per-label`` training
 and ``--test`` test examples per label):
 
 1. **Baseline**: scikit-learn ``LogisticRegression`` on the base's mean-pooled last hidden
@@ -15,8 +15,8 @@ and ``--test`` test examples per label):
 2. **One adapter on all**: ``modelgit train BASE --data train --task classification`` with no
    other setting (the defaults of ``modelgit.adapters.defaults``), evaluated on the test split
    with ``modelgit eval``.
-3. **IID thirds merged** (``--contributors``): the training split cut in three interleaved
-   thirds, one adapter each (defaults, ``--labels`` every class), merged as ``modelgit
+3. **IID thirds merged** (``--contributors``): the training split cut in three thirds (each
+   class's k-th example to contributor k mod 3), one adapter each (defaults, ``--labels`` every class), merged as ``modelgit
    release`` merges (``modelgit merge``: TIES, density 0.5, weight 1, heads averaged onto the
    bare encoder) and evaluated; the target is >= 95% of the one adapter's accuracy.
 4. **Label-disjoint shares** (``--contributors``): each contributor holds only some classes
