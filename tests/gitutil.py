@@ -7,18 +7,25 @@ import subprocess
 import pytest
 
 
+def private_git_env(patch: pytest.MonkeyPatch, root):
+    """Set, through ``patch``, a private HOME (``root/home``, created) and git identity, and no
+    MODELGIT_STORE: never read or write the user's global git config. Returns the HOME.
+    For fixtures wider than a test: ``with pytest.MonkeyPatch.context() as patch:``."""
+    home = root / "home"
+    home.mkdir()
+    patch.setenv("HOME", str(home))
+    patch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("AUTHOR", "COMMITTER"):
+        patch.setenv(f"GIT_{var}_NAME", "Test")
+        patch.setenv(f"GIT_{var}_EMAIL", "test@example.invalid")
+    patch.delenv("MODELGIT_STORE", raising=False)
+    return home
+
+
 @pytest.fixture(autouse=True)
 def git_env(tmp_path, monkeypatch):
-    """A private HOME and git identity: never read or write the user's global git config."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for var in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{var}_NAME", "Test")
-        monkeypatch.setenv(f"GIT_{var}_EMAIL", "test@example.invalid")
-    monkeypatch.delenv("MODELGIT_STORE", raising=False)
-    return home
+    """A private HOME and git identity for each test (see :func:`private_git_env`)."""
+    return private_git_env(monkeypatch, tmp_path)
 
 
 def git(cwd, *args, check=True, **kw) -> subprocess.CompletedProcess:

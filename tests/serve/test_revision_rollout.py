@@ -14,6 +14,7 @@ import subprocess
 import httpx
 import pytest
 
+from gitutil import private_git_env
 from serve_helpers import metric
 from workflow_helpers import train_adapter
 
@@ -38,13 +39,8 @@ def two_releases(tmp_path_factory, tiny_base, domain_data):
     from modelgit.workflow import Project, contribute, create_project, release, review
 
     root = tmp_path_factory.mktemp("two-releases")
-    with pytest.MonkeyPatch.context() as patch:  # what tests/gitutil.py's git_env sets
-        (root / "home").mkdir()
-        patch.setenv("HOME", str(root / "home"))
-        patch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        for var in ("AUTHOR", "COMMITTER"):
-            patch.setenv(f"GIT_{var}_NAME", "Test")
-            patch.setenv(f"GIT_{var}_EMAIL", "test@example.invalid")
+    with pytest.MonkeyPatch.context() as patch:
+        private_git_env(patch, root)
         remote = str(root / "hub.git")
         subprocess.run(["git", "init", "-q", "--bare", "-b", "main", remote], check=True)
         repo = create_project(str(root / "maintainer"), tiny_base,

@@ -29,6 +29,7 @@ from typing import Callable
 import pytest
 import yaml
 
+from gitutil import private_git_env
 from hostile_git import EXEC, FILE, GITLINK, LINK, MARKER, TREE, Plumber, contribution_record
 from workflow_helpers import model_dir, train_adapter
 
@@ -404,13 +405,7 @@ def hostile(tmp_path_factory, tiny_base, domain_data):
 
     root = tmp_path_factory.mktemp("hostile")
     with pytest.MonkeyPatch.context() as env:  # the module's own private HOME and identity
-        (root / "home").mkdir()
-        env.setenv("HOME", str(root / "home"))
-        env.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        for var in ("AUTHOR", "COMMITTER"):
-            env.setenv(f"GIT_{var}_NAME", "Test")
-            env.setenv(f"GIT_{var}_EMAIL", "test@example.invalid")
-        env.delenv("MODELGIT_STORE", raising=False)
+        private_git_env(env, root)
         hub = str(root / "hub.git")
         subprocess.run(["git", "init", "-q", "--bare", "-b", "main", hub], check=True)
         repo = create_project(str(root / "maintainer"), tiny_base,
