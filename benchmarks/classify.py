@@ -4,8 +4,8 @@ against logistic regression on the frozen base's mean-pooled embeddings, merged 
 against one adapter on all the data, on all-MiniLM-L6-v2 and real labelled tasks of this machine.
 
 One run, per task of ``modelgit.demo_tasks`` (``mansection``: 6 man-page sections;
-``language``: 4 source languages; ``debsection``: 6 Debian sections), on disjoint train / test splits (``--per-label`` training
-and ``--test`` test examples per label):
+``language``: 4 source languages; ``debsection``: 6 Debian sections), on disjoint train / test
+splits (``--per-label`` training and ``--test`` test examples per label):
 
 1. **Baseline**: scikit-learn ``LogisticRegression`` on the base's mean-pooled last hidden
    states (frozen; attention-masked mean, 128 tokens), fitted on the training split, and
@@ -16,9 +16,9 @@ and ``--test`` test examples per label):
    other setting (the defaults of ``modelgit.adapters.defaults``), evaluated on the test split
    with ``modelgit eval``.
 3. **IID thirds merged** (``--contributors``): the training split cut in three thirds (each
-   class's k-th example to contributor k mod 3), one adapter each (defaults, ``--labels`` every class), merged as ``modelgit
-   release`` merges (``modelgit merge``: TIES, density 0.5, weight 1, heads averaged onto the
-   bare encoder) and evaluated; the target is >= 95% of the one adapter's accuracy.
+   class's k-th example to contributor k mod 3), one adapter each (defaults, ``--labels``
+   every class), merged as ``modelgit release`` merges (``modelgit merge``: TIES, density 0.5,
+   weight 1, heads averaged onto the bare encoder) and evaluated; the target is >= 95% of the one adapter's accuracy.
 4. **Label-disjoint shares** (``--contributors``): each contributor holds only some classes
    (a third of them), trained with ``--labels`` every class; merged as in 3, and routed
    (``modelgit.route``: an ``examples`` router over the three adapters, built from each
@@ -222,8 +222,11 @@ def one_task(task: str, args, work: str) -> dict:
     classes = task_labels(task)
     # IID: each class's k-th example goes to contributor k mod 3 (the rows are interleaved by
     # class, so every third row would give a task of 3 or 6 classes label-disjoint shares)
-    rank = [sum(1 for other in train_rows[:j] if other["label"] == r["label"])
-            for j, r in enumerate(train_rows)]
+    seen: dict[str, int] = {}
+    rank = []  # how many earlier rows have the row's class
+    for r in train_rows:
+        rank.append(seen.get(r["label"], 0))
+        seen[r["label"]] = rank[-1] + 1
     shares = {"iid": [[r for r, k in zip(train_rows, rank) if k % 3 == i] for i in range(3)],
               "disjoint": [[r for r in train_rows if classes.index(r["label"]) % 3 == i]
                            for i in range(3)]}

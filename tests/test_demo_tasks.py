@@ -134,7 +134,8 @@ def test_debian_sections_come_from_one_description_per_source_package(monkeypatc
     from modelgit import demo_data
 
     monkeypatch.setattr(demo_data, "_apt_dump", lambda: _DUMP)
-    monkeypatch.setattr(demo_tasks, "_DEB_CACHE", {})
+    # the index uncached, so that it reads the forged dump (and the cache keeps the machine's)
+    monkeypatch.setattr(demo_tasks, "_deb_index", demo_tasks._deb_index.__wrapped__)
     games = demo_tasks._deb_section_texts("games", 2, 600, seed=0)
     # one text per source (foo-data repeats foo-src), contrib/games is games
     assert sorted(games) == ["a puzzle about falling blocks", "race cars around a track"]

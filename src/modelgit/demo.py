@@ -212,7 +212,6 @@ def _pull_release(work: str) -> dict:
             "stored_bytes": after.stored_bytes - before.stored_bytes, "model_bytes": model}
 
 
-
 def review_and_push(repo, suites: list, work: str, progress):
     """The maintainer's blind review of every contribution (the blind report printed first,
     then the names), the recorded reviews pushed; a UsageError when nothing was accepted,

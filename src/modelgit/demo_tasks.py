@@ -17,6 +17,7 @@ label in turn), deterministic for a seed on one machine.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -169,17 +170,18 @@ def _deb_descriptions(dump: str) -> dict[str, dict[str, str]]:
                       if len(sections_of[text.lower()]) == 1} for section, sources in out.items()}
 
 
-_DEB_CACHE: dict[str, dict[str, dict[str, str]]] = {}
+@functools.lru_cache(maxsize=1)
+def _deb_index() -> dict[str, dict[str, str]]:
+    """:func:`_deb_descriptions` of this machine's package lists: one apt-cache run a process."""
+    from .demo_data import _apt_dump
+
+    return _deb_descriptions(_apt_dump())
 
 
 def _deb_section_texts(section: str, count: int, max_chars: int, seed: int) -> list[str]:
     """``count`` distinct descriptions of section ``section``'s source packages, in the seed's
     order."""
-    from .demo_data import _apt_dump
-
-    if "dump" not in _DEB_CACHE:  # one apt-cache run for all labels of a task
-        _DEB_CACHE["dump"] = _deb_descriptions(_apt_dump())
-    sources = _DEB_CACHE["dump"].get(section, {})
+    sources = _deb_index().get(section, {})
     names = sorted(sources)
     random.Random(f"{seed}:{section}").shuffle(names)
     texts = _distinct((sources[name][:max_chars] for name in names), count, str.lower)
