@@ -88,6 +88,9 @@ def main() -> int:
     parser.add_argument("--central-from", help="reuse the central LoRA of this earlier --json")
     parser.add_argument("--central-steps", type=int,
                         help="the central LoRA's steps (default: as many as all clients together)")
+    parser.add_argument("--central-every", type=int,
+                        help="also evaluate the central LoRA every N steps and compare the rounds "
+                             "with the strongest of those checkpoints")
     parser.add_argument("--max-length", type=int, help="tokens per example")
     parser.add_argument("--train", type=int, help="training texts per client")
     parser.add_argument("--workdir")
@@ -97,6 +100,7 @@ def main() -> int:
     changes = {k: v for k, v in (("rounds", args.rounds), ("steps", args.steps),
                                  ("method", args.method), ("lr", args.lr),
                                  ("server_lr", args.server_lr), ("central_steps", args.central_steps),
+                                 ("central_every", args.central_every),
                                  ("max_length", args.max_length), ("train", args.train))
                if v is not None}
     settings = dataclasses.replace(settings, **changes)

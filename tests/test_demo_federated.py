@@ -32,6 +32,27 @@ def test_table_lists_base_rounds_and_central():
     assert text.endswith("keeps 80% of the central LoRA's perplexity gain on average")
 
 
+def test_the_rounds_are_compared_with_the_strongest_central_checkpoint():
+    import re
+
+    from modelgit.demo_federated import _strongest
+
+    curve = [{"steps": 50, "perplexity": {"a": 14.0, "b": 9.0}},
+             {"steps": 100, "perplexity": {"a": 10.0, "b": 8.0}},  # strongest: mean 9
+             {"steps": 150, "perplexity": {"a": 9.0, "b": 9.5}}]  # overfits b: mean 9.25
+    assert _strongest(curve)["steps"] == 100
+    assert _strongest([*curve, {"steps": 200, "perplexity": {"a": 9.0, "b": 9.0}}])["steps"] == 200
+    base, last = {"a": 20.0, "b": 10.0}, {"a": 11.0, "b": 8.5}
+    figures = {"method": "fedavg", "base": base, "central": curve[1]["perplexity"],
+               "central_steps": 100, "central_curve": curve,
+               "rounds": [{"round": 1, "perplexity": last, "kept": kept_gains(base, last, curve[1]["perplexity"])}],
+               "kept": kept_gains(base, last, curve[1]["perplexity"])}
+    text = format_table(figures)
+    assert re.search(r"^central LoRA \(union\), 50 steps +14\.00 +9\.00 +11\.50 +58%$", text, re.M)
+    assert re.search(r"^central LoRA \(union\), 100 steps \(strongest\) .* 100%$", text, re.M)
+    assert "keeps 90% of the strongest central checkpoint's (100 steps) perplexity gain on a" in text
+
+
 @pytest.mark.slow  # Ray and three clients on a tiny model: about two minutes on 2 loaded cores
 def test_quick_federated_demo(capsys, tmp_path):
     pytest.importorskip("flwr")
@@ -46,6 +67,11 @@ def test_quick_federated_demo(capsys, tmp_path):
         assert figures["rounds"][-1]["perplexity"][domain] < base
         assert figures["central"][domain] < base
     assert figures["rounds"][0]["bytes"]["down"] < figures["full_weights_bytes"]
+    # the central LoRA evaluated every 20 of its 60 steps; the rounds against the strongest
+    assert [p["steps"] for p in figures["central_curve"]] == [20, 40, 60]
+    strongest = next(p for p in figures["central_curve"] if p["steps"] == figures["central_steps"])
+    assert figures["central"] == strongest["perplexity"]
+    assert f"{figures['central_steps']} steps (strongest)" in out
 
 
 def test_a_central_lora_is_reused_only_from_the_same_central_settings():

@@ -33,6 +33,8 @@ class FederatedDemoSettings:
     method: str = "fedavg"
     server_lr: float = 1.0
     central_steps: int | None = None  # None: as many as all clients together (equal compute)
+    central_every: int | None = None  # also evaluate the central LoRA every N steps; compare
+    # the rounds with the best of those checkpoints (the strongest central LoRA of the run)
 
     def central_total(self, clients: int) -> int:
         """The central LoRA's steps: ``central_steps``, else the clients' steps together."""
@@ -43,11 +45,12 @@ class FederatedDemoSettings:
         values train the same central LoRA (it is seeded)."""
         return {"train": self.train, "heldout": self.heldout, "max_chars": self.max_chars,
                 "steps": self.central_total(clients), "batch_size": self.batch_size,
-                "max_length": self.max_length, "lr": self.lr, "rank": self.rank}
+                "max_length": self.max_length, "lr": self.lr, "rank": self.rank,
+                "every": self.central_every}
 
 
 QUICK = FederatedDemoSettings(train=60, heldout=12, max_chars=300, rounds=2, steps=10,
-                              batch_size=8, max_length=64, lr=3e-3, rank=8)
+                              batch_size=8, max_length=64, lr=3e-3, rank=8, central_every=20)
 FULL = FederatedDemoSettings(train=120, heldout=16, max_chars=600, rounds=3, steps=15,
                              batch_size=4, max_length=128, lr=5e-4, rank=8)
 
@@ -66,7 +69,8 @@ def _union(paths: list[str], out: str) -> str:
 
 def _central(base: str, splits: dict, settings, work: str, suites) -> tuple[list[dict], float]:
     """A LoRA trained on the union (for as many steps as all clients together unless the
-    settings name its steps), evaluated."""
+    settings name its steps), evaluated: ``[{"steps": n, "evaluation": [...]}, ...]``, one per
+    checkpoint (``central_every``) and the last step, and the training seconds."""
     from .adapters import TrainConfig, train
     from .eval import evaluate_suites, without_documents
 
@@ -74,12 +78,23 @@ def _central(base: str, splits: dict, settings, work: str, suites) -> tuple[list
                    os.path.join(work, "private", "union.jsonl"))
     started = time.perf_counter()
     out = os.path.join(work, "central-lora")
+    steps = settings.central_total(len(splits))
     train(TrainConfig(base=base, data=union, output=out, rank=settings.rank,
-                      alpha=2.0 * settings.rank, steps=settings.central_total(len(splits)),
-                      lr=settings.lr, batch_size=settings.batch_size,
-                      max_length=settings.max_length, seed=0, threads=1), progress=False)
+                      alpha=2.0 * settings.rank, steps=steps, lr=settings.lr,
+                      batch_size=settings.batch_size, max_length=settings.max_length, seed=0,
+                      threads=1, save_every=settings.central_every), progress=False)
     seconds = time.perf_counter() - started
-    return without_documents(evaluate_suites(base, out, suites)), seconds
+    every = settings.central_every
+    points = [*range(every, steps, every)] if every else []
+    return [{"steps": n, "evaluation": without_documents(evaluate_suites(
+                base, os.path.join(out, f"checkpoint-{n}") if n < steps else out, suites))}
+            for n in [*points, steps]], seconds
+
+
+def _strongest(curve: list[dict]) -> dict:
+    """The central checkpoint of lowest mean held-out perplexity (the last one on a tie)."""
+    mean = lambda point: sum(point["perplexity"].values()) / len(point["perplexity"])  # noqa: E731
+    return min(reversed(curve), key=mean)
 
 
 def _check_reusable(central: dict, settings: FederatedDemoSettings) -> None:
@@ -119,16 +134,25 @@ def format_table(figures: dict) -> str:
     share = lambda r: "" if (r.get("kept") or {}).get("mean") is None else f"{r['kept']['mean']:.0%}"  # noqa: E731
     rows += [(f"round {r['round']} ({method})", r["perplexity"], share(r))
              for r in figures["rounds"]]
-    rows.append(("central LoRA (union)", figures["central"], "100%"))
+    curve = figures.get("central_curve") or []
+    for point in curve if len(curve) > 1 else ():  # shares of the strongest checkpoint's gain
+        mean = kept_gains(figures["base"], point["perplexity"], figures["central"])["mean"]
+        strongest = " (strongest)" if point["steps"] == figures["central_steps"] else ""
+        rows.append((f"central LoRA (union), {point['steps']} steps{strongest}",
+                     point["perplexity"], "" if mean is None else f"{mean:.0%}"))
+    if len(curve) <= 1:
+        rows.append(("central LoRA (union)", figures["central"], "100%"))
     cells = [[name, *(f"{values[d]:.2f}" for d in domains),
               f"{sum(values.values()) / len(values):.2f}", kept] for name, values, kept in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *cells)]
     line = lambda row: "  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()  # noqa: E731
     out = [line(head), line(["-" * w for w in widths]), *map(line, cells)]
+    central = "central LoRA's " if len(curve) <= 1 else \
+        f"strongest central checkpoint's ({figures['central_steps']} steps) "
     for domain, share in figures["kept"].items():
         where = "average" if domain == "mean" else domain
-        out.append(f"the last round keeps {share:.0%} of the central LoRA's perplexity gain on "
-                   f"{where}" if share is not None else f"{where}: the central LoRA gained nothing")
+        out.append(f"the last round keeps {share:.0%} of the {central}perplexity gain on {where}"
+                   if share is not None else f"{where}: the central LoRA gained nothing")
     return "\n".join(out)
 
 
@@ -187,16 +211,20 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
                  f"({fed_seconds:.0f} s); training the central LoRA on the union...")
             trained, central_seconds = _central(base, splits, settings, work,
                                                 load_suites(suites_file))
-            central_values = values(trained)
+            curve = [{"steps": p["steps"], "perplexity": values(p["evaluation"])} for p in trained]
         else:
-            central_values, central_seconds = central["central"], central["central_seconds"]
+            central_seconds = central["central_seconds"]
+            curve = central.get("central_curve") or [
+                {"steps": settings.central_total(len(splits)), "perplexity": central["central"]}]
+        strongest = _strongest(curve)
         figures = {"method": settings.method, "server_lr": settings.server_lr,
                    "base": values(result.base_evaluation),
                    "rounds": [{"round": r["round"], "perplexity": values(r["evaluation"]),
                                "seconds": r["seconds"], "bytes": r["bytes"],
                                "clients": len(r["participants"]), "excluded": r["excluded"]}
                               for r in result.rounds],
-                   "central": central_values, "central_reused": central is not None,
+                   "central": strongest["perplexity"], "central_steps": strongest["steps"],
+                   "central_curve": curve, "central_reused": central is not None,
                    "federated_seconds": round(fed_seconds, 1),
                    "central_seconds": round(central_seconds, 1),
                    "full_weights_bytes": result.rounds[0].get("base", {}).get(

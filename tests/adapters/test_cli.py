@@ -179,3 +179,54 @@ def test_train_prints_progress_lines_when_stderr_is_not_a_terminal(lm_base, lm_d
                             "--data", lm_data, "-o", str(tmp_path / "q"), "--steps", "3"],
                            capture_output=True, text=True)
     assert quiet.returncode == 0 and "train: " not in quiet.stderr
+
+
+def test_save_every_keeps_checkpoints_that_equal_shorter_runs(run, lm_base, lm_data, tmp_path,
+                                                              capsys):
+    out = tmp_path / "adapter"
+    assert run("train", lm_base, "--data", lm_data, "-o", out, "--steps", 5, "--lr", 0.01,
+               "--threads", 1, "--save-every", 2, "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metrics"]["checkpoints"] == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == \
+        ["checkpoint-2", "checkpoint-4"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    assert run("train", lm_base, "--data", lm_data, "-o", tmp_path / "four", "--steps", 4,
+               "--lr", 0.01, "--threads", 1) == 0
+    for name in ("adapter_model.safetensors", "adapter_config.json"):  # constant lr, same order
+        assert (out / "checkpoint-4" / name).read_bytes() == (tmp_path / "four" / name).read_bytes()
+    assert (out / "checkpoint-2" / "adapter_model.safetensors").read_bytes() != \
+        (out / "checkpoint-4" / "adapter_model.safetensors").read_bytes()
+    suites = tmp_path / "suites.yaml"
+    suites.write_text(f"suites:\n  - {{name: own, data: {lm_data}, metric: perplexity}}\n")
+    assert run("eval", lm_base, "--adapter", out / "checkpoint-2", "--suites", suites) == 0
+
+
+def test_save_every_is_refused_when_it_cannot_apply(run, lm_base, lm_data, tmp_path, capsys):
+    assert run("train", lm_base, "--data", lm_data, "-o", tmp_path / "a", "--steps", 2,
+               "--save-every", 0) == 2
+    assert "save_every is 0: it must be at least 1" in capsys.readouterr().err
+    assert run("train", lm_base, "--data", lm_data, "-o", tmp_path / "b", "--steps", 2, "--full",
+               "--save-every", 1) == 2
+    assert "checkpoints are LoRA adapters" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_failed_run_leaves_neither_output_nor_checkpoints(run, lm_base, lm_data, tmp_path,
+                                                           capsys, monkeypatch):
+    from modelgit.adapters import training
+
+    real = training.save_checkpoint
+    calls = []
+
+    def save_then_fail(*args):
+        real(*args)
+        calls.append(args[4])
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_fail)
+    assert run("train", lm_base, "--data", lm_data, "-o", tmp_path / "a", "--steps", 5,
+               "--threads", 1, "--save-every", 1) != 0
+    assert "No space left on device" in capsys.readouterr().err
+    assert calls == [1, 2] and not list(tmp_path.iterdir())

@@ -18,7 +18,7 @@ from ..data import write_data_card
 from .config import TrainConfig
 from .loading import quiet_transformers, write_labels
 
-__all__ = ["write_output"]
+__all__ = ["checkpoint_staging", "save_checkpoint", "write_output"]
 
 
 def _json(path: str, data: dict) -> None:
@@ -71,9 +71,33 @@ def _canonical_adapter_config(path: str) -> None:
     _json(path, config)
 
 
+@contextlib.contextmanager
+def checkpoint_staging(config: TrainConfig):
+    """Yield the directory where a run with ``save_every`` keeps its checkpoints until
+    :func:`write_output` moves them into the output (None without ``save_every``); it is a
+    temporary beside the output, removed when the run ends however it ends."""
+    if not config.save_every:
+        yield None
+        return
+    staging = temporary_path(os.path.normpath(config.output) + ".checkpoints")
+    os.makedirs(staging)
+    try:
+        yield staging
+    finally:
+        remove(staging)
+
+
+def save_checkpoint(model, tokenizer, config: TrainConfig, staging: str, step: int,
+                    id2label: dict | None) -> None:
+    """Save the adapter as it is after ``step`` steps to ``staging/checkpoint-<step>``."""
+    with quiet_transformers():
+        _save(model, tokenizer, config, os.path.join(staging, f"checkpoint-{step}"), id2label)
+
+
 def write_output(config: TrainConfig, model, tokenizer, id2label: dict | None, card: dict,
-                 metrics: dict, resolved: dict) -> None:
-    """Save the adapter (or whole model), data_card.json, metrics.json, training_config.json."""
+                 metrics: dict, resolved: dict, checkpoints: str | None = None) -> None:
+    """Save the adapter (or whole model), data_card.json, metrics.json, training_config.json,
+    and the ``checkpoint-<step>`` directories kept in ``checkpoints``."""
     out = os.path.normpath(config.output)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
@@ -86,6 +110,8 @@ def write_output(config: TrainConfig, model, tokenizer, id2label: dict | None, c
         _json(os.path.join(tmp, "metrics.json"), metrics)
         _json(os.path.join(tmp, "training_config.json"),
               {"config": config.to_dict(), "resolved": resolved, "versions": _versions()})
+        for name in sorted(os.listdir(checkpoints)) if checkpoints else ():
+            os.rename(os.path.join(checkpoints, name), os.path.join(tmp, name))
         # checked before training (train's _check_output): absent, empty, or an earlier
         # training output that --overwrite replaces whole
         install_directory(tmp, out, owned=lambda name: True)

@@ -60,6 +60,10 @@ class TrainConfig:
     init_adapter: str | None = _opt(None, "continue training this LoRA adapter directory instead of "
                                     "starting a new one (its rank and targets apply), e.g. after "
                                     "`modelgit rebase`")
+    save_every: int | None = _opt(
+        None, "also keep the adapter every N steps, as OUTPUT/checkpoint-N (PEFT adapter "
+        "directories, named as transformers' Trainer names them), to evaluate or continue from "
+        "any of them; the run's last step is OUTPUT itself")
     full: bool = _opt(False, "train every weight, no LoRA (maintainers' continued pretraining); "
                       "writes a whole model")
     text_field: str = _opt("text", "text column / key of the data")
@@ -92,7 +96,8 @@ class TrainConfig:
         for name in ("rank", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 out.append(f"{name} is {getattr(self, name)}: it must be at least 1")
-        for name in ("steps", "epochs", "num_labels", "max_examples", "threads"):
+        for name in ("steps", "epochs", "num_labels", "max_examples", "threads",
+                     "save_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 out.append(f"{name} is {value}: it must be at least 1 (or left unset)")
@@ -118,6 +123,9 @@ class TrainConfig:
         if self.full and self.target_modules is not None:
             out.append("target_modules was given with full=True: a full run trains every weight, "
                        "drop one of them")
+        if self.save_every is not None and self.full:
+            out.append("save_every was given with full=True: checkpoints are LoRA adapters; a "
+                       "full run writes one whole model, drop --save-every")
         if self.init_adapter is not None and self.full:
             out.append("init_adapter was given with full=True: a full run trains no adapter")
         if self.init_adapter is not None and not os.path.isfile(

@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..fingerprint import fingerprint_dir
 from . import _batches
 from .._outputs import check_output
-from ._output import write_output
+from ._output import checkpoint_staging, save_checkpoint, write_output
 from .config import TrainConfig
 from .defaults import resolve as resolve_schedule
 from .labels import label_ids, label_mapping
@@ -133,7 +133,7 @@ def _is_head(name: str) -> bool:
 
 
 def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress,
-          validate=None) -> dict:
+          validate=None, checkpoint=None) -> dict:
     import torch
 
     from ..progress import progress_bar
@@ -145,7 +145,7 @@ def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress,
     groups = [{"params": rest, "lr": config.lr}] + ([{"params": head, "lr": config.head_lr}] if head else [])
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     model.train()
-    losses, tokens, seen, curve_valid = [], 0, 0, []
+    losses, tokens, seen, curve_valid, saved = [], 0, 0, [], []
     start = time.perf_counter()
     window = _window(len(plan))
     every = max(1, -(-len(plan) // 10))  # the held-out accuracy ten times a run
@@ -170,6 +170,9 @@ def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress,
             seen += len(batch["input_ids"])
             recent = losses[-window:]
             bar.update(1, loss=sum(recent) / len(recent))
+            if checkpoint is not None and step % config.save_every == 0 and step < len(plan):
+                checkpoint(step)
+                saved.append(step)
     seconds = time.perf_counter() - start
     buckets = min(20, len(losses))
     curve = [sum(part) / len(part) for part in
@@ -183,6 +186,7 @@ def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress,
             "steps_per_second": len(losses) / seconds if seconds else None,
             "tokens_per_second": tokens / seconds if seconds else None,
             **({"validation_curve": curve_valid} if curve_valid else {}),
+            **({"checkpoints": [f"checkpoint-{step}" for step in saved]} if saved else {}),
             "trainable_parameters": sum(p.numel() for p in params),
             "total_parameters": sum(p.numel() for p in model.parameters())}
 
@@ -279,7 +283,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
 
     ``output`` holds the PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``,
     plus ``labels.json`` for classifiers) or, with ``full``, a whole transformers model with its
-    tokenizer; and ``data_card.json``, ``metrics.json`` and ``training_config.json``.
+    tokenizer; and ``data_card.json``, ``metrics.json`` and ``training_config.json``; with
+    ``save_every``, the adapter every that many steps as ``checkpoint-<step>`` directories.
 
     The metrics report the training loss smoothed over ``loss_window`` steps at the start
     (``start_loss``) and the end (``final_loss``) of the run, and, with ``config.validation``,
@@ -301,6 +306,11 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     """
     config.validate()
     _check_output(config)
+    with checkpoint_staging(config) as staging:
+        return _train(config, progress, staging)
+
+
+def _train(config: TrainConfig, progress: bool | None, staging: str | None) -> TrainResult:
     records = load_examples(config.data, config.text_field, config.label_field,
                             config.text_unit).take(config.max_examples)
     card = data_card(config.data, config.text_field, config.label_field, config.text_unit)
@@ -345,7 +355,10 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
             if valid else None
         check = (lambda: _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size)) \
             if valid and task == "classification" else None
-        metrics = _loop(model, plan, ids, labels, tokenizer.pad_token_id, config, progress, check)
+        keep = (lambda step: save_checkpoint(model, tokenizer, config, staging, step, id2label)) \
+            if staging else None
+        metrics = _loop(model, plan, ids, labels, tokenizer.pad_token_id, config, progress, check,
+                        keep)
         if valid:
             after = _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size)
             metrics["validation"] = {**after, "loss_before": before["loss"],
@@ -362,5 +375,5 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
                         steps=len(plan), epochs=config.epochs, holdout=schedule.holdout)
     if held is not None:
         metrics["validation"]["source"] = f"{schedule.holdout} examples held out of the data"
-    write_output(asked, model, tokenizer, id2label, card, metrics, resolved)
+    write_output(asked, model, tokenizer, id2label, card, metrics, resolved, staging)
     return TrainResult(config.output, task, config.full, targets, metrics, card)
