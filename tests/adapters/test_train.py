@@ -78,7 +78,7 @@ def test_training_leaves_the_callers_rng_alone(lm_base, lm_data, tmp_path):
 def test_classifier_reaches_full_accuracy_on_separable_data(cls_base, cls_data, cls_texts, tmp_path):
     out = tmp_path / "cls"
     result = train(TrainConfig(base=cls_base, data=cls_data, output=str(out), steps=30, lr=2e-2,
-                               batch_size=8, seed=0, threads=1))
+                               batch_size=8, seed=0, threads=1, save_every=20))
     # the pooler the head reads is adapted too (see modelgit.adapters.targets.resolve_targets)
     assert result.task == "classification" and result.target_modules == ("query", "value",
                                                                           "pooler.dense")
@@ -90,6 +90,9 @@ def test_classifier_reaches_full_accuracy_on_separable_data(cls_base, cls_data, 
     assert scores == {"accuracy": 1.0, "macro_f1": 1.0, "n": 8}
     adapter = load_adapter(str(out))
     assert "classifier.weight" in adapter.saved  # the head is trained whole (modules_to_save)
+    checkpoint = out / "checkpoint-20"  # a classifier's checkpoint: its head and labels too
+    assert (checkpoint / "labels.json").read_bytes() == (out / "labels.json").read_bytes()
+    assert "classifier.weight" in load_adapter(str(checkpoint)).saved
 
 
 def test_full_training_writes_a_whole_model(lm_base, lm_data, tmp_path):
