@@ -94,3 +94,26 @@ def test_a_central_lora_is_reused_only_from_the_same_central_settings():
         _check_reusable(earlier, replace(FULL, lr=FULL.lr * 2))
     with pytest.raises(UsageError, match="lack the central LoRA"):
         _check_reusable({"base": {}, "settings": {"rounds": 1}}, FULL)
+
+
+def test_rounds_are_rescored_against_another_runs_central_lora_and_the_best_round_is_named():
+    from modelgit.demo_federated import score_rounds
+
+    base = {"a": 20.0, "b": 10.0}
+    rounds = [{"round": 1, "perplexity": {"a": 12.0, "b": 8.0}},  # mean 10: the best
+              {"round": 2, "perplexity": {"a": 14.0, "b": 8.5}}]
+    figures = {"method": "fedavg", "base": base, "rounds": rounds,
+               "central": {"a": 19.0, "b": 9.9}, "central_steps": 30}
+    other = {"central": {"a": 10.0, "b": 8.0}, "central_curve": [
+        {"steps": 100, "perplexity": {"a": 11.0, "b": 9.0}},
+        {"steps": 200, "perplexity": {"a": 10.0, "b": 8.0}}]}
+    scored = score_rounds(figures, other)
+    assert scored["central_steps"] == 200 and scored["central"] == {"a": 10.0, "b": 8.0}
+    assert scored["kept"] == kept_gains(base, rounds[1]["perplexity"], {"a": 10.0, "b": 8.0})
+    assert scored["best_round"] == {"round": 1, "kept": {"a": 0.8, "b": 1.0,
+                                                         "mean": pytest.approx(5 / 6)}}
+    assert "the best round by mean held-out perplexity, round 1, keeps 80% / 100% / 83% " \
+        "(a / b / mean)" in format_table(scored)
+    # an earlier run without a curve: its one central LoRA
+    assert score_rounds(figures, {"central": {"a": 15.0, "b": 9.0},
+                                  "central_steps": 50})["central_steps"] == 50

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 __all__ = ["FederatedDemoSettings", "QUICK", "FULL", "run_federated_demo", "format_table",
-           "kept_gains"]
+           "kept_gains", "score_rounds"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,28 @@ def _strongest(curve: list[dict]) -> dict:
     return min(reversed(curve), key=mean)
 
 
+def score_rounds(figures: dict, central: dict | None = None) -> dict:
+    """Each round's share of the central gain (``kept``), the last round's (``figures["kept"]``)
+    and the best round's: the one of lowest mean held-out perplexity, as a maintainer picks the
+    round to contribute from the evaluations committed with every round (the central LoRA's
+    strongest checkpoint is picked the same way). ``central``: the figures of another run whose
+    central LoRA (``central``, ``central_steps``, ``central_curve``) replaces this one's."""
+    if central is not None:
+        curve = central.get("central_curve") or [
+            {"steps": central.get("central_steps"), "perplexity": central["central"]}]
+        strongest = _strongest(curve)
+        figures.update(central=strongest["perplexity"], central_steps=strongest["steps"],
+                       central_curve=curve)
+    for r in figures["rounds"]:
+        r["kept"] = kept_gains(figures["base"], r["perplexity"], figures["central"])
+    figures["kept"] = figures["rounds"][-1]["kept"]
+    best = _strongest([{"steps": r["round"], "perplexity": r["perplexity"]}
+                       for r in figures["rounds"]])
+    figures["best_round"] = {"round": best["steps"], "kept": kept_gains(
+        figures["base"], best["perplexity"], figures["central"])}
+    return figures
+
+
 def _check_reusable(central: dict, settings: FederatedDemoSettings) -> None:
     from .errors import UsageError
 
@@ -153,6 +175,11 @@ def format_table(figures: dict) -> str:
         where = "average" if domain == "mean" else domain
         out.append(f"the last round keeps {share:.0%} of the {central}perplexity gain on {where}"
                    if share is not None else f"{where}: the central LoRA gained nothing")
+    best = figures.get("best_round")
+    if best and best["round"] != figures["rounds"][-1]["round"]:
+        shares = " / ".join("-" if v is None else f"{v:.0%}" for v in best["kept"].values())
+        out.append(f"the best round by mean held-out perplexity, round {best['round']}, keeps "
+                   f"{shares} ({' / '.join(best['kept'])})")
     return "\n".join(out)
 
 
@@ -230,9 +257,7 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
                    "full_weights_bytes": result.rounds[0].get("base", {}).get(
                        "full_weights_bytes_float32") if result.rounds else None,
                    "settings": settings.__dict__, "wall_seconds": None}
-        for r in figures["rounds"]:
-            r["kept"] = kept_gains(figures["base"], r["perplexity"], figures["central"])
-        figures["kept"] = figures["rounds"][-1]["kept"]
+        score_rounds(figures)
         figures["wall_seconds"] = round(time.perf_counter() - started, 1)
         _say(format_table(figures))
         return figures
