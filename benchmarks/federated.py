@@ -85,6 +85,8 @@ def main() -> int:
     parser.add_argument("--method")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--server-lr", type=float, help="the server's learning rate")
+    parser.add_argument("--server-lr-decay", type=float,
+                        help="multiply the server's learning rate by this every round")
     parser.add_argument("--central-from", help="reuse the central LoRA of this earlier --json")
     parser.add_argument("--central-steps", type=int,
                         help="the central LoRA's steps (default: as many as all clients together)")
@@ -102,7 +104,8 @@ def main() -> int:
     settings = QUICK if args.quick else FULL
     changes = {k: v for k, v in (("rounds", args.rounds), ("steps", args.steps),
                                  ("method", args.method), ("lr", args.lr),
-                                 ("server_lr", args.server_lr), ("central_steps", args.central_steps),
+                                 ("server_lr", args.server_lr),
+                                 ("server_lr_decay", args.server_lr_decay), ("central_steps", args.central_steps),
                                  ("central_every", args.central_every),
                                  ("max_length", args.max_length), ("train", args.train))
                if v is not None}

@@ -32,6 +32,7 @@ class FederatedDemoSettings:
     rank: int
     method: str = "fedavg"
     server_lr: float = 1.0
+    server_lr_decay: float = 1.0
     central_steps: int | None = None  # None: as many as all clients together (equal compute)
     central_every: int | None = None  # also evaluate the central LoRA every N steps; compare
     # the rounds with the best of those checkpoints (the strongest central LoRA of the run)
@@ -151,8 +152,10 @@ def format_table(figures: dict) -> str:
     domains = list(figures["base"])
     head = ["model", *domains, "mean", "kept (mean)"]
     rows = [("base", figures["base"], "")]
+    decay = (figures.get("settings") or {}).get("server_lr_decay", 1.0)
     method = figures["method"] + (f", server lr {figures['server_lr']:g}"
-                                  if figures.get("server_lr", 1.0) != 1.0 else "")
+                                  if figures.get("server_lr", 1.0) != 1.0 else "") + \
+        (f" x {decay:g}/round" if decay != 1.0 else "")
     share = lambda r: "" if (r.get("kept") or {}).get("mean") is None else f"{r['kept']['mean']:.0%}"  # noqa: E731
     rows += [(f"round {r['round']} ({method})", r["perplexity"], share(r))
              for r in figures["rounds"]]
@@ -227,6 +230,7 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
                                 method=settings.method, rank=settings.rank,
                                 alpha=2.0 * settings.rank, steps=settings.steps, lr=settings.lr,
                                 server_lr=settings.server_lr,
+                                server_lr_decay=settings.server_lr_decay,
                                 batch_size=settings.batch_size, max_length=settings.max_length,
                                 suites=suites_file, threads=1, min_clients=2)
         fed_started = time.perf_counter()

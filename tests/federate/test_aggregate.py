@@ -142,5 +142,10 @@ def test_server_lr_is_validated_and_part_of_the_recipe():
     from modelgit.federate import FederateConfig
 
     assert FederateConfig(server_lr=3.0).recipe()["server_lr"] == 3.0
+    assert "server_lr_decay" not in FederateConfig().recipe()  # earlier runs' recipes still match
+    assert FederateConfig(server_lr=3.0, server_lr_decay=0.9).server_lr_at(3) == \
+        pytest.approx(3.0 * 0.81)
+    for bad in (0.0, 1.5):
+        assert any("server_lr_decay" in p for p in FederateConfig(server_lr_decay=bad).problems())
     for bad in (0.0, -1.0, 1000.0):
         assert any("server_lr" in p for p in FederateConfig(server_lr=bad).problems())

@@ -257,3 +257,24 @@ def test_server_lr_extrapolates_the_round_step_and_is_recorded(grid, model_repo)
             torch.testing.assert_close(fast[module][kind].float(), expected, atol=1e-5, rtol=1e-4)
     record = json.loads(model_repo.git("show", "fed/fast:federated/fast/round.json"))
     assert record["recipe"]["server_lr"] == 2.0
+
+
+def test_server_lr_decays_every_round_and_a_resume_keeps_the_decay(grid, model_repo, monkeypatch):
+    from modelgit.federate import strategy
+    from modelgit.federate.server import run_rounds
+
+    used = []
+    real = strategy.aggregate
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["server_lr"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(strategy, "aggregate", spy)
+    run_rounds(grid(), _config(model_repo, rounds=3, server_lr=2.0, server_lr_decay=0.5,
+                               stop_after=2))
+    run_rounds(grid(), _config(model_repo, rounds=3, server_lr=2.0, server_lr_decay=0.5))
+    assert used == [2.0, 1.0, 0.5]  # round 3, after the resume, continues the decay
+    assert _record(model_repo)["recipe"]["server_lr_decay"] == 0.5
+    with pytest.raises(UsageError, match=r"other settings \(server_lr_decay: 0.5\)"):
+        run_rounds(grid(), _config(model_repo, rounds=4, server_lr=2.0))

@@ -66,6 +66,9 @@ class FederateConfig:
                             "(aggregate - start) (FedOpt's server SGD); the number of clients "
                             "gives the global the sum of the clients' steps, as far as a central "
                             "run on their union moves in the same number of steps")
+    server_lr_decay: float = _opt(1.0, "multiply the server learning rate by this every round "
+                                  "(round n uses server_lr x decay^(n-1); 1: constant): a large "
+                                  "early step that settles instead of oscillating late in a run")
     batch_size: int = _opt(4, "examples per step")
     max_length: int = _opt(256, "truncate examples to this many tokens")
     max_examples: int | None = _opt(None, "use only the first N examples of each client's data")
@@ -111,6 +114,9 @@ class FederateConfig:
             out.append("alpha, lr and timeout must be positive")
         if not 0 < self.server_lr <= 100:
             out.append(f"server_lr is {self.server_lr}: it must be in (0, 100] (1: plain FedAvg)")
+        if not 0 < self.server_lr_decay <= 1:
+            out.append(f"server_lr_decay is {self.server_lr_decay}: it must be in (0, 1] "
+                       "(1: a constant server learning rate)")
         if not 0 < self.density <= 1:
             out.append(f"density is {self.density}: it must be in (0, 1]")
         if not 0 <= self.trim < 0.5:
@@ -136,4 +142,10 @@ class FederateConfig:
                 "fisher_examples")
         data = {k: v for k, v in asdict(self).items() if k in keep}
         data["targets"] = list(self.targets) if self.targets else None
+        if self.server_lr_decay != 1.0:  # absent when constant: runs of before it resume
+            data["server_lr_decay"] = self.server_lr_decay
         return data
+
+    def server_lr_at(self, server_round: int) -> float:
+        """The server learning rate of round ``server_round`` (1-based)."""
+        return self.server_lr * self.server_lr_decay ** (server_round - 1)

@@ -113,7 +113,7 @@ class ModelgitStrategy(Strategy):
                               f"or lower --min-clients, and run again to resume")
         merged = aggregate(cfg.method, self._start, list(accepted), rank=cfg.rank, alpha=cfg.alpha,
                            density=cfg.density, trim=cfg.trim, seed=cfg.seed + server_round,
-                           server_lr=cfg.server_lr)
+                           server_lr=cfg.server_lr_at(server_round))
         examples = sum(u.examples for u in accepted)
         return lora_to_arrays(merged), MetricRecord({"clients": len(accepted),
                                                      "examples": examples})
@@ -126,7 +126,8 @@ class ModelgitStrategy(Strategy):
 
     def summary(self) -> None:
         cfg = self.config
-        _LOG.info("ModelgitStrategy: method %s, server lr %g, rank %d, min %d clients, "
-                  "outlier k %g", cfg.method, cfg.server_lr, cfg.rank, cfg.min_clients,
+        _LOG.info("ModelgitStrategy: method %s, server lr %g (x %g a round), rank %d, min %d "
+                  "clients, outlier k %g", cfg.method, cfg.server_lr, cfg.server_lr_decay,
+                  cfg.rank, cfg.min_clients,
                   cfg.outlier_k)
 
