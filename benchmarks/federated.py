@@ -105,7 +105,8 @@ def main() -> int:
     changes = {k: v for k, v in (("rounds", args.rounds), ("steps", args.steps),
                                  ("method", args.method), ("lr", args.lr),
                                  ("server_lr", args.server_lr),
-                                 ("server_lr_decay", args.server_lr_decay), ("central_steps", args.central_steps),
+                                 ("server_lr_decay", args.server_lr_decay),
+                                 ("central_steps", args.central_steps),
                                  ("central_every", args.central_every),
                                  ("max_length", args.max_length), ("train", args.train))
                if v is not None}

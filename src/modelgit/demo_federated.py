@@ -247,21 +247,19 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
             central_seconds = central["central_seconds"]
             curve = central.get("central_curve") or [
                 {"steps": settings.central_total(len(splits)), "perplexity": central["central"]}]
-        strongest = _strongest(curve)
         figures = {"method": settings.method, "server_lr": settings.server_lr,
                    "base": values(result.base_evaluation),
                    "rounds": [{"round": r["round"], "perplexity": values(r["evaluation"]),
                                "seconds": r["seconds"], "bytes": r["bytes"],
                                "clients": len(r["participants"]), "excluded": r["excluded"]}
                               for r in result.rounds],
-                   "central": strongest["perplexity"], "central_steps": strongest["steps"],
-                   "central_curve": curve, "central_reused": central is not None,
+                   "central_reused": central is not None,
                    "federated_seconds": round(fed_seconds, 1),
                    "central_seconds": round(central_seconds, 1),
                    "full_weights_bytes": result.rounds[0].get("base", {}).get(
                        "full_weights_bytes_float32") if result.rounds else None,
                    "settings": settings.__dict__, "wall_seconds": None}
-        score_rounds(figures)
+        score_rounds(figures, {"central_curve": curve})  # sets central, central_steps
         figures["wall_seconds"] = round(time.perf_counter() - started, 1)
         _say(format_table(figures))
         return figures

@@ -128,6 +128,5 @@ class ModelgitStrategy(Strategy):
         cfg = self.config
         _LOG.info("ModelgitStrategy: method %s, server lr %g (x %g a round), rank %d, min %d "
                   "clients, outlier k %g", cfg.method, cfg.server_lr, cfg.server_lr_decay,
-                  cfg.rank, cfg.min_clients,
-                  cfg.outlier_k)
+                  cfg.rank, cfg.min_clients, cfg.outlier_k)
 
