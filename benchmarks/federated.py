@@ -87,6 +87,8 @@ def main() -> int:
     parser.add_argument("--server-lr", type=float, help="the server's learning rate")
     parser.add_argument("--server-lr-decay", type=float,
                         help="multiply the server's learning rate by this every round")
+    parser.add_argument("--server-lr-hold", type=int,
+                        help="rounds at the full server learning rate before the decay starts")
     parser.add_argument("--central-from", help="reuse the central LoRA of this earlier --json")
     parser.add_argument("--central-steps", type=int,
                         help="the central LoRA's steps (default: as many as all clients together)")
@@ -106,6 +108,7 @@ def main() -> int:
                                  ("method", args.method), ("lr", args.lr),
                                  ("server_lr", args.server_lr),
                                  ("server_lr_decay", args.server_lr_decay),
+                                 ("server_lr_hold", args.server_lr_hold),
                                  ("central_steps", args.central_steps),
                                  ("central_every", args.central_every),
                                  ("max_length", args.max_length), ("train", args.train))

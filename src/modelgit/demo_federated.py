@@ -33,6 +33,7 @@ class FederatedDemoSettings:
     method: str = "fedavg"
     server_lr: float = 1.0
     server_lr_decay: float = 1.0
+    server_lr_hold: int = 1  # rounds at the full server learning rate before the decay
     central_steps: int | None = None  # None: as many as all clients together (equal compute)
     central_every: int | None = None  # also evaluate the central LoRA every N steps; compare
     # the rounds with the best of those checkpoints (the strongest central LoRA of the run)
@@ -153,9 +154,11 @@ def format_table(figures: dict) -> str:
     head = ["model", *domains, "mean", "kept (mean)"]
     rows = [("base", figures["base"], "")]
     decay = (figures.get("settings") or {}).get("server_lr_decay", 1.0)
+    hold = (figures.get("settings") or {}).get("server_lr_hold", 1)
     method = figures["method"] + (f", server lr {figures['server_lr']:g}"
                                   if figures.get("server_lr", 1.0) != 1.0 else "") + \
-        (f" x {decay:g}/round" if decay != 1.0 else "")
+        (f" x {decay:g}/round" if decay != 1.0 else "") + \
+        (f" after round {hold}" if decay != 1.0 and hold != 1 else "")
     share = lambda r: "" if (r.get("kept") or {}).get("mean") is None else f"{r['kept']['mean']:.0%}"  # noqa: E731
     rows += [(f"round {r['round']} ({method})", r["perplexity"], share(r))
              for r in figures["rounds"]]
@@ -231,6 +234,7 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
                                 alpha=2.0 * settings.rank, steps=settings.steps, lr=settings.lr,
                                 server_lr=settings.server_lr,
                                 server_lr_decay=settings.server_lr_decay,
+                                server_lr_hold=settings.server_lr_hold,
                                 batch_size=settings.batch_size, max_length=settings.max_length,
                                 suites=suites_file, threads=1, min_clients=2)
         fed_started = time.perf_counter()

@@ -67,8 +67,11 @@ class FederateConfig:
                             "gives the global the sum of the clients' steps, as far as a central "
                             "run on their union moves in the same number of steps")
     server_lr_decay: float = _opt(1.0, "multiply the server learning rate by this every round "
-                                  "(round n uses server_lr x decay^(n-1); 1: constant): a large "
-                                  "early step that settles instead of oscillating late in a run")
+                                  "after the first server_lr_hold (1: constant): a large early "
+                                  "step that settles instead of oscillating late in a run")
+    server_lr_hold: int = _opt(1, "rounds at the full server learning rate before the decay "
+                               "starts (round n > N uses server_lr x decay^(n-N)): fast "
+                               "progress first, then a settling end")
     batch_size: int = _opt(4, "examples per step")
     max_length: int = _opt(256, "truncate examples to this many tokens")
     max_examples: int | None = _opt(None, "use only the first N examples of each client's data")
@@ -103,7 +106,7 @@ class FederateConfig:
             out.append(f"run {self.run!r} is not a valid name: letters, digits, '.', '_', '-' "
                        "(at most 64, starting with a letter or digit)")
         for name in ("rounds", "rank", "steps", "batch_size", "max_length", "min_clients",
-                     "fisher_examples"):
+                     "fisher_examples", "server_lr_hold"):
             if getattr(self, name) < 1:
                 out.append(f"{name} is {getattr(self, name)}: it must be at least 1")
         for name in ("max_examples", "threads", "stop_after"):
@@ -144,8 +147,10 @@ class FederateConfig:
         data["targets"] = list(self.targets) if self.targets else None
         if self.server_lr_decay != 1.0:  # absent when constant: runs of before it resume
             data["server_lr_decay"] = self.server_lr_decay
+        if self.server_lr_hold != 1:  # likewise absent at its default
+            data["server_lr_hold"] = self.server_lr_hold
         return data
 
     def server_lr_at(self, server_round: int) -> float:
         """The server learning rate of round ``server_round`` (1-based)."""
-        return self.server_lr * self.server_lr_decay ** (server_round - 1)
+        return self.server_lr * self.server_lr_decay ** max(0, server_round - self.server_lr_hold)

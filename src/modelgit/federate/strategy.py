@@ -126,7 +126,8 @@ class ModelgitStrategy(Strategy):
 
     def summary(self) -> None:
         cfg = self.config
-        _LOG.info("ModelgitStrategy: method %s, server lr %g (x %g a round), rank %d, min %d "
-                  "clients, outlier k %g", cfg.method, cfg.server_lr, cfg.server_lr_decay,
-                  cfg.rank, cfg.min_clients, cfg.outlier_k)
+        _LOG.info("ModelgitStrategy: method %s, server lr %g (x %g a round after round %d), "
+                  "rank %d, min %d clients, outlier k %g", cfg.method, cfg.server_lr,
+                  cfg.server_lr_decay, cfg.server_lr_hold, cfg.rank, cfg.min_clients,
+                  cfg.outlier_k)
 
