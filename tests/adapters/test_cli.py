@@ -183,14 +183,14 @@ def test_train_prints_progress_lines_when_stderr_is_not_a_terminal(lm_base, lm_d
 
 def test_save_every_keeps_checkpoints_that_equal_shorter_runs(run, lm_base, lm_data, tmp_path,
                                                               capsys):
-    out = tmp_path / "adapter"
+    out = tmp_path / "runs" / "adapter"  # its parent created by the run, and kept
     assert run("train", lm_base, "--data", lm_data, "-o", out, "--steps", 5, "--lr", 0.01,
                "--threads", 1, "--save-every", 2, "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["metrics"]["checkpoints"] == ["checkpoint-2", "checkpoint-4"]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == \
         ["checkpoint-2", "checkpoint-4"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    assert [p.name for p in out.parent.iterdir()] == ["adapter"]  # no staging left
     assert run("train", lm_base, "--data", lm_data, "-o", tmp_path / "four", "--steps", 4,
                "--lr", 0.01, "--threads", 1) == 0
     for name in ("adapter_model.safetensors", "adapter_config.json"):  # constant lr, same order
@@ -226,7 +226,7 @@ def test_a_failed_run_leaves_neither_output_nor_checkpoints(run, lm_base, lm_dat
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(training, "save_checkpoint", save_then_fail)
-    assert run("train", lm_base, "--data", lm_data, "-o", tmp_path / "a", "--steps", 5,
-               "--threads", 1, "--save-every", 1) != 0
+    assert run("train", lm_base, "--data", lm_data, "-o", tmp_path / "new" / "dir" / "a",
+               "--steps", 5, "--threads", 1, "--save-every", 1) != 0
     assert "No space left on device" in capsys.readouterr().err
-    assert calls == [1, 2] and not list(tmp_path.iterdir())
+    assert calls == [1, 2] and not list(tmp_path.iterdir())  # nor the parents it created

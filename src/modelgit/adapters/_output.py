@@ -80,11 +80,25 @@ def checkpoint_staging(config: TrainConfig):
         yield None
         return
     staging = temporary_path(os.path.normpath(config.output) + ".checkpoints")
+    created = _missing_parents(os.path.dirname(staging))
     os.makedirs(staging)
     try:
         yield staging
     finally:
         remove(staging)
+        for folder in created:  # deepest first; one that holds the output now stays
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _missing_parents(folder: str) -> list[str]:
+    """The directories of ``folder``'s path (itself included) that do not exist, deepest first:
+    what a run creates before training and removes again if the run leaves nothing in them."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
 
 
 def save_checkpoint(model, tokenizer, config: TrainConfig, staging: str, step: int,
