@@ -200,6 +200,13 @@ def test_save_every_keeps_checkpoints_that_equal_shorter_runs(run, lm_base, lm_d
     suites = tmp_path / "suites.yaml"
     suites.write_text(f"suites:\n  - {{name: own, data: {lm_data}, metric: perplexity}}\n")
     assert run("eval", lm_base, "--adapter", out / "checkpoint-2", "--suites", suites) == 0
+    capsys.readouterr()
+    assert run("train", lm_base, "--data", lm_data, "-o", tmp_path / "more", "--steps", 4,
+               "--lr", 0.01, "--threads", 1, "--save-every", 2, "--json",
+               "--init-adapter", out / "checkpoint-2", "--skip-steps", 2) == 0
+    report = json.loads(capsys.readouterr().out)  # steps 3-6: 4 kept, 6 is the output
+    assert report["metrics"]["checkpoints"] == ["checkpoint-4"]
+    assert (tmp_path / "more" / "checkpoint-4" / "adapter_model.safetensors").is_file()
 
 
 def test_save_every_is_refused_when_it_cannot_apply(run, lm_base, lm_data, tmp_path, capsys):

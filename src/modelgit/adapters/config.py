@@ -63,7 +63,8 @@ class TrainConfig:
     save_every: int | None = _opt(
         None, "also keep the adapter every N steps, as OUTPUT/checkpoint-N (PEFT adapter "
         "directories, named as transformers' Trainer names them), to evaluate or continue from "
-        "any of them; the run's last step is OUTPUT itself")
+        "any of them; the run's last step is OUTPUT itself; with skip_steps, N counts the "
+        "steps skipped too")
     full: bool = _opt(False, "train every weight, no LoRA (maintainers' continued pretraining); "
                       "writes a whole model")
     text_field: str = _opt("text", "text column / key of the data")

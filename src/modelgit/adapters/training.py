@@ -170,9 +170,10 @@ def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress,
             seen += len(batch["input_ids"])
             recent = losses[-window:]
             bar.update(1, loss=sum(recent) / len(recent))
-            if checkpoint is not None and step % config.save_every == 0 and step < len(plan):
-                checkpoint(step)
-                saved.append(step)
+            done = config.skip_steps + step  # a continued run counts on from where it started
+            if checkpoint is not None and done % config.save_every == 0 and step < len(plan):
+                checkpoint(done)
+                saved.append(done)
     seconds = time.perf_counter() - start
     buckets = min(20, len(losses))
     curve = [sum(part) / len(part) for part in
