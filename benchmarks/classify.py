@@ -33,6 +33,7 @@ Usage::
     python3 benchmarks/classify.py --workdir /tmp/cls-bench --json figures.json
     python3 benchmarks/classify.py --per-label 40 --test 20 --tasks language
     python3 benchmarks/classify.py --contributors       # also parts 3 and 4 (7 trainings a task)
+    python3 benchmarks/classify.py --tasks debsection --seeds 5  # 5 splits: mean, spread
     python3 benchmarks/classify.py --base tiny-bert/ --per-label 6 --test 2 --contributors  # smoke
 """
 
@@ -190,17 +191,18 @@ def routed(base: str, adapters: dict[str, str], texts: dict[str, list[str]], tes
             "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
 
 
-def one_task(task: str, args, work: str) -> dict:
+def one_task(task: str, args, work: str, seed: int = 0) -> dict:
     from modelgit.demo_tasks import task_labels, write_task_splits
 
     base = args.base or minilm()
-    paths = write_task_splits(work, task, args.per_label, args.test)
+    paths = write_task_splits(work, task, args.per_label, args.test, seed=seed)
     train_rows, test_rows = rows(paths["train"]), rows(paths["test"])
     labels = ",".join(task_labels(task))
     folder = os.path.join(work, task)
     log = os.path.join(folder, "log.txt")
-    report = {"task": task, "labels": task_labels(task), "train": len(train_rows),
+    report = {"task": task, "seed": seed, "labels": task_labels(task), "train": len(train_rows),
               "test": len(test_rows)}
+    seeded = ("--seed", str(seed)) if seed else ()
     embedded = embed_splits(base, train_rows, test_rows)
     report["baseline"] = baseline(embedded)
     print(task, "baseline", report["baseline"], flush=True)
@@ -209,7 +211,7 @@ def one_task(task: str, args, work: str) -> dict:
                          for kind in embedded["train"]}
     print(task, "LR accuracy by pooling", report["pooling"], flush=True)
     one = os.path.join(folder, "all")
-    report["one"] = {**train(base, paths["train"], one, log, "--labels", labels),
+    report["one"] = {**train(base, paths["train"], one, log, "--labels", labels, *seeded),
                      **evaluate(base, one, paths["test"], log)}
     with open(os.path.join(one, "training_config.json")) as handle:
         report["one"]["resolved"] = json.load(handle)["resolved"]
@@ -235,7 +237,8 @@ def one_task(task: str, args, work: str) -> dict:
         for i, part in enumerate(parts):
             data = write_rows(os.path.join(folder, f"{kind}-{i}.jsonl"), part)
             adapters[f"{kind}{i}"] = os.path.join(folder, f"{kind}-{i}")
-            runs.append(train(base, data, adapters[f"{kind}{i}"], log, "--labels", labels))
+            runs.append(train(base, data, adapters[f"{kind}{i}"], log, "--labels", labels,
+                              *seeded))
         merged = os.path.join(folder, f"{kind}-merged")
         entry = {"train_cpu_s": sum(r["cpu_s"] for r in runs),
                  "train_peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
@@ -251,20 +254,38 @@ def one_task(task: str, args, work: str) -> dict:
 
 
 def table(reports: list[dict]) -> str:
-    lines = ["| task | train/test | LR on frozen embeddings, all / adapter's examples (acc / F1) "
+    lines = ["| task | seed | train/test | LR on frozen embeddings, all / adapter's examples (acc / F1) "
              "| `train` defaults (acc / F1) | train CPU-s | train peak RSS | load "
-             "| IID thirds merged (acc, of one) | disjoint merged / routed (acc) |", "|" + "---|" * 9]
+             "| IID thirds merged (acc, of one) | disjoint merged / routed (acc) |", "|" + "---|" * 10]
     for r in reports:
         one, lr, same = r["one"], r["baseline"], r["baseline_same"]
         iid = f"{r['iid']['accuracy']:.3f} ({r['iid']['of_one']:.0%})" if "iid" in r else "not run"
         dis = (f"{r['disjoint']['accuracy']:.3f} / {r['disjoint']['routed']['accuracy']:.3f}"
                if "disjoint" in r else "not run")
-        lines.append(f"| {r['task']} ({len(r['labels'])} classes) | {r['train']}/{r['test']} "
+        lines.append(f"| {r['task']} ({len(r['labels'])} classes) | {r.get('seed', 0)} "
+                     f"| {r['train']}/{r['test']} "
                      f"| {lr['accuracy']:.3f} / {lr['macro_f1']:.3f}, {same['accuracy']:.3f} / "
                      f"{same['macro_f1']:.3f} ({same['examples']}) "
                      f"| {one['accuracy']:.3f} / {one['macro_f1']:.3f} | {one['cpu_s']:.0f} "
                      f"| {one['peak_rss_mb']:.0f} MB | {one['load']:.1f} | {iid} | {dis} |")
     return "\n".join(lines)
+
+
+def seed_summary(reports: list[dict]) -> dict:
+    """Per task, over its seeds: the defaults' and the baseline's test accuracies (each seed a
+    different split, training order and held-out slice), their means and how often the
+    defaults reach the baseline."""
+    out: dict[str, dict] = {}
+    for r in reports:
+        entry = out.setdefault(r["task"], {"defaults": [], "baseline": []})
+        entry["defaults"].append(r["one"]["accuracy"])
+        entry["baseline"].append(r["baseline"]["accuracy"])
+    for entry in out.values():
+        for key in ("defaults", "baseline"):
+            entry[f"{key}_mean"] = sum(entry[key]) / len(entry[key])
+        entry["defaults_reach_baseline"] = sum(d >= b for d, b in zip(entry["defaults"],
+                                                                       entry["baseline"]))
+    return out
 
 
 def main() -> int:
@@ -275,15 +296,25 @@ def main() -> int:
     parser.add_argument("--contributors", action="store_true", help="also parts 3 and 4")
     parser.add_argument("--base", help="another base model directory (default: all-MiniLM-L6-v2)")
     parser.add_argument("--workdir", help="keep and reuse work here (default: a temporary one)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="repeat with seeds 0..N-1 (each a different split, training order "
+                             "and held-out slice) and summarise per task")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="cls-bench-")
     os.makedirs(work, exist_ok=True)
-    reports = [one_task(task, args, work) for task in args.tasks.split(",")]
+    reports = [one_task(task, args, os.path.join(work, f"seed-{seed}") if seed else work, seed)
+               for seed in range(args.seeds) for task in args.tasks.split(",")]
     print(table(reports))
+    summary = seed_summary(reports) if args.seeds > 1 else None
+    for task, entry in (summary or {}).items():
+        print(f"{task}: defaults {entry['defaults_mean']:.3f} "
+              f"({', '.join(f'{a:.3f}' for a in entry['defaults'])}) against the baseline "
+              f"{entry['baseline_mean']:.3f} ({', '.join(f'{a:.3f}' for a in entry['baseline'])}):"
+              f" reached in {entry['defaults_reach_baseline']} of {len(entry['defaults'])} seeds")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(reports, handle, indent=2)
+            json.dump({"runs": reports, "seeds": summary} if summary else reports, handle, indent=2)
     return 0
 
 

@@ -154,3 +154,57 @@ def test_server_lr_is_validated_and_part_of_the_recipe():
     assert any("server_lr_hold" in p for p in FederateConfig(server_lr_hold=0).problems())
     for bad in (0.0, -1.0, 1000.0):
         assert any("server_lr" in p for p in FederateConfig(server_lr=bad).problems())
+
+
+def _round(number, values, base=(10.0, 0.5), metrics=("perplexity", "accuracy")):
+    names = ("ppl", "acc")
+    return {"round": number,
+            "evaluation": [{"suite": n, "metric": m, "value": v}
+                           for n, m, v in zip(names, metrics, values)],
+            "base": {"evaluation": [{"suite": n, "metric": m, "value": v}
+                                    for n, m, v in zip(names, metrics, base)]}}
+
+
+def test_the_best_round_is_the_largest_mean_relative_gain_whatever_each_metric_s_direction():
+    from modelgit.federate.best import best_round, mean_gain
+
+    # perplexity 10 -> 8 is +20%, accuracy 0.5 -> 0.6 is +20%: a mean gain of 20%
+    assert mean_gain(_round(1, (8.0, 0.6)))[0] == pytest.approx(0.2)
+    history = [("c1", _round(1, (9.0, 0.55))), ("c2", _round(2, (7.0, 0.60))),  # +25%
+               ("c3", _round(3, (8.0, 0.55)))]                                   # +15%
+    best = best_round(history)
+    assert (best["round"], best["commit"], best["last_round"]) == (2, "c2", 3)
+    assert best["mean_gain"] == pytest.approx(0.25) and best["last_mean_gain"] == pytest.approx(0.15)
+    assert best["suites"] == ["acc", "ppl"]
+    assert best_round(history[:1])["round"] == 1
+    # equal gains: the later round (more training for the same score)
+    assert best_round([("a", _round(1, (8.0, 0.6))), ("b", _round(2, (8.0, 0.6)))])["round"] == 2
+
+
+def test_the_best_round_skips_what_cannot_be_compared():
+    from modelgit.federate.best import best_round, mean_gain
+
+    broken = _round(1, (float("nan"), "0.9"))  # no finite number: no gain at all
+    assert mean_gain(broken) is None
+    assert mean_gain(_round(1, (8.0, 0.6), base=(0.0, 0.5)))[1] == frozenset({"acc"})
+    assert mean_gain({"round": 1}) is None and best_round([]) is None
+    assert best_round([("a", {"round": 1, "evaluation": []})]) is None
+    # a round scored on other suites than the last one is not compared with it
+    other = _round(1, (1.0, 0.99), metrics=("perplexity", "macro_f1"))
+    other["evaluation"][1]["suite"] = other["base"]["evaluation"][1]["suite"] = "f1"
+    assert best_round([("a", other), ("b", _round(2, (9.0, 0.55)))])["round"] == 2
+
+
+def test_the_cli_names_the_best_round_and_how_to_contribute_it():
+    from modelgit.cli.federate_commands import _best
+    from modelgit.federate.server import FederateResult
+
+    best = {"round": 2, "commit": "ab" * 20, "mean_gain": 0.25, "last_round": 3,
+            "last_mean_gain": 0.15, "suites": ["acc", "ppl"]}
+    text = _best(FederateResult("exp", "fed/exp", 1, (), (), best))
+    assert "round 2, mean gain +25.00% over the base; the last round (3): +15.00%" in text
+    assert f"git worktree add ../round-2 {'ab' * 6} && modelgit contribute " \
+           "../round-2/federated/exp/adapter" in text
+    last = _best(FederateResult("exp", "fed/exp", 1, (), (), {**best, "round": 3}))
+    assert last.endswith("(the last round)") and "worktree" not in last
+    assert _best(FederateResult("exp", "fed/exp", 1, (), ())) == ""

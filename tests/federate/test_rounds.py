@@ -177,6 +177,31 @@ def test_a_stopped_run_resumes_from_its_last_committed_round(grid, model_repo):
     assert done.rounds == () and model_repo.rev_parse("fed/t~2") == tip
 
 
+def test_the_best_round_of_the_whole_branch_is_named_and_can_be_contributed(grid, model_repo,
+                                                                            suites_file):
+    import subprocess
+
+    from modelgit.federate.best import mean_gain
+    from modelgit.federate.server import run_rounds
+    from modelgit.workflow.contribution import contribute
+
+    run_rounds(grid(), _config(model_repo, rounds=2, stop_after=1, suites=suites_file))
+    second = run_rounds(grid(), _config(model_repo, rounds=2, suites=suites_file))
+    gains = {n: mean_gain(_record(model_repo, f"fed/t~{2 - n}"))[0] for n in (1, 2)}
+    best = second.best  # over both invocations' rounds, read back from the commits
+    assert best["round"] == max(gains, key=gains.get) and best["last_round"] == 2
+    assert best["commit"] == model_repo.rev_parse(f"fed/t~{2 - best['round']}")
+    assert best["mean_gain"] == pytest.approx(gains[best["round"]])
+    assert run_rounds(grid(), _config(model_repo, rounds=2, suites=suites_file)).best == best
+    # the command the CLI prints for a round that is not the last: a worktree, then contribute
+    tree = os.path.join(model_repo.root, "..", "round")
+    subprocess.run(["git", "-C", model_repo.root, "worktree", "add", "-q", "--detach", tree,
+                    best["commit"]], check=True)
+    made = contribute(model_repo, os.path.join(tree, "federated", "t", "adapter"), "fed-t-best",
+                      "the best round", author="Maintainer <m@example.org>", domain=None)
+    assert made.branch == "contrib/fed-t-best"
+
+
 def test_a_resume_with_other_settings_is_refused(grid, model_repo):
     from modelgit.federate.server import run_rounds
 

@@ -30,6 +30,21 @@ def _table(result) -> str:
     return "\n".join(lines)
 
 
+def _best(result) -> str:
+    """The run's best round by the suites, and how to contribute it (empty without suites)."""
+    best = result.best
+    if not best:
+        return ""
+    text = (f"best round by the suites ({', '.join(best['suites'])}): round {best['round']}, "
+            f"mean gain {best['mean_gain']:+.2%} over the base")
+    if best["round"] == best["last_round"]:
+        return text + " (the last round)"
+    return (text + f"; the last round ({best['last_round']}): {best['last_mean_gain']:+.2%}. "
+            f"To contribute round {best['round']}: git worktree add ../round-{best['round']} "
+            f"{best['commit'][:12]} && modelgit contribute ../round-{best['round']}/federated/"
+            f"{result.run}/adapter --name NAME -m MESSAGE")
+
+
 def cmd_federate(args) -> int:
     try:
         from ..federate import FederateConfig, federate
@@ -47,12 +62,14 @@ def cmd_federate(args) -> int:
     if args.json:
         print(json.dumps({"run": result.run, "branch": result.branch,
                           "resumed_from": result.resumed_from, "rounds": list(result.rounds),
-                          "base_evaluation": list(result.base_evaluation)}, indent=2,
-                         sort_keys=True))
+                          "base_evaluation": list(result.base_evaluation),
+                          "best_round": result.best}, indent=2, sort_keys=True))
     else:
         print(_table(result))
         print(f"branch {result.branch}: {len(result.rounds)} round(s) committed"
               + (f" (resumed at round {result.resumed_from})" if result.resumed_from > 1 else ""))
+        if _best(result):
+            print(_best(result))
     return 0
 
 

@@ -11,9 +11,11 @@ import os
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+from .best import best_round, round_history  # noqa: E402  (no flwr needed: reads commits)
 from .config import AGGREGATORS, FederateConfig, all_methods  # noqa: E402
 
-__all__ = ["AGGREGATORS", "FederateConfig", "all_methods", "federate"]
+__all__ = ["AGGREGATORS", "FederateConfig", "all_methods", "best_round", "federate",
+           "round_history"]
 
 
 def federate(*args, **kwargs):

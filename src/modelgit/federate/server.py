@@ -19,6 +19,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..errors import UsageError
+from .best import best_round, round_history
 from .config import FederateConfig
 from .history import RunState, branch_of, commit_round, open_run
 from .local import base_fingerprint, write_lora_dir
@@ -39,6 +40,7 @@ class FederateResult:
     resumed_from: int  # the first round this invocation ran (1: a new run)
     rounds: tuple[dict, ...]  # the round records committed by this invocation
     base_evaluation: tuple[dict, ...]
+    best: dict | None = None  # the best round of the whole branch by the suites (.best)
 
 
 def _say(text: str) -> None:
@@ -155,7 +157,8 @@ def run_rounds(grid: Grid, config: FederateConfig, wait_for: int | None = None) 
         first = state.next_round
         if first > config.rounds:
             _say(f"run {config.run} already has {first - 1} round(s) on {branch_of(config.run)}")
-            return FederateResult(config.run, branch_of(config.run), first, (), ())
+            return FederateResult(config.run, branch_of(config.run), first, (), (),
+                                  best_round(round_history(repo, config.run)))
         lora = state.lora or initial_lora(run.base_dir, config.rank, config.alpha, config.targets,
                                           config.seed)
         arrays = lora_to_arrays(lora)
@@ -174,7 +177,8 @@ def run_rounds(grid: Grid, config: FederateConfig, wait_for: int | None = None) 
                 _say(f"stopping after round {number} (--stop-after): run again to resume")
                 break
         return FederateResult(config.run, branch_of(config.run), first, tuple(records),
-                              tuple(run.base_record["base"].get("evaluation", [])))
+                              tuple(run.base_record["base"].get("evaluation", [])),
+                              best_round(round_history(repo, config.run)))
 
 
 def config_from_run_config(run_config: dict) -> FederateConfig:
