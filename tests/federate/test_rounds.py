@@ -284,9 +284,10 @@ def test_server_lr_extrapolates_the_round_step_and_is_recorded(grid, model_repo)
     assert record["recipe"]["server_lr"] == 2.0
 
 
-def test_server_lr_decays_every_round_and_a_resume_keeps_the_decay(grid, model_repo, monkeypatch):
+@pytest.fixture
+def server_lrs(monkeypatch):
+    """The server learning rate of every round aggregated while the test runs, in order."""
     from modelgit.federate import strategy
-    from modelgit.federate.server import run_rounds
 
     used = []
     real = strategy.aggregate
@@ -296,28 +297,25 @@ def test_server_lr_decays_every_round_and_a_resume_keeps_the_decay(grid, model_r
         return real(*args, **kwargs)
 
     monkeypatch.setattr(strategy, "aggregate", spy)
+    return used
+
+
+def test_server_lr_decays_every_round_and_a_resume_keeps_the_decay(grid, model_repo, server_lrs):
+    from modelgit.federate.server import run_rounds
+
     run_rounds(grid(), _config(model_repo, rounds=3, server_lr=2.0, server_lr_decay=0.5,
                                stop_after=2))
     run_rounds(grid(), _config(model_repo, rounds=3, server_lr=2.0, server_lr_decay=0.5))
-    assert used == [2.0, 1.0, 0.5]  # round 3, after the resume, continues the decay
+    assert server_lrs == [2.0, 1.0, 0.5]  # round 3, after the resume, continues the decay
     assert _record(model_repo)["recipe"]["server_lr_decay"] == 0.5
     with pytest.raises(UsageError, match=r"other settings \(server_lr_decay: 0.5\)"):
         run_rounds(grid(), _config(model_repo, rounds=4, server_lr=2.0))
 
 
-def test_server_lr_holds_for_the_first_rounds_then_decays(grid, model_repo, monkeypatch):
-    from modelgit.federate import strategy
+def test_server_lr_holds_for_the_first_rounds_then_decays(grid, model_repo, server_lrs):
     from modelgit.federate.server import run_rounds
 
-    used = []
-    real = strategy.aggregate
-
-    def spy(*args, **kwargs):
-        used.append(kwargs["server_lr"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(strategy, "aggregate", spy)
     run_rounds(grid(), _config(model_repo, rounds=3, server_lr=2.0, server_lr_decay=0.5,
                                server_lr_hold=2))
-    assert used == [2.0, 2.0, 1.0]
+    assert server_lrs == [2.0, 2.0, 1.0]
     assert _record(model_repo)["recipe"]["server_lr_hold"] == 2
