@@ -202,6 +202,37 @@ def test_the_best_round_of_the_whole_branch_is_named_and_can_be_contributed(grid
     assert made.branch == "contrib/fed-t-best"
 
 
+@pytest.mark.parametrize("where", ["training", "commit"])
+def test_a_run_killed_mid_round_resumes_from_its_last_committed_round(grid, model_repo, tiny_base,
+                                                                     client_data, tmp_path, where):
+    """kill -9 while the clients train round 2, or once its commit object is written but before
+    the branch moves: the branch keeps round 1, and the same command resumes at round 2."""
+    import subprocess
+    import sys
+
+    from modelgit.federate.server import run_rounds
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = {"repo": model_repo.root, **SETTINGS, "rounds": 3, "run": "t"}
+    setup = tmp_path / "setup.json"
+    setup.write_text(json.dumps({"tests": tests, "base": tiny_base, "config": config,
+                                 "datasets": list(client_data.values()), "round": 2,
+                                 "where": where}))
+    killed = subprocess.run([sys.executable, os.path.join(tests, "federate", "killed_run.py"),
+                             str(setup)], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert _record(model_repo)["round"] == 1  # nothing of round 2 on the branch
+    scratch = os.path.join(model_repo.git_dir, "modelgit", "tmp")
+    assert os.listdir(scratch)  # the dead process's scratch directory is still there
+    resumed = run_rounds(grid(), _config(model_repo, rounds=3))
+    assert resumed.resumed_from == 2 and [r["round"] for r in resumed.rounds] == [2, 3]
+    log = model_repo.git("log", "--format=%s", "fed/t").decode().splitlines()
+    assert log[:3] == [f"federated run t: round {n} (fedavg, 3 clients, 0 excluded)"
+                       for n in (3, 2, 1)]
+    assert os.listdir(scratch) == []  # removed by the resumed run (its owner is gone)
+    model_repo.git("fsck", "--no-dangling")
+
+
 def test_a_resume_with_other_settings_is_refused(grid, model_repo):
     from modelgit.federate.server import run_rounds
 
