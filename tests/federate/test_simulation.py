@@ -43,6 +43,9 @@ def test_three_clients_two_rounds_stopped_and_resumed(capsys, model_repo, client
     log = model_repo.git("log", "--format=%s", "fed/sim").decode().splitlines()
     assert log[:2] == ["federated run sim: round 2 (fedavg, 3 clients, 0 excluded)",
                        "federated run sim: round 1 (fedavg, 3 clients, 0 excluded)"]
+    best = second["best_round"]  # over both invocations' rounds
+    assert best["last_round"] == 2 and best["round"] in (1, 2) and best["mean_gain"] > 0
+    assert best["commit"] == model_repo.rev_parse(f"fed/sim~{2 - best['round']}")
 
 
 def test_cli_refusals_name_what_to_fix(capsys, model_repo, client_data):
