@@ -89,6 +89,9 @@ def main() -> int:
                         help="multiply the server's learning rate by this every round")
     parser.add_argument("--server-lr-hold", type=int,
                         help="rounds at the full server learning rate before the decay starts")
+    parser.add_argument("--seed", type=int,
+                        help="the federated run's seed (initial adapter, data order); the central "
+                             "LoRA keeps its own, so --central-from still applies")
     parser.add_argument("--central-from", help="reuse the central LoRA of this earlier --json")
     parser.add_argument("--central-steps", type=int,
                         help="the central LoRA's steps (default: as many as all clients together)")
@@ -109,6 +112,7 @@ def main() -> int:
                                  ("server_lr", args.server_lr),
                                  ("server_lr_decay", args.server_lr_decay),
                                  ("server_lr_hold", args.server_lr_hold),
+                                 ("seed", args.seed),
                                  ("central_steps", args.central_steps),
                                  ("central_every", args.central_every),
                                  ("max_length", args.max_length), ("train", args.train))

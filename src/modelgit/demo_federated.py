@@ -34,6 +34,7 @@ class FederatedDemoSettings:
     server_lr: float = 1.0
     server_lr_decay: float = 1.0
     server_lr_hold: int = 1  # rounds at the full server learning rate before the decay
+    seed: int = 0  # the federated run's (initial adapter, clients' data order); not the central's
     central_steps: int | None = None  # None: as many as all clients together (equal compute)
     central_every: int | None = None  # also evaluate the central LoRA every N steps; compare
     # the rounds with the best of those checkpoints (the strongest central LoRA of the run)
@@ -235,6 +236,7 @@ def run_federated_demo(quick: bool = False, workdir: str | None = None, keep: bo
                                 server_lr=settings.server_lr,
                                 server_lr_decay=settings.server_lr_decay,
                                 server_lr_hold=settings.server_lr_hold,
+                                seed=settings.seed,
                                 batch_size=settings.batch_size, max_length=settings.max_length,
                                 suites=suites_file, threads=1, min_clients=2)
         fed_started = time.perf_counter()
