@@ -66,7 +66,7 @@ def mean_gain(record: dict) -> tuple[float, frozenset] | None:
 
 
 def best_round(history: list[tuple[str, dict]]) -> dict | None:
-    """``{"round", "commit", "mean_gain", "last_round", "last_mean_gain"}``: the round of
+    """``{"round", "commit", "mean_gain", "last_round", "last_mean_gain", "suites"}``: the round of
     ``history`` (see :func:`round_history`) with the largest mean gain (the later of equal
     ones), among the rounds evaluated on the last round's suites; None without evaluations."""
     if not history:
