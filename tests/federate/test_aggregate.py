@@ -151,6 +151,7 @@ def test_server_lr_is_validated_and_part_of_the_recipe():
     assert [held.server_lr_at(n) for n in (1, 2, 3, 4)] == [3.0, 3.0, 1.5, 0.75]
     assert held.recipe()["server_lr_hold"] == 2
     assert "server_lr_hold" not in FederateConfig(server_lr_decay=0.5).recipe()
+    assert "server_lr_hold" not in FederateConfig(server_lr_hold=5).recipe()  # nothing decays
     assert any("server_lr_hold" in p for p in FederateConfig(server_lr_hold=0).problems())
     for bad in (0.0, -1.0, 1000.0):
         assert any("server_lr" in p for p in FederateConfig(server_lr=bad).problems())

@@ -147,7 +147,7 @@ class FederateConfig:
         data["targets"] = list(self.targets) if self.targets else None
         if self.server_lr_decay != 1.0:  # absent when constant: runs of before it resume
             data["server_lr_decay"] = self.server_lr_decay
-        if self.server_lr_hold != 1:  # likewise absent at its default
+        if self.server_lr_hold != 1 and self.server_lr_decay != 1.0:  # it only times the decay
             data["server_lr_hold"] = self.server_lr_hold
         return data
 
