@@ -66,3 +66,29 @@ def test_planes_layout_is_byte_k_of_every_element(itemsize):
                            dtype=np.uint8).reshape(itemsize, -1)
     assert (planes == raw.reshape(-1, itemsize).T).all()
     assert bytes(ENCODINGS["planes"].decode(payload, itemsize, raw.size, None)) == raw.tobytes()
+
+
+@pytest.mark.parametrize("name", ["zstd", "planes", "delta"])
+def test_a_frame_declaring_more_than_the_object_is_refused_before_any_allocation(name):
+    """A zstd frame header may declare any content size, and the decompressor allocates what it
+    declares: a forged header declaring 2**50 bytes must be a ValueError (corruption), not a
+    MemoryError or a huge allocation."""
+    import struct
+
+    forged = b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + struct.pack("<Q", 1 << 50) + b"\x01\x00\x00"
+    parent = b"\0" * 64 if ENCODINGS[name].needs_parent else None
+    with pytest.raises(ValueError, match="declares 1125899906842624 bytes"):
+        ENCODINGS[name].decode(forged, 4, 64, parent)
+
+
+def test_a_frame_that_declares_no_size_is_still_bounded():
+    import zstandard
+
+    from modelgit.store.encodings import zstd_decompress_bounded
+
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(b"x" * 1000)
+    assert zstd_decompress_bounded(unsized, 1000) == b"x" * 1000
+    with pytest.raises(zstandard.ZstdError):
+        zstd_decompress_bounded(unsized, 999)
+    with pytest.raises(ValueError, match="malformed"):
+        zstd_decompress_bounded(b"not a frame", 10)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from modelgit.errors import CorruptObjectError, StoreError
 from modelgit.store import Store, half_codec
@@ -112,6 +112,7 @@ def test_a_fine_tune_costs_half_of_what_delta_costs():
 
 
 # ---------------------------------------------------------------- damaged payloads
+@example(where=1280, flip=144, seed=0)  # the header's zstd frame then declares 7.6e17 bytes
 @given(where=st.integers(0, 10**9), flip=st.integers(1, 255), seed=st.integers(0, 50))
 @settings(max_examples=80, deadline=None)
 def test_damaged_payload_fails_with_value_error_or_is_caught_by_the_size(where, flip, seed):

@@ -32,7 +32,7 @@ from typing import Callable
 import zstandard
 
 __all__ = ["Encoding", "ENCODINGS", "BY_CODE", "register", "encode_standalone", "encode_delta",
-           "encode_best_delta", "delta_parent_content"]
+           "encode_best_delta", "delta_parent_content", "zstd_decompress_bounded"]
 
 ZSTD_LEVEL = 1  # entropy coding does the work on weights; higher levels only cost time
 _local = threading.local()
@@ -112,8 +112,30 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _local.dctx
 
 
+def zstd_decompress_bounded(data, limit: int,
+                            dctx: zstandard.ZstdDecompressor | None = None) -> bytes:
+    """One zstd frame decompressed to at most ``limit`` bytes.
+
+    A frame's header may declare its content size, and the decompressor allocates that much
+    before it reads a block (``max_output_size`` only bounds frames that declare none): one
+    damaged or hostile byte there asked for 7.6e17 bytes, a MemoryError, and a declared size
+    of a few GB would be allocated. So the declared size is checked first.
+
+    Raises:
+        ValueError: the header is malformed or declares more than ``limit`` bytes.
+        zstandard.ZstdError: the frame's data does not decompress.
+    """
+    try:
+        declared = zstandard.frame_content_size(data)  # -1: not declared
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"zstd frame header is malformed: {exc}") from None
+    if declared > limit:
+        raise ValueError(f"zstd frame declares {declared} bytes, more than the {limit} expected")
+    return (dctx or zstandard.ZstdDecompressor()).decompress(data, max_output_size=limit)
+
+
 def _zstd_decode(payload, raw_len: int) -> bytes:
-    out = _decompressor().decompress(payload, max_output_size=raw_len)
+    out = zstd_decompress_bounded(payload, raw_len, _decompressor())
     if len(out) != raw_len:
         raise ValueError(f"zstd payload decoded to {len(out)} bytes, expected {raw_len}")
     return out

@@ -47,6 +47,8 @@ import struct
 import numpy as np
 import zstandard
 
+from .encodings import zstd_decompress_bounded
+
 __all__ = ["encode", "decode"]
 
 VERSION = 1
@@ -346,8 +348,8 @@ def _parse(payload, n: int):
     if not 0 < shift < 15 or hlen > MAX_HEADER or len(payload) < _PREFIX.size + hlen:
         raise ValueError(f"delta16 header is malformed (context shift {shift}, length {hlen})")
     try:
-        header = zstandard.ZstdDecompressor().decompress(
-            bytes(payload[_PREFIX.size:_PREFIX.size + hlen]), max_output_size=MAX_HEADER)
+        header = zstd_decompress_bounded(bytes(payload[_PREFIX.size:_PREFIX.size + hlen]),
+                                         MAX_HEADER)
     except zstandard.ZstdError as exc:
         raise ValueError(f"delta16 header does not decompress: {exc}") from None
     if len(header) < _HEAD.size:
