@@ -120,16 +120,22 @@ def flower_identity():
     TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
 
 
-@pytest.fixture
-def grid(flower_identity, tiny_base, client_data):
-    """A function: an InProcessGrid of the three domain clients (nodes 11, 12, 13) plus any
-    ``extra`` hostile nodes ({node: behaviour})."""
+def domain_grid(base: str, datasets, extra=None):
+    """An InProcessGrid of modelgit's ClientApp on ``base``, one client per dataset (nodes 11,
+    12, ...), plus any ``extra`` hostile nodes ({node: behaviour})."""
     from modelgit.federate.client import make_client_app
 
+    datasets = tuple(datasets)
+    app = make_client_app((base,), datasets + tuple("unused" for _ in (extra or {})))
+    nodes = [11 + i for i in range(len(datasets))] + list(extra or {})
+    return InProcessGrid(app, nodes, extra)
+
+
+@pytest.fixture
+def grid(flower_identity, tiny_base, client_data):
+    """A function: :func:`domain_grid` of the three domain clients (or ``clients``) plus any
+    ``extra`` hostile nodes."""
     def make(extra=None, clients=None):
-        datasets = tuple(clients or client_data.values())
-        app = make_client_app((tiny_base,), datasets + tuple("unused" for _ in (extra or {})))
-        nodes = [11 + i for i in range(len(datasets))] + list(extra or {})
-        return InProcessGrid(app, nodes, extra)
+        return domain_grid(tiny_base, clients or client_data.values(), extra)
 
     return make

@@ -28,13 +28,13 @@ def main() -> None:
     from flwr.supercore.task_identity import TaskIdentity
 
     from modelgit.federate import FederateConfig
-    from modelgit.federate.client import make_client_app
     from modelgit.federate.server import run_rounds
     from modelgit.workflow import gitops
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)  # noqa: E731
-    app = make_client_app((setup["base"],), tuple(setup["datasets"]))
+    grid = conftest.domain_grid(setup["base"], setup["datasets"])
+    app = grid.app
 
     def client(message, context):
         settings = message.content.config_records["config"]
@@ -51,8 +51,8 @@ def main() -> None:
         return commit
 
     gitops.commit_files = commit_files
-    nodes = [11 + i for i in range(len(setup["datasets"]))]
-    run_rounds(conftest.InProcessGrid(client, nodes), FederateConfig(**setup["config"]))
+    grid.app = client
+    run_rounds(grid, FederateConfig(**setup["config"]))
 
 
 if __name__ == "__main__":

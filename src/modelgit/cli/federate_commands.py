@@ -68,8 +68,9 @@ def cmd_federate(args) -> int:
         print(_table(result))
         print(f"branch {result.branch}: {len(result.rounds)} round(s) committed"
               + (f" (resumed at round {result.resumed_from})" if result.resumed_from > 1 else ""))
-        if _best(result):
-            print(_best(result))
+        best = _best(result)
+        if best:
+            print(best)
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from ..untrusted import loads_json
-from .history import branch_of, round_path
+from .history import MAX_RECORD_BYTES, branch_of, round_path
 
 __all__ = ["round_history", "mean_gain", "best_round"]
 
@@ -30,7 +30,7 @@ def round_history(repo, run: str) -> list[tuple[str, dict]]:
         blob = repo.read_blob(spec)
         if blob is None:
             break
-        record = loads_json(blob, spec, max_bytes=16 * 1024 * 1024)
+        record = loads_json(blob, spec, max_bytes=MAX_RECORD_BYTES)
         if not isinstance(record, dict) or not isinstance(record.get("round"), int):
             break
         out.append((commit, record))

@@ -22,6 +22,7 @@ from ..untrusted import loads_json
 __all__ = ["RunState", "open_run", "commit_round", "round_path", "branch_of"]
 
 _ZERO = "0" * 40
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # a round.json read back from the branch
 
 
 def branch_of(run: str) -> str:
@@ -80,7 +81,7 @@ def _read_record(repo, tip: str, run: str) -> dict:
         raise UsageError(f"branch {branch_of(run)} exists but its tip has no "
                          f"{round_path(run)}/round.json: it is not a federated run; choose "
                          "another --run")
-    record = loads_json(blob, spec, max_bytes=16 * 1024 * 1024)
+    record = loads_json(blob, spec, max_bytes=MAX_RECORD_BYTES)
     if not isinstance(record, dict) or not isinstance(record.get("round"), int):
         raise UsageError(f"{spec} is not a round record: choose another --run")
     return record
