@@ -204,3 +204,68 @@ def test_labels_spelled_as_numbers_travel_as_class_names(encoder, tmp_path, caps
                      "--json"]) == 0  # labels 5 and 8 are classes, not indices out of range
         scores.append(json.loads(capsys.readouterr().out)[0]["metrics"])
     assert scores[0] == scores[1] and scores[0]["n"] == 12
+
+
+@pytest.fixture(scope="module")
+def on_classifier(tmp_path_factory):
+    """A tiny BERT classifier base (transformers' default class names LABEL_0, LABEL_1) and
+    adapters trained on it: ``a`` and ``b`` (classes neg, pos), ``r`` (the same two classes
+    numbered the other way: pos, neg)."""
+    from modelgit.adapters.tiny import tiny_classifier
+
+    root = tmp_path_factory.mktemp("on-classifier")
+    base = tiny_classifier(root / "base", POS + NEG + MID, seed=0)
+    out = {"base": base}
+    for name, labels, seed in (("a", "neg,pos", 0), ("b", "neg,pos", 1), ("r", "pos,neg", 0)):
+        out[name] = train(TrainConfig(base=base, data=_data(root / f"{name}.jsonl", {"pos": POS, "neg": NEG}),
+                                      output=str(root / name), steps=4, lr=1e-2, seed=seed, threads=1,
+                                      task="classification", labels=tuple(labels.split(","))),
+                          progress=False).output
+    return out
+
+
+def test_adapters_merged_onto_a_classifier_base_name_their_classes(on_classifier, tmp_path, capsys):
+    """Failed before: the base already has a head, so the adapters' heads were merged as plain
+    weights and config.json kept the base's LABEL_0, LABEL_1: `eval` then refused the data
+    ("labels the model has no class for")."""
+    m = on_classifier
+    out = tmp_path / "merged"
+    assert main(["--no-progress", "merge", "--method", "ties", "--density", "0.5", "--base", m["base"],
+                 "--model", f"{m['base']}+{m['a']}", "--model", f"{m['base']}+{m['b']}",
+                 "-o", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"} and config["label2id"] == {"neg": 0, "pos": 1}
+    data = _data(tmp_path / "test.jsonl", {"pos": POS[:2], "neg": NEG[:2]})
+    capsys.readouterr()
+    assert main(["--no-progress", "eval", str(out), "--data", data, "--task", "classification",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["metrics"]["n"] == 4
+
+
+def test_heads_numbered_differently_are_not_merged_onto_a_classifier_base(on_classifier, tmp_path, capsys):
+    """Rows of heads that number the classes differently must not be averaged, whether the
+    head is new (a bare encoder) or replaces the base's."""
+    m = on_classifier
+    capsys.readouterr()
+    assert main(["--no-progress", "merge", "--method", "linear", "--base", m["base"],
+                 "--model", f"{m['base']}+{m['a']}", "--model", f"{m['base']}+{m['r']}",
+                 "-o", str(tmp_path / "merged")]) != 0
+    err = capsys.readouterr().err
+    assert "same classes in another order (neg, pos vs pos, neg)" in err and "Traceback" not in err
+    assert not (tmp_path / "merged").exists()
+
+
+def test_full_classifiers_naming_classes_differently_are_not_merged(on_classifier, tmp_path, capsys):
+    """Two whole classifiers (merged adapters) whose config.json number the classes differently;
+    the base's default names LABEL_0, LABEL_1 name nothing and are not compared."""
+    m = on_classifier
+    for name in ("a", "r"):
+        assert main(["--no-progress", "merge", "--method", "linear",
+                     "--model", f"{m['base']}+{m[name]}", "-o", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert main(["--no-progress", "merge", "--method", "linear", "--model", str(tmp_path / "a"),
+                 "--model", str(tmp_path / "r"), "-o", str(tmp_path / "both")]) != 0
+    assert "same classes in another order" in capsys.readouterr().err
+    assert main(["--no-progress", "merge", "--method", "task_arithmetic", "--base", m["base"],
+                 "--model", str(tmp_path / "a"), "-o", str(tmp_path / "ok")]) == 0
+    assert json.loads((tmp_path / "ok" / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}

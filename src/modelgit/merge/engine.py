@@ -48,7 +48,7 @@ from .parameters import layer_index, layer_position, method_params, resolve
 from .recipe import Recipe, model_inputs, same_model
 from .sources import Source, lazy_tensor, open_source
 from .._outputs import check_output
-from .task_heads import TaskModel, heads_files, label_problems, task_config
+from .task_heads import TaskModel, heads_files, label_problems, model_config, task_config
 from .vocabulary import TOKENIZER_FILES, local_directory, tokenizer_problems, tokenizer_spec
 from .writer import DEFAULT_SHARD_BYTES, MARKER, PlannedTensor, ShardedWriter
 
@@ -97,6 +97,8 @@ class MergePlan:
     fisher_sources: dict = field(default_factory=dict)
     opened: dict = field(default_factory=dict)  # every source opened, by spec (open_source's)
     heads: TaskHeads | None = None  # the task heads of classifier adapters, and their rule
+    # the classes of a classifier whose head the inputs replace (a classifier base): config.json's
+    labels: dict[int, str] | None = None
 
     def close(self) -> None:
         everything = [*self.sources, *self.opened.values(), *self.fisher_sources.values()]
@@ -179,6 +181,8 @@ def plan_merge(recipe: Recipe) -> MergePlan:
                                      f"{extra[:3]}; they are not in the output")
         if head_names:
             _plan_heads(plan, infos, entries, model_indices)
+        else:
+            _plan_replaced_heads(plan, entries, model_indices)
     _check_shapes(plan, infos)
     _check_architectures(plan)
     if recipe.tokenizer_source is not None:
@@ -225,6 +229,43 @@ def _plan_heads(plan: MergePlan, infos, entries, model_indices: list[int]) -> No
         for o in plan.outputs:
             if not o.head:
                 o.name = prefix + o.name
+
+
+def _plan_replaced_heads(plan: MergePlan, entries, model_indices: list[int]) -> None:
+    """When the base already has the task head (a classifier base), the inputs' heads are
+    merged like any weight: check that the inputs that name their classes (an adapter's
+    labels.json, a classifier's config.json) name the same ones in the same order, and name
+    them in the output's config.json. Rows of heads numbered differently must not be averaged."""
+    labelled = [(e.model, _input_labels(plan.sources[i], e.model))
+                for i, e in zip(model_indices, entries)]
+    labelled = [(spec, labels) for spec, labels in labelled if labels]
+    if not labelled:
+        return
+    problems = label_problems(labelled)
+    if problems:
+        plan.problems.extend(p.replace("their heads cannot be averaged", "their heads cannot be "
+                                       "merged") for p in problems)
+        return
+    plan.labels = labelled[0][1]
+
+
+def _input_labels(source: Source, spec: str) -> dict[int, str] | None:
+    """The classes an input names: an adapter's labels.json, or the id2label of a sequence
+    classifier's config.json unless it is transformers' default (``LABEL_0``, ...: no names)."""
+    if hasattr(source, "task"):  # an adapter merged onto its base
+        return source.labels
+    config = model_config(local_directory(spec))
+    names = config.get("id2label")
+    if not any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or ()) \
+            or not isinstance(names, dict):
+        return None
+    try:
+        labels = {int(k): str(v) for k, v in names.items()}
+    except (TypeError, ValueError):
+        return None
+    if all(v == f"LABEL_{k}" for k, v in labels.items()):
+        return None
+    return labels
 
 
 def _out_dtype(recipe: Recipe, dtype: str) -> str:
@@ -474,6 +515,11 @@ def _extra_files(plan: MergePlan) -> dict[str, bytes]:
                         config[key] = plan.num_layers
                 data = (json.dumps(config, indent=2) + "\n").encode()
             files[name] = data
+    if plan.labels and "config.json" in files:  # a classifier base: the inputs' classes
+        config = json.loads(files["config.json"])
+        config["id2label"] = {str(k): v for k, v in sorted(plan.labels.items())}
+        config["label2id"] = {v: k for k, v in sorted(plan.labels.items())}
+        files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
     heads = plan.heads
     if heads is not None and heads.rule == "average":
         config = task_config(ref_dir, heads.task, heads.labels)

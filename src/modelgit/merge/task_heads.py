@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from ..errors import FormatError
 
 __all__ = ["HEAD_RULES", "TaskModel", "task_model", "task_model_of", "base_model_type", "align_name", "labels_of", "label_problems",
-           "task_config", "heads_files"]
+           "task_config", "heads_files", "model_config"]
 
 HEAD_RULES = ("average", "keep")
 
@@ -49,7 +49,8 @@ class TaskModel:
     prefix: str  # e.g. bert (the class's base_model_prefix)
 
 
-def _config(directory: str) -> dict:
+def model_config(directory: str) -> dict:
+    """A model directory's config.json (read as untrusted, at most 4 MiB), or {}."""
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         return {}
@@ -67,12 +68,12 @@ def task_model(base_dir: str, adapter_config: dict) -> TaskModel | None:
     ``base_dir``: from the adapter's PEFT ``task_type`` and the base's ``model_type``, the
     class transformers builds for that task and its ``base_model_prefix``. None when the
     adapter has no task head or transformers knows no such class."""
-    return task_model_of(_config(base_dir).get("model_type") if base_dir else None, adapter_config)
+    return task_model_of(model_config(base_dir).get("model_type") if base_dir else None, adapter_config)
 
 
 def base_model_type(base_dir: str) -> str | None:
     """The ``model_type`` of the model in ``base_dir`` (its config.json), or None."""
-    kind = _config(base_dir).get("model_type")
+    kind = model_config(base_dir).get("model_type")
     return kind if isinstance(kind, str) else None
 
 
@@ -157,7 +158,7 @@ def label_problems(labelled: list[tuple[str, dict[int, str] | None]]) -> list[st
 def task_config(base_dir: str, task: TaskModel, labels: dict[int, str] | None) -> bytes | None:
     """config.json of the merged task model: the base's, naming the task architecture and the
     classes. None when the base has no config.json."""
-    config = _config(base_dir)
+    config = model_config(base_dir)
     if not config:
         return None
     config["architectures"] = [task.architecture]
