@@ -170,8 +170,10 @@ def train(base: str, data: str, out: str, log: str, *extra: str) -> dict:
         return json.load(handle)
 
 
-def merge(base: str, adapters: list[str], out: str, log: str) -> dict:
-    argv = modelgit("merge", "--method", "ties", "--base", base, "--density", "0.5", "-o", out, "--force")
+def merge(base: str, adapters: list[str], out: str, log: str, method: str = "ties") -> dict:
+    argv = modelgit("merge", "--method", method, "--base", base, "-o", out, "--force")
+    if method == "ties":
+        argv += ["--density", "0.5"]
     for adapter in adapters:
         argv += ["--model", f"{base}+{adapter}"]
     return run(argv, log)
@@ -245,6 +247,12 @@ def one_task(task: str, args, work: str, seed: int = 0) -> dict:
                  "merge": merge(base, list(adapters.values()), merged, log)}
         entry.update(evaluate(merged, None, paths["test"], log))
         entry["of_one"] = entry["accuracy"] / report["one"]["accuracy"]
+        if kind == "iid":  # plain averaging beside the release's TIES (same three adapters)
+            averaged = os.path.join(folder, f"{kind}-linear")
+            linear = {"merge": merge(base, list(adapters.values()), averaged, log, "linear"),
+                      **evaluate(averaged, None, paths["test"], log)}
+            linear["of_one"] = linear["accuracy"] / report["one"]["accuracy"]
+            entry["linear"] = linear
         if kind == "disjoint":
             texts = {name: [r["text"] for r in part] for name, part in zip(adapters, parts)}
             entry["routed"] = routed(base, adapters, texts, test_rows)
@@ -256,10 +264,12 @@ def one_task(task: str, args, work: str, seed: int = 0) -> dict:
 def table(reports: list[dict]) -> str:
     lines = ["| task | seed | train/test | LR on frozen embeddings, all / adapter's examples (acc / F1) "
              "| `train` defaults (acc / F1) | train CPU-s | train peak RSS | load "
-             "| IID thirds merged (acc, of one) | disjoint merged / routed (acc) |", "|" + "---|" * 10]
+             "| IID thirds merged: TIES; linear (acc, of one) | disjoint merged / routed (acc) |", "|" + "---|" * 10]
     for r in reports:
         one, lr, same = r["one"], r["baseline"], r["baseline_same"]
-        iid = f"{r['iid']['accuracy']:.3f} ({r['iid']['of_one']:.0%})" if "iid" in r else "not run"
+        iid = (f"{r['iid']['accuracy']:.3f} ({r['iid']['of_one']:.0%}); linear "
+               f"{r['iid']['linear']['accuracy']:.3f} ({r['iid']['linear']['of_one']:.0%})"
+               if "iid" in r else "not run")
         dis = (f"{r['disjoint']['accuracy']:.3f} / {r['disjoint']['routed']['accuracy']:.3f}"
                if "disjoint" in r else "not run")
         lines.append(f"| {r['task']} ({len(r['labels'])} classes) | {r.get('seed', 0)} "
@@ -280,6 +290,9 @@ def seed_summary(reports: list[dict]) -> dict:
         entry = out.setdefault(r["task"], {"defaults": [], "baseline": []})
         entry["defaults"].append(r["one"]["accuracy"])
         entry["baseline"].append(r["baseline"]["accuracy"])
+        if "iid" in r:  # merged IID thirds, as a fraction of the one adapter: TIES, linear
+            entry.setdefault("iid_ties_of_one", []).append(r["iid"]["of_one"])
+            entry.setdefault("iid_linear_of_one", []).append(r["iid"]["linear"]["of_one"])
     for entry in out.values():
         for key in ("defaults", "baseline"):
             entry[f"{key}_mean"] = sum(entry[key]) / len(entry[key])
@@ -312,6 +325,10 @@ def main() -> int:
               f"({', '.join(f'{a:.3f}' for a in entry['defaults'])}) against the baseline "
               f"{entry['baseline_mean']:.3f} ({', '.join(f'{a:.3f}' for a in entry['baseline'])}):"
               f" reached in {entry['defaults_reach_baseline']} of {len(entry['defaults'])} seeds")
+        for key in ("iid_ties_of_one", "iid_linear_of_one"):
+            if key in entry:
+                print(f"{task}: IID thirds merged ({key.split('_')[1]}), of the one adapter: "
+                      f"{', '.join(f'{f:.0%}' for f in entry[key])}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"runs": reports, "seeds": summary} if summary else reports, handle, indent=2)
