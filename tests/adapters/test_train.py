@@ -148,3 +148,33 @@ def test_an_output_that_is_not_a_directory_is_refused_before_training(lm_base, l
         train(lm_config(lm_base, lm_data, fifo, steps=1, overwrite=True))
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert os.listdir(tmp_path) == ["pipe"]
+
+
+def test_every_module_trained_whole_learns_at_the_head_rate(cls_texts, tmp_path):
+    """DistilBERT's classifier is two new layers, pre_classifier and classifier (PEFT trains
+    both whole: its rule matches the suffix "classifier"): both learn at --head-lr. Before,
+    pre_classifier learnt at the LoRA's rate."""
+    import transformers
+    from safetensors.torch import load_file
+
+    from modelgit.adapters.tiny import tiny_tokenizer
+
+    texts, labels = cls_texts
+    tokenizer = tiny_tokenizer(texts, template="[CLS] $A [SEP]")
+    config = transformers.DistilBertConfig(vocab_size=len(tokenizer), dim=32, hidden_dim=64, n_layers=2,
+                                           n_heads=4, num_labels=2, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    base = tmp_path / "distilbert"
+    transformers.DistilBertForSequenceClassification(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": ["neg", "pos"][y]}) + "\n"
+                            for t, y in zip(texts, labels)), encoding="utf-8")
+    out = tmp_path / "out"
+    train(TrainConfig(base=str(base), data=str(data), output=str(out), steps=3, lr=1e-9, head_lr=1e-2,
+                      seed=0, threads=1, task="classification", validation=str(data)), progress=False)
+    before = load_file(str(base / "model.safetensors"))
+    after = load_adapter(str(out)).saved
+    for name in ("pre_classifier.weight", "classifier.weight"):
+        moved = (after[name] - before[name]).abs().max().item()
+        assert 1e-3 < moved < 0.1, (name, moved)  # three Adam steps of 1e-2, not of 1e-9

@@ -128,8 +128,10 @@ def _window(steps: int) -> int:
 
 
 def _is_head(name: str) -> bool:
-    """A classifier head's parameter (PEFT's modules_to_save copy of classifier / score)."""
-    return ".modules_to_save." in name and any(f".{h}." in name for h in _CLASSIFIER_HEADS)
+    """A task head's parameter: PEFT's modules_to_save copy of a module trained whole, the new
+    classifier / score and whatever else of the head its suffix rule takes in (DistilBERT's
+    ``pre_classifier``, as new as the classifier it feeds)."""
+    return ".modules_to_save." in name
 
 
 def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress,
