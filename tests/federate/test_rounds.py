@@ -350,3 +350,21 @@ def test_server_lr_holds_for_the_first_rounds_then_decays(grid, model_repo, serv
                                server_lr_hold=2))
     assert server_lrs == [2.0, 2.0, 1.0]
     assert _record(model_repo)["recipe"]["server_lr_hold"] == 2
+
+
+def test_two_runs_of_one_recipe_commit_the_same_adapters(grid, model_repo):
+    """Each run has its own salt, so its clients' anonymous ids, and so the order of their
+    replies, differ: the rounds' adapters must not (before, rounding in the aggregate's sums
+    differed with the order, and runs drifted apart round by round)."""
+    from modelgit.federate.server import run_rounds
+    from modelgit.merge.lora import load_adapter
+    from modelgit.workflow.gitops import export_dir
+
+    loras = []
+    for run in ("a", "b", "c"):
+        run_rounds(grid(), _config(model_repo, rounds=2, run=run, method="fedavg_full"))
+        loras.append(load_adapter(export_dir(model_repo, f"fed/{run}", f"federated/{run}/adapter",
+                                             os.path.join(model_repo.root, "..", run))).lora)
+    for other in loras[1:]:
+        for module, parts in loras[0].items():
+            assert torch.equal(parts["A"], other[module]["A"]) and torch.equal(parts["B"], other[module]["B"])

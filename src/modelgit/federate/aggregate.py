@@ -22,7 +22,11 @@ re-factoring) for the others. Averaging C clients' updates moves the global as f
 client's ``steps`` steps, where a central run on the union takes ``C · steps`` steps in the same
 compute; ``server_lr = C`` gives the global the sum of the clients' steps instead.
 
-Nothing here modifies its inputs.
+Nothing here modifies its inputs, and the result does not depend on the order of the updates:
+they are aggregated in an order of their content (:func:`in_content_order`). Floating-point sums
+depend on their order, and replies are ordered by the clients' anonymous ids, which a run's
+salt makes different every run: before, two runs of one recipe and seed drifted apart from the
+first round by rounding alone (and DARE's random masks went to other clients).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from ..errors import UsageError
 from ..merge.base import MergeInputs, get_method
 from ..merge.lora import low_rank
 
-__all__ = ["ClientUpdate", "aggregate", "full_update", "server_step", "update_norm"]
+__all__ = ["ClientUpdate", "aggregate", "full_update", "in_content_order", "server_step", "update_norm"]
 
 LoraState = dict[str, dict[str, torch.Tensor]]
 
@@ -48,6 +52,26 @@ class ClientUpdate:
     examples: int
     lora: LoraState
     fisher: LoraState | None = None
+
+
+def _digest(update: ClientUpdate) -> bytes:
+    import blake3
+
+    h = blake3.blake3(str(update.examples).encode())
+    for kind, state in (("lora", update.lora), ("fisher", update.fisher or {})):
+        for module in sorted(state):
+            for name in sorted(state[module]):
+                tensor = state[module][name].detach().contiguous().cpu()
+                h.update(f"\0{kind}\0{module}\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+                h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()
+
+
+def in_content_order(updates: list[ClientUpdate]) -> list[ClientUpdate]:
+    """``updates`` sorted by a digest of their example counts and tensors: the same updates in
+    any order give the same list (identical updates are interchangeable)."""
+    return [u for _, u in sorted(((_digest(u), i), u) for i, u in enumerate(updates))
+            ] if len(updates) > 1 else list(updates)
 
 
 def full_update(parts: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
@@ -154,6 +178,7 @@ def aggregate(method: str, start: LoraState, updates: list[ClientUpdate], *, ran
     """
     if not updates:
         raise UsageError("no client update to aggregate")
+    updates = in_content_order(updates)
     weights = _weights(updates)
     if method in ("fedavg", "fisher"):
         merged = (_factor_average if method == "fedavg" else _fisher_average)(updates, weights)
