@@ -57,6 +57,30 @@ def test_man_sections_come_from_their_directories(tmp_path, monkeypatch):
         task_examples("mansection", 4, max_chars=600)
 
 
+def test_a_text_under_two_labels_is_left_out_of_both(tmp_path, monkeypatch):
+    """A boilerplate paragraph in pages of two sections says nothing of either: both leave it out
+    and read on (before, asking for enough texts to reach it was refused: "1 texts appear under
+    label '7' and another label", at 180 per section of this machine's pages)."""
+    prose = "This page tells the reader what the program does and how it is used in a shell. " * 4
+    shared = "The full documentation for this tool is maintained as a Texinfo manual. " * 5
+    for section in task_labels("mansection"):
+        folder = tmp_path / f"man{section}"
+        folder.mkdir()
+        for i in range(4):
+            (folder / f"p{section}x{i}.{section}.gz").write_bytes(
+                _page(f"p{section}x{i}", f"Section {section} page {i}. {prose}"))
+        if section in ("1", "7"):
+            (folder / f"info.{section}.gz").write_bytes(_page("info", shared))
+    monkeypatch.setattr(demo_tasks, "_MAN_ROOT", str(tmp_path))
+    examples = task_examples("mansection", 4, max_chars=600)
+    assert len(examples) == 4 * len(task_labels("mansection"))
+    for text, label in examples:
+        assert f"Section {label} page" in text and "Texinfo" not in text
+    with pytest.raises(UsageError, match=r"found 5 texts of manual section 1 .*6 were asked.*"
+                                         r"left out of both: 2 of those read"):
+        task_examples("mansection", 5, max_chars=600, labels=("1", "7"))
+
+
 def test_splits_are_disjoint_jsonl_with_labels(tmp_path):
     paths = write_task_splits(str(tmp_path), "language", train=6, test=3, max_chars=300, seed=1)
     assert paths == {"train": str(tmp_path / "language" / "train.jsonl"),

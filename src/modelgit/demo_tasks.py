@@ -65,7 +65,11 @@ def task_examples(task: str, per_label: int, max_chars: int = 600, seed: int = 0
 
     Returns:
         ``[(text, label), ...]`` of length ``per_label * len(task_labels(task))``; a larger
-        ``per_label`` keeps the first examples of each label.
+        ``per_label`` keeps the first examples of each label (unless a text it reads further on
+        is also one of them under another label).
+
+    A text found under two labels is left out of both (it says nothing of either), and each
+    reads on for another.
 
     Raises:
         UsageError: unknown task, bad sizes, or too few texts of some label on this machine.
@@ -75,14 +79,29 @@ def task_examples(task: str, per_label: int, max_chars: int = 600, seed: int = 0
         raise UsageError(f"per_label must be >= 0, got {per_label}")
     reader = {"mansection": _man_section_texts, "language": _language_texts,
               "debsection": _deb_section_texts}[task]
-    by_label = {label: reader(label, per_label, max_chars, seed) for label in labels}
-    seen: set[str] = set()
-    for label, texts in by_label.items():
-        clash = seen.intersection(texts)
-        if clash:  # the same text under two labels would make the task ill-posed
-            raise UsageError(f"task {task!r}: {len(clash)} texts appear under label {label!r} "
-                             f"and another label, e.g. {next(iter(clash))[:80]!r}")
-        seen.update(texts)
+    # a text found under two labels (a boilerplate paragraph in pages of two man sections)
+    # names neither: it is left out of both and each label reads on for another text
+    want = dict.fromkeys(labels, per_label)
+    while True:
+        try:
+            read = {label: reader(label, want[label], max_chars, seed) for label in labels}
+        except UsageError as exc:
+            left = sum(want.values()) - per_label * len(labels)
+            if not left:
+                raise
+            raise UsageError(f"{exc} (texts found under two labels are left out of both: "
+                             f"{left} of those read)") from None
+        owners: dict[str, set[str]] = {}
+        for label, texts in read.items():
+            for text in texts:
+                owners.setdefault(text, set()).add(label)
+        by_label = {label: [t for t in texts if len(owners[t]) == 1] for label, texts in read.items()}
+        short = {label: per_label - len(texts) for label, texts in by_label.items() if len(texts) < per_label}
+        if not short:
+            break
+        for label, missing in short.items():  # a reader raises once its label runs out
+            want[label] += missing
+    by_label = {label: texts[:per_label] for label, texts in by_label.items()}
     return [(by_label[label][i], label) for i in range(per_label) for label in labels]
 
 
