@@ -241,10 +241,9 @@ def _plan_replaced_heads(plan: MergePlan, entries, model_indices: list[int]) -> 
     labelled = [(spec, labels) for spec, labels in labelled if labels]
     if not labelled:
         return
-    problems = label_problems(labelled)
+    problems = label_problems(labelled, new_heads=False)
     if problems:
-        plan.problems.extend(p.replace("their heads cannot be averaged", "their heads cannot be "
-                                       "merged") for p in problems)
+        plan.problems.extend(problems)
         return
     plan.labels = labelled[0][1]
 

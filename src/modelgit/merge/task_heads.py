@@ -127,9 +127,10 @@ def _names(labels: dict[int, str]) -> str:
     return ", ".join(labels[k] for k in sorted(labels))
 
 
-def label_problems(labelled: list[tuple[str, dict[int, str] | None]]) -> list[str]:
+def label_problems(labelled: list[tuple[str, dict[int, str] | None]], new_heads: bool = True) -> list[str]:
     """Why heads of these adapters cannot be averaged: ``(spec, id2label)`` per adapter with a
-    head. Empty when every adapter names the same classes in the same order."""
+    head. Empty when every adapter names the same classes in the same order. ``new_heads``
+    false: the heads replace a classifier base's own (``heads: keep`` is no way out then)."""
     known = [(spec, labels) for spec, labels in labelled if labels]
     if len(known) < len(labelled):
         missing = [spec for spec, labels in labelled if not labels]
@@ -149,9 +150,11 @@ def label_problems(labelled: list[tuple[str, dict[int, str] | None]]) -> list[st
                       f"only in {spec}: {', '.join(only_this) or '-'}")
         else:
             detail = f"same classes in another order ({_names(first)} vs {_names(labels)})"
+        keep = ("Give the recipe `heads: keep` (each adapter's head is kept, for a router) or "
+                if new_heads else "")  # a head that replaces the base's own cannot be kept apart
         problems.append(f"the task heads name different classes ({detail}): their heads cannot be "
-                        "averaged. Give the recipe `heads: keep` (each adapter's head is kept, for "
-                        "a router) or train every adapter with the same `--labels` list")
+                        f"{'averaged' if new_heads else 'merged'}. {keep}train every adapter with "
+                        "the same `--labels` list")
     return problems
 
 
