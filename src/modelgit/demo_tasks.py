@@ -99,6 +99,10 @@ def task_examples(task: str, per_label: int, max_chars: int = 600, seed: int = 0
         short = {label: per_label - len(texts) for label, texts in by_label.items() if len(texts) < per_label}
         if not short:
             break
+        ran_out = [label for label in short if len(read[label]) < want[label]]
+        if ran_out:  # the readers raise first; a loop that cannot end must not start
+            raise UsageError(f"task {task!r}: too few texts of label {ran_out[0]!r} on this machine "
+                             f"(texts found under two labels are left out of both)")
         for label, missing in short.items():  # a reader raises once its label runs out
             want[label] += missing
     by_label = {label: texts[:per_label] for label, texts in by_label.items()}
