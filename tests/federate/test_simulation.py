@@ -10,9 +10,9 @@ import pytest
 from modelgit.cli.main import main
 
 
-def _run(capsys, repo, client_data, suites, *extra):
+def _run(capsys, repo, client_data, suites, *extra, run="sim"):
     clients = [f"{name}={path}" for name, path in client_data.items()]
-    code = main(["federate", repo.root, "--clients", *clients, "--run", "sim", "--rounds", "2",
+    code = main(["federate", repo.root, "--clients", *clients, "--run", run, "--rounds", "2",
                  "--rank", "4", "--alpha", "8", "--steps", "4", "--lr", "0.02", "--threads", "1",
                  "--suites", suites, "--json", *extra])
     assert code == 0
@@ -46,6 +46,12 @@ def test_three_clients_two_rounds_stopped_and_resumed(capsys, model_repo, client
     best = second["best_round"]  # over both invocations' rounds
     assert best["last_round"] == 2 and best["round"] in (1, 2) and best["mean_gain"] > 0
     assert best["commit"] == model_repo.rev_parse(f"fed/sim~{2 - best['round']}")
+    # another run of the recipe, in one go (other salt, so other anonymous ids and order of
+    # replies; other Flower node ids): the same adapter, bit for bit, as the stopped and resumed one
+    _run(capsys, model_repo, client_data, suites_file, run="again")
+    adapter = "federated/{}/adapter/adapter_model.safetensors"
+    assert model_repo.git("show", "fed/sim:" + adapter.format("sim")) == \
+        model_repo.git("show", "fed/again:" + adapter.format("again"))
 
 
 def test_cli_refusals_name_what_to_fix(capsys, model_repo, client_data):
