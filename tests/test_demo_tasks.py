@@ -38,17 +38,26 @@ def _page(name: str, body: str) -> bytes:
                          f'{body}\n'.encode())
 
 
-def test_man_sections_come_from_their_directories(tmp_path, monkeypatch):
+def _man_pages(root, pages: int, extra: dict[str, tuple[str, str, str]], monkeypatch) -> None:
+    """``pages`` pages "Section S page i" in every section's directory under ``root``, plus
+    ``extra[S] = (file name, page name, body)``; modelgit reads its man pages there."""
     prose = "This page tells the reader what the program does and how it is used in a shell. " * 4
     for section in task_labels("mansection"):
-        folder = tmp_path / f"man{section}"
+        folder = root / f"man{section}"
         folder.mkdir()
-        for i in range(3):
+        for i in range(pages):
             (folder / f"p{section}x{i}.{section}.gz").write_bytes(
                 _page(f"p{section}x{i}", f"Section {section} page {i}. {prose}"))
-        (folder / f"legal{section}.{section}.gz").write_bytes(
-            _page("legal", "Copyright 2020 the authors; licensed under the MIT license. " * 5))
-    monkeypatch.setattr(demo_tasks, "_MAN_ROOT", str(tmp_path))
+        if section in extra:
+            file_name, name, body = extra[section]
+            (folder / file_name).write_bytes(_page(name, body))
+    monkeypatch.setattr(demo_tasks, "_MAN_ROOT", str(root))
+
+
+def test_man_sections_come_from_their_directories(tmp_path, monkeypatch):
+    legal = "Copyright 2020 the authors; licensed under the MIT license. " * 5
+    _man_pages(tmp_path, 3, {s: (f"legal{s}.{s}.gz", "legal", legal) for s in task_labels("mansection")},
+               monkeypatch)
     examples = task_examples("mansection", 3, max_chars=600)
     for text, label in examples:
         assert f"Section {label} page" in text
@@ -61,17 +70,8 @@ def test_a_text_under_two_labels_is_left_out_of_both(tmp_path, monkeypatch):
     """A boilerplate paragraph in pages of two sections says nothing of either: both leave it out
     and read on (before, asking for enough texts to reach it was refused: "1 texts appear under
     label '7' and another label", at 180 per section of this machine's pages)."""
-    prose = "This page tells the reader what the program does and how it is used in a shell. " * 4
     shared = "The full documentation for this tool is maintained as a Texinfo manual. " * 5
-    for section in task_labels("mansection"):
-        folder = tmp_path / f"man{section}"
-        folder.mkdir()
-        for i in range(4):
-            (folder / f"p{section}x{i}.{section}.gz").write_bytes(
-                _page(f"p{section}x{i}", f"Section {section} page {i}. {prose}"))
-        if section in ("1", "7"):
-            (folder / f"info.{section}.gz").write_bytes(_page("info", shared))
-    monkeypatch.setattr(demo_tasks, "_MAN_ROOT", str(tmp_path))
+    _man_pages(tmp_path, 4, {s: (f"info.{s}.gz", "info", shared) for s in ("1", "7")}, monkeypatch)
     examples = task_examples("mansection", 4, max_chars=600)
     assert len(examples) == 4 * len(task_labels("mansection"))
     for text, label in examples:

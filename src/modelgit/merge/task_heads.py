@@ -150,11 +150,11 @@ def label_problems(labelled: list[tuple[str, dict[int, str] | None]], new_heads:
                       f"only in {spec}: {', '.join(only_this) or '-'}")
         else:
             detail = f"same classes in another order ({_names(first)} vs {_names(labels)})"
-        keep = ("Give the recipe `heads: keep` (each adapter's head is kept, for a router) or "
-                if new_heads else "")  # a head that replaces the base's own cannot be kept apart
+        same = "every adapter with the same `--labels` list"
+        advice = (f"Give the recipe `heads: keep` (each adapter's head is kept, for a router) or "
+                  f"train {same}" if new_heads else f"Train {same}")  # a replaced head: no keep
         problems.append(f"the task heads name different classes ({detail}): their heads cannot be "
-                        f"{'averaged' if new_heads else 'merged'}. {keep}train every adapter with "
-                        "the same `--labels` list")
+                        f"{'averaged' if new_heads else 'merged'}. {advice}")
     return problems
 
 
