@@ -26,6 +26,7 @@ from .defaults import resolve as resolve_schedule
 from .labels import label_ids, label_mapping
 from .loading import (architecture_task, check_task, load_model, load_tokenizer, model_type,
                       quiet_transformers, supported_tasks)
+from .probe import probe_accuracy
 from .targets import resolve_targets
 
 __all__ = ["TrainResult", "train"]
@@ -358,6 +359,9 @@ def _train(config: TrainConfig, progress: bool | None, staging: str | None) -> T
             if valid else None
         check = (lambda: _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size)) \
             if valid and task == "classification" else None
+        # the yardstick: a linear probe on the starting model's embeddings (no randomness used)
+        probe = probe_accuracy(model, ids, labels, *valid, tokenizer.pad_token_id, config.batch_size,
+                               len(id2label)) if check else None
         keep = (lambda step: save_checkpoint(model, tokenizer, config, staging, step, id2label)) \
             if staging else None
         metrics = _loop(model, plan, ids, labels, tokenizer.pad_token_id, config, progress, check,
@@ -367,7 +371,8 @@ def _train(config: TrainConfig, progress: bool | None, staging: str | None) -> T
             metrics["validation"] = {**after, "loss_before": before["loss"],
                                      **({"perplexity_before": before["perplexity"]}
                                         if "perplexity" in before else
-                                        {"accuracy_before": before["accuracy"]})}
+                                        {"accuracy_before": before["accuracy"]}),
+                                     **({"probe": probe} if probe else {})}
     metrics.update(task=task, mode="full" if config.full else "lora", examples=len(ids),
                    skipped_examples=len(records) - len(ids), threads=threads)
     resolved = {"task": task, "target_modules": list(targets) if isinstance(targets, tuple) else targets,

@@ -117,6 +117,12 @@ def cmd_train(args) -> int:
                  f", accuracy {valid['accuracy_before']:.3f} -> {valid['accuracy']:.3f}")
         print(f"validation ({valid['examples']} examples): loss {valid['loss_before']:.4f} -> "
               f"{valid['loss']:.4f}{extra}")
+        if "probe" in valid:
+            ahead = "ahead of" if valid["accuracy"] > valid["probe"]["accuracy"] else \
+                "level with" if valid["accuracy"] == valid["probe"]["accuracy"] else "behind"
+            print(f"  a linear probe on the starting model's mean-pooled embeddings "
+                  f"({valid['probe']['examples']} training examples): accuracy "
+                  f"{valid['probe']['accuracy']:.3f}; the trained model is {ahead} it")
     if result.task == "classification" and config.labels:
         print(f"classes: {', '.join(config.labels)}")
     print(f"wrote {result.output}/ (data card: {result.data_card['records']} records, "

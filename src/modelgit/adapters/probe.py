@@ -1,0 +1,72 @@
+"""A linear probe beside a classifier's training: the yardstick the fine-tuned model must beat.
+
+On a sentence encoder with a few dozen examples per class, logistic regression on the frozen
+model's mean-pooled embeddings can beat fine-tuning (benchmarks/README.md, issue 17). So `train
+--task classification` with held-out data fits one on the model training starts from (for a new
+LoRA: the base) and reports its held-out accuracy beside the trained model's: the user sees which
+is ahead without writing the baseline. The fit is scikit-learn's default ``LogisticRegression``
+(multinomial, L2 penalty with ``C = 1`` on the weights, not the bias) by L-BFGS, in float64:
+deterministic, and it consumes no random numbers (training's are untouched).
+"""
+
+from __future__ import annotations
+
+from . import _batches
+
+__all__ = ["MAX_PROBE_EXAMPLES", "mean_pooled", "fit_probe", "probe_accuracy"]
+
+MAX_PROBE_EXAMPLES = 2048  # training examples the probe fits on (the first of the data's order)
+
+
+def mean_pooled(model, ids: list[list[int]], pad_id: int, batch_size: int):
+    """(n, hidden) float64: the last hidden states averaged over each text's real tokens, in eval
+    mode without gradients (the model's mode is restored)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out = []
+    plan = [list(range(i, min(i + batch_size, len(ids)))) for i in range(0, len(ids), batch_size)]
+    with torch.no_grad():
+        for batch in _batches.iterate(plan, ids, pad_id, None):
+            mask = batch["attention_mask"]
+            hidden = model(input_ids=batch["input_ids"], attention_mask=mask,
+                           output_hidden_states=True).hidden_states[-1].double()  # (b, t, d)
+            weights = mask.unsqueeze(-1).double()  # (b, t, 1)
+            out.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1))
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def fit_probe(features, labels: list[int], classes: int, c: float = 1.0, max_iter: int = 500):
+    """Weights (classes, d) and bias (classes,) minimising ``sum_i CE_i + ||W||^2 / (2c)``."""
+    import torch
+
+    x = features.double()
+    y = torch.tensor(labels)
+    weight = torch.zeros(classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    solver = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-9,
+                               tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+
+    def objective():
+        solver.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, y, reduction="sum") \
+            + (weight ** 2).sum() / (2 * c)
+        loss.backward()
+        return loss
+
+    solver.step(objective)
+    return weight.detach(), bias.detach()
+
+
+def probe_accuracy(model, train_ids, train_labels, valid_ids, valid_labels, pad_id: int,
+                   batch_size: int, classes: int) -> dict:
+    """``{"accuracy", "examples"}``: held-out accuracy of a probe fitted on (at most
+    :data:`MAX_PROBE_EXAMPLES` of) the training examples' mean-pooled embeddings."""
+    n = min(len(train_ids), MAX_PROBE_EXAMPLES)
+    weight, bias = fit_probe(mean_pooled(model, train_ids[:n], pad_id, batch_size),
+                             list(train_labels[:n]), classes)
+    logits = mean_pooled(model, valid_ids, pad_id, batch_size) @ weight.T + bias
+    correct = sum(int(p) == int(t) for p, t in zip(logits.argmax(-1), valid_labels))
+    return {"accuracy": correct / len(valid_ids), "examples": n}
