@@ -79,3 +79,13 @@ def test_no_probe_without_held_out_data_or_for_a_causal_lm(lm_base, lm_data, cls
     lm = train(TrainConfig(base=lm_base, data=lm_data, output=str(tmp_path / "l"), steps=2, threads=1,
                            validation=lm_data), progress=False)
     assert "probe" not in lm.metrics["validation"]
+
+
+def test_the_probe_shows_progress_in_a_log(cls_base, held_out_data, tmp_path, capsys, monkeypatch):
+    """Its forward passes (up to 2,048 training examples) run before training's own bar."""
+    monkeypatch.setenv("MODELGIT_PROGRESS", "lines")
+    monkeypatch.setenv("MODELGIT_PROGRESS_INTERVAL", "0")  # a line at every batch
+    train(TrainConfig(base=cls_base, data=held_out_data, output=str(tmp_path / "o"), steps=2,
+                      threads=1, task="classification"), progress=None)  # not a terminal: lines
+    err = capsys.readouterr().err
+    assert "linear probe: batch 16/16 (100%)" in err  # 54 + 6 examples in batches of 4

@@ -18,9 +18,9 @@ __all__ = ["MAX_PROBE_EXAMPLES", "mean_pooled", "fit_probe", "probe_accuracy"]
 MAX_PROBE_EXAMPLES = 2048  # training examples the probe fits on (the first of the data's order)
 
 
-def mean_pooled(model, ids: list[list[int]], pad_id: int, batch_size: int):
+def mean_pooled(model, ids: list[list[int]], pad_id: int, batch_size: int, bar=None):
     """(n, hidden) float64: the last hidden states averaged over each text's real tokens, in eval
-    mode without gradients (the model's mode is restored)."""
+    mode without gradients (the model's mode is restored); ``bar.update(1)`` after each batch."""
     import torch
 
     was_training = model.training
@@ -34,6 +34,8 @@ def mean_pooled(model, ids: list[list[int]], pad_id: int, batch_size: int):
                            output_hidden_states=True).hidden_states[-1].double()  # (b, t, d)
             weights = mask.unsqueeze(-1).double()  # (b, t, 1)
             out.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1))
+            if bar is not None:
+                bar.update(1)
     model.train(was_training)
     return torch.cat(out)
 
@@ -61,12 +63,18 @@ def fit_probe(features, labels: list[int], classes: int, c: float = 1.0, max_ite
 
 
 def probe_accuracy(model, train_ids, train_labels, valid_ids, valid_labels, pad_id: int,
-                   batch_size: int, classes: int) -> dict:
+                   batch_size: int, classes: int, progress: bool | None = None) -> dict:
     """``{"accuracy", "examples"}``: held-out accuracy of a probe fitted on (at most
-    :data:`MAX_PROBE_EXAMPLES` of) the training examples' mean-pooled embeddings."""
+    :data:`MAX_PROBE_EXAMPLES` of) the training examples' mean-pooled embeddings; the forward
+    passes show progress (``progress`` as :func:`modelgit.progress.progress_bar`'s)."""
+    from ..progress import progress_bar
+
     n = min(len(train_ids), MAX_PROBE_EXAMPLES)
-    weight, bias = fit_probe(mean_pooled(model, train_ids[:n], pad_id, batch_size),
-                             list(train_labels[:n]), classes)
-    logits = mean_pooled(model, valid_ids, pad_id, batch_size) @ weight.T + bias
+    batches = -(-n // batch_size) + -(-len(valid_ids) // batch_size)
+    with progress_bar(batches, "linear probe", progress, unit="batch") as bar:
+        train_features = mean_pooled(model, train_ids[:n], pad_id, batch_size, bar)
+        valid_features = mean_pooled(model, valid_ids, pad_id, batch_size, bar)
+    weight, bias = fit_probe(train_features, list(train_labels[:n]), classes)
+    logits = valid_features @ weight.T + bias
     correct = sum(int(p) == int(t) for p, t in zip(logits.argmax(-1), valid_labels))
     return {"accuracy": correct / len(valid_ids), "examples": n}

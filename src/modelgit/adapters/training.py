@@ -361,7 +361,7 @@ def _train(config: TrainConfig, progress: bool | None, staging: str | None) -> T
             if valid and task == "classification" else None
         # the yardstick: a linear probe on the starting model's embeddings (no randomness used)
         probe = probe_accuracy(model, ids, labels, *valid, tokenizer.pad_token_id, config.batch_size,
-                               len(id2label)) if check else None
+                               len(id2label), progress) if check else None
         keep = (lambda step: save_checkpoint(model, tokenizer, config, staging, step, id2label)) \
             if staging else None
         metrics = _loop(model, plan, ids, labels, tokenizer.pad_token_id, config, progress, check,
