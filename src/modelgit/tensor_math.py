@@ -1,4 +1,5 @@
-"""Raw tensor bytes <-> torch tensors, for the code that computes on weights (diff, merge)."""
+"""Raw tensor bytes <-> torch tensors, for the code that computes on weights (diff, merge), and
+the masked mean of hidden states that embeddings, routers and the classifier's probe pool by."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 
 from .dtypes import DTYPES
 
-__all__ = ["to_torch", "from_torch", "dtype_name"]
+__all__ = ["to_torch", "from_torch", "dtype_name", "masked_mean"]
 
 _BY_TORCH = {getattr(torch, d.torch_name): d.name for d in DTYPES.values() if d.torch_name}
 
@@ -28,3 +29,10 @@ def from_torch(tensor: torch.Tensor) -> bytes:
     """Raw little-endian C-order bytes of ``tensor``."""
     flat = tensor.detach().contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(b, d): ``hidden`` (b, t, d) averaged over each row's real tokens (``mask`` (b, t), 1 for
+    a token, 0 for padding), in ``hidden``'s dtype; a row without tokens is zeros."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)

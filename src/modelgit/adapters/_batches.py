@@ -7,7 +7,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-__all__ = ["encode", "batch_plan", "collate", "iterate"]
+__all__ = ["encode", "batch_plan", "in_order", "collate", "iterate"]
 
 
 def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
@@ -27,6 +27,11 @@ def batch_plan(n: int, batch_size: int, seed: int, steps: int | None,
         order.extend(int(i) for i in rng.permutation(n))
     order = order[:total]
     return [order[i:i + batch_size] for i in range(0, total, batch_size)]
+
+
+def in_order(n: int, batch_size: int) -> list[list[int]]:
+    """Example indices 0..n-1 in batches of ``batch_size``, in order (an evaluation pass)."""
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 
 def collate(ids: list[list[int]], pad_id: int, labels: list[int] | None = None) -> dict:

@@ -23,17 +23,18 @@ def mean_pooled(model, ids: list[list[int]], pad_id: int, batch_size: int, bar=N
     mode without gradients (the model's mode is restored); ``bar.update(1)`` after each batch."""
     import torch
 
+    from ..tensor_math import masked_mean
+
     was_training = model.training
     model.eval()
     out = []
-    plan = [list(range(i, min(i + batch_size, len(ids)))) for i in range(0, len(ids), batch_size)]
+    plan = _batches.in_order(len(ids), batch_size)
     with torch.no_grad():
         for batch in _batches.iterate(plan, ids, pad_id, None):
             mask = batch["attention_mask"]
             hidden = model(input_ids=batch["input_ids"], attention_mask=mask,
-                           output_hidden_states=True).hidden_states[-1].double()  # (b, t, d)
-            weights = mask.unsqueeze(-1).double()  # (b, t, 1)
-            out.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1))
+                           output_hidden_states=True).hidden_states[-1]  # (b, t, d)
+            out.append(masked_mean(hidden.double(), mask))
             if bar is not None:
                 bar.update(1)
     model.train(was_training)

@@ -203,7 +203,7 @@ def _validation_loss(model, ids, labels, pad_id: int, batch_size: int) -> dict:
     was_training = model.training
     model.eval()
     total, count, correct = 0.0, 0, 0
-    plan = [list(range(i, min(i + batch_size, len(ids)))) for i in range(0, len(ids), batch_size)]
+    plan = _batches.in_order(len(ids), batch_size)
     with torch.no_grad():
         for batch in _batches.iterate(plan, ids, pad_id, labels):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -38,6 +38,7 @@ import torch
 from ..errors import UsageError
 from ..merge.base import MergeInputs, get_method
 from ..merge.lora import low_rank
+from ..tensor_math import from_torch
 
 __all__ = ["ClientUpdate", "aggregate", "full_update", "in_content_order", "server_step", "update_norm"]
 
@@ -61,9 +62,9 @@ def _digest(update: ClientUpdate) -> bytes:
     for kind, state in (("lora", update.lora), ("fisher", update.fisher or {})):
         for module in sorted(state):
             for name in sorted(state[module]):
-                tensor = state[module][name].detach().contiguous().cpu()
+                tensor = state[module][name].cpu()
                 h.update(f"\0{kind}\0{module}\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-                h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+                h.update(from_torch(tensor))
     return h.digest()
 
 

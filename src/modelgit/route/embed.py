@@ -65,15 +65,12 @@ def embedding_size(spec: str, runtime) -> int:
     return int(runtime.model.get_base_model().config.hidden_size)
 
 
-def _mean_pool(hidden, mask):
-    mask = mask.unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (b, hidden)
-
-
 def embed(spec: str, runtime, texts: list[str], route_tokens: int, batch_size: int = 16):
     """The embeddings of ``texts`` (float32, (len(texts), size)), unnormalised for ``base``
     (routers centre and normalise them), normalised for ``minilm``."""
     import torch
+
+    from ..tensor_math import masked_mean
 
     kind, layer = parse_embedder(spec)
     out = []
@@ -85,10 +82,10 @@ def embed(spec: str, runtime, texts: list[str], route_tokens: int, batch_size: i
                               padding=True, return_tensors="pt")
             with torch.no_grad():
                 hidden = model(**batch).last_hidden_state.float()  # (b, t, 384)
-            pooled = torch.nn.functional.normalize(_mean_pool(hidden, batch["attention_mask"]), dim=-1)
+            pooled = torch.nn.functional.normalize(masked_mean(hidden, batch["attention_mask"]), dim=-1)
         else:
             batch = runtime.encode(chunk, route_tokens, count=False).batch
             hidden = runtime.hidden_after(batch, layer)  # (b, t, hidden)
-            pooled = _mean_pool(hidden, batch["attention_mask"])
+            pooled = masked_mean(hidden, batch["attention_mask"])
         out.append(pooled)
     return torch.cat(out) if out else torch.zeros((0, embedding_size(spec, runtime)))

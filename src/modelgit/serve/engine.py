@@ -193,9 +193,9 @@ class Engine:
         import torch
 
         output, mask = self._forward(jobs, output_hidden_states=True)
-        hidden = output.hidden_states[-1].float()  # (b, t, hidden)
-        weights = mask.unsqueeze(-1).float()  # (b, t, 1)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)  # (b, hidden)
+        from ..tensor_math import masked_mean
+
+        pooled = masked_mean(output.hidden_states[-1].float(), mask)  # (b, hidden)
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return [Embedded(pooled[i].tolist(), len(job.ids), job.adapter)
                 for i, job in enumerate(jobs)]
