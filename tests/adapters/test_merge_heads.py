@@ -269,3 +269,37 @@ def test_full_classifiers_naming_classes_differently_are_not_merged(on_classifie
     assert main(["--no-progress", "merge", "--method", "task_arithmetic", "--base", m["base"],
                  "--model", str(tmp_path / "a"), "-o", str(tmp_path / "ok")]) == 0
     assert json.loads((tmp_path / "ok" / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
+
+
+@pytest.mark.parametrize("config_text, merged", [
+    ('{"architectures": ["BertForSequenceClassification"], "id2label": ["neg", "pos"]', True),  # cut
+    ('{"architectures": "BertForSequenceClassification", "id2label": {"0": "pos", "1": "neg"}}', True),
+    ('{"architectures": ["BertForSequenceClassification"], "id2label": {"a": "pos", "b": "neg"}}', True),
+    ('{"architectures": ["BertForSequenceClassification"], "id2label": ["pos", "neg"]}', True),
+    ('{"architectures": ["BertForSequenceClassification"], "id2label": {"' + "9" * 5000 + '": "x"}}', True),
+    ('[1, 2, 3]', True),
+    ('{"architectures": ["BertForSequenceClassification"], "id2label": {"0": {"x": 1}, "1": null}}', False),
+])
+def test_a_hand_written_classifier_config_is_a_message_not_a_traceback(on_classifier, tmp_path,
+                                                                        capsys, config_text, merged):
+    """Whole classifiers whose config.json someone else wrote: a label map the merge cannot read
+    (not JSON, not a map of numbers, architectures not a list) names no classes to compare and the
+    merge goes on; names it can read but that differ are refused with a message."""
+    import shutil
+
+    m = on_classifier
+    good = tmp_path / "good"
+    assert main(["--no-progress", "merge", "--method", "linear", "--model", f"{m['base']}+{m['a']}",
+                 "-o", str(good)]) == 0
+    odd = tmp_path / "odd"
+    shutil.copytree(good, odd)
+    (odd / "config.json").write_text(config_text)
+    capsys.readouterr()
+    code = main(["--no-progress", "merge", "--method", "linear", "--model", str(good),
+                 "--model", str(odd), "-o", str(tmp_path / "both")])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if merged:
+        assert code == 0
+    else:
+        assert code != 0 and "the task heads name different classes" in err
