@@ -218,6 +218,16 @@ def one_task(task: str, args, work: str, seed: int = 0) -> dict:
     with open(os.path.join(one, "training_config.json")) as handle:
         report["one"]["resolved"] = json.load(handle)["resolved"]
     print(task, "one adapter", report["one"], flush=True)
+    # the two classifiers `auto` chooses between, each written on its own (the probe: no steps)
+    for kind in ("tuned", "probe"):
+        if report["one"]["resolved"].get("classifier") == kind:
+            report[kind] = {k: report["one"][k] for k in ("accuracy", "macro_f1", "cpu_s")}
+            continue
+        path = os.path.join(folder, f"all-{kind}")
+        report[kind] = {**train(base, paths["train"], path, log, "--labels", labels, *seeded,
+                                "--classifier", kind),
+                        **evaluate(base, path, paths["test"], log)}
+        print(task, kind, report[kind], flush=True)
     # the adapter does not train on its held-out tenth: the baseline on the same examples
     report["baseline_same"] = baseline(embedded, trained_on(one, len(train_rows)))
     print(task, "baseline on the adapter's examples", report["baseline_same"], flush=True)
@@ -263,8 +273,9 @@ def one_task(task: str, args, work: str, seed: int = 0) -> dict:
 
 def table(reports: list[dict]) -> str:
     lines = ["| task | seed | train/test | LR on frozen embeddings, all / adapter's examples (acc / F1) "
-             "| `train` defaults (acc / F1) | train CPU-s | train peak RSS | load "
-             "| IID thirds merged: TIES; linear (acc, of one) | disjoint merged / routed (acc) |", "|" + "---|" * 10]
+             "| `train` defaults (acc / F1): the classifier kept | tuned / probe classifier (acc) "
+             "| train CPU-s | train peak RSS | load "
+             "| IID thirds merged: TIES; linear (acc, of one) | disjoint merged / routed (acc) |", "|" + "---|" * 11]
     for r in reports:
         one, lr, same = r["one"], r["baseline"], r["baseline_same"]
         iid = (f"{r['iid']['accuracy']:.3f} ({r['iid']['of_one']:.0%}); linear "
@@ -276,7 +287,10 @@ def table(reports: list[dict]) -> str:
                      f"| {r['train']}/{r['test']} "
                      f"| {lr['accuracy']:.3f} / {lr['macro_f1']:.3f}, {same['accuracy']:.3f} / "
                      f"{same['macro_f1']:.3f} ({same['examples']}) "
-                     f"| {one['accuracy']:.3f} / {one['macro_f1']:.3f} | {one['cpu_s']:.0f} "
+                     f"| {one['accuracy']:.3f} / {one['macro_f1']:.3f}: "
+                     f"{one['resolved'].get('classifier')} "
+                     f"| {r['tuned']['accuracy']:.3f} / {r['probe']['accuracy']:.3f} "
+                     f"| {one['cpu_s']:.0f} "
                      f"| {one['peak_rss_mb']:.0f} MB | {one['load']:.1f} | {iid} | {dis} |")
     return "\n".join(lines)
 
@@ -290,11 +304,14 @@ def seed_summary(reports: list[dict]) -> dict:
         entry = out.setdefault(r["task"], {"defaults": [], "baseline": []})
         entry["defaults"].append(r["one"]["accuracy"])
         entry["baseline"].append(r["baseline"]["accuracy"])
+        entry.setdefault("tuned", []).append(r["tuned"]["accuracy"])
+        entry.setdefault("probe", []).append(r["probe"]["accuracy"])
+        entry.setdefault("kept", []).append(r["one"]["resolved"].get("classifier"))
         if "iid" in r:  # merged IID thirds, as a fraction of the one adapter: TIES, linear
             entry.setdefault("iid_ties_of_one", []).append(r["iid"]["of_one"])
             entry.setdefault("iid_linear_of_one", []).append(r["iid"]["linear"]["of_one"])
     for entry in out.values():
-        for key in ("defaults", "baseline"):
+        for key in ("defaults", "baseline", "tuned", "probe"):
             entry[f"{key}_mean"] = sum(entry[key]) / len(entry[key])
         entry["defaults_reach_baseline"] = sum(d >= b for d, b in zip(entry["defaults"],
                                                                        entry["baseline"]))
@@ -324,7 +341,9 @@ def main() -> int:
         print(f"{task}: defaults {entry['defaults_mean']:.3f} "
               f"({', '.join(f'{a:.3f}' for a in entry['defaults'])}) against the baseline "
               f"{entry['baseline_mean']:.3f} ({', '.join(f'{a:.3f}' for a in entry['baseline'])}):"
-              f" reached in {entry['defaults_reach_baseline']} of {len(entry['defaults'])} seeds")
+              f" reached in {entry['defaults_reach_baseline']} of {len(entry['defaults'])} seeds"
+              f"; kept {', '.join(entry['kept'])}; tuned {entry['tuned_mean']:.3f}, probe "
+              f"classifier {entry['probe_mean']:.3f}")
         for key in ("iid_ties_of_one", "iid_linear_of_one"):
             if key in entry:
                 print(f"{task}: IID thirds merged ({key.split('_')[1]}), of the one adapter: "

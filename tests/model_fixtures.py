@@ -58,3 +58,15 @@ def cls_data(tmp_path_factory):
     rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def bert_encoder(cls_base, tmp_path_factory):
+    """The classifier's body alone: a bare ``BertModel`` directory (no pooler head, no
+    classifier) with the tokenizer: the kind of base mean pooling (``--classifier probe``) takes."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    path = tmp_path_factory.mktemp("encoder") / "bert"
+    BertForSequenceClassification.from_pretrained(cls_base).bert.save_pretrained(path)
+    AutoTokenizer.from_pretrained(cls_base).save_pretrained(path)
+    return str(path)

@@ -107,7 +107,8 @@ def _contribute(work: str, remote: str, share: str, settings: ClassifyDemoSettin
     # the class numbering comes from the project's `labels:` (the clone's modelgit.yaml)
     result = train(TrainConfig(base=os.path.join(clone.root, "model"), data=share, output=adapter,
                                task="classification", steps=settings.steps, lr=settings.lr,
-                               head_lr=settings.head_lr, threads=1, seed=0), progress=progress)
+                               head_lr=settings.head_lr, threads=1, seed=0, classifier="tuned"),
+                   progress=progress)
     done = contribute(clone, adapter, f"{who}-lora", f"LoRA classifier on {who}'s labelled source",
                       author=author, remote="origin")
     m = result.metrics
@@ -160,7 +161,9 @@ def run_classify_demo(quick: bool = False, workdir: str | None = None, keep: boo
         remote = os.path.join(work, "hub.git")
         subprocess.run(["git", "init", "-q", "--bare", "-b", "main", remote], check=True)
         repo = create_project(os.path.join(work, "maintainer"), base,
+                              # LoRA contributions: every one a tuned classifier (one kind merges)
                               Project(name="demo-classifier", task="classification", labels=labels,
+                                      classifier="tuned",
                                       base_model=None if quick else "sentence-transformers/all-MiniLM-L6-v2",
                                       license="apache-2.0", language=("en",)),
                               remote=remote)

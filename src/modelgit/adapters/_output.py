@@ -37,7 +37,7 @@ def _versions() -> dict:
             "transformers": transformers.__version__}
 
 
-def _save(model, tokenizer, config: TrainConfig, folder: str, id2label) -> None:
+def _save(model, tokenizer, config: TrainConfig, folder: str, id2label, pooling: str = "cls") -> None:
     import torch
 
     if config.full:
@@ -53,7 +53,7 @@ def _save(model, tokenizer, config: TrainConfig, folder: str, id2label) -> None:
         with contextlib.suppress(FileNotFoundError):  # PEFT's boilerplate card; the workflow writes real ones
             os.remove(os.path.join(folder, "README.md"))
         if id2label:
-            write_labels(folder, id2label)
+            write_labels(folder, id2label, pooling)
 
 
 def _canonical_adapter_config(path: str) -> None:
@@ -102,14 +102,16 @@ def _missing_parents(folder: str) -> list[str]:
 
 
 def save_checkpoint(model, tokenizer, config: TrainConfig, staging: str, step: int,
-                    id2label: dict | None) -> None:
+                    id2label: dict | None, pooling: str = "cls") -> None:
     """Save the adapter as it is after ``step`` steps to ``staging/checkpoint-<step>``."""
     with quiet_transformers():
-        _save(model, tokenizer, config, os.path.join(staging, f"checkpoint-{step}"), id2label)
+        _save(model, tokenizer, config, os.path.join(staging, f"checkpoint-{step}"), id2label,
+              pooling)
 
 
 def write_output(config: TrainConfig, model, tokenizer, id2label: dict | None, card: dict,
-                 metrics: dict, resolved: dict, checkpoints: str | None = None) -> None:
+                 metrics: dict, resolved: dict, checkpoints: str | None = None,
+                 pooling: str = "cls") -> None:
     """Save the adapter (or whole model), data_card.json, metrics.json, training_config.json,
     and the ``checkpoint-<step>`` directories kept in ``checkpoints``."""
     out = os.path.normpath(config.output)
@@ -119,7 +121,7 @@ def write_output(config: TrainConfig, model, tokenizer, id2label: dict | None, c
     tmp = temporary_path(out)
     try:
         with quiet_transformers():
-            _save(model, tokenizer, config, tmp, id2label)
+            _save(model, tokenizer, config, tmp, id2label, pooling)
         write_data_card(card, os.path.join(tmp, "data_card.json"))
         _json(os.path.join(tmp, "metrics.json"), metrics)
         _json(os.path.join(tmp, "training_config.json"),

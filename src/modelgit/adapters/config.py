@@ -65,6 +65,11 @@ class TrainConfig:
         "directories, named as transformers' Trainer names them), to evaluate or continue from "
         "any of them; the run's last step is OUTPUT itself; with skip_steps, N counts the "
         "steps skipped too")
+    classifier: Literal["auto", "tuned", "probe"] = _opt(
+        "auto", "which classifier a classification run writes: tuned (the LoRA and head trained "
+        "by these steps), probe (no training: logistic regression on the base's mean-pooled "
+        "embeddings, read by a mean-pooling layer; BERT encoders), or auto (the probe when held-out "
+        "data finds it at least as accurate as the tuned one, else the tuned one)")
     full: bool = _opt(False, "train every weight, no LoRA (maintainers' continued pretraining); "
                       "writes a whole model")
     text_field: str = _opt("text", "text column / key of the data")
@@ -127,6 +132,9 @@ class TrainConfig:
         if self.save_every is not None and self.full:
             out.append("save_every was given with full=True: checkpoints are LoRA adapters; a "
                        "full run writes one whole model, drop --save-every")
+        if self.classifier == "probe" and (self.full or self.init_adapter or self.task == "causal_lm"):
+            out.append("classifier probe was given with full, init_adapter or task causal_lm: the "
+                       "probe is a new classifier of a base's embeddings; drop one of them")
         if self.init_adapter is not None and self.full:
             out.append("init_adapter was given with full=True: a full run trains no adapter")
         if self.init_adapter is not None and not os.path.isfile(

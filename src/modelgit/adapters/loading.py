@@ -15,11 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ..errors import FormatError, UsageError  # noqa: E402
 from ..untrusted import load_json_file, text_problem  # noqa: E402
+from .pooling import POOLINGS, mean_pooling_problem, set_mean_pooling  # noqa: E402
 
 __all__ = ["LABELS_FILE", "labels_problems", "architecture_task", "check_task", "supported_tasks",
            "load_tokenizer", "load_model",
            "quiet_transformers",
-           "read_labels", "write_labels"]
+           "read_labels", "read_pooling", "shared_pooling", "write_labels"]
 
 #: written beside a classification adapter: the classes its head was trained on
 LABELS_FILE = "labels.json"
@@ -136,8 +137,8 @@ def load_tokenizer(model_dir: str):
     return tokenizer
 
 
-def read_labels(adapter_dir: str | None) -> dict[int, str] | None:
-    """The ``id2label`` a classification adapter was trained with, if it recorded one."""
+def _labels_file(adapter_dir: str | None) -> dict | None:
+    """An adapter's labels.json, checked (read as untrusted), or None when it has none."""
     if not adapter_dir or not os.path.isfile(os.path.join(adapter_dir, LABELS_FILE)):
         return None
     path = os.path.join(adapter_dir, LABELS_FILE)
@@ -145,12 +146,42 @@ def read_labels(adapter_dir: str | None) -> dict[int, str] | None:
     problems = labels_problems(data)
     if problems:
         raise FormatError(f"{path}: " + "; ".join(problems))
-    return {int(k): v for k, v in data["id2label"].items()}
+    return data
+
+
+def read_labels(adapter_dir: str | None) -> dict[int, str] | None:
+    """The ``id2label`` a classification adapter was trained with, if it recorded one."""
+    data = _labels_file(adapter_dir)
+    return None if data is None else {int(k): v for k, v in data["id2label"].items()}
+
+
+def read_pooling(adapter_dir: str | None) -> str:
+    """How a classification adapter's head reads the encoder: ``cls`` (the first token, as
+    transformers' classifiers do; also when it says nothing) or ``mean`` (see :mod:`.pooling`)."""
+    data = _labels_file(adapter_dir)
+    return (data or {}).get("pooling", "cls")
 
 
 #: a classifier's labels file: at most this many bytes and classes
 MAX_LABELS_BYTES = 1024 * 1024
 MAX_LABELS = 10_000
+
+
+def shared_pooling(adapter_dirs: dict[str, str]) -> str:
+    """The pooling every classification adapter of a library names (:func:`read_pooling`):
+    one base model serves them all, so they must agree.
+
+    Raises:
+        UsageError: they differ (the message names which is which).
+    """
+    poolings = {name: read_pooling(directory) for name, directory in adapter_dirs.items()}
+    if len(set(poolings.values())) > 1:
+        mean = ", ".join(sorted(n for n, p in poolings.items() if p == "mean"))
+        first = ", ".join(sorted(n for n, p in poolings.items() if p != "mean"))
+        raise UsageError(f"the adapters read the encoder differently (mean pooling: {mean}; the "
+                         f"first token: {first}): one base model serves them all, so keep "
+                         "classifiers of one kind together (`modelgit train --classifier`)")
+    return next(iter(poolings.values()), "cls")
 
 
 def labels_problems(data) -> list[str]:
@@ -163,23 +194,32 @@ def labels_problems(data) -> list[str]:
         return [f"{len(labels)} labels, over the limit of {MAX_LABELS}"]
     bad = [k for k, v in labels.items()
            if not (k.isdigit() and len(k) <= 6) or text_problem(v, "label", 200) is not None]
-    return [f"id2label {bad[0][:20]!r}: keys must be class numbers and values short plain names"] \
-        if bad else []
+    if bad:
+        return [f"id2label {bad[0][:20]!r}: keys must be class numbers and values short plain names"]
+    if data.get("pooling", "cls") not in POOLINGS:
+        return [f"pooling {str(data['pooling'])[:20]!r}: expected one of {', '.join(POOLINGS)}"]
+    return []
 
 
-def write_labels(out_dir: str, id2label: dict[int, str]) -> None:
+def write_labels(out_dir: str, id2label: dict[int, str], pooling: str = "cls") -> None:
+    """Write labels.json; ``pooling`` other than transformers' ``cls`` is recorded."""
+    data = {"id2label": {str(k): v for k, v in sorted(id2label.items())}}
+    if pooling != "cls":
+        data["pooling"] = pooling
     with open(os.path.join(out_dir, LABELS_FILE), "w", encoding="utf-8") as handle:
-        handle.write(json.dumps({"id2label": {str(k): v for k, v in sorted(id2label.items())}},
-                                indent=2, sort_keys=True) + "\n")
+        handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_model(model_dir: str, task: str, id2label: dict[int, str] | None = None,
-               adapter_dir: str | None = None, pad_token_id: int | None = None):
+               adapter_dir: str | None = None, pad_token_id: int | None = None,
+               pooling: str | None = None):
     """A float32 base model for ``task`` (+ the PEFT adapter in ``adapter_dir``), on the CPU.
 
     Args:
         id2label: for classification: the classes of the head (a new head is initialised when
             the base has none or one of another size). Defaults to the adapter's labels.json.
+        pooling: for classification: ``mean`` adds the constant mean-pooling layer and pooler
+            (:mod:`.pooling`). Defaults to the adapter's labels.json (else ``cls``).
         pad_token_id: recorded in the model config (sequence classifiers need it to find the
             last token of decoder-only models).
     Raises:
@@ -192,6 +232,12 @@ def load_model(model_dir: str, task: str, id2label: dict[int, str] | None = None
     kwargs: dict = {"local_files_only": True, "dtype": torch.float32}
     if task == "classification":
         id2label = id2label or read_labels(adapter_dir)
+        pooling = pooling or read_pooling(adapter_dir)
+        if pooling == "mean":
+            problem = mean_pooling_problem(_read_config(model_dir))
+            if problem:
+                raise UsageError(f"{model_dir!r}: {problem}")
+            kwargs["num_hidden_layers"] = _read_config(model_dir)["num_hidden_layers"] + 1
         if id2label:
             kwargs.update(num_labels=len(id2label), id2label=id2label,
                           label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
@@ -207,6 +253,8 @@ def load_model(model_dir: str, task: str, id2label: dict[int, str] | None = None
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"cannot load {model_dir!r} as a {task} model ({_short(exc)}): "
                          "check the directory and --task") from None
+    if task == "classification" and pooling == "mean":
+        set_mean_pooling(model, _read_config(model_dir))
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     if adapter_dir:

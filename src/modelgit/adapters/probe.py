@@ -12,8 +12,9 @@ deterministic, and it consumes no random numbers (training's are untouched).
 from __future__ import annotations
 
 from . import _batches
+from .pooling import pooled_features
 
-__all__ = ["MAX_PROBE_EXAMPLES", "mean_pooled", "fit_probe", "probe_accuracy"]
+__all__ = ["MAX_PROBE_EXAMPLES", "mean_pooled", "fit_probe", "probe_accuracy", "probe_classifier"]
 
 MAX_PROBE_EXAMPLES = 2048  # training examples the probe fits on (the first of the data's order)
 
@@ -79,3 +80,50 @@ def probe_accuracy(model, train_ids, train_labels, valid_ids, valid_labels, pad_
     logits = valid_features @ weight.T + bias
     correct = sum(int(p) == int(t) for p, t in zip(logits.argmax(-1), valid_labels))
     return {"accuracy": correct / len(valid_ids), "examples": n}
+
+
+def probe_classifier(base: str, id2label: dict[int, str], lora, ids, labels, pad_id: int,
+                     batch_size: int, progress: bool | None = None):
+    """The probe as a classifier: the base with the mean-pooling layer (:mod:`.pooling`), a PEFT
+    adapter of ``lora``'s settings whose LoRA weights are zero (the body is the base's) and whose
+    head is logistic regression on the pooler's output for (at most :data:`MAX_PROBE_EXAMPLES`
+    of) the training examples.
+
+    The features are scaled to the mean norm of the raw mean-pooled embeddings before the fit,
+    so that ``C = 1`` regularises as it does in the probe on those (the reported yardstick).
+    Consumes no random numbers of its own (the zeroed LoRA's draws are overwritten)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ..progress import progress_bar
+    from .loading import load_model
+
+    model = load_model(base, "classification", id2label, pad_token_id=pad_id, pooling="mean")
+    layers = model.config.num_hidden_layers - 1  # the base's own: no LoRA in the constant layer
+    settings = {k: v for k, v in lora.to_dict().items() if k in
+                ("r", "lora_alpha", "lora_dropout", "bias", "target_modules", "fan_in_fan_out")}
+    model = get_peft_model(model, LoraConfig(**settings, task_type="SEQ_CLS",
+                                             layers_to_transform=list(range(layers)),
+                                             layers_pattern="layer"))
+    n = min(len(ids), MAX_PROBE_EXAMPLES)
+    raw, pooled = [], []
+    with torch.no_grad(), progress_bar(-(-n // batch_size), "linear probe", progress,
+                                       unit="batch") as bar:
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.zero_()
+        model.eval()
+        for batch in _batches.iterate(_batches.in_order(n, batch_size), ids[:n], pad_id, None):
+            mean, out = pooled_features(model, batch)
+            raw.append(mean)
+            pooled.append(out)
+            bar.update(1)
+    raw, pooled = torch.cat(raw), torch.cat(pooled)
+    scale = float(raw.norm(dim=1).mean() / pooled.norm(dim=1).mean())
+    weight, bias = fit_probe(pooled * scale, list(labels[:n]), len(id2label))
+    head = {n.rsplit(".", 1)[-1]: p for n, p in model.named_parameters()
+            if ".modules_to_save.default." in n and n.split(".modules_to_save.")[0].endswith("classifier")}
+    with torch.no_grad():
+        head["weight"].copy_(weight * scale)
+        head["bias"].copy_(bias)
+    return model

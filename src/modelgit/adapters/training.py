@@ -25,8 +25,8 @@ from .config import TrainConfig
 from .defaults import resolve as resolve_schedule
 from .labels import label_ids, label_mapping
 from .loading import (architecture_task, check_task, load_model, load_tokenizer, model_type,
-                      quiet_transformers, supported_tasks)
-from .probe import probe_accuracy
+                      quiet_transformers, read_pooling, supported_tasks)
+from .probe import MAX_PROBE_EXAMPLES, probe_accuracy, probe_classifier
 from .targets import resolve_targets
 
 __all__ = ["TrainResult", "train"]
@@ -195,9 +195,67 @@ def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress,
             "total_parameters": sum(p.numel() for p in model.parameters())}
 
 
-def _validation_loss(model, ids, labels, pad_id: int, batch_size: int) -> dict:
+def _probe_classifiers(config: TrainConfig) -> bool:
+    """Whether this run builds the probe classifier (:func:`.probe.probe_classifier`): asked
+    for, or (``auto``) to keep it when held-out data finds it at least as accurate, on a base
+    that mean pooling supports.
+
+    Raises:
+        UsageError: ``--classifier probe`` where no probe classifier can be built.
+    """
+    from .loading import _read_config
+    from .pooling import mean_pooling_problem
+
+    if config.classifier == "tuned" or config.full or config.init_adapter:
+        return False
+    problem = mean_pooling_problem(_read_config(config.base))
+    if problem and config.classifier == "probe":
+        raise UsageError(f"--classifier probe: {problem}; use --classifier tuned")
+    return problem is None
+
+
+def _keep_probe(config: TrainConfig, model, probed, valid, metrics: dict, pad_id: int,
+                examples: int) -> bool:
+    """Whether the probe classifier is written instead of the tuned ``model``: asked for, or
+    the held-out data does not show the tuned one ahead by more than chance (:func:`_ahead`).
+    Records both in ``metrics["validation"]``."""
+    if not valid:
+        return config.classifier == "probe"
+    tuned_hits, probe_hits = [], []
+    _validation_loss(model, *valid, pad_id, config.batch_size, tuned_hits)
+    scored = _validation_loss(probed, *valid, pad_id, config.batch_size, probe_hits)
+    validation = metrics["validation"]
+    tuned = {k: validation[k] for k in ("loss", "accuracy")}
+    validation["probe"] = {"accuracy": scored["accuracy"], "loss": scored["loss"],
+                           "examples": min(examples, MAX_PROBE_EXAMPLES), "pooling": "mean"}
+    if config.classifier == "probe" or not _ahead(tuned_hits, probe_hits):
+        validation.update(loss=scored["loss"], accuracy=scored["accuracy"], tuned=tuned)
+        return True
+    return False
+
+
+def _ahead(hits: list[bool], other: list[bool]) -> bool:
+    """Whether the classifier with ``hits`` beats the one with ``other`` on the same examples
+    by more than chance: the examples only it gets right outnumber those only the other gets
+    right by over one standard error of that difference (McNemar's paired comparison). On a
+    few dozen held-out examples a plain comparison picks the luckier model; the probe, with a
+    few thousand parameters fitted in closed form, is the safer one to keep."""
+    only = sum(a and not b for a, b in zip(hits, other))
+    only_other = sum(b and not a for a, b in zip(hits, other))
+    return only - only_other > (only + only_other) ** 0.5
+
+
+def _no_training(model) -> dict:
+    """The metrics of a run that trains nothing (``--classifier probe``)."""
+    return {"steps": 0, "examples_seen": 0, "tokens_seen": 0, "seconds": 0.0,
+            "trainable_parameters": 0, "total_parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _validation_loss(model, ids, labels, pad_id: int, batch_size: int,
+                     hits: list | None = None) -> dict:
     """Mean loss on held-out examples (token-weighted for a causal LM, per example for a
-    classifier, with its accuracy), in eval mode: no dropout, no randomness consumed."""
+    classifier, with its accuracy), in eval mode: no dropout, no randomness consumed. A
+    classifier's right (True) and wrong answers are appended to ``hits``, in order."""
     import torch
 
     was_training = model.training
@@ -217,7 +275,10 @@ def _validation_loss(model, ids, labels, pad_id: int, batch_size: int) -> dict:
                 logits = logits.float()  # (b, classes)
                 total += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
                 count += len(batch["labels"])
-                correct += int((logits.argmax(-1) == batch["labels"]).sum())
+                right = logits.argmax(-1) == batch["labels"]
+                correct += int(right.sum())
+                if hits is not None:
+                    hits.extend(bool(r) for r in right)
     model.train(was_training)
     out = {"loss": total / count, "examples": len(ids)}
     if labels is None:
@@ -342,7 +403,10 @@ def _train(config: TrainConfig, progress: bool | None, staging: str | None) -> T
     with _seeded(config.seed, config.threads), quiet_transformers():
         import torch
 
-        model = load_model(config.base, task, id2label, pad_token_id=tokenizer.pad_token_id)
+        # an adapter continued keeps its pooling (a mean-pooled one then tunes through the mean)
+        pooling = read_pooling(config.init_adapter) if task == "classification" else "cls"
+        model = load_model(config.base, task, id2label, pad_token_id=tokenizer.pad_token_id,
+                           pooling=pooling)
         threads = _step_threads(model, config, ids)
         torch.set_num_threads(threads)
         targets = None
@@ -359,13 +423,18 @@ def _train(config: TrainConfig, progress: bool | None, staging: str | None) -> T
             if valid else None
         check = (lambda: _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size)) \
             if valid and task == "classification" else None
-        # the yardstick: a linear probe on the starting model's embeddings (no randomness used)
+        # the probe classifier: asked for, or (auto) to compare with the tuned one on held-out data
+        mean_pooling = task == "classification" and _probe_classifiers(config) and \
+            (bool(valid) or config.classifier == "probe")
+        # the yardstick: a linear probe on the starting model's embeddings (no randomness used);
+        # where the classifier can be that probe (BERT), the probe classifier below is it
         probe = probe_accuracy(model, ids, labels, *valid, tokenizer.pad_token_id, config.batch_size,
-                               len(id2label), progress) if check else None
-        keep = (lambda step: save_checkpoint(model, tokenizer, config, staging, step, id2label)) \
+                               len(id2label), progress) if check and not mean_pooling else None
+        keep = (lambda step: save_checkpoint(model, tokenizer, config, staging, step, id2label,
+                                                    pooling)) \
             if staging else None
         metrics = _loop(model, plan, ids, labels, tokenizer.pad_token_id, config, progress, check,
-                        keep)
+                        keep) if config.classifier != "probe" else _no_training(model)
         if valid:
             after = _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size)
             metrics["validation"] = {**after, "loss_before": before["loss"],
@@ -373,6 +442,17 @@ def _train(config: TrainConfig, progress: bool | None, staging: str | None) -> T
                                         if "perplexity" in before else
                                         {"accuracy_before": before["accuracy"]}),
                                      **({"probe": probe} if probe else {})}
+        if mean_pooling:
+            probed = probe_classifier(config.base, id2label, model.peft_config["default"], ids, labels,
+                                      tokenizer.pad_token_id, config.batch_size, progress)
+            if _keep_probe(config, model, probed, valid, metrics, tokenizer.pad_token_id, len(ids)):
+                model, pooling = probed, "mean"
+                if held is not None:  # chosen: refitted on every example, the held-out ones too
+                    model = probe_classifier(config.base, id2label, model.peft_config["default"],
+                                             ids + held[0], labels + held[1],
+                                             tokenizer.pad_token_id, config.batch_size, progress)
+                    metrics["validation"]["probe"]["refitted_examples"] = \
+                        min(len(ids) + len(held[0]), MAX_PROBE_EXAMPLES)
     metrics.update(task=task, mode="full" if config.full else "lora", examples=len(ids),
                    skipped_examples=len(records) - len(ids), threads=threads)
     resolved = {"task": task, "target_modules": list(targets) if isinstance(targets, tuple) else targets,
@@ -380,8 +460,9 @@ def _train(config: TrainConfig, progress: bool | None, staging: str | None) -> T
                 "base_fingerprint": fingerprint_dir(config.base)}
     if task == "classification" and not config.full:  # what was chosen from the data
         resolved.update(lr=config.lr, head_lr=config.head_lr, max_length=config.max_length,
-                        steps=len(plan), epochs=config.epochs, holdout=schedule.holdout)
+                        steps=metrics["steps"], epochs=config.epochs, holdout=schedule.holdout,
+                        classifier="probe" if pooling == "mean" else "tuned")
     if held is not None:
         metrics["validation"]["source"] = f"{schedule.holdout} examples held out of the data"
-    write_output(asked, model, tokenizer, id2label, card, metrics, resolved, staging)
+    write_output(asked, model, tokenizer, id2label, card, metrics, resolved, staging, pooling)
     return TrainResult(config.output, task, config.full, targets, metrics, card)

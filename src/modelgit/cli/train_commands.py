@@ -75,8 +75,8 @@ def config_from_args(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def _project_labels(base: str) -> tuple[str, ...] | None:
-    """The ``labels:`` of the modelgit project whose repository holds ``base``, if any."""
+def _project(base: str):
+    """The modelgit project whose repository holds ``base``, if any."""
     from ..errors import ModelgitError
     from ..git.repo import find_repo
     from ..workflow.project import read_project
@@ -87,17 +87,20 @@ def _project_labels(base: str) -> tuple[str, ...] | None:
         return None
     if not os.path.isfile(os.path.join(repo.root, "modelgit.yaml")):
         return None
-    return read_project(repo).labels
+    return read_project(repo)
 
 
 def cmd_train(args) -> int:
     from ..adapters import TrainConfig, train
 
     config = config_from_args(TrainConfig, args)
-    if config.labels is None and config.task != "causal_lm" and os.path.isdir(config.base):
-        labels = _project_labels(config.base)
-        if labels:  # the project fixes the numbering of its classes for every contributor
-            config = dataclasses.replace(config, labels=labels)
+    project = _project(config.base) if config.task != "causal_lm" and os.path.isdir(config.base) \
+        else None
+    if project is not None and project.task == "classification":
+        if config.labels is None and project.labels:  # one numbering for every contributor
+            config = dataclasses.replace(config, labels=project.labels)
+        if config.classifier == "auto" and project.classifier:  # one kind of head for every one
+            config = dataclasses.replace(config, classifier=project.classifier)
     result = train(config, progress=args.progress)
     m = result.metrics
     if args.json:
@@ -106,28 +109,52 @@ def cmd_train(args) -> int:
         return 0
     what = "the whole model" if result.full else \
         f"a rank-{args.rank} LoRA of {','.join(result.target_modules) if isinstance(result.target_modules, tuple) else result.target_modules}"
-    print(f"trained {what} ({result.task}) for {m['steps']} steps on {m['examples']} examples "
-          f"with {m['threads']} thread(s): training loss {m['start_loss']:.4f} -> "
-          f"{m['final_loss']:.4f} (each the mean of {m['loss_window']} steps), "
-          f"{m['steps_per_second']:.2f} steps/s, {m['tokens_per_second']:.0f} tokens/s")
+    if m["steps"]:
+        print(f"trained {what} ({result.task}) for {m['steps']} steps on {m['examples']} examples "
+              f"with {m['threads']} thread(s): training loss {m['start_loss']:.4f} -> "
+              f"{m['final_loss']:.4f} (each the mean of {m['loss_window']} steps), "
+              f"{m['steps_per_second']:.2f} steps/s, {m['tokens_per_second']:.0f} tokens/s")
+    else:
+        print(f"fitted a linear probe classifier on {m['examples']} examples: logistic regression "
+              "on the base's mean-pooled embeddings, no training steps")
     valid = m.get("validation")
     if valid:
-        extra = (f", perplexity {valid['perplexity_before']:.4g} -> {valid['perplexity']:.4g}"
-                 if "perplexity" in valid else
-                 f", accuracy {valid['accuracy_before']:.3f} -> {valid['accuracy']:.3f}")
-        print(f"validation ({valid['examples']} examples): loss {valid['loss_before']:.4f} -> "
-              f"{valid['loss']:.4f}{extra}")
-        if "probe" in valid:
-            ahead = "ahead of" if valid["accuracy"] > valid["probe"]["accuracy"] else \
-                "level with" if valid["accuracy"] == valid["probe"]["accuracy"] else "behind"
-            print(f"  a linear probe on the starting model's mean-pooled embeddings "
-                  f"({valid['probe']['examples']} training examples): accuracy "
-                  f"{valid['probe']['accuracy']:.3f}; the trained model is {ahead} it")
+        _print_validation(valid, m["steps"])
     if result.task == "classification" and config.labels:
         print(f"classes: {', '.join(config.labels)}")
     print(f"wrote {result.output}/ (data card: {result.data_card['records']} records, "
           f"sha256 {result.data_card['sha256'][:16]}...)")
     return 0
+
+
+def _print_validation(valid: dict, steps: int) -> None:
+    """The held-out figures of a training run; for a classifier, the probe beside it."""
+    if not steps:  # --classifier probe
+        print(f"validation ({valid['examples']} examples): the probe classifier's accuracy "
+              f"{valid['accuracy']:.3f}, loss {valid['loss']:.4f}")
+        return
+    tuned = valid.get("tuned", valid)
+    extra = (f", perplexity {valid['perplexity_before']:.4g} -> {valid['perplexity']:.4g}"
+             if "perplexity" in valid else
+             f", accuracy {valid['accuracy_before']:.3f} -> {tuned['accuracy']:.3f}")
+    print(f"validation ({valid['examples']} examples): loss {valid['loss_before']:.4f} -> "
+          f"{tuned['loss']:.4f}{extra}")
+    probe = valid.get("probe")
+    if probe is None:
+        return
+    ahead = "ahead of" if tuned["accuracy"] > probe["accuracy"] else \
+        "level with" if tuned["accuracy"] == probe["accuracy"] else "behind"
+    what = ("a linear probe classifier (mean pooling over the base's embeddings)"
+            if probe.get("pooling") == "mean" else
+            "a linear probe on the starting model's mean-pooled embeddings")
+    print(f"  {what} ({probe['examples']} training examples): accuracy {probe['accuracy']:.3f}; "
+          f"the trained model is {ahead} it")
+    if "tuned" in valid:
+        print("  wrote the probe classifier (the trained model is not ahead of it by more than "
+              "chance on these examples; the base's weights are unchanged): --classifier tuned "
+              "writes the trained one")
+    elif probe.get("pooling") == "mean":
+        print("  wrote the trained model (ahead of the probe by more than chance on these examples)")
 
 
 def _classifies(base: str, adapter: str | None) -> bool:

@@ -84,6 +84,7 @@ class TaskHeads:
     task: TaskModel
     labels: dict[int, str] | None
     kept: tuple[int, ...] = ()  # indices of the sources whose heads `keep` writes
+    pooling: str = "cls"  # mean: the heads bring the constant mean-pooling layer (one layer more)
 
 
 @dataclass
@@ -204,6 +205,9 @@ def _plan_heads(plan: MergePlan, infos, entries, model_indices: list[int]) -> No
         return
     task = tasks.pop()
     rule = plan.recipe.heads or "average"
+    pooling = _pooling(plan, bearers, rule)
+    if pooling is None:
+        return
     if rule == "keep":
         plan.heads = TaskHeads(rule, task, None, tuple(i for i, _ in bearers))
         return
@@ -211,7 +215,7 @@ def _plan_heads(plan: MergePlan, infos, entries, model_indices: list[int]) -> No
     if problems:
         plan.problems.extend(problems)
         return
-    plan.heads = TaskHeads(rule, task, plan.sources[bearers[0][0]].labels)
+    plan.heads = TaskHeads(rule, task, plan.sources[bearers[0][0]].labels, pooling=pooling)
     names = sorted({n for i, _ in bearers for n in plan.sources[i].heads})
     for name in names:
         shapes = {e.model: infos[i].get(name) for i, e in bearers}
@@ -229,6 +233,29 @@ def _plan_heads(plan: MergePlan, infos, entries, model_indices: list[int]) -> No
         for o in plan.outputs:
             if not o.head:
                 o.name = prefix + o.name
+    heads = {o.name for o in plan.outputs if o.head}  # mean pooling's pooler replaces the base's
+    plan.outputs = [o for o in plan.outputs if o.head or o.name not in heads]
+
+
+def _pooling(plan: MergePlan, bearers, rule: str) -> str | None:
+    """How every classifier merged reads the encoder (``cls`` or ``mean``, their labels.json);
+    None, with the problem recorded, when they differ or ``keep`` meets mean pooling."""
+    poolings = {e.model: getattr(plan.sources[i], "pooling", "cls") for i, e in bearers}
+    if len(set(poolings.values())) > 1:
+        listing = ", ".join(f"{m}: {'mean pooling' if p == 'mean' else 'the first token'}"
+                            for m, p in poolings.items())
+        plan.problems.append(
+            f"the classifiers read the encoder differently ({listing}): their heads cannot be "
+            "combined. Train every contribution with one `--classifier` (probe: mean pooling; "
+            "tuned: the first token), e.g. the project's `classifier:` in modelgit.yaml")
+        return None
+    pooling = next(iter(poolings.values()))
+    if pooling == "mean" and rule == "keep":
+        plan.problems.append("`heads: keep` keeps heads for a router over one body; mean-pooled "
+                             "classifiers (labels.json \"pooling\": \"mean\") are merged with "
+                             "`heads: average` (the classes must agree)")
+        return None
+    return pooling
 
 
 def _plan_replaced_heads(plan: MergePlan, entries, model_indices: list[int]) -> None:
@@ -521,7 +548,7 @@ def _extra_files(plan: MergePlan) -> dict[str, bytes]:
         files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
     heads = plan.heads
     if heads is not None and heads.rule == "average":
-        config = task_config(ref_dir, heads.task, heads.labels)
+        config = task_config(ref_dir, heads.task, heads.labels, heads.pooling)
         if config is not None:
             files["config.json"] = config
     elif heads is not None:  # keep: each adapter's head beside the merged body

@@ -252,6 +252,7 @@ class AdapterSource:
     def __init__(self, base: Source, adapter_dir: str, owns_base: bool = True):
         from .lora import load_adapter
         from .lora_config import read_lora_config
+        from ..adapters.loading import read_pooling
         from .task_heads import labels_of, task_model
         from .vocabulary import local_directory
 
@@ -266,18 +267,25 @@ class AdapterSource:
         self.heads = tuple(sorted(self._adapter.heads))
         #: the classes of the adapter's head (its labels.json), if it recorded them
         self.labels = labels_of(adapter_dir) if self.heads or self.task else None
+        #: how the head reads the encoder (labels.json): ``mean`` brings the constant layer and
+        #: pooler of :mod:`modelgit.adapters.pooling`, merged as heads
+        self.pooling = read_pooling(adapter_dir) if self.task else "cls"
+        self._heads = dict(self._adapter.heads)
+        if self.pooling == "mean":
+            self._heads.update(_mean_pooling_heads(local_directory(base.label), adapter_dir, self.task))
+            self.heads = tuple(sorted(self._heads))
 
     def tensors(self) -> dict[str, TensorInfo]:
-        heads = {name: TensorInfo(_dtype_name(t), tuple(t.shape)) for name, t in self._adapter.heads.items()}
+        heads = {name: TensorInfo(_dtype_name(t), tuple(t.shape)) for name, t in self._heads.items()}
         return {**self._base.tensors(), **heads}
 
     def load(self, name: str) -> torch.Tensor:
-        if name in self._adapter.heads:
-            return self._adapter.heads[name]
+        if name in self._heads:
+            return self._heads[name]
         return self._adapter.apply(name, self._base.load(name))
 
     def open_tensor(self, name: str) -> LazyTensor:
-        if name in self._adapter.heads:
+        if name in self._heads:
             return WholeTensor(lambda: self.load(name), self.tensors()[name], (self, name))
         if name not in self._changed:  # the base's own tensor, and its key: see open_source
             return lazy_tensor(self._base, name)
@@ -291,6 +299,23 @@ class AdapterSource:
     def close(self) -> None:
         if self._owns_base:
             self._base.close()
+
+
+def _mean_pooling_heads(base_dir: str | None, adapter_dir: str, task) -> dict[str, torch.Tensor]:
+    """The constant layer and pooler a mean-pooled classifier adapter stands for, by their task
+    model names (:func:`modelgit.adapters.pooling.mean_pooling_tensors`), on the base's config.
+
+    Raises:
+        UsageError: the base cannot take mean pooling (see ``mean_pooling_problem``).
+    """
+    from ..adapters.pooling import mean_pooling_problem, mean_pooling_tensors
+    from .task_heads import model_config
+
+    config = model_config(base_dir) if base_dir else {}
+    problem = mean_pooling_problem(config) if config else "the base has no readable config.json"
+    if problem is not None:
+        raise UsageError(f"{adapter_dir}: a mean-pooled classifier adapter: {problem}")
+    return mean_pooling_tensors(config, task.prefix)
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:

@@ -158,13 +158,17 @@ def label_problems(labelled: list[tuple[str, dict[int, str] | None]], new_heads:
     return problems
 
 
-def task_config(base_dir: str, task: TaskModel, labels: dict[int, str] | None) -> bytes | None:
+def task_config(base_dir: str, task: TaskModel, labels: dict[int, str] | None,
+                pooling: str = "cls") -> bytes | None:
     """config.json of the merged task model: the base's, naming the task architecture and the
-    classes. None when the base has no config.json."""
+    classes (and, for mean pooling, one layer more: :mod:`modelgit.adapters.pooling`). None when
+    the base has no config.json."""
     config = model_config(base_dir)
     if not config:
         return None
     config["architectures"] = [task.architecture]
+    if pooling == "mean":
+        config["num_hidden_layers"] += 1
     if labels:
         config["id2label"] = {str(k): v for k, v in sorted(labels.items())}
         config["label2id"] = {v: k for k, v in sorted(labels.items())}

@@ -49,7 +49,7 @@ class Runtime:
     """
 
     def __init__(self, library, task: str | None = None, max_length: int | None = None):
-        from ..adapters.loading import load_model, load_tokenizer, quiet_transformers
+        from ..adapters.loading import load_model, load_tokenizer, quiet_transformers, shared_pooling
 
         self.library = library
         self.task = task or _library_task(library)
@@ -59,8 +59,10 @@ class Runtime:
         distinct = {tuple(sorted(v.items())) for v in self.adapter_labels.values() if v}
         shared = next((v for v in self.adapter_labels.values() if v), None) if len(distinct) == 1 else None
         widest = max((v for v in self.adapter_labels.values() if v), key=len, default=None)
+        pooling = shared_pooling({a.name: a.directory for a in library.adapters}) \
+            if self.task == "classification" else None
         base = load_model(library.base_dir, self.task, id2label=shared or widest,
-                          pad_token_id=self.tokenizer.pad_token_id)
+                          pad_token_id=self.tokenizer.pad_token_id, pooling=pooling)
         #: per-adapter heads when the adapters name different classes (see _heads), else None
         self.heads = None
         with quiet_transformers():

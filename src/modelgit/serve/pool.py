@@ -28,13 +28,15 @@ class AdapterPool:
     """
 
     def __init__(self, catalog, max_adapters: int, on_load=None, on_evict=None):
-        from ..adapters.loading import load_model, load_tokenizer
+        from ..adapters.loading import load_model, load_tokenizer, shared_pooling
         self.catalog, self.max_adapters = catalog, max_adapters
         self.tokenizer = load_tokenizer(catalog.base_dir)
-        labels = _shared_labels(catalog.library) if catalog.library and \
-            catalog.task == "classification" else None
+        classifiers = catalog.library and catalog.task == "classification"
+        labels = _shared_labels(catalog.library) if classifiers else None
+        pooling = shared_pooling({a.name: a.directory for a in catalog.library.adapters}) \
+            if classifiers else None
         self.model = load_model(catalog.base_dir, catalog.task, id2label=labels,
-                                pad_token_id=self.tokenizer.pad_token_id)
+                                pad_token_id=self.tokenizer.pad_token_id, pooling=pooling)
         self._loaded: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._on_load, self._on_evict = on_load or (lambda n: None), on_evict or (lambda n: None)
         self._pending_eviction: str | None = None

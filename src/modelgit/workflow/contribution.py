@@ -149,7 +149,8 @@ def contribute(repo: GitRepo, adapter_dir: str, name: str, message: str, author:
     try:
         summary = validate_adapter(adapter_dir, tensor_infos_rev(repo, base_commit, project.model),
                                    project.limits, project.labels,
-                                   model_type_rev(repo, base_commit, project.model))
+                                   model_type_rev(repo, base_commit, project.model),
+                                   project.classifier)
     except ContributionError as exc:
         problems.extend(exc.problems)
     if problems:

@@ -9,6 +9,7 @@ apply (the held-out data and its suites file stay local to the maintainers)::
     contributions: contributions            # where contributions live: contributions/<name>/
     task: causal_lm                         # or classification
     labels: [negative, neutral, positive]   # classification: the class names in head order
+    classifier: probe                       # classification: every contribution's kind
     limits: {max_rank: 64, max_adapter_mb: 100}
     policy: {min_gain: 0.01, max_regression: 0.02, confidence: 0.95,
              significant_regressions_only: false, specialist_min_gain: 0.10}
@@ -17,7 +18,10 @@ Every key is optional; the defaults are those above (``name``: the repository's 
 ``labels``: none, each adapter numbers the classes of its own data). With ``labels``, every
 classification adapter must carry exactly that numbering (``train`` in the repository uses it;
 ``contribute`` and ``review`` refuse an adapter whose ``labels.json`` differs), so that adapters
-trained on different subsets of the classes have compatible heads.
+trained on different subsets of the classes have compatible heads. ``classifier`` (``tuned`` or
+``probe``; default: none, each contributor's ``train`` chooses) fixes the kind of classifier
+every contribution is (``train --classifier``): heads that read the first token and heads that
+read the mean of the tokens cannot be merged together, so ``release`` needs one kind.
 """
 
 from __future__ import annotations
@@ -107,6 +111,7 @@ class Project:
     license: str | None = None
     language: tuple[str, ...] | None = None
     labels: tuple[str, ...] | None = None
+    classifier: str | None = None  # tuned or probe: the kind of every classification contribution
     limits: Limits = field(default_factory=Limits)
     policy: Policy = field(default_factory=Policy)
 
@@ -231,6 +236,12 @@ def parse_project(data, source: str = PROJECT_FILE, default_name: str = "model")
                       labels=_labels(data.get("labels"), problems),
                       limits=_sub(Limits, data.get("limits"), "limits", problems),
                       policy=_sub(Policy, data.get("policy"), "policy", problems))
+    classifier = data.get("classifier")
+    if classifier is not None and (classifier not in ("tuned", "probe") or task != "classification"):
+        problems.append(f"classifier: {str(classifier)[:40]!r}: give tuned or probe, and only for "
+                        "task: classification")
+    elif classifier is not None:
+        project = replace(project, classifier=classifier)
     if project.labels and project.task != "classification":
         problems.append(f"labels: given for task {project.task!r}: class names are for "
                         "task: classification")

@@ -255,7 +255,7 @@ def _prepare(ctx: _Context, entry: ReviewEntry, directory: str) -> tuple[str, di
     from ..merge.task_heads import base_model_type
 
     summary = validate_adapter(directory, ctx.base_tensors, ctx.project.limits, ctx.project.labels,
-                               base_model_type(ctx.base_dir))
+                               base_model_type(ctx.base_dir), ctx.project.classifier)
     for name in os.listdir(directory):  # only the adapter itself is evaluated, no metadata
         if name not in _EVALUATED:
             os.remove(os.path.join(directory, name))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from ..adapters.pooling import MODEL_TYPES, POOLINGS
 from ..errors import FormatError, UsageError
 from ..merge.lora_config import feature_problems, lora_config_problems
 from ..untrusted import load_json_file
@@ -230,11 +231,34 @@ def labels_problems_of(adapter_dir: str, config: dict | None, labels, max_bytes:
     return []
 
 
+def pooling_problems_of(adapter_dir: str, model_type: str | None, classifier: str | None,
+                        max_bytes: int) -> list[str]:
+    """A classifier adapter's pooling (labels.json's ``pooling``) against the base's
+    ``model_type`` (mean pooling is built for BERT) and the project's ``classifier:`` (``probe``:
+    mean pooling; ``tuned``: the first token), so that every head merged reads the same."""
+    if not _plain_file(adapter_dir, "labels.json"):
+        return []
+    data = _read_json(os.path.join(adapter_dir, "labels.json"), [], max_bytes)
+    pooling = data.get("pooling", "cls") if isinstance(data, dict) else None
+    if pooling not in POOLINGS:  # reported with the metadata's problems
+        return []
+    if pooling == "mean" and model_type is not None and model_type not in MODEL_TYPES:
+        return [f"labels.json asks for mean pooling, which is built for BERT encoders, not "
+                f"{model_type!r}: train it again with --classifier tuned"]
+    wanted = {"probe": "mean", "tuned": "cls"}.get(classifier or "")
+    if wanted and pooling != wanted:
+        return [f"the project's classifier is {classifier} (modelgit.yaml `classifier:`), but the "
+                f"adapter is a {'probe' if pooling == 'mean' else 'tuned'} classifier: train it "
+                f"again with --classifier {classifier} (or inside the project's repository)"]
+    return []
+
+
 def validate_adapter(adapter_dir: str, base: dict, limits, labels=None,
-                     model_type: str | None = None) -> dict:
+                     model_type: str | None = None, classifier: str | None = None) -> dict:
     """Validate the adapter in ``adapter_dir`` against the base tensors ``base``
     (``{name: (dtype, shape)}``), the project's ``limits`` and, for a classifier, the project's
-    class names ``labels`` (see :func:`labels_problems_of`).
+    class names ``labels`` (see :func:`labels_problems_of`) and ``classifier`` kind (see
+    :func:`pooling_problems_of`).
 
     With the base's ``model_type``, an adapter trained on a task model (a sequence classifier
     of a bare encoder) is read as the merge reads it: its body's names mapped onto the base's,
@@ -271,6 +295,7 @@ def validate_adapter(adapter_dir: str, base: dict, limits, labels=None,
             if not found:
                 problems.extend(_targets_problems(config, modules))
     problems.extend(labels_problems_of(adapter_dir, config, labels, max_bytes))
+    problems.extend(pooling_problems_of(adapter_dir, model_type, classifier, max_bytes))
     if problems:
         raise ContributionError(f"the adapter {adapter_dir}", problems)
     return adapter_summary(adapter_dir, config, sorted(modules))
