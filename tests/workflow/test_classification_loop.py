@@ -87,3 +87,52 @@ def test_a_classification_project_goes_from_contribution_to_consumer(project, tm
     values = json.loads(result.stdout)
     values = values[0] if isinstance(values, list) else values
     assert "accuracy" in json.dumps(values) and "macro_f1" in json.dumps(values)
+
+
+def test_a_project_of_probe_classifiers_releases_a_mean_pooled_classifier(project, tmp_path):
+    """modelgit.yaml's `classifier: probe`: `train` in a clone fits probe classifiers (no steps),
+    `contribute` refuses a tuned one, and the release is a stock BERT classifier one layer deeper."""
+    from modelgit.git.repo import find_repo
+
+    root, remote = project
+    path = os.path.join(root, "modelgit.yaml")
+    config = yaml.safe_load(open(path))
+    layers = json.load(open(os.path.join(root, "model", "config.json")))["num_hidden_layers"]
+    config["classifier"] = "probe"
+    with open(path, "w") as handle:
+        yaml.safe_dump(config, handle)
+    subprocess.run(["git", "-C", root, "commit", "-qam", "classifier: probe"], check=True)
+    subprocess.run(["git", "-C", root, "push", "-q", "origin", "HEAD:main"], check=True)
+    for who in ("alice", "bob"):
+        modelgit(tmp_path, "clone", remote, who)
+        clone = str(tmp_path / who)
+        out = str(tmp_path / f"{who}-adapter")
+        modelgit(tmp_path, "train", os.path.join(clone, "model"), "--data",
+                 _data(tmp_path / f"{who}.jsonl", _rows(2 + len(who) % 2)), "-o", out,
+                 "--threads", "1", "--labels", ",".join(NAMES))
+        assert json.load(open(os.path.join(out, "labels.json")))["pooling"] == "mean"
+        modelgit(clone, "contribute", out, "--name", f"{who}-probe", "-m", f"{who}'s probe")
+    tuned = str(tmp_path / "tuned-adapter")  # the other kind: refused with the way out
+    modelgit(tmp_path, "train", os.path.join(str(tmp_path / "bob"), "model"), "--data",
+             _data(tmp_path / "t.jsonl", _rows()), "-o", tuned, "--steps", "2", "--threads", "1",
+             "--classifier", "tuned", "--labels", ",".join(NAMES))
+    refused = modelgit(str(tmp_path / "bob"), "contribute", tuned, "--name", "bob-tuned", "-m", "x",
+                       check=False)
+    assert refused.returncode != 0 and "--classifier probe" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    heldout = tmp_path / "private"
+    heldout.mkdir()
+    suites = [SuiteConfig(name="sentiment", data=_data(heldout / "h.jsonl", _rows(1)),
+                          task="classification", metric="accuracy")]
+    repo = find_repo(root)
+    report = review(repo, suites, policy=Policy(min_gain=-1, max_regression=1))
+    assert {e.decision for e in report.entries} == {"accept"}
+    release(repo, suites, push="origin")
+    released = json.load(open(os.path.join(repo.root, "model", "config.json")))
+    assert released["num_hidden_layers"] == layers + 1
+    modelgit(tmp_path, "clone", remote, "consumer")
+    result = modelgit(tmp_path, "eval", str(tmp_path / "consumer" / "model"), "--data",
+                      suites[0].data, "--json")
+    values = json.loads(result.stdout)
+    values = values[0] if isinstance(values, list) else values
+    assert values["metrics"]["accuracy"] == 1.0  # the two words' groups apart, as the probes fit them
