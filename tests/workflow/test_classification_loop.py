@@ -30,6 +30,21 @@ def _rows(repeat=3):
     return [(c, t) for c, texts in TEXTS.items() for t in texts] * repeat
 
 
+def _review_accepting_all(root: str, tmp_path):
+    """(the maintainer's repository, its held-out suites) after a review that accepted every
+    contribution (a policy that accepts anything that loads and scores)."""
+    from modelgit.git.repo import find_repo
+
+    heldout = tmp_path / "private"
+    heldout.mkdir()
+    suites = [SuiteConfig(name="sentiment", data=_data(heldout / "h.jsonl", _rows(1)),
+                          task="classification", metric="accuracy")]
+    repo = find_repo(root)
+    report = review(repo, suites, policy=Policy(min_gain=-1, max_regression=1))
+    assert {e.decision for e in report.entries} == {"accept"}
+    return repo, suites
+
+
 @pytest.fixture
 def project(tmp_path):
     from transformers import AutoTokenizer, BertForSequenceClassification
@@ -49,8 +64,6 @@ def project(tmp_path):
 
 
 def test_a_classification_project_goes_from_contribution_to_consumer(project, tmp_path):
-    from modelgit.git.repo import find_repo
-
     root, remote = project
     config = yaml.safe_load(open(os.path.join(root, "modelgit.yaml")))
     assert config["task"] == "classification"
@@ -62,13 +75,7 @@ def test_a_classification_project_goes_from_contribution_to_consumer(project, tm
                  _data(tmp_path / f"{who}.jsonl", _rows()), "-o", out, "--steps", "8", "--lr", "0.01",
                  "--threads", "1", "--seed", str(len(who)), "--labels", ",".join(NAMES))
         modelgit(clone, "contribute", out, "--name", f"{who}-lora", "-m", f"{who}'s classifier")
-    heldout = tmp_path / "private"
-    heldout.mkdir()
-    suites = [SuiteConfig(name="sentiment", data=_data(heldout / "h.jsonl", _rows(1)),
-                          task="classification", metric="accuracy")]
-    repo = find_repo(root)
-    report = review(repo, suites, policy=Policy(min_gain=-1, max_regression=1))
-    assert {e.decision for e in report.entries} == {"accept"}
+    repo, suites = _review_accepting_all(root, tmp_path)
     done = release(repo, suites, push="origin")
     model = os.path.join(repo.root, "model")
     released = json.load(open(os.path.join(model, "config.json")))
@@ -92,8 +99,6 @@ def test_a_classification_project_goes_from_contribution_to_consumer(project, tm
 def test_a_project_of_probe_classifiers_releases_a_mean_pooled_classifier(project, tmp_path):
     """modelgit.yaml's `classifier: probe`: `train` in a clone fits probe classifiers (no steps),
     `contribute` refuses a tuned one, and the release is a stock BERT classifier one layer deeper."""
-    from modelgit.git.repo import find_repo
-
     root, remote = project
     path = os.path.join(root, "modelgit.yaml")
     config = yaml.safe_load(open(path))
@@ -120,13 +125,7 @@ def test_a_project_of_probe_classifiers_releases_a_mean_pooled_classifier(projec
                        check=False)
     assert refused.returncode != 0 and "--classifier probe" in refused.stderr
     assert "Traceback" not in refused.stderr
-    heldout = tmp_path / "private"
-    heldout.mkdir()
-    suites = [SuiteConfig(name="sentiment", data=_data(heldout / "h.jsonl", _rows(1)),
-                          task="classification", metric="accuracy")]
-    repo = find_repo(root)
-    report = review(repo, suites, policy=Policy(min_gain=-1, max_regression=1))
-    assert {e.decision for e in report.entries} == {"accept"}
+    repo, suites = _review_accepting_all(root, tmp_path)
     release(repo, suites, push="origin")
     released = json.load(open(os.path.join(repo.root, "model", "config.json")))
     assert released["num_hidden_layers"] == layers + 1
