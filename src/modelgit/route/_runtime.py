@@ -255,7 +255,10 @@ def _attach_all(base, library, directories: dict | None = None):
                 model = PeftModel.from_pretrained(base, source, adapter_name=adapter.name,
                                                   is_trainable=False)
             else:
-                model.load_adapter(source, adapter_name=adapter.name, is_trainable=False)
+                with warnings.catch_warnings():  # PEFT 0.22 counts the adapters loaded before
+                    # as "missing adapter keys" of this one (their weights stay as they were)
+                    warnings.filterwarnings("ignore", message="Found missing adapter keys")
+                    model.load_adapter(source, adapter_name=adapter.name, is_trainable=False)
         except (RuntimeError, ValueError, KeyError) as exc:
             from ..adapters.loading import _short
 
