@@ -18,7 +18,7 @@ from ..untrusted import load_json_file, text_problem  # noqa: E402
 from .pooling import POOLINGS, mean_pooling_problem, set_mean_pooling  # noqa: E402
 
 __all__ = ["LABELS_FILE", "labels_problems", "architecture_task", "check_task", "supported_tasks",
-           "load_tokenizer", "load_model",
+           "load_tokenizer", "load_model", "load_another_adapter",
            "quiet_transformers",
            "read_labels", "read_pooling", "shared_pooling", "write_labels"]
 
@@ -262,6 +262,15 @@ def load_model(model_dir: str, task: str, id2label: dict[int, str] | None = None
             model = _attach_adapter(model, adapter_dir)
     model.eval()
     return model
+
+
+def load_another_adapter(model, adapter_dir: str, name: str) -> None:
+    """``model.load_adapter`` (a PeftModel's second or later adapter, not trainable) without
+    PEFT 0.22's false alarm: it counts the adapters loaded before as this one's "missing adapter
+    keys" (their weights stay as they were: tests/adapters/test_probe_classifier.py)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Found missing adapter keys")
+        model.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
 
 
 def _attach_adapter(model, adapter_dir: str):

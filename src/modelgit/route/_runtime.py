@@ -246,6 +246,8 @@ def _attach_all(base, library, directories: dict | None = None):
     ``directories[name]`` when given: an adapter's copy without its head)."""
     from peft import PeftModel
 
+    from ..adapters.loading import load_another_adapter
+
     model = None
     for adapter in library.adapters:
         _check_files(adapter)
@@ -255,10 +257,7 @@ def _attach_all(base, library, directories: dict | None = None):
                 model = PeftModel.from_pretrained(base, source, adapter_name=adapter.name,
                                                   is_trainable=False)
             else:
-                with warnings.catch_warnings():  # PEFT 0.22 counts the adapters loaded before
-                    # as "missing adapter keys" of this one (their weights stay as they were)
-                    warnings.filterwarnings("ignore", message="Found missing adapter keys")
-                    model.load_adapter(source, adapter_name=adapter.name, is_trainable=False)
+                load_another_adapter(model, source, adapter.name)
         except (RuntimeError, ValueError, KeyError) as exc:
             from ..adapters.loading import _short
 

@@ -108,7 +108,7 @@ class AdapterPool:
 
         from peft import PeftModel
 
-        from ..adapters.loading import quiet_transformers
+        from ..adapters.loading import load_another_adapter, quiet_transformers
 
         directory = self.catalog.adapters[name]
         for file in ("adapter_config.json", "adapter_model.safetensors"):
@@ -117,7 +117,7 @@ class AdapterPool:
         _check_weights(os.path.join(directory, "adapter_model.safetensors"))
         with quiet_transformers():
             if isinstance(self.model, PeftModel):
-                self.model.load_adapter(directory, adapter_name=name, is_trainable=False)
+                load_another_adapter(self.model, directory, name)
             else:
                 self.model = PeftModel.from_pretrained(self.model, directory, adapter_name=name,
                                                        is_trainable=False)
