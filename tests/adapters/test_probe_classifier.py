@@ -81,8 +81,10 @@ def test_the_cli_says_what_it_fitted(bert_encoder, held_out_data, tmp_path, caps
     assert main(["--no-progress", "train", bert_encoder, "--data", held_out_data, "-o",
                  str(tmp_path / "o"), "--threads", "1", "--classifier", "probe"]) == 0
     out = capsys.readouterr().out
-    assert "fitted a linear probe classifier on 54 examples" in out
-    assert "the probe classifier's accuracy" in out
+    assert "fitted a linear probe classifier on 60 examples" in out  # 54, then refitted on all
+    assert "the probe classifier's accuracy" in out and "before the refit" in out
+    valid = json.loads((tmp_path / "o" / "metrics.json").read_text())["validation"]
+    assert "tuned" not in valid  # nothing was tuned
 
 
 def test_auto_keeps_the_probe_unless_the_tuned_model_is_ahead_by_more_than_chance():

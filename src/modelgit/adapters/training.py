@@ -229,7 +229,8 @@ def _keep_probe(config: TrainConfig, model, probed, valid, metrics: dict, pad_id
     validation["probe"] = {"accuracy": scored["accuracy"], "loss": scored["loss"],
                            "examples": min(examples, MAX_PROBE_EXAMPLES), "pooling": "mean"}
     if config.classifier == "probe" or not _ahead(tuned_hits, probe_hits):
-        validation.update(loss=scored["loss"], accuracy=scored["accuracy"], tuned=tuned)
+        validation.update(loss=scored["loss"], accuracy=scored["accuracy"],
+                          **({"tuned": tuned} if metrics["steps"] else {}))
         return True
     return False
 

@@ -115,8 +115,9 @@ def cmd_train(args) -> int:
               f"{m['final_loss']:.4f} (each the mean of {m['loss_window']} steps), "
               f"{m['steps_per_second']:.2f} steps/s, {m['tokens_per_second']:.0f} tokens/s")
     else:
-        print(f"fitted a linear probe classifier on {m['examples']} examples: logistic regression "
-              "on the base's mean-pooled embeddings, no training steps")
+        fitted = (m.get("validation") or {}).get("probe", {}).get("refitted_examples", m["examples"])
+        print(f"fitted a linear probe classifier on {fitted} examples: logistic regression on the "
+              "base's mean-pooled embeddings, no training steps")
     valid = m.get("validation")
     if valid:
         _print_validation(valid, m["steps"])
@@ -130,8 +131,10 @@ def cmd_train(args) -> int:
 def _print_validation(valid: dict, steps: int) -> None:
     """The held-out figures of a training run; for a classifier, the probe beside it."""
     if not steps:  # --classifier probe
+        refitted = " (before the refit on every example)" if "refitted_examples" in valid["probe"] \
+            else ""
         print(f"validation ({valid['examples']} examples): the probe classifier's accuracy "
-              f"{valid['accuracy']:.3f}, loss {valid['loss']:.4f}")
+              f"{valid['accuracy']:.3f}, loss {valid['loss']:.4f}{refitted}")
         return
     tuned = valid.get("tuned", valid)
     extra = (f", perplexity {valid['perplexity_before']:.4g} -> {valid['perplexity']:.4g}"
