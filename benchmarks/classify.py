@@ -244,13 +244,16 @@ def one_task(task: str, args, work: str, seed: int = 0) -> dict:
     shares = {"iid": [[r for r, k in zip(train_rows, rank) if k % 3 == i] for i in range(3)],
               "disjoint": [[r for r in train_rows if classes.index(r["label"]) % 3 == i]
                            for i in range(3)]}
+    # the contributors train the kind of classifier the one adapter is, as a project's
+    # `classifier:` fixes it (heads of both kinds cannot be merged)
+    same_kind = ("--classifier", report["one"]["resolved"].get("classifier") or "tuned")
     for kind, parts in shares.items():
         adapters, runs = {}, []
         for i, part in enumerate(parts):
             data = write_rows(os.path.join(folder, f"{kind}-{i}.jsonl"), part)
             adapters[f"{kind}{i}"] = os.path.join(folder, f"{kind}-{i}")
             runs.append(train(base, data, adapters[f"{kind}{i}"], log, "--labels", labels,
-                              *seeded))
+                              *seeded, *same_kind))
         merged = os.path.join(folder, f"{kind}-merged")
         entry = {"train_cpu_s": sum(r["cpu_s"] for r in runs),
                  "train_peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
