@@ -252,3 +252,13 @@ def test_the_project_fixes_the_kind_of_classifier(probe_adapter, tmp_path):
     assert "--classifier tuned" in problem
     [problem] = pooling_problems_of(probe_adapter.output, "gpt2", None, 1 << 20)
     assert "BERT encoders" in problem
+
+
+def test_the_probe_takes_its_examples_from_the_whole_data():
+    """Over the limit, the examples are spread over the data's order: a file sorted by class
+    (every negative first) still gives the probe both classes."""
+    from modelgit.adapters.probe import spread
+
+    labels = ["neg"] * 10 + ["pos"] * 10
+    assert {labels[i] for i in spread(len(labels), 4)} == {"neg", "pos"}
+    assert spread(20, 4) == [0, 5, 10, 15] and spread(3, 8) == [0, 1, 2]

@@ -7,6 +7,10 @@ LoRA: the base) and reports its held-out accuracy beside the trained model's: th
 is ahead without writing the baseline. The fit is scikit-learn's default ``LogisticRegression``
 (multinomial, L2 penalty with ``C = 1`` on the weights, not the bias) by L-BFGS, in float64:
 deterministic, and it consumes no random numbers (training's are untouched).
+
+On a BERT encoder the probe is also a classifier modelgit writes (:func:`probe_classifier`,
+``train --classifier probe`` or ``auto``): read through the mean-pooling layer of
+:mod:`.pooling`, so that it loads, merges and serves as a stock transformers classifier.
 """
 
 from __future__ import annotations
@@ -14,9 +18,17 @@ from __future__ import annotations
 from . import _batches
 from .pooling import pooled_features
 
-__all__ = ["MAX_PROBE_EXAMPLES", "mean_pooled", "fit_probe", "probe_accuracy", "probe_classifier"]
+__all__ = ["MAX_PROBE_EXAMPLES", "spread", "mean_pooled", "fit_probe", "probe_accuracy", "probe_classifier"]
 
-MAX_PROBE_EXAMPLES = 2048  # training examples the probe fits on (the first of the data's order)
+#: training examples the probe fits on at most: spread evenly over the data's order (a file
+#: sorted by class still gives every class), see :func:`spread`
+MAX_PROBE_EXAMPLES = 8192
+
+
+def spread(count: int, limit: int = MAX_PROBE_EXAMPLES) -> list[int]:
+    """``min(count, limit)`` indices of ``range(count)``, evenly spaced over it, in order."""
+    n = min(count, limit)
+    return [i * count // n for i in range(n)]
 
 
 def mean_pooled(model, ids: list[list[int]], pad_id: int, batch_size: int, bar=None):
@@ -71,12 +83,13 @@ def probe_accuracy(model, train_ids, train_labels, valid_ids, valid_labels, pad_
     passes show progress (``progress`` as :func:`modelgit.progress.progress_bar`'s)."""
     from ..progress import progress_bar
 
-    n = min(len(train_ids), MAX_PROBE_EXAMPLES)
+    chosen = spread(len(train_ids))
+    n = len(chosen)
     batches = -(-n // batch_size) + -(-len(valid_ids) // batch_size)
     with progress_bar(batches, "linear probe", progress, unit="batch") as bar:
-        train_features = mean_pooled(model, train_ids[:n], pad_id, batch_size, bar)
+        train_features = mean_pooled(model, [train_ids[i] for i in chosen], pad_id, batch_size, bar)
         valid_features = mean_pooled(model, valid_ids, pad_id, batch_size, bar)
-    weight, bias = fit_probe(train_features, list(train_labels[:n]), classes)
+    weight, bias = fit_probe(train_features, [train_labels[i] for i in chosen], classes)
     logits = valid_features @ weight.T + bias
     correct = sum(int(p) == int(t) for p, t in zip(logits.argmax(-1), valid_labels))
     return {"accuracy": correct / len(valid_ids), "examples": n}
@@ -105,24 +118,26 @@ def probe_classifier(base: str, id2label: dict[int, str], lora, ids, labels, pad
     model = get_peft_model(model, LoraConfig(**settings, task_type="SEQ_CLS",
                                              layers_to_transform=list(range(layers)),
                                              layers_pattern="layer"))
-    n = min(len(ids), MAX_PROBE_EXAMPLES)
+    chosen = spread(len(ids))
     raw, pooled = [], []
-    with torch.no_grad(), progress_bar(-(-n // batch_size), "linear probe", progress,
+    with torch.no_grad(), progress_bar(-(-len(chosen) // batch_size), "linear probe", progress,
                                        unit="batch") as bar:
         for name, param in model.named_parameters():
             if "lora_" in name:
                 param.zero_()
         model.eval()
-        for batch in _batches.iterate(_batches.in_order(n, batch_size), ids[:n], pad_id, None):
+        for batch in _batches.iterate(_batches.in_order(len(chosen), batch_size),
+                                      [ids[i] for i in chosen], pad_id, None):
             mean, out = pooled_features(model, batch)
             raw.append(mean)
             pooled.append(out)
             bar.update(1)
     raw, pooled = torch.cat(raw), torch.cat(pooled)
     scale = float(raw.norm(dim=1).mean() / pooled.norm(dim=1).mean())
-    weight, bias = fit_probe(pooled * scale, list(labels[:n]), len(id2label))
-    head = {n.rsplit(".", 1)[-1]: p for n, p in model.named_parameters()
-            if ".modules_to_save.default." in n and n.split(".modules_to_save.")[0].endswith("classifier")}
+    weight, bias = fit_probe(pooled * scale, [labels[i] for i in chosen], len(id2label))
+    head = {name.rsplit(".", 1)[-1]: p for name, p in model.named_parameters()
+            if ".modules_to_save.default." in name
+            and name.split(".modules_to_save.")[0].endswith("classifier")}
     with torch.no_grad():
         head["weight"].copy_(weight * scale)
         head["bias"].copy_(bias)

@@ -197,8 +197,8 @@ def _loop(model, plan, ids, labels, pad_id: int, config: TrainConfig, progress,
 
 def _probe_classifiers(config: TrainConfig) -> bool:
     """Whether this run builds the probe classifier (:func:`.probe.probe_classifier`): asked
-    for, or (``auto``) to keep it when held-out data finds it at least as accurate, on a base
-    that mean pooling supports.
+    for, or (``auto``) to keep it unless held-out data shows the tuned one ahead by more than
+    chance (:func:`_keep_probe`), on a base that mean pooling supports.
 
     Raises:
         UsageError: ``--classifier probe`` where no probe classifier can be built.
