@@ -262,3 +262,33 @@ def test_the_probe_takes_its_examples_from_the_whole_data():
     labels = ["neg"] * 10 + ["pos"] * 10
     assert {labels[i] for i in spread(len(labels), 4)} == {"neg", "pos"}
     assert spread(20, 4) == [0, 5, 10, 15] and spread(3, 8) == [0, 1, 2]
+
+
+def test_a_mean_pooled_adapter_that_changes_the_pooler_is_refused(bert_encoder, held_out_data,
+                                                                   tmp_path, capsys):
+    """A tuned adapter (its LoRA adapts the pooler) relabelled `"pooling": "mean"`: it would be
+    reviewed with its own pooler and released with the constant one."""
+    import shutil
+
+    from modelgit.merge.task_heads import base_model_type
+    from modelgit.workflow.project import Limits
+    from modelgit.workflow.validate import ContributionError, validate_adapter
+
+    tuned = train(TrainConfig(base=bert_encoder, data=held_out_data, output=str(tmp_path / "t"),
+                              steps=2, threads=1, classifier="tuned"), progress=False)
+    forged = tmp_path / "forged"
+    shutil.copytree(tuned.output, forged)
+    labels = json.loads((forged / "labels.json").read_text())
+    (forged / "labels.json").write_text(json.dumps({**labels, "pooling": "mean"}))
+    code = main(["--no-progress", "merge", "--method", "linear", "--base", bert_encoder, "-o",
+                 str(tmp_path / "m"), "--model", f"{bert_encoder}+{forged}"])
+    err = capsys.readouterr().err
+    assert code != 0 and "changes the pooler" in err and "Traceback" not in err
+    from safetensors import safe_open
+
+    with safe_open(f"{bert_encoder}/model.safetensors", "pt") as handle:
+        base = {k: (str(handle.get_slice(k).get_dtype()), tuple(handle.get_slice(k).get_shape()))
+                for k in handle.keys()}
+    validate_adapter(tuned.output, base, Limits(), None, base_model_type(bert_encoder))  # passes
+    with pytest.raises(ContributionError, match="changes the pooler"):
+        validate_adapter(str(forged), base, Limits(), None, base_model_type(bert_encoder))

@@ -272,6 +272,7 @@ class AdapterSource:
         self.pooling = read_pooling(adapter_dir) if self.task else "cls"
         self._heads = dict(self._adapter.heads)
         if self.pooling == "mean":
+            _check_pooler_untouched(adapter_dir, self._changed)
             self._heads.update(_mean_pooling_heads(local_directory(base.label), adapter_dir, self.task))
             self.heads = tuple(sorted(self._heads))
 
@@ -299,6 +300,20 @@ class AdapterSource:
     def close(self) -> None:
         if self._owns_base:
             self._base.close()
+
+
+def _check_pooler_untouched(adapter_dir: str, changed) -> None:
+    """A mean-pooled classifier's pooler is the constant one (:mod:`modelgit.adapters.pooling`):
+    an adapter that changes it would be evaluated with its own and released with the constant.
+
+    Raises:
+        UsageError: the adapter changes a pooler tensor.
+    """
+    touched = sorted(n for n in changed if "pooler" in n.split("."))
+    if touched:
+        raise UsageError(f"{adapter_dir}: a mean-pooled classifier adapter (labels.json \"pooling\": "
+                         f"\"mean\") changes the pooler ({touched[0]}), which mean pooling fixes: "
+                         "train it again with `modelgit train --classifier probe`")
 
 
 def _mean_pooling_heads(base_dir: str | None, adapter_dir: str, task) -> dict[str, torch.Tensor]:

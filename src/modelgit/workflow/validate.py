@@ -232,10 +232,12 @@ def labels_problems_of(adapter_dir: str, config: dict | None, labels, max_bytes:
 
 
 def pooling_problems_of(adapter_dir: str, model_type: str | None, classifier: str | None,
-                        max_bytes: int) -> list[str]:
+                        max_bytes: int, modules=()) -> list[str]:
     """A classifier adapter's pooling (labels.json's ``pooling``) against the base's
-    ``model_type`` (mean pooling is built for BERT) and the project's ``classifier:`` (``probe``:
-    mean pooling; ``tuned``: the first token), so that every head merged reads the same."""
+    ``model_type`` (mean pooling is built for BERT), its ``modules`` (a mean-pooled one must
+    leave the constant pooler alone: it would be reviewed with its own and released with the
+    constant) and the project's ``classifier:`` (``probe``: mean pooling; ``tuned``: the first
+    token), so that every head merged reads the same."""
     if not _plain_file(adapter_dir, "labels.json"):
         return []
     data = _read_json(os.path.join(adapter_dir, "labels.json"), [], max_bytes)
@@ -245,6 +247,10 @@ def pooling_problems_of(adapter_dir: str, model_type: str | None, classifier: st
     if pooling == "mean" and model_type is not None and model_type not in MODEL_TYPES:
         return [f"labels.json asks for mean pooling, which is built for BERT encoders, not "
                 f"{model_type!r}: train it again with --classifier tuned"]
+    pooler = sorted(m for m in modules if "pooler" in str(m).split("."))
+    if pooling == "mean" and pooler:
+        return [f"a mean-pooled classifier (labels.json \"pooling\": \"mean\") changes the pooler "
+                f"({pooler[0]}), which mean pooling fixes: train it again with --classifier probe"]
     wanted = {"probe": "mean", "tuned": "cls"}.get(classifier or "")
     if wanted and pooling != wanted:
         return [f"the project's classifier is {classifier} (modelgit.yaml `classifier:`), but the "
@@ -295,7 +301,7 @@ def validate_adapter(adapter_dir: str, base: dict, limits, labels=None,
             if not found:
                 problems.extend(_targets_problems(config, modules))
     problems.extend(labels_problems_of(adapter_dir, config, labels, max_bytes))
-    problems.extend(pooling_problems_of(adapter_dir, model_type, classifier, max_bytes))
+    problems.extend(pooling_problems_of(adapter_dir, model_type, classifier, max_bytes, modules))
     if problems:
         raise ContributionError(f"the adapter {adapter_dir}", problems)
     return adapter_summary(adapter_dir, config, sorted(modules))
