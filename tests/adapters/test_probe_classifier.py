@@ -292,3 +292,29 @@ def test_a_mean_pooled_adapter_that_changes_the_pooler_is_refused(bert_encoder, 
     validate_adapter(tuned.output, base, Limits(), None, base_model_type(bert_encoder))  # passes
     with pytest.raises(ContributionError, match="changes the pooler"):
         validate_adapter(str(forged), base, Limits(), None, base_model_type(bert_encoder))
+
+
+def test_embeddings_of_a_probe_classifier_are_the_encoders(bert_encoder, probe_adapter, tmp_path):
+    """Its last hidden states are the constant layer's (every token about the mean): `predict
+    --task embed` and serve's embeddings read the encoder's, before it, as the config marks."""
+    import pyarrow.parquet as pq
+
+    from modelgit.adapters.pooling import CONFIG_KEY
+    from modelgit.predict import predict
+
+    texts = tmp_path / "in.jsonl"
+    texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("good great 3", "sad poor")))
+    rows = {}
+    for name, adapter in (("base", None), ("probe", probe_adapter.output)):
+        predict(source=bert_encoder, adapter=adapter, input=str(texts), output=str(tmp_path / name),
+                task="embed", batch_rows=2)
+        rows[name] = pq.read_table(tmp_path / name).column("embedding").to_pylist()
+    # the probe's LoRA is zero: the encoder's states are the base's
+    torch.testing.assert_close(torch.tensor(rows["probe"]), torch.tensor(rows["base"]),
+                               rtol=1e-4, atol=1e-5)
+    assert getattr(load_model(bert_encoder, "classification", adapter_dir=probe_adapter.output)
+                   .config, CONFIG_KEY) == "mean"
+    out = tmp_path / "merged"
+    assert main(["--no-progress", "merge", "--method", "linear", "--base", bert_encoder, "-o",
+                 str(out), "--model", f"{bert_encoder}+{probe_adapter.output}"]) == 0
+    assert json.loads((out / "config.json").read_text())[CONFIG_KEY] == "mean"  # released, still known

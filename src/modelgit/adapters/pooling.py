@@ -21,9 +21,12 @@ loading.load_model` then adds the layer, and a merge writes it (:mod:`modelgit.m
 
 from __future__ import annotations
 
-__all__ = ["POOLINGS", "MODEL_TYPES", "SPREAD", "POOLER_SCALE", "mean_pooling_problem", "mean_pooling_tensors",
+__all__ = ["CONFIG_KEY", "encoder_output", "POOLINGS", "MODEL_TYPES", "SPREAD", "POOLER_SCALE", "mean_pooling_problem", "mean_pooling_tensors",
            "set_mean_pooling", "pooled_features"]
 
+#: set to "mean" in the config of a mean-pooled classifier (loaded, or merged and released): its
+#: last hidden states are the constant layer's, the encoder's are the ones before (:func:`encoder_output`)
+CONFIG_KEY = "modelgit_pooling"
 POOLINGS = ("cls", "mean")  # labels.json's "pooling": the first token (transformers'), or the mean
 SPREAD = 1000.0  # the mean's weight against the token's own state before the LayerNorm
 POOLER_SCALE = 0.01  # tanh(0.01 x) for layer-normalised x (|x| mostly < 10): nearly linear
@@ -77,13 +80,21 @@ def mean_pooling_tensors(config: dict, prefix: str = "bert") -> dict:
 
 def set_mean_pooling(model, base_config: dict) -> None:
     """Write the constants into ``model``: a ``BertForSequenceClassification`` built with one
-    layer more than ``base_config`` (the base's config.json) names."""
+    layer more than ``base_config`` (the base's config.json) names; mark its config."""
     import torch
 
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in mean_pooling_tensors(base_config, model.base_model_prefix).items():
             params[name].copy_(value)
+    setattr(model.config, CONFIG_KEY, "mean")
+
+
+def encoder_output(hidden_states, config):
+    """The encoder's last hidden states among a forward pass's ``hidden_states``: for a
+    mean-pooled classifier (``config`` marked, :data:`CONFIG_KEY`) those before its constant layer,
+    whose every token is about the mean already; else the last."""
+    return hidden_states[-2] if getattr(config, CONFIG_KEY, None) == "mean" else hidden_states[-1]
 
 
 def pooled_features(model, batch: dict):
@@ -98,5 +109,5 @@ def pooled_features(model, batch: dict):
     with torch.no_grad():
         out = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    output_hidden_states=True)
-    return masked_mean(out.hidden_states[-2].double(), batch["attention_mask"]), \
-        out.pooler_output.double()
+    return masked_mean(encoder_output(out.hidden_states, inner.config).double(),
+                       batch["attention_mask"]), out.pooler_output.double()

@@ -16,7 +16,7 @@ On a BERT encoder the probe is also a classifier modelgit writes (:func:`probe_c
 from __future__ import annotations
 
 from . import _batches
-from .pooling import pooled_features
+from .pooling import encoder_output, pooled_features
 
 __all__ = ["MAX_PROBE_EXAMPLES", "spread", "mean_pooled", "fit_probe", "probe_accuracy", "probe_classifier"]
 
@@ -45,8 +45,9 @@ def mean_pooled(model, ids: list[list[int]], pad_id: int, batch_size: int, bar=N
     with torch.no_grad():
         for batch in _batches.iterate(plan, ids, pad_id, None):
             mask = batch["attention_mask"]
-            hidden = model(input_ids=batch["input_ids"], attention_mask=mask,
-                           output_hidden_states=True).hidden_states[-1]  # (b, t, d)
+            states = model(input_ids=batch["input_ids"], attention_mask=mask,
+                           output_hidden_states=True).hidden_states
+            hidden = encoder_output(states, model.config)  # (b, t, d)
             out.append(masked_mean(hidden.double(), mask))
             if bar is not None:
                 bar.update(1)

@@ -168,7 +168,10 @@ def task_config(base_dir: str, task: TaskModel, labels: dict[int, str] | None,
         return None
     config["architectures"] = [task.architecture]
     if pooling == "mean":
+        from ..adapters.pooling import CONFIG_KEY
+
         config["num_hidden_layers"] += 1
+        config[CONFIG_KEY] = "mean"  # what serve's and predict's embeddings read (encoder_output)
     if labels:
         config["id2label"] = {str(k): v for k, v in sorted(labels.items())}
         config["label2id"] = {v: k for k, v in sorted(labels.items())}

@@ -114,10 +114,12 @@ def _context(model, tokenizer) -> int:
     return min(limits) if limits else 2048
 
 
-def _plain(model_dir: str, task: str, adapter_dir: str | None) -> Engine:
+def _plain(model_dir: str, task: str, adapter_dir: str | None, classify: bool = True) -> Engine:
+    """``model_dir`` (+ ``adapter_dir``) loaded as a ``task`` model; ``classify``: its
+    classification head will be read (not for embeddings, which a bare encoder gives)."""
     from ..adapters.loading import load_model, load_tokenizer, read_labels
 
-    if task == "classification" and adapter_dir is None:
+    if task == "classification" and adapter_dir is None and classify:
         _check_has_head(model_dir)
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, task, adapter_dir=adapter_dir,
@@ -213,7 +215,7 @@ def load_engine(choice: ModelChoice, task: str, progress: bool | None = False) -
                                              progress=progress), choice.adapter)
         else:
             model_dir = _release_model(source, choice.rev, progress)
-            engine = _plain(model_dir, _model_task(model_dir, task), None)
+            engine = _plain(model_dir, _model_task(model_dir, task), None, task != "embed")
     elif choice.rev is not None:
         raise UsageError(f"--rev {choice.rev} needs a model repository; {source!r} is not one "
                          "(a git work tree with modelgit.yaml)")
@@ -224,7 +226,8 @@ def load_engine(choice: ModelChoice, task: str, progress: bool | None = False) -
             raise UsageError(f"{source} is a model directory without a router: --router needs a "
                              "repository whose release has one, or a `modelgit route build` "
                              "directory")
-        engine = _plain(source, _model_task(source, task, choice.adapter), choice.adapter)
+        engine = _plain(source, _model_task(source, task, choice.adapter), choice.adapter,
+                        task != "embed")
     else:
         raise UsageError(f"{source!r} is neither a model repository, a router directory "
                          "(router.json) nor a model directory (config.json): give one of those")

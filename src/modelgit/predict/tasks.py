@@ -181,7 +181,10 @@ def _classify(engine, ids, decisions, settings) -> dict:
 
 def _embed(engine, ids, decisions, settings) -> dict:
     batch = _pad(engine, ids)
-    hidden = engine.run(batch, decisions, output_hidden_states=True).hidden_states[-1]  # (b, t, h)
+    from ..adapters.pooling import encoder_output
+
+    states = engine.run(batch, decisions, output_hidden_states=True).hidden_states
+    hidden = encoder_output(states, engine.model.config)  # (b, t, h)
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
     pooled = (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1)  # (b, h)
     return {"embedding": [row.numpy().astype("float32") for row in pooled]}

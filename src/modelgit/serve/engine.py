@@ -193,9 +193,11 @@ class Engine:
         import torch
 
         output, mask = self._forward(jobs, output_hidden_states=True)
+        from ..adapters.pooling import encoder_output
         from ..tensor_math import masked_mean
 
-        pooled = masked_mean(output.hidden_states[-1].float(), mask)  # (b, hidden)
+        hidden = encoder_output(output.hidden_states, self.pool.model.config)  # (b, t, hidden)
+        pooled = masked_mean(hidden.float(), mask)  # (b, hidden)
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return [Embedded(pooled[i].tolist(), len(job.ids), job.adapter)
                 for i, job in enumerate(jobs)]
