@@ -250,9 +250,9 @@ class AdapterSource:
     """
 
     def __init__(self, base: Source, adapter_dir: str, owns_base: bool = True):
+        from ..adapters.loading import read_pooling
         from .lora import load_adapter
         from .lora_config import read_lora_config
-        from ..adapters.loading import read_pooling
         from .task_heads import labels_of, task_model
         from .vocabulary import local_directory
 
