@@ -68,8 +68,8 @@ class TrainConfig:
     classifier: Literal["auto", "tuned", "probe"] = _opt(
         "auto", "which classifier a classification run writes: tuned (the LoRA and head trained "
         "by these steps), probe (no training: logistic regression on the base's mean-pooled "
-        "embeddings, read by a mean-pooling layer; BERT encoders), or auto (the probe when held-out "
-        "data finds it at least as accurate as the tuned one, else the tuned one)")
+        "embeddings, read by a mean-pooling layer; BERT encoders), or auto (both, then the probe "
+        "unless held-out data shows the tuned one ahead by more than chance)")
     full: bool = _opt(False, "train every weight, no LoRA (maintainers' continued pretraining); "
                       "writes a whole model")
     text_field: str = _opt("text", "text column / key of the data")
