@@ -318,3 +318,17 @@ def test_embeddings_of_a_probe_classifier_are_the_encoders(bert_encoder, probe_a
     assert main(["--no-progress", "merge", "--method", "linear", "--base", bert_encoder, "-o",
                  str(out), "--model", f"{bert_encoder}+{probe_adapter.output}"]) == 0
     assert json.loads((out / "config.json").read_text())[CONFIG_KEY] == "mean"  # released, still known
+
+
+@pytest.mark.parametrize("change", [{"model_type": "gpt2"}, {"hidden_size": 10 ** 9},
+                                    {"hidden_size": "384"}, {"num_hidden_layers": True},
+                                    {"intermediate_size": 0},
+                                    {"architectures": ["BertForSequenceClassification"]}])
+def test_mean_pooling_names_what_a_config_lacks(change):
+    """A config.json it cannot build the constant layer for (or not without a huge allocation)."""
+    from modelgit.adapters.pooling import mean_pooling_problem
+
+    config = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
+              "intermediate_size": 64, "architectures": ["BertModel"]}
+    assert mean_pooling_problem(config) is None
+    assert mean_pooling_problem({**config, **change})
