@@ -209,6 +209,10 @@ def test_probe_needs_a_bare_bert_encoder(cls_base, lm_base, lm_data, held_out_da
     with pytest.raises(UsageError, match="classifier probe"):
         TrainConfig(base=lm_base, data=lm_data, output=str(tmp_path / "c"), task="causal_lm",
                     classifier="probe").validate()
+    for bad in ("best", ["probe"], None):  # from the Python API or a YAML file
+        with pytest.raises(UsageError, match="is not one of auto, tuned, probe"):
+            TrainConfig(base=lm_base, data=lm_data, output=str(tmp_path / "c"),
+                        classifier=bad).validate()
 
 
 def test_a_router_serves_probe_classifiers_and_refuses_a_mixed_library(bert_encoder, probe_adapter,

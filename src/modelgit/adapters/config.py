@@ -13,9 +13,10 @@ from typing import Literal
 from ..data import TEXT_UNITS
 from ..errors import UsageError
 
-__all__ = ["TASKS", "TrainConfig"]
+__all__ = ["TASKS", "CLASSIFIERS", "TrainConfig"]
 
 TASKS = ("causal_lm", "classification")
+CLASSIFIERS = ("auto", "tuned", "probe")  # train --classifier (see modelgit.adapters.probe)
 
 
 def _opt(default, help: str, **extra):
@@ -124,6 +125,8 @@ class TrainConfig:
             out.append(f"task {self.task!r} is not one of {', '.join(TASKS)}")
         if self.text_unit not in TEXT_UNITS:
             out.append(f"text_unit {self.text_unit!r} is not one of {', '.join(TEXT_UNITS)}")
+        if self.classifier not in CLASSIFIERS:
+            out.append(f"classifier {str(self.classifier)[:40]!r} is not one of {', '.join(CLASSIFIERS)}")
         if self.target_modules is not None and not self.target_modules:
             out.append("target_modules is empty: name at least one module, or leave it unset")
         if self.full and self.target_modules is not None:
