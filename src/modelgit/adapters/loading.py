@@ -234,10 +234,11 @@ def load_model(model_dir: str, task: str, id2label: dict[int, str] | None = None
         id2label = id2label or read_labels(adapter_dir)
         pooling = pooling or read_pooling(adapter_dir)
         if pooling == "mean":
-            problem = mean_pooling_problem(_read_config(model_dir))
+            base_config = _read_config(model_dir)
+            problem = mean_pooling_problem(base_config)
             if problem:
                 raise UsageError(f"{model_dir!r}: {problem}")
-            kwargs["num_hidden_layers"] = _read_config(model_dir)["num_hidden_layers"] + 1
+            kwargs["num_hidden_layers"] = base_config["num_hidden_layers"] + 1
         if id2label:
             kwargs.update(num_labels=len(id2label), id2label=id2label,
                           label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
@@ -254,7 +255,7 @@ def load_model(model_dir: str, task: str, id2label: dict[int, str] | None = None
         raise UsageError(f"cannot load {model_dir!r} as a {task} model ({_short(exc)}): "
                          "check the directory and --task") from None
     if task == "classification" and pooling == "mean":
-        set_mean_pooling(model, _read_config(model_dir))
+        set_mean_pooling(model, base_config)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     if adapter_dir:
