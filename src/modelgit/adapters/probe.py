@@ -97,7 +97,7 @@ def probe_accuracy(model, train_ids, train_labels, valid_ids, valid_labels, pad_
 
 
 def probe_classifier(base: str, id2label: dict[int, str], lora, ids, labels, pad_id: int,
-                     batch_size: int, progress: bool | None = None):
+                     batch_size: int, progress: bool | None = None, held=((), ())):
     """The probe as a classifier: the base with the mean-pooling layer (:mod:`.pooling`), a PEFT
     adapter of ``lora``'s settings whose LoRA weights are zero (the body is the base's) and whose
     head is logistic regression on the pooler's output for (at most :data:`MAX_PROBE_EXAMPLES`
@@ -105,7 +105,12 @@ def probe_classifier(base: str, id2label: dict[int, str], lora, ids, labels, pad
 
     The features are scaled to the mean norm of the raw mean-pooled embeddings before the fit,
     so that ``C = 1`` regularises as it does in the probe on those (the reported yardstick).
-    Consumes no random numbers of its own (the zeroed LoRA's draws are overwritten)."""
+    Consumes no random numbers of its own (the zeroed LoRA's draws are overwritten).
+
+    Returns:
+        (model, refit): ``refit()`` fits the head again on the examples and the ``held`` ones
+        (``(ids, labels)``, scored on first), each example's features computed once.
+    """
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -119,27 +124,37 @@ def probe_classifier(base: str, id2label: dict[int, str], lora, ids, labels, pad
     model = get_peft_model(model, LoraConfig(**settings, task_type="SEQ_CLS",
                                              layers_to_transform=list(range(layers)),
                                              layers_pattern="layer"))
-    chosen = spread(len(ids))
-    raw, pooled = [], []
-    with torch.no_grad(), progress_bar(-(-len(chosen) // batch_size), "linear probe", progress,
-                                       unit="batch") as bar:
+    with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_" in name:
                 param.zero_()
-        model.eval()
-        for batch in _batches.iterate(_batches.in_order(len(chosen), batch_size),
-                                      [ids[i] for i in chosen], pad_id, None):
-            mean, out = pooled_features(model, batch)
-            raw.append(mean)
-            pooled.append(out)
-            bar.update(1)
-    raw, pooled = torch.cat(raw), torch.cat(pooled)
-    scale = float(raw.norm(dim=1).mean() / pooled.norm(dim=1).mean())
-    weight, bias = fit_probe(pooled * scale, [labels[i] for i in chosen], len(id2label))
+    model.eval()
+    every_ids, every_labels = [*ids, *held[0]], [*labels, *held[1]]
+    first, whole = spread(len(ids)), spread(len(every_ids)) if held[0] else []
+    seen = set(first)
+    groups = [first, [i for i in whole if i not in seen]]  # the refit's new examples after
+    features = {}  # example index -> (raw mean, pooler output)
+    batches = sum(-(-len(group) // batch_size) for group in groups)
+    with progress_bar(batches, "linear probe", progress, unit="batch") as bar:
+        for group in groups:
+            plan = _batches.in_order(len(group), batch_size)
+            for step, batch in zip(plan, _batches.iterate(plan, [every_ids[i] for i in group],
+                                                          pad_id, None)):
+                for k, raw, out in zip(step, *pooled_features(model, batch)):
+                    features[group[k]] = (raw, out)
+                bar.update(1)
     head = {name.rsplit(".", 1)[-1]: p for name, p in model.named_parameters()
             if ".modules_to_save.default." in name
             and name.split(".modules_to_save.")[0].endswith("classifier")}
-    with torch.no_grad():
-        head["weight"].copy_(weight * scale)
-        head["bias"].copy_(bias)
-    return model
+
+    def fit(indices: list[int]) -> None:
+        raw = torch.stack([features[i][0] for i in indices])
+        pooled = torch.stack([features[i][1] for i in indices])
+        scale = float(raw.norm(dim=1).mean() / pooled.norm(dim=1).mean())
+        weight, bias = fit_probe(pooled * scale, [every_labels[i] for i in indices], len(id2label))
+        with torch.no_grad():
+            head["weight"].copy_(weight * scale)
+            head["bias"].copy_(bias)
+
+    fit(first)
+    return model, lambda: fit(whole)

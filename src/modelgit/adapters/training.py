@@ -214,15 +214,14 @@ def _probe_classifiers(config: TrainConfig) -> bool:
     return problem is None
 
 
-def _keep_probe(config: TrainConfig, model, probed, valid, metrics: dict, pad_id: int,
-                examples: int) -> bool:
-    """Whether the probe classifier is written instead of the tuned ``model``: asked for, or
-    the held-out data does not show the tuned one ahead by more than chance (:func:`_ahead`).
-    Records both in ``metrics["validation"]``."""
+def _keep_probe(config: TrainConfig, tuned_hits: list[bool], probed, valid, metrics: dict,
+                pad_id: int, examples: int) -> bool:
+    """Whether the probe classifier is written instead of the tuned model (whose held-out
+    answers are ``tuned_hits``): asked for, or the held-out data does not show the tuned one
+    ahead by more than chance (:func:`_ahead`). Records both in ``metrics["validation"]``."""
     if not valid:
         return config.classifier == "probe"
-    tuned_hits, probe_hits = [], []
-    _validation_loss(model, *valid, pad_id, config.batch_size, tuned_hits)
+    probe_hits = []
     scored = _validation_loss(probed, *valid, pad_id, config.batch_size, probe_hits)
     validation = metrics["validation"]
     tuned = {k: validation[k] for k in ("loss", "accuracy")}
@@ -436,22 +435,24 @@ def _train(config: TrainConfig, progress: bool | None, staging: str | None) -> T
             if staging else None
         metrics = _loop(model, plan, ids, labels, tokenizer.pad_token_id, config, progress, check,
                         keep) if config.classifier != "probe" else _no_training(model)
+        tuned_hits = []  # the tuned model's right and wrong held-out answers, for _keep_probe
         if valid:
-            after = _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size)
+            after = _validation_loss(model, *valid, tokenizer.pad_token_id, config.batch_size,
+                                     tuned_hits)
             metrics["validation"] = {**after, "loss_before": before["loss"],
                                      **({"perplexity_before": before["perplexity"]}
                                         if "perplexity" in before else
                                         {"accuracy_before": before["accuracy"]}),
                                      **({"probe": probe} if probe else {})}
         if mean_pooling:
-            probed = probe_classifier(config.base, id2label, model.peft_config["default"], ids, labels,
-                                      tokenizer.pad_token_id, config.batch_size, progress)
-            if _keep_probe(config, model, probed, valid, metrics, tokenizer.pad_token_id, len(ids)):
+            probed, refit = probe_classifier(config.base, id2label, model.peft_config["default"],
+                                             ids, labels, tokenizer.pad_token_id, config.batch_size,
+                                             progress, held or ((), ()))
+            if _keep_probe(config, tuned_hits, probed, valid, metrics, tokenizer.pad_token_id,
+                           len(ids)):
                 model, pooling = probed, "mean"
                 if held is not None:  # chosen: refitted on every example, the held-out ones too
-                    model = probe_classifier(config.base, id2label, model.peft_config["default"],
-                                             ids + held[0], labels + held[1],
-                                             tokenizer.pad_token_id, config.batch_size, progress)
+                    refit()
                     metrics["validation"]["probe"]["refitted_examples"] = \
                         min(len(ids) + len(held[0]), MAX_PROBE_EXAMPLES)
     metrics.update(task=task, mode="full" if config.full else "lora", examples=len(ids),
